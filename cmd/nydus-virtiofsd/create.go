@@ -1,0 +1,3 @@
+package main
+
+func runCreate(args []string) int { return notYet("create") }

@@ -1,0 +1,3 @@
+package main
+
+func runFuse(args []string) int { return notYet("fuse") }

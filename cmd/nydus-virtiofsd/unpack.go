@@ -1,0 +1,3 @@
+package main
+
+func runUnpack(args []string) int { return notYet("unpack") }

@@ -1,0 +1,3 @@
+package main
+
+func runVirtiofs(args []string) int { return notYet("virtiofs") }

@@ -1,0 +1,3 @@
+package main
+
+func runVirtiofsd(args []string) int { return notYet("virtiofsd") }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the tests and the demo use, when missing.
+# Needs root (as CI and the developers' machines are); otherwise it only says
+# what is missing, and the tests that need those tools skip with a reason.
+set -euo pipefail
+pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr)
+missing=()
+for p in "${pkgs[@]}"; do
+	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	[ "$st" = "install ok installed" ] || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+	echo "install-deps: not root; missing: ${missing[*]}" >&2
+	exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
