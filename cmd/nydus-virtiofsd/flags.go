@@ -1,0 +1,287 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// daemonConfig is what the virtiofsd-style command line (and nydusd's
+// virtiofs subcommand) asks of the daemon.
+type daemonConfig struct {
+	SocketPath string // --socket-path: listen here
+	FD         int    // --fd: an inherited listening socket; -1 when unset
+
+	SharedDir string // --shared-dir / -o source=: a host directory to share
+	Bootstrap string // --bootstrap: a RAFS image to serve instead
+	BlobDir   string // --blob-dir / --localfs-dir: where the image's blobs are
+
+	Cache             string // never|auto|metadata|always
+	Xattr             bool
+	AnnounceSubmounts bool
+	Readonly          bool
+	ThreadPoolSize    int // workers per request queue; 0 = default
+	RequestQueues     int // request queues besides hiprio
+	KeepListening     bool
+
+	LogLevel string
+	Syslog   bool
+	Sandbox  string
+
+	PrintCapabilities bool
+	Help              bool
+	Version           bool
+
+	// Warnings lists what was accepted but is not acted on, to be logged
+	// once logging is set up.
+	Warnings []string
+}
+
+func defaultConfig() daemonConfig {
+	return daemonConfig{FD: -1, Cache: "auto", LogLevel: "info", Sandbox: "namespace", RequestQueues: 1}
+}
+
+// flagKind says how a long option takes its value.
+type flagKind int
+
+const (
+	boolFlag flagKind = iota
+	valueFlag
+)
+
+type flagSpec struct {
+	kind flagKind
+	// set applies the option; nil means "accepted, not implemented": the
+	// option is recorded as a warning.
+	set func(c *daemonConfig, v string) error
+}
+
+func setString(dst func(c *daemonConfig) *string) func(*daemonConfig, string) error {
+	return func(c *daemonConfig, v string) error { *dst(c) = v; return nil }
+}
+
+func setBool(dst func(c *daemonConfig) *bool, val bool) func(*daemonConfig, string) error {
+	return func(c *daemonConfig, _ string) error { *dst(c) = val; return nil }
+}
+
+func setInt(dst func(c *daemonConfig) *int, name string) func(*daemonConfig, string) error {
+	return func(c *daemonConfig, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("--%s: want a non-negative number, got %q", name, v)
+		}
+		*dst(c) = n
+		return nil
+	}
+}
+
+func setCache(c *daemonConfig, v string) error {
+	switch v {
+	case "never", "none":
+		c.Cache = "never"
+	case "auto", "metadata", "always":
+		c.Cache = v
+	default:
+		return fmt.Errorf("--cache: want never, auto, metadata or always, got %q", v)
+	}
+	return nil
+}
+
+func setSandbox(c *daemonConfig, v string) error {
+	switch v {
+	case "namespace", "chroot", "none":
+		c.Sandbox = v
+		return nil
+	}
+	return fmt.Errorf("--sandbox: want namespace, chroot or none, got %q", v)
+}
+
+func setLogLevel(c *daemonConfig, v string) error {
+	switch v {
+	case "trace", "debug", "info", "warn", "error", "off":
+		c.LogLevel = v
+	case "err":
+		c.LogLevel = "error"
+	case "warning":
+		c.LogLevel = "warn"
+	default:
+		return fmt.Errorf("--log-level: want error, warn, info, debug, trace or off, got %q", v)
+	}
+	return nil
+}
+
+// virtiofsdFlags are the long options of the Rust virtiofsd (and the C one's
+// where they differ). Options with a nil setter are accepted and ignored with
+// a warning, because Kata appends virtio_fs_extra_args verbatim.
+func virtiofsdFlags() map[string]flagSpec {
+	return map[string]flagSpec{
+		"socket-path":         {valueFlag, setString(func(c *daemonConfig) *string { return &c.SocketPath })},
+		"socket":              {valueFlag, setString(func(c *daemonConfig) *string { return &c.SocketPath })},
+		"fd":                  {valueFlag, setInt(func(c *daemonConfig) *int { return &c.FD }, "fd")},
+		"shared-dir":          {valueFlag, setString(func(c *daemonConfig) *string { return &c.SharedDir })},
+		"bootstrap":           {valueFlag, setString(func(c *daemonConfig) *string { return &c.Bootstrap })},
+		"blob-dir":            {valueFlag, setString(func(c *daemonConfig) *string { return &c.BlobDir })},
+		"localfs-dir":         {valueFlag, setString(func(c *daemonConfig) *string { return &c.BlobDir })},
+		"cache":               {valueFlag, setCache},
+		"thread-pool-size":    {valueFlag, setInt(func(c *daemonConfig) *int { return &c.ThreadPoolSize }, "thread-pool-size")},
+		"request-queues":      {valueFlag, setInt(func(c *daemonConfig) *int { return &c.RequestQueues }, "request-queues")},
+		"announce-submounts":  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.AnnounceSubmounts }, true)},
+		"no-announce-submounts": {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.AnnounceSubmounts }, false)},
+		"xattr":               {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Xattr }, true)},
+		"readonly":            {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Readonly }, true)},
+		"keep-listening":      {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.KeepListening }, true)},
+		"syslog":              {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Syslog }, true)},
+		"log-level":           {valueFlag, setLogLevel},
+		"sandbox":             {valueFlag, setSandbox},
+		"print-capabilities":  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
+		"help":                {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
+		"version":             {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Version }, true)},
+
+		// Accepted for compatibility; not acted on.
+		"socket-group":         {valueFlag, nil},
+		"tag":                  {valueFlag, nil},
+		"xattrmap":             {valueFlag, nil},
+		"seccomp":              {valueFlag, nil},
+		"modcaps":              {valueFlag, nil},
+		"uid-map":              {valueFlag, nil},
+		"gid-map":              {valueFlag, nil},
+		"translate-uid":        {valueFlag, nil},
+		"translate-gid":        {valueFlag, nil},
+		"inode-file-handles":   {valueFlag, nil},
+		"rlimit-nofile":        {valueFlag, nil},
+		"migration-mode":       {valueFlag, nil},
+		"migration-on-error":   {valueFlag, nil},
+		"posix-acl":            {boolFlag, nil},
+		"security-label":       {boolFlag, nil},
+		"allow-mmap":           {boolFlag, nil},
+		"writeback":            {boolFlag, nil},
+		"allow-direct-io":      {boolFlag, nil},
+		"no-readdirplus":       {boolFlag, nil},
+		"killpriv-v2":          {boolFlag, nil},
+		"preserve-noatime":     {boolFlag, nil},
+		"no-killpriv-v2":       {boolFlag, nil},
+		"migration-verify-handles": {boolFlag, nil},
+		"migration-confirm-paths":  {boolFlag, nil},
+		"daemonize":            {boolFlag, nil},
+	}
+}
+
+// parseVirtiofsd parses virtiofsd's command line: --name=value and
+// --name value, the C virtiofsd's -o opt[,opt...], and -f/-d/-h/-V. An
+// unknown long option is a warning, not an error: it takes the next
+// argument as its value when that does not start with '-' (virtiofsd has no
+// positional arguments).
+func parseVirtiofsd(args []string) (daemonConfig, error) {
+	c := defaultConfig()
+	specs := virtiofsdFlags()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-o":
+			if i+1 >= len(args) {
+				return c, fmt.Errorf("-o needs an argument")
+			}
+			i++
+			if err := parseDashO(&c, args[i]); err != nil {
+				return c, err
+			}
+		case strings.HasPrefix(a, "-o") && !strings.HasPrefix(a, "--"):
+			if err := parseDashO(&c, a[2:]); err != nil {
+				return c, err
+			}
+		case a == "-f":
+			// Foreground is the only mode.
+		case a == "-d":
+			c.LogLevel = "debug"
+		case a == "-h":
+			c.Help = true
+		case a == "-V":
+			c.Version = true
+		case strings.HasPrefix(a, "--"):
+			name, val, hasVal := strings.Cut(a[2:], "=")
+			spec, known := specs[name]
+			if !known {
+				if !hasVal && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+					i++
+					val = args[i]
+				}
+				c.Warnings = append(c.Warnings, fmt.Sprintf("unknown option --%s ignored", name))
+				continue
+			}
+			if spec.kind == valueFlag && !hasVal {
+				if i+1 >= len(args) {
+					return c, fmt.Errorf("--%s needs a value", name)
+				}
+				i++
+				val = args[i]
+			}
+			if spec.kind == boolFlag && hasVal {
+				return c, fmt.Errorf("--%s takes no value", name)
+			}
+			if spec.set == nil {
+				c.Warnings = append(c.Warnings, fmt.Sprintf("option --%s is accepted but not implemented", name))
+				continue
+			}
+			if err := spec.set(&c, val); err != nil {
+				return c, err
+			}
+		default:
+			return c, fmt.Errorf("unexpected argument %q", a)
+		}
+	}
+	return c, nil
+}
+
+// parseDashO applies the C virtiofsd's comma-separated -o options.
+func parseDashO(c *daemonConfig, opts string) error {
+	for _, o := range strings.Split(opts, ",") {
+		if o == "" {
+			continue
+		}
+		name, val, _ := strings.Cut(o, "=")
+		var err error
+		switch name {
+		case "source":
+			c.SharedDir = val
+		case "cache":
+			err = setCache(c, val)
+		case "xattr":
+			c.Xattr = true
+		case "no_xattr":
+			c.Xattr = false
+		case "log_level":
+			err = setLogLevel(c, val)
+		case "sandbox":
+			err = setSandbox(c, val)
+		case "announce_submounts":
+			c.AnnounceSubmounts = true
+		case "readonly":
+			c.Readonly = true
+		case "debug":
+			c.LogLevel = "debug"
+		default:
+			c.Warnings = append(c.Warnings, fmt.Sprintf("-o %s is accepted but not implemented", name))
+		}
+		if err != nil {
+			return fmt.Errorf("-o %s: %w", o, err)
+		}
+	}
+	return nil
+}
+
+// validate checks that the options make a daemon that can run.
+func (c *daemonConfig) validate() error {
+	switch {
+	case c.SocketPath == "" && c.FD < 0:
+		return fmt.Errorf("one of --socket-path or --fd is required")
+	case c.SocketPath != "" && c.FD >= 0:
+		return fmt.Errorf("--socket-path and --fd are mutually exclusive")
+	case c.SharedDir == "" && c.Bootstrap == "":
+		return fmt.Errorf("--shared-dir (or --bootstrap with --blob-dir) is required")
+	case c.SharedDir != "" && c.Bootstrap != "":
+		return fmt.Errorf("--shared-dir and --bootstrap are mutually exclusive")
+	case c.RequestQueues < 1:
+		return fmt.Errorf("--request-queues must be at least 1")
+	}
+	return nil
+}
