@@ -44,7 +44,9 @@ func TestParseVirtiofsd(t *testing.T) {
 		{
 			name: "rafs image root",
 			args: "--socket-path=s --bootstrap=/img/boot --blob-dir /img/blobs --request-queues 2",
-			want: func(c *daemonConfig) { c.SocketPath, c.Bootstrap, c.BlobDir, c.RequestQueues = "s", "/img/boot", "/img/blobs", 2 },
+			want: func(c *daemonConfig) {
+				c.SocketPath, c.Bootstrap, c.BlobDir, c.RequestQueues = "s", "/img/boot", "/img/blobs", 2
+			},
 		},
 		{
 			name: "unknown and unimplemented options warn",
