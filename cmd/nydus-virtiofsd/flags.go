@@ -24,6 +24,9 @@ type daemonConfig struct {
 	RequestQueues     int // request queues besides hiprio
 	KeepListening     bool
 
+	APISock    string // nydusd's --apisock
+	ConfigFile string // nydusd's --config
+
 	LogLevel string
 	Syslog   bool
 	Sandbox  string
@@ -167,69 +170,101 @@ func virtiofsdFlags() map[string]flagSpec {
 }
 
 // parseVirtiofsd parses virtiofsd's command line: --name=value and
-// --name value, the C virtiofsd's -o opt[,opt...], and -f/-d/-h/-V. An
-// unknown long option is a warning, not an error: it takes the next
-// argument as its value when that does not start with '-' (virtiofsd has no
-// positional arguments).
+// --name value, the C virtiofsd's -o opt[,opt...], and -f/-d/-h/-V.
 func parseVirtiofsd(args []string) (daemonConfig, error) {
 	c := defaultConfig()
-	specs := virtiofsdFlags()
+	short := map[string]string{"-h": "help", "-V": "version"}
+	err := parseArgs(&c, virtiofsdFlags(), short, args)
+	return c, err
+}
+
+// parseArgs applies args to c. An unknown long option is a warning, not an
+// error: it takes the next argument as its value when that does not start
+// with '-' (neither virtiofsd nor nydusd virtiofs has positional arguments).
+// short maps single-dash options to their long names.
+func parseArgs(c *daemonConfig, specs map[string]flagSpec, short map[string]string, args []string) error {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
+		if long, ok := short[a]; ok {
+			a = "--" + long
+		}
 		switch {
 		case a == "-o":
 			if i+1 >= len(args) {
-				return c, fmt.Errorf("-o needs an argument")
+				return fmt.Errorf("-o needs an argument")
 			}
 			i++
-			if err := parseDashO(&c, args[i]); err != nil {
-				return c, err
+			if err := parseDashO(c, args[i]); err != nil {
+				return err
 			}
 		case strings.HasPrefix(a, "-o") && !strings.HasPrefix(a, "--"):
-			if err := parseDashO(&c, a[2:]); err != nil {
-				return c, err
+			if err := parseDashO(c, a[2:]); err != nil {
+				return err
 			}
 		case a == "-f":
 			// Foreground is the only mode.
 		case a == "-d":
 			c.LogLevel = "debug"
-		case a == "-h":
-			c.Help = true
-		case a == "-V":
-			c.Version = true
 		case strings.HasPrefix(a, "--"):
 			name, val, hasVal := strings.Cut(a[2:], "=")
 			spec, known := specs[name]
 			if !known {
 				if !hasVal && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
 					i++
-					val = args[i]
 				}
 				c.Warnings = append(c.Warnings, fmt.Sprintf("unknown option --%s ignored", name))
 				continue
 			}
 			if spec.kind == valueFlag && !hasVal {
 				if i+1 >= len(args) {
-					return c, fmt.Errorf("--%s needs a value", name)
+					return fmt.Errorf("--%s needs a value", name)
 				}
 				i++
 				val = args[i]
 			}
 			if spec.kind == boolFlag && hasVal {
-				return c, fmt.Errorf("--%s takes no value", name)
+				return fmt.Errorf("--%s takes no value", name)
 			}
 			if spec.set == nil {
 				c.Warnings = append(c.Warnings, fmt.Sprintf("option --%s is accepted but not implemented", name))
 				continue
 			}
-			if err := spec.set(&c, val); err != nil {
-				return c, err
+			if err := spec.set(c, val); err != nil {
+				return err
 			}
 		default:
-			return c, fmt.Errorf("unexpected argument %q", a)
+			return fmt.Errorf("unexpected argument %q", a)
 		}
 	}
-	return c, nil
+	return nil
+}
+
+// parseNydusdVirtiofs parses the arguments of nydusd's virtiofs subcommand
+// (and nydusd's global options, which may stand on either side of it):
+//
+//	virtiofs --sock S [--apisock A] [--log-level L] [--hybrid-mode]
+//	         [--bootstrap B [--localfs-dir D] | --shared-dir S] [--config C]
+//
+// Kata appends virtio_fs_extra_args verbatim, so virtiofsd's options are
+// accepted too.
+func parseNydusdVirtiofs(args []string) (daemonConfig, error) {
+	c := defaultConfig()
+	specs := virtiofsdFlags()
+	specs["sock"] = specs["socket-path"]
+	specs["apisock"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.APISock })}
+	specs["config"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.ConfigFile })}
+	for _, name := range []string{"id", "supervisor", "log-file", "log-rotation-size", "prefetch-files", "virtual-mountpoint"} {
+		specs[name] = flagSpec{valueFlag, nil}
+	}
+	specs["hybrid-mode"] = flagSpec{boolFlag, func(*daemonConfig, string) error { return nil }}
+	specs["upgrade"] = flagSpec{boolFlag, nil}
+	short := map[string]string{
+		"-A": "apisock", "-C": "config", "-l": "log-level", "-L": "log-file",
+		"-B": "bootstrap", "-D": "localfs-dir", "-s": "shared-dir", "-m": "virtual-mountpoint",
+		"-h": "help", "-V": "version",
+	}
+	err := parseArgs(&c, specs, short, args)
+	return c, err
 }
 
 // parseDashO applies the C virtiofsd's comma-separated -o options.

@@ -123,3 +123,54 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestParseNydusdVirtiofs(t *testing.T) {
+	tests := []struct {
+		name string
+		args string
+		want func(c *daemonConfig)
+		warn int
+	}{
+		{
+			// Kata's Go runtime, nydusd.args().
+			name: "kata go runtime",
+			args: "--log-level info --apisock /run/vc/vm/x/nydusd-api.sock --sock /run/vc/vm/x/vhost-fs.sock",
+			want: func(c *daemonConfig) {
+				c.APISock, c.SocketPath = "/run/vc/vm/x/nydusd-api.sock", "/run/vc/vm/x/vhost-fs.sock"
+			},
+		},
+		{
+			// runtime-rs passes --hybrid-mode, relative sockets, and the virtiofsd extra args.
+			name: "kata runtime-rs",
+			args: "--hybrid-mode --log-level debug --apisock nydusd-api.sock --sock virtiofsd.sock --thread-pool-size=1 --announce-submounts",
+			want: func(c *daemonConfig) {
+				c.LogLevel, c.APISock, c.SocketPath, c.ThreadPoolSize, c.AnnounceSubmounts = "debug", "nydusd-api.sock", "virtiofsd.sock", 1, true
+			},
+		},
+		{
+			name: "short options and an image",
+			args: "-A api.sock -l warn --sock s -B /img/boot -D /img/blobs -C /etc/nydusd.json --prefetch-files /usr/bin",
+			want: func(c *daemonConfig) {
+				c.APISock, c.LogLevel, c.SocketPath, c.Bootstrap, c.BlobDir, c.ConfigFile = "api.sock", "warn", "s", "/img/boot", "/img/blobs", "/etc/nydusd.json"
+			},
+			warn: 1,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseNydusdVirtiofs(strings.Fields(tc.args))
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			want := defaultConfig()
+			tc.want(&want)
+			if len(got.Warnings) != tc.warn {
+				t.Errorf("warnings = %q, want %d", got.Warnings, tc.warn)
+			}
+			got.Warnings, want.Warnings = nil, nil
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("got  %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
