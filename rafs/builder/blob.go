@@ -1,0 +1,259 @@
+package builder
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"os"
+)
+
+// Blob feature bits (rafs-format.md §0.2).
+const (
+	blobFeatAligned       = 0x0000_0001
+	blobFeatInlinedFsMeta = 0x0000_0002
+	blobFeatInlinedDigest = 0x0000_0020
+	blobFeatHasTarHeader  = 0x1000_0000
+	blobFeatHasTOC        = 0x2000_0000
+	blobFeatCapTarTOC     = 0x4000_0000
+
+	blobMetaMagic   = 0xB10BB10B
+	blockSize       = 4096
+	tarBlock        = 512
+	ciV1Size        = 16
+	tocEntrySize    = 128
+	tocFlagNone     = 0x1
+	tocFlagZstd     = 0x2
+	blobMetaHdrSize = 4096
+)
+
+func align(v, a uint64) uint64 { return (v + a - 1) / a * a }
+
+// blobInfo is what the bootstrap's blob table records about a blob.
+type blobInfo struct {
+	ID               string
+	ChunkCount       uint32
+	Compressor       uint32
+	Digester         uint32
+	Features         uint32
+	CompressedSize   uint64
+	UncompressedSize uint64
+	TOCSize          uint32
+	CICompressor     uint32
+	CIOffset         uint64
+	CICompressedSize uint64
+	CIUncompressed   uint64
+	TOCDigest        [32]byte
+	// Raw is the parent's 256-byte v6 table entry, reused verbatim.
+	Raw []byte
+}
+
+// blobWriter writes a native RAFS v6 blob (rafs-format.md §3.2) to a
+// temporary file, hashing it on the way for the blob id.
+type blobWriter struct {
+	f          *os.File
+	w          *bufio.Writer
+	idHash     hash.Hash // every byte but the raw blob.digest array
+	secHash    hash.Hash // the current section, for the ToC
+	off        uint64
+	uoff       uint64 // next uncompressed offset
+	compressor string
+	digester   string
+	ci         []byte // ci v1 array
+	digests    []byte // blob.digest array
+	toc        []byte
+	pad        [blockSize]byte
+}
+
+func newBlobWriter(f *os.File, compressor, digester string) *blobWriter {
+	return &blobWriter{
+		f: f, w: bufio.NewWriterSize(f, 1<<20),
+		idHash: sha256.New(), secHash: sha256.New(),
+		compressor: compressor, digester: digester,
+	}
+}
+
+func (b *blobWriter) write(p []byte, forID bool) error {
+	if _, err := b.w.Write(p); err != nil {
+		return fmt.Errorf("write blob: %w", err)
+	}
+	if forID {
+		b.idHash.Write(p)
+	}
+	b.secHash.Write(p)
+	b.off += uint64(len(p))
+	return nil
+}
+
+// addChunk appends one chunk. comp is its compressed form, or nil to store
+// raw. Raw chunks of an uncompressed blob sit at their aligned uncompressed
+// offset, so the data section is the uncompressed image itself.
+func (b *blobWriter) addChunk(raw, comp []byte, digest [32]byte) (chunkRef, error) {
+	ref := chunkRef{Digest: digest, CI: uint32(len(b.ci) / ciV1Size), USize: uint32(len(raw))}
+	data := raw
+	if comp != nil {
+		data = comp
+		ref.Compressed = true
+	}
+	if b.compressor == CompressNone {
+		b.uoff = b.off
+	}
+	ref.COff, ref.CSize, ref.UOff = b.off, uint32(len(data)), b.uoff
+	if err := b.write(data, true); err != nil {
+		return ref, err
+	}
+	b.uoff += align(uint64(len(raw)), blockSize)
+	if b.compressor == CompressNone {
+		if err := b.write(b.pad[:b.uoff-b.off], true); err != nil {
+			return ref, err
+		}
+	}
+	b.ci = binary.LittleEndian.AppendUint64(b.ci, ciUncompInfo(ref.UOff, ref.USize))
+	b.ci = binary.LittleEndian.AppendUint64(b.ci, ciCompInfo(ref.COff, ref.CSize))
+	b.digests = append(b.digests, digest[:]...)
+	return ref, nil
+}
+
+func ciUncompInfo(uoff uint64, usize uint32) uint64 {
+	s := uint64(usize - 1)
+	return uoff&0xFFF_FFFF_F000 | (s>>20&0xf)<<8 | (s&0xFFFFF)<<44
+}
+
+func ciCompInfo(coff uint64, csize uint32) uint64 {
+	s := uint64(csize - 1)
+	return coff&0xFF_FFFF_FFFF | (s>>20&0xf)<<40 | (s&0xFFFFF)<<44
+}
+
+// tarHeader is the GNU tar header nydus writes after each section: name,
+// size, zero mtime, checksum, type '0', magic "ustar  ".
+func tarHeader(name string, size uint64) []byte {
+	h := make([]byte, tarBlock)
+	copy(h, name)
+	copy(h[124:136], fmt.Sprintf("%011o", size))
+	copy(h[136:148], "00000000000")
+	copy(h[148:156], "        ")
+	h[156] = '0'
+	copy(h[257:265], "ustar  \x00")
+	var sum uint64
+	for _, c := range h {
+		sum += uint64(c)
+	}
+	copy(h[148:156], fmt.Sprintf("%07o\x00", sum))
+	return h
+}
+
+// section ends the current section: writes its tar header and a ToC entry.
+func (b *blobWriter) section(tarName, tocName string, start, csize, usize uint64, flags uint32, digest []byte) error {
+	if err := b.write(tarHeader(tarName, b.off-start), true); err != nil {
+		return err
+	}
+	if digest == nil {
+		digest = b.secHash.Sum(nil) // image.blob: data plus its tar header
+	}
+	e := make([]byte, tocEntrySize)
+	binary.LittleEndian.PutUint32(e[0:], flags)
+	copy(e[8:24], tocName)
+	copy(e[24:56], digest)
+	binary.LittleEndian.PutUint64(e[56:], start)
+	binary.LittleEndian.PutUint64(e[64:], csize)
+	binary.LittleEndian.PutUint64(e[72:], usize)
+	b.toc = append(b.toc, e...)
+	b.secHash.Reset()
+	return nil
+}
+
+// finish writes the metadata sections and the ToC and returns the blob's
+// table entry. inlineBoot, when non-nil, is stored as image.boot (zstd).
+func (b *blobWriter) finish(inlineBoot []byte) (blobInfo, error) {
+	features := uint32(blobFeatAligned | blobFeatInlinedDigest | blobFeatHasTarHeader | blobFeatHasTOC | blobFeatCapTarTOC)
+	if inlineBoot != nil {
+		features |= blobFeatInlinedFsMeta
+	}
+	n := uint64(len(b.ci) / ciV1Size)
+	dataSize := b.off
+	if err := b.section("image.blob", "image.blob", 0, dataSize, b.uoff, tocFlagNone, nil); err != nil {
+		return blobInfo{}, err
+	}
+	// blob.meta: ci array (stored uncompressed) + 4 KiB header.
+	ciOff := b.off
+	ciDigest := sha256.Sum256(b.ci)
+	if err := b.write(b.ci, true); err != nil {
+		return blobInfo{}, err
+	}
+	hdr := make([]byte, blobMetaHdrSize)
+	binary.LittleEndian.PutUint32(hdr[0:], blobMetaMagic)
+	binary.LittleEndian.PutUint32(hdr[4:], features)
+	binary.LittleEndian.PutUint32(hdr[8:], algoNone)
+	binary.LittleEndian.PutUint32(hdr[12:], uint32(n))
+	binary.LittleEndian.PutUint64(hdr[16:], ciOff)
+	binary.LittleEndian.PutUint64(hdr[24:], uint64(len(b.ci)))
+	binary.LittleEndian.PutUint64(hdr[32:], uint64(len(b.ci)))
+	binary.LittleEndian.PutUint32(hdr[4092:], blobMetaMagic)
+	hdrDigest := sha256.Sum256(hdr)
+	if err := b.write(hdr, true); err != nil {
+		return blobInfo{}, err
+	}
+	metaHdrOff := ciOff + uint64(len(b.ci))
+	if err := b.section("blob.meta", "blob.meta", ciOff, uint64(len(b.ci)), uint64(len(b.ci)), tocFlagNone, ciDigest[:]); err != nil {
+		return blobInfo{}, err
+	}
+	// The ToC has one entry per section; blob.meta.header is an extra one.
+	e := make([]byte, tocEntrySize)
+	binary.LittleEndian.PutUint32(e[0:], tocFlagNone)
+	copy(e[8:24], "blob.meta.header")
+	copy(e[24:56], hdrDigest[:])
+	binary.LittleEndian.PutUint64(e[56:], metaHdrOff)
+	binary.LittleEndian.PutUint64(e[64:], blobMetaHdrSize)
+	binary.LittleEndian.PutUint64(e[72:], blobMetaHdrSize)
+	b.toc = append(b.toc, e...)
+
+	digOff := b.off
+	digDigest := sha256.Sum256(b.digests)
+	if err := b.write(b.digests, false); err != nil {
+		return blobInfo{}, err
+	}
+	if err := b.section("blob.digest", "blob.digest", digOff, uint64(len(b.digests)), uint64(len(b.digests)), tocFlagNone, digDigest[:]); err != nil {
+		return blobInfo{}, err
+	}
+	if inlineBoot != nil {
+		bootOff := b.off
+		c, err := newCompressor(CompressZstd)
+		if err != nil {
+			return blobInfo{}, err
+		}
+		z := c.zenc.EncodeAll(inlineBoot, nil)
+		bootDigest := sha256.Sum256(inlineBoot)
+		if err := b.write(z, true); err != nil {
+			return blobInfo{}, err
+		}
+		if err := b.section("image.boot", "image.boot", bootOff, uint64(len(z)), uint64(len(inlineBoot)), tocFlagZstd, bootDigest[:]); err != nil {
+			return blobInfo{}, err
+		}
+	}
+	toc := append(b.toc, tarHeader("rafs.blob.toc", uint64(len(b.toc)))...)
+	tocDigest := sha256.Sum256(toc)
+	if err := b.write(toc, true); err != nil {
+		return blobInfo{}, err
+	}
+	if err := b.w.Flush(); err != nil {
+		return blobInfo{}, fmt.Errorf("write blob: %w", err)
+	}
+	return blobInfo{
+		ID:               hex.EncodeToString(b.idHash.Sum(nil)),
+		ChunkCount:       uint32(n),
+		Compressor:       compressorAlgo(b.compressor),
+		Digester:         digesterAlgo(b.digester),
+		Features:         features,
+		CompressedSize:   b.off,
+		UncompressedSize: b.uoff,
+		TOCSize:          uint32(len(toc)),
+		CICompressor:     algoNone,
+		CIOffset:         ciOff,
+		CICompressedSize: uint64(len(b.ci)),
+		CIUncompressed:   uint64(len(b.ci)),
+		TOCDigest:        tocDigest,
+	}, nil
+}
+

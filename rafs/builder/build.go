@@ -1,0 +1,284 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Stats counts what a build did.
+type Stats struct {
+	Inodes       int   // unique inodes in the image
+	BytesIn      int64 // regular-file bytes chunked from the source
+	NewChunks    int64 // chunks stored in the new blob
+	DedupChunks  int64 // chunks found already stored (in this image or the parent)
+	NewBlobBytes int64 // chunk data bytes (compressed) added to the new blob
+	BlobSize     int64 // size of the new blob file
+}
+
+// Result says what a build wrote.
+type Result struct {
+	BootstrapPath string
+	// BlobID is the new blob's id, or "" when the source added no data (no
+	// blob is written then).
+	BlobID   string
+	BlobPath string
+	// BlobIDs lists every blob the bootstrap refers to, in blob-table order.
+	BlobIDs []string
+	Stats   Stats
+}
+
+// Build makes a RAFS image of source (a directory, or a tar / tar.gz layer
+// per opts.Type). The bootstrap goes to bootstrapPath and the blob to
+// blobDir/<blob id> (or opts.BlobPath). Nothing is left behind on error.
+func Build(ctx context.Context, source, bootstrapPath, blobDir string, opts Options) (*Result, error) {
+	if err := opts.normalize(); err != nil {
+		return nil, err
+	}
+	if opts.ParentBootstrap != "" {
+		return nil, fmt.Errorf("--parent-bootstrap is not supported yet")
+	}
+	if opts.FsVersion != 6 {
+		return nil, fmt.Errorf("RAFS v%d output is not supported yet", opts.FsVersion)
+	}
+	b := &build{ctx: ctx, opts: &opts, blobDir: blobDir}
+	defer b.cleanup()
+	res, err := b.run(source, bootstrapPath)
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// BuildDir is a convenience for tests: it builds directory src into outDir
+// (bootstrap outDir/image.boot, blob outDir/<blob id>) and returns the
+// bootstrap path and the new blob id ("" when there is no data).
+func BuildDir(src, outDir string, opts Options) (bootstrapPath, blobID string, err error) {
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return "", "", err
+	}
+	opts.Type = DirRafs
+	res, err := Build(context.Background(), src, filepath.Join(outDir, "image.boot"), outDir, opts)
+	if err != nil {
+		return "", "", err
+	}
+	return res.BootstrapPath, res.BlobID, nil
+}
+
+// build holds one build's state.
+type build struct {
+	ctx     context.Context
+	opts    *Options
+	blobDir string
+	temps   []string // removed by cleanup unless renamed
+}
+
+func (b *build) tempFile(dir, base string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("create temporary file: %w", err)
+	}
+	b.temps = append(b.temps, f.Name())
+	return f, nil
+}
+
+func (b *build) cleanup() {
+	for _, t := range b.temps {
+		os.Remove(t)
+	}
+}
+
+func (b *build) run(source, bootstrapPath string) (*Result, error) {
+	opts := b.opts
+	root, err := b.loadSource(source)
+	if err != nil {
+		return nil, err
+	}
+	var blobs []blobInfo
+	dedup := map[[32]byte]chunkRef{}
+
+	blobTmpDir := b.blobDir
+	if opts.BlobPath != "" {
+		blobTmpDir = filepath.Dir(opts.BlobPath)
+	}
+	bf, err := b.tempFile(blobTmpDir, "blob")
+	if err != nil {
+		return nil, err
+	}
+	defer bf.Close()
+	bw := newBlobWriter(bf, opts.Compressor, opts.Digester)
+	inodes := orderInodes(root)
+	ck, err := newChunker(b.ctx, opts, bw, uint32(len(blobs)), dedup)
+	if err != nil {
+		return nil, err
+	}
+	var total int64
+	for _, n := range inodes {
+		if n.isReg() && n.srcPath != "" {
+			total += int64(n.Size)
+		}
+	}
+	stopProgress := startProgress(opts.Progress, ck, total)
+	ferr := b.chunkFiles(ck, inodes)
+	cerr := ck.close()
+	stopProgress()
+	if cerr != nil {
+		return nil, cerr
+	}
+	if ferr != nil {
+		return nil, ferr
+	}
+	res := &Result{BootstrapPath: bootstrapPath}
+	res.Stats = Stats{Inodes: len(inodes), BytesIn: ck.bytesIn.Load(), NewChunks: ck.newChunks.Load(),
+		DedupChunks: ck.dupChunks.Load(), NewBlobBytes: ck.newBytes.Load()}
+	if ck.newChunks.Load() > 0 {
+		info, err := bw.finish(nil)
+		if err != nil {
+			return nil, err
+		}
+		if err := bf.Sync(); err != nil {
+			return nil, fmt.Errorf("write blob: %w", err)
+		}
+		blobs = append(blobs, info)
+		res.BlobID = info.ID
+		res.Stats.BlobSize = int64(info.CompressedSize)
+	}
+	bf.Close()
+	for _, bl := range blobs {
+		res.BlobIDs = append(res.BlobIDs, bl.ID)
+	}
+
+	img := &image{root: root, inodes: inodes, parents: parentsOf(root), blobs: blobs, chunkSize: opts.ChunkSize}
+	img.flags = compressorFlag(opts.Compressor) | digesterFlag(opts.Digester) | superFlagExplicitUIDGID | superFlagInlinedDigest
+	for _, n := range inodes {
+		if len(n.Xattrs) > 0 {
+			img.flags |= superFlagHasXattr
+			break
+		}
+	}
+	if img.prefetch, err = resolvePrefetch(root, opts.PrefetchFiles); err != nil {
+		return nil, err
+	}
+	boot, err := writeV6(img)
+	if err != nil {
+		return nil, err
+	}
+	tf, err := b.tempFile(filepath.Dir(bootstrapPath), filepath.Base(bootstrapPath))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tf.Write(boot); err != nil {
+		tf.Close()
+		return nil, fmt.Errorf("write bootstrap: %w", err)
+	}
+	if err := tf.Close(); err != nil {
+		return nil, fmt.Errorf("write bootstrap: %w", err)
+	}
+	if res.BlobID != "" {
+		res.BlobPath = opts.BlobPath
+		if res.BlobPath == "" {
+			res.BlobPath = filepath.Join(b.blobDir, res.BlobID)
+		}
+		if err := os.Chmod(bf.Name(), 0o644); err != nil {
+			return nil, err
+		}
+		if err := os.Rename(bf.Name(), res.BlobPath); err != nil {
+			return nil, fmt.Errorf("write blob: %w", err)
+		}
+	}
+	if err := os.Chmod(tf.Name(), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tf.Name(), bootstrapPath); err != nil {
+		return nil, fmt.Errorf("write bootstrap: %w", err)
+	}
+	return res, nil
+}
+
+// loadSource reads the source tree.
+func (b *build) loadSource(source string) (*inode, error) {
+	switch b.opts.Type {
+	case DirRafs:
+		real, err := filepath.EvalSymlinks(source)
+		if err != nil {
+			return nil, fmt.Errorf("source: %w", err)
+		}
+		return scanDir(b.ctx, real, b.opts.Log)
+	}
+	return nil, fmt.Errorf("source type %s is not supported yet", b.opts.Type)
+}
+
+// chunkFiles feeds every regular file that still needs its data read, in
+// inode order.
+func (b *build) chunkFiles(ck *chunker, inodes []*inode) error {
+	for _, n := range inodes {
+		if !n.isReg() || n.srcPath == "" {
+			continue
+		}
+		f, err := os.Open(n.srcPath)
+		if err != nil {
+			return fmt.Errorf("%w", err)
+		}
+		err = ck.addFile(n, f, n.srcPath)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parentsOf maps every directory to its parent (the root to itself).
+func parentsOf(root *inode) map[*inode]*inode {
+	m := map[*inode]*inode{root: root}
+	var walk func(d *inode)
+	walk = func(d *inode) {
+		for _, c := range d.Children {
+			if c.Ino.isDir() {
+				m[c.Ino] = d
+				walk(c.Ino)
+			}
+		}
+	}
+	walk(root)
+	return m
+}
+
+// lookup finds the inode at an absolute image path.
+func lookup(root *inode, p string) *inode {
+	n := root
+	for _, c := range strings.Split(strings.Trim(p, "/"), "/") {
+		if c == "" {
+			continue
+		}
+		if !n.isDir() {
+			return nil
+		}
+		d := n.child(c)
+		if d == nil {
+			return nil
+		}
+		n = d.Ino
+	}
+	return n
+}
+
+func resolvePrefetch(root *inode, paths []string) ([]*inode, error) {
+	var out []*inode
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		n := lookup(root, p)
+		if n == nil {
+			return nil, fmt.Errorf("prefetch file %s is not in the image", p)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,134 @@
+package builder
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+)
+
+// SourceType says how the build source is read.
+type SourceType string
+
+// Source types, named as nydus-image names them.
+const (
+	DirRafs   SourceType = "dir-rafs"   // a directory
+	TarRafs   SourceType = "tar-rafs"   // an OCI layer tar
+	TargzRafs SourceType = "targz-rafs" // an OCI layer tar.gz
+)
+
+// Compressor values accepted by Options.Compressor.
+const (
+	CompressNone = "none"
+	CompressLZ4  = "lz4_block"
+	CompressZstd = "zstd"
+)
+
+// Digester values accepted by Options.Digester.
+const (
+	DigestBlake3 = "blake3"
+	DigestSHA256 = "sha256"
+)
+
+// DefaultChunkSize is nydus's default chunk size (1 MiB).
+const DefaultChunkSize = 0x100000
+
+// Options controls a build. The zero value builds RAFS v6 from a directory,
+// uncompressed, with blake3 digests and 1 MiB chunks.
+type Options struct {
+	FsVersion  int        // 6 (default) or 5
+	Compressor string     // none (default), lz4_block, zstd
+	Digester   string     // blake3 (default), sha256
+	ChunkSize  uint32     // power of two in [4 KiB, 16 MiB]; 0 means 1 MiB
+	Type       SourceType // dir-rafs (default), tar-rafs, targz-rafs
+
+	// ParentBootstrap is the bootstrap of the layer below: its tree is the
+	// base the source's entries and whiteouts apply to, and its chunks are
+	// reused instead of stored again.
+	ParentBootstrap string
+
+	// PrefetchFiles lists absolute image paths to put in the prefetch table
+	// (--prefetch-policy fs).
+	PrefetchFiles []string
+
+	// BlobInlineMeta also stores the bootstrap inside the blob (image.boot).
+	BlobInlineMeta bool
+
+	// BlobPath, when set, is where the blob is written instead of
+	// <blob dir>/<blob id>.
+	BlobPath string
+
+	// Workers is the number of hashing/compression goroutines; 0 means
+	// GOMAXPROCS.
+	Workers int
+
+	// Progress, when non-nil, receives a progress bar (use a terminal).
+	Progress io.Writer
+
+	// Log receives notes such as skipped sockets; nil means logrus's
+	// standard logger.
+	Log logrus.FieldLogger
+}
+
+func (o *Options) normalize() error {
+	if o.FsVersion == 0 {
+		o.FsVersion = 6
+	}
+	if o.FsVersion != 5 && o.FsVersion != 6 {
+		return fmt.Errorf("fs version %d: want 5 or 6", o.FsVersion)
+	}
+	if o.Compressor == "" {
+		o.Compressor = CompressNone
+	}
+	switch o.Compressor {
+	case CompressNone, CompressLZ4, CompressZstd:
+	default:
+		return fmt.Errorf("compressor %q: want none, lz4_block or zstd", o.Compressor)
+	}
+	if o.Digester == "" {
+		o.Digester = DigestBlake3
+	}
+	switch o.Digester {
+	case DigestBlake3, DigestSHA256:
+	default:
+		return fmt.Errorf("digester %q: want blake3 or sha256", o.Digester)
+	}
+	if o.ChunkSize == 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.ChunkSize < 4096 || o.ChunkSize > 16<<20 || o.ChunkSize&(o.ChunkSize-1) != 0 {
+		return fmt.Errorf("chunk size %#x: want a power of two in [0x1000, 0x1000000]", o.ChunkSize)
+	}
+	if o.Type == "" {
+		o.Type = DirRafs
+	}
+	switch o.Type {
+	case DirRafs, TarRafs, TargzRafs:
+	default:
+		return fmt.Errorf("source type %q: want dir-rafs, tar-rafs or targz-rafs", o.Type)
+	}
+	if o.Log == nil {
+		o.Log = logrus.StandardLogger()
+	}
+	return nil
+}
+
+// ParseChunkSize parses a chunk size written in decimal or 0x hex.
+func ParseChunkSize(s string) (uint32, error) {
+	v, err := strconv.ParseUint(strings.TrimSpace(s), 0, 32)
+	if err != nil {
+		return 0, fmt.Errorf("chunk size %q: %w", s, err)
+	}
+	return uint32(v), nil
+}
+
+func defaultWorkers() int {
+	n := runtime.GOMAXPROCS(0)
+	if n < 1 {
+		n = 1
+	}
+	return n
+}

@@ -1,0 +1,239 @@
+package builder
+
+import (
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+// Mode type bits (the same values as syscall.S_IF*).
+const (
+	modeTypeMask = syscall.S_IFMT
+	modeDir      = syscall.S_IFDIR
+	modeReg      = syscall.S_IFREG
+	modeLnk      = syscall.S_IFLNK
+	modeChr      = syscall.S_IFCHR
+	modeBlk      = syscall.S_IFBLK
+	modeFifo     = syscall.S_IFIFO
+	modeSock     = syscall.S_IFSOCK
+)
+
+// xattr is one extended attribute, full name included.
+type xattr struct {
+	Name  string
+	Value []byte
+}
+
+// chunkRef is where one chunk of a file lives.
+type chunkRef struct {
+	Digest     [32]byte
+	BlobIndex  uint32 // index in the image's blob table
+	CI         uint32 // index in the blob's chunk-info array
+	UOff       uint64 // uncompressed offset (4 KiB aligned in v6)
+	USize      uint32
+	COff       uint64
+	CSize      uint32
+	Compressed bool
+}
+
+// inode is one file's metadata; hard links share it.
+type inode struct {
+	Mode      uint32 // full st_mode
+	UID, GID  uint32
+	Mtime     int64
+	MtimeNsec uint32
+	Rdev      uint64 // glibc makedev encoding
+	Size      uint64
+	Target    string  // symlink target
+	Xattrs    []xattr // sorted by name
+	Children  []*dentry
+	Chunks    []chunkRef // regular files
+	Opaque    bool       // directory hides the parent layer's entries
+
+	// source of regular-file data for directory builds
+	srcPath string
+	// set while laying out
+	nlink  uint32
+	nid    uint64
+	ino    uint64
+	placed bool
+}
+
+// dentry is a name in a directory.
+type dentry struct {
+	Name string
+	Ino  *inode
+}
+
+func (n *inode) isDir() bool { return n.Mode&modeTypeMask == modeDir }
+func (n *inode) isReg() bool { return n.Mode&modeTypeMask == modeReg }
+func (n *inode) isLnk() bool { return n.Mode&modeTypeMask == modeLnk }
+
+// child returns the dentry called name, or nil.
+func (n *inode) child(name string) *dentry {
+	i := sort.Search(len(n.Children), func(i int) bool { return n.Children[i].Name >= name })
+	if i < len(n.Children) && n.Children[i].Name == name {
+		return n.Children[i]
+	}
+	return nil
+}
+
+// setChild adds or replaces the entry called name, keeping children sorted.
+func (n *inode) setChild(name string, ino *inode) {
+	i := sort.Search(len(n.Children), func(i int) bool { return n.Children[i].Name >= name })
+	if i < len(n.Children) && n.Children[i].Name == name {
+		n.Children[i] = &dentry{Name: name, Ino: ino}
+		return
+	}
+	n.Children = append(n.Children, nil)
+	copy(n.Children[i+1:], n.Children[i:])
+	n.Children[i] = &dentry{Name: name, Ino: ino}
+}
+
+// removeChild deletes the entry called name; it reports whether it existed.
+func (n *inode) removeChild(name string) bool {
+	i := sort.Search(len(n.Children), func(i int) bool { return n.Children[i].Name >= name })
+	if i < len(n.Children) && n.Children[i].Name == name {
+		n.Children = append(n.Children[:i], n.Children[i+1:]...)
+		return true
+	}
+	return false
+}
+
+// cleanPath turns an archive path into its components, rejecting any path
+// that would leave the root.
+func cleanPath(p string) ([]string, error) {
+	p = strings.TrimPrefix(p, "./")
+	for _, c := range strings.Split(p, "/") {
+		if c == ".." {
+			return nil, fmt.Errorf("path %q escapes the root", p)
+		}
+	}
+	c := path.Clean("/" + p)
+	if c == "/" {
+		return nil, nil
+	}
+	return strings.Split(c[1:], "/"), nil
+}
+
+// xattr name prefixes nydus and EROFS accept, with their EROFS indexes.
+var xattrPrefixes = []struct {
+	prefix string
+	index  uint8
+	exact  bool
+}{
+	{"user.", 1, false},
+	{"system.posix_acl_access", 2, true},
+	{"system.posix_acl_default", 3, true},
+	{"trusted.", 4, false},
+	{"security.", 6, false},
+}
+
+// xattrIndex splits a full xattr name into its EROFS prefix index and suffix.
+func xattrIndex(name string) (uint8, string, error) {
+	for _, p := range xattrPrefixes {
+		if p.exact {
+			if name == p.prefix {
+				return p.index, "", nil
+			}
+			continue
+		}
+		if strings.HasPrefix(name, p.prefix) && len(name) > len(p.prefix) {
+			return p.index, name[len(p.prefix):], nil
+		}
+	}
+	return 0, "", fmt.Errorf("xattr %q: only user., trusted., security., system.posix_acl_access and system.posix_acl_default are supported", name)
+}
+
+// checkXattrs validates names and sizes, and sorts them.
+func checkXattrs(xs []xattr) error {
+	sort.Slice(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
+	for _, x := range xs {
+		_, suffix, err := xattrIndex(x.Name)
+		if err != nil {
+			return err
+		}
+		if len(suffix) > 255 {
+			return fmt.Errorf("xattr %q: name too long", x.Name)
+		}
+		if len(x.Value) > 65535 {
+			return fmt.Errorf("xattr %q: value too long (%d bytes)", x.Name, len(x.Value))
+		}
+	}
+	return nil
+}
+
+// walkBFS visits every dentry breadth first, directories' children in name
+// order. visit gets the full path, the dentry and whether this is the first
+// time its inode is seen.
+func walkBFS(root *inode, visit func(p string, d *dentry) error) error {
+	type item struct {
+		p string
+		d *dentry
+	}
+	queue := []item{{"/", &dentry{Name: "/", Ino: root}}}
+	for len(queue) > 0 {
+		it := queue[0]
+		queue = queue[1:]
+		if err := visit(it.p, it.d); err != nil {
+			return err
+		}
+		if it.d.Ino.isDir() {
+			for _, c := range it.d.Ino.Children {
+				queue = append(queue, item{path.Join(it.p, c.Name), c})
+			}
+		}
+	}
+	return nil
+}
+
+// orderInodes returns the unique inodes in BFS order (the root first) and
+// sets their link counts.
+func orderInodes(root *inode) []*inode {
+	var out []*inode
+	seen := map[*inode]bool{}
+	_ = walkBFS(root, func(_ string, d *dentry) error {
+		n := d.Ino
+		if !seen[n] {
+			seen[n] = true
+			n.nlink = 0
+			out = append(out, n)
+		}
+		n.nlink++
+		return nil
+	})
+	for _, n := range out {
+		if n.isDir() {
+			n.nlink = 2
+			for _, c := range n.Children {
+				if c.Ino.isDir() {
+					n.nlink++
+				}
+			}
+		}
+	}
+	return out
+}
+
+// direntType is the EROFS dirent file type of a mode.
+func direntType(mode uint32) uint8 {
+	switch mode & modeTypeMask {
+	case modeReg:
+		return 1
+	case modeDir:
+		return 2
+	case modeChr:
+		return 3
+	case modeBlk:
+		return 4
+	case modeFifo:
+		return 5
+	case modeSock:
+		return 6
+	case modeLnk:
+		return 7
+	}
+	return 0
+}
