@@ -256,4 +256,3 @@ func (b *blobWriter) finish(inlineBoot []byte) (blobInfo, error) {
 		TOCDigest:        tocDigest,
 	}, nil
 }
-
