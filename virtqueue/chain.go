@@ -15,3 +15,21 @@ type Chain struct {
 	// Writable are the device-writable buffers, in order.
 	Writable [][]byte
 }
+
+// ReadableLen returns the total size of the readable buffers.
+func (c *Chain) ReadableLen() int {
+	n := 0
+	for _, b := range c.Readable {
+		n += len(b)
+	}
+	return n
+}
+
+// WritableLen returns the total size of the writable buffers.
+func (c *Chain) WritableLen() int {
+	n := 0
+	for _, b := range c.Writable {
+		n += len(b)
+	}
+	return n
+}

@@ -1,0 +1,280 @@
+package virtqueue
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Descriptor flags (virtio 1.x, 2.7.5).
+const (
+	DescFlagNext     = 1
+	DescFlagWrite    = 2
+	DescFlagIndirect = 4
+)
+
+// Ring flags.
+const (
+	AvailFlagNoInterrupt = 1 // driver → device: do not signal (no EVENT_IDX)
+	UsedFlagNoNotify     = 1 // device → driver: do not kick (no EVENT_IDX)
+)
+
+// MaxQueueSize is the largest split queue size virtio allows.
+const MaxQueueSize = 32768
+
+// DescSize is the size of one descriptor in a table.
+const DescSize = 16
+
+// RingSizes returns the byte sizes of the descriptor table, available ring
+// and used ring of a split queue of the given size, event fields included.
+func RingSizes(size int) (desc, avail, used int) {
+	return DescSize * size, 6 + 2*size, 6 + 8*size
+}
+
+// Config is what the frontend told us about one ring.
+type Config struct {
+	Size uint16 // power of two, ≤ MaxQueueSize
+	// Desc, Avail and Used are frontend user addresses (SET_VRING_ADDR).
+	Desc, Avail, Used uint64
+	// EventIdx is true when VIRTIO_F_RING_EVENT_IDX was negotiated.
+	EventIdx bool
+	// Base is the first available index to process (SET_VRING_BASE).
+	Base uint16
+}
+
+// ErrAvailIndex reports an available index more than a queue size ahead of
+// the device: the guest driver is broken or hostile. Pop returns it without
+// consuming anything.
+var ErrAvailIndex = errors.New("available index ahead of the device by more than the queue size")
+
+// ChainError reports a malformed descriptor chain. When Returnable, the head
+// is a valid descriptor index and the caller must give it back to the guest
+// with Push(Head, 0) so the driver can reclaim its descriptors; otherwise the
+// head itself was out of range and there is nothing to give back.
+type ChainError struct {
+	Head       uint16
+	Returnable bool
+	Err        error
+}
+
+func (e *ChainError) Error() string {
+	return fmt.Sprintf("descriptor chain %d: %v", e.Head, e.Err)
+}
+
+func (e *ChainError) Unwrap() error { return e.Err }
+
+// Queue is a split virtqueue in guest memory, seen from the device.
+//
+// Pop, DisableNotify and EnableNotify belong to one goroutine at a time (the
+// queue's kick loop). Push may be called from any number of goroutines.
+type Queue struct {
+	size     uint16
+	mask     uint16
+	eventIdx bool
+	desc     []byte
+	avail    []byte
+	used     []byte
+	pins     []*Pin
+
+	lastAvail uint16 // owned by the popping goroutine
+
+	pushMu  sync.Mutex
+	usedIdx uint16 // guarded by pushMu
+}
+
+// NewQueue translates the ring addresses through snap and pins the regions
+// behind them until Release.
+func NewQueue(snap *Snapshot, cfg Config) (*Queue, error) {
+	n := int(cfg.Size)
+	if n == 0 || n > MaxQueueSize || n&(n-1) != 0 {
+		return nil, fmt.Errorf("queue size %d is not a power of two up to %d", n, MaxQueueSize)
+	}
+	if cfg.Desc%16 != 0 || cfg.Avail%2 != 0 || cfg.Used%4 != 0 {
+		return nil, fmt.Errorf("misaligned ring addresses desc %#x avail %#x used %#x", cfg.Desc, cfg.Avail, cfg.Used)
+	}
+	q := &Queue{size: cfg.Size, mask: cfg.Size - 1, eventIdx: cfg.EventIdx, lastAvail: cfg.Base}
+	dn, an, un := RingSizes(n)
+	var err error
+	parts := []struct {
+		dst  *[]byte
+		addr uint64
+		n    int
+		name string
+	}{{&q.desc, cfg.Desc, dn, "descriptor table"}, {&q.avail, cfg.Avail, an, "available ring"}, {&q.used, cfg.Used, un, "used ring"}}
+	for _, p := range parts {
+		var pin *Pin
+		*p.dst, pin, err = snap.PinUser(p.addr, uint64(p.n))
+		if err != nil {
+			q.Release()
+			return nil, fmt.Errorf("%s: %w", p.name, err)
+		}
+		q.pins = append(q.pins, pin)
+	}
+	q.usedIdx = load16(q.used, 2)
+	return q, nil
+}
+
+// Release unpins the ring memory. The queue must not be used afterwards.
+func (q *Queue) Release() {
+	for _, p := range q.pins {
+		p.Release()
+	}
+	q.pins = nil
+}
+
+// Size returns the queue size.
+func (q *Queue) Size() uint16 { return q.size }
+
+// LastAvail returns the index of the next available entry to pop; after all
+// popped chains are pushed it is what GET_VRING_BASE reports.
+func (q *Queue) LastAvail() uint16 { return q.lastAvail }
+
+// Pending reports whether the driver has published chains not yet popped.
+func (q *Queue) Pending() bool { return load16(q.avail, 2) != q.lastAvail }
+
+// Pop takes the next available chain into c, reusing c's slices. It returns
+// false when nothing is available. A malformed chain is consumed and
+// reported as a *ChainError (c.Head is set, its buffers are empty).
+// Buffers point into memory held by mem: keep mem until the chain is pushed.
+func (q *Queue) Pop(mem *Snapshot, c *Chain) (bool, error) {
+	availIdx := load16(q.avail, 2)
+	if availIdx == q.lastAvail {
+		return false, nil
+	}
+	if availIdx-q.lastAvail > q.size {
+		return false, fmt.Errorf("avail idx %d, last seen %d, size %d: %w", availIdx, q.lastAvail, q.size, ErrAvailIndex)
+	}
+	// Read the ring entry (and the descriptors) only after the index.
+	loadFence()
+	head := load16(q.avail, 4+2*int(q.lastAvail&q.mask))
+	q.lastAvail++
+	c.Head = head
+	c.Readable = c.Readable[:0]
+	c.Writable = c.Writable[:0]
+	if head >= q.size {
+		return true, &ChainError{Head: head, Err: fmt.Errorf("head out of range (queue size %d)", q.size)}
+	}
+	if err := walkChain(mem, q.desc, head, int(q.size), c); err != nil {
+		clear(c.Readable)
+		clear(c.Writable)
+		c.Readable = c.Readable[:0]
+		c.Writable = c.Writable[:0]
+		return true, &ChainError{Head: head, Returnable: true, Err: err}
+	}
+	return true, nil
+}
+
+// walkChain follows the chain starting at head in the descriptor table
+// table (which holds at least size entries), appending buffers to c. At most
+// maxLen buffer descriptors are followed, which also ends loops. Each
+// descriptor is read once, so the guest changing it meanwhile cannot make a
+// checked value differ from a used one.
+func walkChain(mem *Snapshot, table []byte, head uint16, maxLen int, c *Chain) error {
+	n := len(table) / DescSize
+	idx := int(head)
+	count := 0
+	indirect := false
+	writing := false
+	for {
+		if idx >= n {
+			return fmt.Errorf("descriptor index %d out of range (table of %d)", idx, n)
+		}
+		d := table[idx*DescSize : idx*DescSize+DescSize]
+		addr := le.Uint64(d[0:8])
+		length := le.Uint32(d[8:12])
+		flags := le.Uint16(d[12:14])
+		next := le.Uint16(d[14:16])
+		if flags&DescFlagIndirect != 0 {
+			switch {
+			case indirect:
+				return errors.New("nested indirect descriptor")
+			case flags&DescFlagNext != 0:
+				return errors.New("indirect descriptor with NEXT set")
+			case length == 0 || length%DescSize != 0:
+				return fmt.Errorf("indirect table length %d is not a positive multiple of %d", length, DescSize)
+			case int(length/DescSize) > maxLen:
+				return fmt.Errorf("indirect table of %d entries exceeds the queue size %d", length/DescSize, maxLen)
+			}
+			t, err := mem.Slice(addr, uint64(length))
+			if err != nil {
+				return fmt.Errorf("indirect table: %w", err)
+			}
+			table, n, idx, indirect = t, int(length/DescSize), 0, true
+			continue
+		}
+		count++
+		if count > maxLen {
+			return fmt.Errorf("chain longer than %d descriptors (loop?)", maxLen)
+		}
+		var err error
+		if flags&DescFlagWrite != 0 {
+			writing = true
+			c.Writable, err = mem.AppendSlices(c.Writable, addr, uint64(length))
+		} else {
+			if writing {
+				return errors.New("device-readable descriptor after a device-writable one")
+			}
+			c.Readable, err = mem.AppendSlices(c.Readable, addr, uint64(length))
+		}
+		if err != nil {
+			return fmt.Errorf("descriptor %d: %w", idx, err)
+		}
+		if flags&DescFlagNext == 0 {
+			return nil
+		}
+		idx = int(next)
+	}
+}
+
+// Push puts (head, written) in the used ring and reports whether the driver
+// wants to be signalled (EVENT_IDX used_event or the NO_INTERRUPT flag).
+// It is safe for concurrent use.
+func (q *Queue) Push(head uint16, written uint32) bool {
+	q.pushMu.Lock()
+	old := q.usedIdx
+	off := 4 + 8*int(old&q.mask)
+	le.PutUint32(q.used[off:off+4], uint32(head))
+	le.PutUint32(q.used[off+4:off+8], written)
+	// The element must be visible before the index that publishes it.
+	storeFence()
+	q.usedIdx = old + 1
+	store16(q.used, 2, old+1)
+	// And the index must be visible before we read the driver's wish.
+	fullFence()
+	var notify bool
+	if q.eventIdx {
+		ev := load16(q.avail, 4+2*int(q.size))
+		notify = needEvent(ev, old+1, old)
+	} else {
+		notify = load16(q.avail, 0)&AvailFlagNoInterrupt == 0
+	}
+	q.pushMu.Unlock()
+	return notify
+}
+
+// DisableNotify asks the driver not to kick while the device is draining the
+// ring. With EVENT_IDX this is implicit (avail_event is left behind).
+func (q *Queue) DisableNotify() {
+	if !q.eventIdx {
+		store16(q.used, 0, UsedFlagNoNotify)
+	}
+}
+
+// EnableNotify asks the driver to kick for the next chain and reports
+// whether chains arrived meanwhile (then the caller must keep popping,
+// as no kick will come for them).
+func (q *Queue) EnableNotify() bool {
+	if q.eventIdx {
+		store16(q.used, 4+8*int(q.size), q.lastAvail)
+	} else {
+		store16(q.used, 0, 0)
+	}
+	fullFence()
+	return q.Pending()
+}
+
+// needEvent is vring_need_event: whether moving an index from old to new
+// crosses the other side's event index ev.
+func needEvent(ev, new, old uint16) bool {
+	return new-ev-1 < new-old
+}
