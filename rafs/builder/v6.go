@@ -300,6 +300,9 @@ func writeV6(img *image) ([]byte, error) {
 			le.PutUint32(in[16:], uint32(n.Rdev))
 		case s.firstBlk != 0:
 			le.PutUint32(in[16:], s.firstBlk)
+		case s.layout == layoutFlatInline:
+			// nydus points i_u at the inode's own block when all data is inline
+			le.PutUint32(in[16:], uint32(off/blockSize))
 		}
 		le.PutUint32(in[20:], uint32(n.ino))
 		le.PutUint32(in[24:], n.UID)

@@ -1,0 +1,87 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// TestKernelMount builds images of a tree holding every kind of entry and
+// checks what the Linux EROFS driver and fsck.erofs make of them.
+func TestKernelMount(t *testing.T) {
+	requireKernelErofs(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src)
+	want := scanTree(t, src)
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"blake3", Options{}},
+		{"sha256", Options{Digester: DigestSHA256}},
+		{"blake3-4k-chunks", Options{ChunkSize: 0x1000}},
+		{"sha256-16m-chunks", Options{Digester: DigestSHA256, ChunkSize: 16 << 20}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := t.TempDir()
+			res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.BlobID == "" {
+				t.Fatal("no blob written")
+			}
+			mnt := mountErofs(t, res.BootstrapPath, res.BlobPath)
+			compareTrees(t, want, scanTree(t, mnt))
+			fsck(t, res.BootstrapPath, res.BlobPath)
+		})
+	}
+}
+
+// fsck runs fsck.erofs on an image, extracting it to check every file.
+func fsck(t *testing.T, boot string, blobs ...string) {
+	t.Helper()
+	if _, err := exec.LookPath("fsck.erofs"); err != nil {
+		t.Log("fsck.erofs not installed (erofs-utils); skipping the fsck check")
+		return
+	}
+	args := []string{}
+	for _, b := range blobs {
+		args = append(args, "--device="+b)
+	}
+	ext := filepath.Join(t.TempDir(), "x")
+	args = append(args, "--extract="+ext, boot)
+	out, err := exec.Command("fsck.erofs", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fsck.erofs %v: %v\n%s", args, err, out)
+	}
+}
+
+// TestReproducible builds the same tree twice and wants identical bytes.
+func TestReproducible(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src)
+	for _, opts := range []Options{{}, {Compressor: CompressZstd, Digester: DigestSHA256, Workers: 3}} {
+		var boots, blobs [][]byte
+		for i := 0; i < 2; i++ {
+			out := t.TempDir()
+			res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(res.BootstrapPath)
+			d, _ := os.ReadFile(res.BlobPath)
+			boots, blobs = append(boots, b), append(blobs, d)
+			left, _ := filepath.Glob(filepath.Join(out, ".*"))
+			if len(left) != 0 {
+				t.Errorf("temporary files left behind: %v", left)
+			}
+		}
+		if !bytes.Equal(boots[0], boots[1]) || !bytes.Equal(blobs[0], blobs[1]) {
+			t.Errorf("%+v: two builds of the same tree differ", opts)
+		}
+	}
+}
