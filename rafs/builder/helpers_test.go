@@ -42,9 +42,9 @@ func makeSource(t testing.TB, dir string) {
 	}
 	write("hello.txt", []byte("hello nydus\n"))
 	write("empty", nil)
-	write("big.bin", pattern(3<<20+12345, 1))        // several 1 MiB chunks
+	write("big.bin", pattern(3<<20+12345, 1))          // several 1 MiB chunks
 	write("dup/big-copy.bin", pattern(3<<20+12345, 1)) // dedup of whole file
-	write("dup/zeros", make([]byte, 2<<20))          // repeated chunk inside a file
+	write("dup/zeros", make([]byte, 2<<20))            // repeated chunk inside a file
 	write("odd/4k", pattern(4096, 2))
 	write("odd/4k+1", pattern(4097, 3))
 	must(os.Link(filepath.Join(dir, "hello.txt"), filepath.Join(dir, "odd/hardlink")))
