@@ -1,0 +1,247 @@
+package passthrough
+
+import (
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// mkEntry runs a create-type operation under the parent directory as the
+// caller, then looks the new name up to answer with its entry. The parent
+// is an O_PATH fd on the directory inode itself: if the guest named a
+// symlink as parent, every *at call below fails with ENOTDIR.
+func (fs *FS) mkEntry(h *fuse.InHeader, name string, out *fuse.EntryOut, create func(pfd int) error) fuse.Status {
+	if !validName(name) {
+		return fuse.EINVAL
+	}
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	return fs.withFd(h.NodeId, func(p *inode, pfd int) error {
+		if !p.isDir() {
+			return syscall.ENOTDIR
+		}
+		if err := fs.creds.as(h.Caller, func() error { return create(pfd) }); err != nil {
+			return err
+		}
+		_, err := fs.lookupAt(pfd, name, out)
+		return err
+	})
+}
+
+// Mkdir makes a directory.
+func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
+	return fs.mkEntry(&in.InHeader, name, out, func(pfd int) error {
+		return unix.Mkdirat(pfd, name, in.Mode&07777)
+	})
+}
+
+// Mknod makes a device node, FIFO, socket or regular file. A device node
+// made here can never be opened through the daemon (see reopen).
+func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
+	return fs.mkEntry(&in.InHeader, name, out, func(pfd int) error {
+		return unix.Mknodat(pfd, name, in.Mode, int(in.Rdev))
+	})
+}
+
+// Symlink makes a symlink. Its target is data to the daemon, never followed.
+func (fs *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target string, name string, out *fuse.EntryOut) fuse.Status {
+	return fs.mkEntry(h, name, out, func(pfd int) error {
+		return unix.Symlinkat(target, pfd, name)
+	})
+}
+
+// Link makes a hard link to a node the guest already knows (hence one inside
+// the share); a symlink node is linked itself, never its target.
+func (fs *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
+	if !validName(name) {
+		return fuse.EINVAL
+	}
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	return fs.withFd(in.Oldnodeid, func(old *inode, ofd int) error {
+		return status2err(fs.withFd(in.NodeId, func(p *inode, pfd int) error {
+			if !p.isDir() {
+				return syscall.ENOTDIR
+			}
+			if err := unix.Linkat(ofd, "", pfd, name, unix.AT_EMPTY_PATH); err != nil {
+				return err
+			}
+			_, err := fs.lookupAt(pfd, name, out)
+			return err
+		}))
+	})
+}
+
+func status2err(s fuse.Status) error {
+	if s.Ok() {
+		return nil
+	}
+	return syscall.Errno(s)
+}
+
+func (fs *FS) remove(h *fuse.InHeader, name string, flags int) fuse.Status {
+	if !validName(name) {
+		return fuse.EINVAL
+	}
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	return fs.withFd(h.NodeId, func(p *inode, pfd int) error {
+		if !p.isDir() {
+			return syscall.ENOTDIR
+		}
+		return unix.Unlinkat(pfd, name, flags)
+	})
+}
+
+// Unlink removes a non-directory.
+func (fs *FS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
+	return fs.remove(h, name, 0)
+}
+
+// Rmdir removes an empty directory.
+func (fs *FS) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
+	return fs.remove(h, name, unix.AT_REMOVEDIR)
+}
+
+// Rename renames (rename2 flags RENAME_NOREPLACE, RENAME_EXCHANGE and
+// RENAME_WHITEOUT are passed to renameat2, which checks them).
+func (fs *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName string, newName string) fuse.Status {
+	if !validName(oldName) || !validName(newName) {
+		return fuse.EINVAL
+	}
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	return fs.withFd(in.NodeId, func(op *inode, ofd int) error {
+		return status2err(fs.withFd(in.Newdir, func(np *inode, nfd int) error {
+			if !op.isDir() || !np.isDir() {
+				return syscall.ENOTDIR
+			}
+			return unix.Renameat2(ofd, oldName, nfd, newName, uint(in.Flags))
+		}))
+	})
+}
+
+// Readlink returns a symlink's target.
+func (fs *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	var target []byte
+	s := fs.withFd(h.NodeId, func(n *inode, fd int) error {
+		if !n.isLink() {
+			return syscall.EINVAL
+		}
+		buf := make([]byte, unix.PathMax)
+		k, err := unix.Readlinkat(fd, "", buf)
+		if err != nil {
+			return err
+		}
+		target = buf[:k]
+		return nil
+	})
+	return target, s
+}
+
+// OpenDir opens a directory stream.
+func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fs.withFd(in.NodeId, func(n *inode, fd int) error {
+		if !n.isDir() {
+			return syscall.ENOTDIR
+		}
+		dfd, err := fs.reopen(n, fd, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		out.Fh = fs.addFile(dfd, n)
+		out.OpenFlags = fs.opts.openFlags(true)
+		return nil
+	})
+}
+
+// ReleaseDir closes a directory stream.
+func (fs *FS) ReleaseDir(in *fuse.ReleaseIn) { fs.releaseFile(in.Fh) }
+
+// ReadDir lists entries from the offset on.
+func (fs *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return fs.readDir(in, int(in.Size), func(h *fileHandle, e fuse.DirEntry) bool {
+		return out.AddDirEntry(e)
+	})
+}
+
+// ReadDirPlus lists entries and looks each up (one lookup count each,
+// counted only for entries that fit the reply; "." and ".." get no entry).
+func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return fs.readDir(in, int(in.Size)/2, func(h *fileHandle, e fuse.DirEntry) bool {
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			return false
+		}
+		if e.Name == "." || e.Name == ".." {
+			return true
+		}
+		fd, err := openBeneath(h.fd, e.Name)
+		if err != nil {
+			return true // vanished: NodeId 0 tells the kernel to skip it
+		}
+		if _, err := fs.intern(fd, true, eo); err != nil {
+			*eo = fuse.EntryOut{}
+			return true
+		}
+		out.FixMode(eo.Attr.Mode)
+		return true
+	})
+}
+
+func (fs *FS) readDir(in *fuse.ReadIn, bufSize int, add func(*fileHandle, fuse.DirEntry) bool) fuse.Status {
+	h := fs.getFile(in.Fh)
+	if h == nil {
+		return fuse.EBADF
+	}
+	defer fs.putFile(h)
+	h.dmu.Lock()
+	defer h.dmu.Unlock()
+	if h.pos != int64(in.Offset) {
+		if _, err := unix.Seek(h.fd, int64(in.Offset), unix.SEEK_SET); err != nil {
+			return status(err)
+		}
+		h.pos = int64(in.Offset)
+	}
+	if bufSize < 1024 {
+		bufSize = 1024
+	}
+	if len(h.buf) < bufSize {
+		h.buf = make([]byte, bufSize)
+	}
+	buf := h.buf[:bufSize]
+	added := false
+	for {
+		n, err := unix.Getdents(h.fd, buf)
+		if err != nil {
+			h.pos = -1
+			if added {
+				return fuse.OK
+			}
+			return status(err)
+		}
+		if n <= 0 {
+			return fuse.OK
+		}
+		for off := 0; off < n; {
+			var e fuse.DirEntry
+			rec := e.Parse(buf[off:n])
+			if rec <= 0 {
+				h.pos = -1
+				return fuse.EIO
+			}
+			off += rec
+			if !add(h, e) {
+				h.pos = -1
+				return fuse.OK
+			}
+			added = true
+			h.pos = int64(e.Off)
+		}
+	}
+}

@@ -1,0 +1,67 @@
+// Package passthrough shares a host directory read-write with a guest as a
+// go-fuse fuse.RawFileSystem, the way virtiofsd does. fusewire serves it over
+// virtqueues; tests mount it on the host through /dev/fuse.
+//
+// # Confinement
+//
+// Every operation is relative to an inode the guest reached by lookups from
+// the shared directory, and every lookup resolves exactly one name with
+// openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS, O_PATH|
+// O_NOFOLLOW) relative to the parent's O_PATH fd. Names with '/' or NUL, and
+// "." or ".." outside lookup, are refused with EINVAL; ".." of the shared
+// directory is the shared directory. Symlinks are never followed by the
+// daemon: a symlink node used as a parent gives ENOTDIR, Create over a
+// symlink gives ELOOP, Open of anything but a regular file or a directory
+// gives EBADF (so a guest-made device node never opens a host device). The
+// daemon's own uses of /proc/self/fd/N (xattrs, fallbacks for chmod,
+// truncate and utimes, re-opening pinned inodes) name its own fds, never a
+// guest string.
+//
+// # File descriptors
+//
+// Inodes are identified by file handle (name_to_handle_at, which carries
+// the inode generation, so recycled inode numbers never alias) and opened
+// with open_by_handle_at when needed. Their O_PATH fds live in an LRU of
+// Options.FdCacheSize entries (a quarter of RLIMIT_NOFILE by default), so the
+// number of inodes the guest remembers does not bound the fds the daemon
+// holds. Where the filesystem has no handles (some overlay or FUSE setups),
+// or with InodeFileHandles "never", an inode pins one O_PATH fd until the
+// guest forgets it, as virtiofsd does. FORGET drops the inode when its
+// lookup count reaches zero. Node IDs are never reused, so the generation
+// is always 0. Attr.Ino is the host inode number.
+//
+// # Credentials
+//
+// Create, Mkdir, Mknod and Symlink run with the caller's fsuid/fsgid (and no
+// supplementary groups) on a goroutine locked to its OS thread, like
+// virtiofsd: the host kernel then sets the owner and group (setgid
+// directories included) and checks permissions itself. The alternative,
+// create as root then chown, gets setgid inheritance and permission checks
+// wrong and leaves a window where the file is root's. Other operations run
+// with the daemon's credentials: the guest kernel (default_permissions) has
+// checked them. New sets the process umask to 0; the guest applied its own.
+//
+// # Reads and writes
+//
+// Read returns fusewire.FileResult(fd, off, n) wrapped so the open file stays
+// referenced until the transport calls Done; the transport preadv's into
+// guest memory. Writes pwritev the guest's buffers directly. O_APPEND is
+// kept on the host fd, so appends land at the host's end of file. With
+// FUSE_WRITE_KILL_SUIDGID (killpriv_v2) a write clears suid/sgid; without it
+// the guest kernel clears them with SETATTR, as the host kernel would not
+// when the daemon (CAP_FSETID) writes.
+//
+// # Cache modes
+//
+// Entry and attribute timeouts: never 0 s, auto 1 s, metadata and always
+// 86400 s. Open flags as the Rust virtiofsd: never → FOPEN_DIRECT_IO on
+// files; auto → none; metadata → FOPEN_DIRECT_IO on files, FOPEN_CACHE_DIR|
+// FOPEN_KEEP_CACHE on directories; always → FOPEN_KEEP_CACHE, plus
+// FOPEN_CACHE_DIR on directories. READDIRPLUS is for all but never
+// (Options.ReadDirPlus tells the transport).
+//
+// Nothing here is copied from virtiofsd; the kernel interfaces are used
+// directly through golang.org/x/sys/unix because no Go library offers an
+// fd-relative, handle-based passthrough filesystem (go-fuse's loopback is
+// path-based and follows the caller's symlinks).
+package passthrough

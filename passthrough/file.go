@@ -1,0 +1,344 @@
+package passthrough
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"golang.org/x/sys/unix"
+)
+
+// fileHandle is an open file or directory of the guest. It is reference
+// counted so that a RELEASE racing a READ whose reply is still being copied
+// cannot close (and let the kernel reuse) the fd under it.
+type fileHandle struct {
+	id       uint64
+	fd       int
+	node     *inode
+	refs     int  // guarded by FS.hmu
+	released bool // guarded by FS.hmu
+
+	// directory stream state
+	dmu sync.Mutex
+	pos int64 // offset the fd is at, -1 when unknown
+	buf []byte
+}
+
+func (fs *FS) addFile(fd int, n *inode) uint64 {
+	fs.hmu.Lock()
+	defer fs.hmu.Unlock()
+	id := fs.nextFh
+	fs.nextFh++
+	fs.files[id] = &fileHandle{id: id, fd: fd, node: n, pos: -1}
+	return id
+}
+
+// getFile returns the open file id with a reference, or nil.
+func (fs *FS) getFile(id uint64) *fileHandle {
+	fs.hmu.Lock()
+	defer fs.hmu.Unlock()
+	h := fs.files[id]
+	if h != nil {
+		h.refs++
+	}
+	return h
+}
+
+func (fs *FS) putFile(h *fileHandle) {
+	fs.hmu.Lock()
+	defer fs.hmu.Unlock()
+	h.refs--
+	if h.refs == 0 && h.released {
+		unix.Close(h.fd)
+	}
+}
+
+func (fs *FS) releaseFile(id uint64) {
+	fs.hmu.Lock()
+	defer fs.hmu.Unlock()
+	h := fs.files[id]
+	if h == nil {
+		return
+	}
+	delete(fs.files, id)
+	h.released = true
+	if h.refs == 0 {
+		unix.Close(h.fd)
+	}
+}
+
+// withFile runs f on an open file's fd.
+func (fs *FS) withFile(id uint64, f func(h *fileHandle) error) fuse.Status {
+	h := fs.getFile(id)
+	if h == nil {
+		return fuse.EBADF
+	}
+	defer fs.putFile(h)
+	return status(f(h))
+}
+
+// openFlags turns the guest's open flags into host ones: no O_CREAT/O_EXCL/
+// O_NOCTTY (the inode exists), no O_DIRECT unless allowed, always CLOEXEC.
+// O_APPEND stays: Linux pwrite on an O_APPEND fd appends at the real end of
+// file, which is what the guest asked for.
+func (fs *FS) hostOpenFlags(flags uint32) int {
+	f := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY)
+	if !fs.opts.AllowDirectIO {
+		f &^= unix.O_DIRECT
+	}
+	return f | unix.O_CLOEXEC
+}
+
+// reopen opens the inode for I/O without any path walk: by file handle, or
+// through our own O_PATH fd in /proc/self/fd. Only regular files and
+// directories may be opened (as virtiofsd): a device node the guest made
+// must never make the daemon open a host device.
+func (fs *FS) reopen(n *inode, fd int, flags int) (int, error) {
+	if !n.isReg() && !n.isDir() {
+		return -1, syscall.EBADF
+	}
+	if n.handle != nil {
+		return unix.OpenByHandleAt(n.mountFd, *n.handle, flags)
+	}
+	return unix.Open(procPath(fd), flags&^unix.O_NOFOLLOW, 0)
+}
+
+func writeFlags(flags int) bool {
+	return flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
+}
+
+// Open opens a file.
+func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	flags := fs.hostOpenFlags(in.Flags)
+	if fs.opts.ReadOnly && writeFlags(flags) {
+		return fuse.EROFS
+	}
+	return fs.withFd(in.NodeId, func(n *inode, fd int) error {
+		if n.isDir() {
+			return syscall.EISDIR
+		}
+		ffd, err := fs.reopen(n, fd, flags)
+		if err != nil {
+			return err
+		}
+		out.Fh = fs.addFile(ffd, n)
+		out.OpenFlags = fs.opts.openFlags(false)
+		return nil
+	})
+}
+
+// Create creates and opens a file as the caller. The name must not exist as
+// a symlink: O_NOFOLLOW and RESOLVE_NO_SYMLINKS make that ELOOP instead of
+// creating or truncating whatever the link points to.
+func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
+	if !validName(name) {
+		return fuse.EINVAL
+	}
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	flags := fs.hostOpenFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW
+	if in.Flags&unix.O_EXCL != 0 {
+		flags |= unix.O_EXCL
+	}
+	return fs.withFd(in.NodeId, func(p *inode, pfd int) error {
+		var ffd int
+		err := fs.creds.as(in.Caller, func() error {
+			var err error
+			ffd, err = unix.Openat2(pfd, name, &unix.OpenHow{
+				Flags:   uint64(flags),
+				Mode:    uint64(in.Mode & 07777),
+				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+			})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		n, err := fs.intern(ffd, false, &out.EntryOut)
+		if err != nil {
+			unix.Close(ffd)
+			return err
+		}
+		if !n.isReg() {
+			// O_CREAT without O_EXCL opened an existing directory or the
+			// like: refuse rather than hand out an fd on it.
+			fs.Forget(n.id, 1)
+			unix.Close(ffd)
+			return syscall.EISDIR
+		}
+		out.Fh = fs.addFile(ffd, n)
+		out.OpenFlags = fs.opts.openFlags(false)
+		return nil
+	})
+}
+
+// readResult is fusewire's zero-copy file result that also holds the open
+// file until the transport has copied the data (Done).
+type readResult struct {
+	fusewire.SegmentedResult
+	fs   *FS
+	h    *fileHandle
+	done atomic.Bool
+}
+
+func (r *readResult) Done() {
+	if r.done.CompareAndSwap(false, true) {
+		r.SegmentedResult.Done()
+		r.fs.putFile(r.h)
+	}
+}
+
+// Read returns the file range as an fd segment (fusewire.FileResult): the
+// transport preadv's it straight into the guest's buffers.
+func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	h := fs.getFile(in.Fh)
+	if h == nil {
+		return nil, fuse.EBADF
+	}
+	res := fusewire.FileResult(h.fd, int64(in.Offset), int(in.Size)).(fusewire.SegmentedResult)
+	return &readResult{SegmentedResult: res, fs: fs, h: h}, fuse.OK
+}
+
+// Write writes data at the offset (appending on O_APPEND files).
+func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	return fs.Writev(cancel, in, [][]byte{data})
+}
+
+// Writev pwritev's the guest's payload straight from its buffers. With
+// FUSE_WRITE_KILL_SUIDGID (the kernel's killpriv_v2 request for an
+// unprivileged writer) it clears set-user-ID and set-group-ID (the latter
+// only with group execute) as the kernel would.
+func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	if fs.opts.ReadOnly {
+		return 0, fuse.EROFS
+	}
+	var written uint32
+	s := fs.withFile(in.Fh, func(h *fileHandle) error {
+		off := int64(in.Offset)
+		for len(data) > 0 {
+			n, err := unix.Pwritev(h.fd, data, off)
+			if err != nil {
+				if err == unix.EINTR {
+					continue
+				}
+				if written > 0 {
+					break
+				}
+				return err
+			}
+			if n == 0 {
+				break
+			}
+			written += uint32(n)
+			off += int64(n)
+			data = skipBytes(data, n)
+		}
+		if in.WriteFlags&fuse.WRITE_KILL_SUIDGID != 0 {
+			return killPriv(h.fd)
+		}
+		return nil
+	})
+	return written, s
+}
+
+func skipBytes(iov [][]byte, n int) [][]byte {
+	for len(iov) > 0 && n >= len(iov[0]) {
+		n -= len(iov[0])
+		iov = iov[1:]
+	}
+	if len(iov) > 0 && n > 0 {
+		iov = append([][]byte{iov[0][n:]}, iov[1:]...)
+	}
+	return iov
+}
+
+func killPriv(fd int) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return err
+	}
+	mode := st.Mode & 07777
+	kill := uint32(unix.S_ISUID)
+	if mode&unix.S_IXGRP != 0 {
+		kill |= unix.S_ISGID
+	}
+	if mode&kill == 0 {
+		return nil
+	}
+	return unix.Fchmod(fd, mode&^kill)
+}
+
+// Flush is called on every close of a guest fd: closing a dup makes the
+// host filesystem see the close (NFS flushes, POSIX lock release).
+func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	return fs.withFile(in.Fh, func(h *fileHandle) error {
+		d, err := unix.Dup(h.fd)
+		if err != nil {
+			return err
+		}
+		return unix.Close(d)
+	})
+}
+
+// Fsync syncs a file (data only when the guest asks fdatasync).
+func (fs *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	return fs.withFile(in.Fh, func(h *fileHandle) error {
+		if in.FsyncFlags&1 != 0 {
+			return unix.Fdatasync(h.fd)
+		}
+		return unix.Fsync(h.fd)
+	})
+}
+
+// FsyncDir syncs a directory.
+func (fs *FS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	return fs.Fsync(cancel, in)
+}
+
+// Release closes an open file.
+func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) { fs.releaseFile(in.Fh) }
+
+// Fallocate preallocates or punches (any fallocate(2) mode).
+func (fs *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	return fs.withFile(in.Fh, func(h *fileHandle) error {
+		return unix.Fallocate(h.fd, in.Mode, int64(in.Offset), int64(in.Length))
+	})
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE (and the plain whences).
+func (fs *FS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
+	return fs.withFile(in.Fh, func(h *fileHandle) error {
+		off, err := unix.Seek(h.fd, int64(in.Offset), int(in.Whence))
+		if err != nil {
+			return err
+		}
+		out.Offset = uint64(off)
+		return nil
+	})
+}
+
+// CopyFileRange copies between two open files on the host.
+func (fs *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
+	if fs.opts.ReadOnly {
+		return 0, fuse.EROFS
+	}
+	src := fs.getFile(in.FhIn)
+	if src == nil {
+		return 0, fuse.EBADF
+	}
+	defer fs.putFile(src)
+	var n int
+	s := fs.withFile(in.FhOut, func(dst *fileHandle) error {
+		offIn, offOut := int64(in.OffIn), int64(in.OffOut)
+		var err error
+		n, err = unix.CopyFileRange(src.fd, &offIn, dst.fd, &offOut, int(in.Len), int(in.Flags))
+		return err
+	})
+	return uint32(n), s
+}

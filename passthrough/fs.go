@@ -1,0 +1,562 @@
+package passthrough
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// FS shares a host directory as a fuse.RawFileSystem.
+type FS struct {
+	fuse.RawFileSystem // ENOSYS for what is not implemented (locks, ioctl, ...)
+
+	opts    Options
+	log     *logrus.Entry
+	root    string
+	timeout time.Duration
+
+	rootFd  int
+	handles bool // identify inodes by file handle
+	creds   *credSwitcher
+
+	mu     sync.RWMutex
+	nodes  map[uint64]*inode
+	byKey  map[inodeKey]*inode
+	mounts map[int]int // mount ID → fd on that mount, for open_by_handle_at
+	nextID uint64
+
+	fds fdCache
+
+	hmu    sync.Mutex
+	files  map[uint64]*fileHandle
+	nextFh uint64
+}
+
+var _ fuse.RawFileSystem = (*FS)(nil)
+
+// New opens root and returns a filesystem sharing it.
+//
+// New sets the process umask to 0, as virtiofsd does: the guest kernel has
+// already applied the caller's umask to every mode it sends.
+func New(root string, opts Options) (*FS, error) {
+	if err := opts.normalize(); err != nil {
+		return nil, err
+	}
+	// Not O_PATH: the root fd is also the mount fd open_by_handle_at needs.
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("passthrough: open shared directory %s: %w", root, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("passthrough: stat shared directory %s: %w", root, err)
+	}
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("passthrough: /proc must be mounted: %w", err)
+	}
+	fs := &FS{
+		RawFileSystem: fuse.NewDefaultRawFileSystem(),
+		opts:          opts,
+		log:           opts.Logger.WithField("shared-dir", root),
+		root:          root,
+		timeout:       opts.Timeout(),
+		rootFd:        fd,
+		nodes:         map[uint64]*inode{},
+		byKey:         map[inodeKey]*inode{},
+		mounts:        map[int]int{},
+		nextID:        fuse.FUSE_ROOT_ID + 1,
+		files:         map[uint64]*fileHandle{},
+		nextFh:        1,
+	}
+	fs.fds.max = opts.FdCacheSize
+	if fs.fds.max <= 0 {
+		fs.fds.max = defaultFdCacheSize()
+	}
+	rootNode := &inode{id: fuse.FUSE_ROOT_ID, ino: st.Ino, mode: st.Mode & syscall.S_IFMT, fd: fd, mountFd: fd, lookups: 1}
+	rootNode.key = inodeKey{dev: st.Dev, ino: st.Ino}
+	if opts.InodeFileHandles != HandlesNever {
+		h, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+		switch {
+		case err == nil:
+			fs.handles = true
+			fs.mounts[mnt] = fd
+			rootNode.key = handleKey(mnt, h)
+		case opts.InodeFileHandles == HandlesMandatory:
+			unix.Close(fd)
+			return nil, fmt.Errorf("passthrough: file handles are mandatory but %s has none: %w", root, err)
+		default:
+			fs.log.WithError(err).Warn("no file handles on the shared directory; keeping one O_PATH fd per inode")
+		}
+	}
+	fs.nodes[rootNode.id] = rootNode
+	fs.byKey[rootNode.key] = rootNode
+	fs.creds = newCredSwitcher()
+	unix.Umask(0)
+	return fs, nil
+}
+
+func defaultFdCacheSize() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur/4 < 64 {
+		return 64
+	}
+	if lim.Cur/4 > 65536 {
+		return 65536
+	}
+	return int(lim.Cur / 4)
+}
+
+func handleKey(mnt int, h unix.FileHandle) inodeKey {
+	return inodeKey{mnt: mnt, htype: h.Type(), handle: string(h.Bytes())}
+}
+
+// String names the filesystem.
+func (fs *FS) String() string { return "passthrough(" + fs.root + ")" }
+
+// SetDebug is a no-op: use the logger's level.
+func (fs *FS) SetDebug(bool) {}
+
+// Close releases the fds the filesystem holds. Use it after the last
+// request.
+func (fs *FS) Close() error {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for id, n := range fs.nodes {
+		if id != fuse.FUSE_ROOT_ID {
+			fs.fds.forget(n)
+		}
+	}
+	fs.nodes, fs.byKey = map[uint64]*inode{}, map[inodeKey]*inode{}
+	for _, fd := range fs.mounts {
+		if fd >= 0 && fd != fs.rootFd {
+			unix.Close(fd)
+		}
+	}
+	fs.mounts = map[int]int{}
+	fs.hmu.Lock()
+	for _, h := range fs.files {
+		h.released = true
+		if h.refs == 0 {
+			unix.Close(h.fd)
+		}
+	}
+	fs.files = map[uint64]*fileHandle{}
+	fs.hmu.Unlock()
+	return unix.Close(fs.rootFd)
+}
+
+// status converts an error to a FUSE status without logging.
+func status(err error) fuse.Status {
+	if err == nil {
+		return fuse.OK
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return fuse.Status(errno)
+	}
+	return fuse.EIO
+}
+
+// validName reports whether name is a single path component a create-type
+// request may use: not empty, not "." or "..", no '/' and no NUL.
+func validName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
+}
+
+func procPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// node returns the inode for a node ID.
+func (fs *FS) node(id uint64) (*inode, fuse.Status) {
+	fs.mu.RLock()
+	n := fs.nodes[id]
+	fs.mu.RUnlock()
+	if n == nil {
+		return nil, fuse.EBADF
+	}
+	return n, fuse.OK
+}
+
+// withFd runs f with an O_PATH fd for node id.
+func (fs *FS) withFd(id uint64, f func(n *inode, fd int) error) fuse.Status {
+	n, s := fs.node(id)
+	if !s.Ok() {
+		return s
+	}
+	fd, err := fs.fds.acquire(n)
+	if err != nil {
+		return status(err)
+	}
+	defer fs.fds.release(n)
+	return status(f(n, fd))
+}
+
+// openBeneath opens one name under dirfd as O_PATH without following any
+// symlink, magic link or "..": the confinement primitive of every lookup.
+func openBeneath(dirfd int, name string) (int, error) {
+	return unix.Openat2(dirfd, name, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+}
+
+// intern finds or adds the inode open at fd, counts one lookup, and fills
+// out. If donate, fd is an O_PATH fd the cache may keep; otherwise the
+// caller keeps fd.
+func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		if donate {
+			unix.Close(fd)
+		}
+		return nil, err
+	}
+	key := inodeKey{dev: st.Dev, ino: st.Ino}
+	var fh *unix.FileHandle
+	mnt := 0
+	if fs.handles {
+		h, m, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+		switch {
+		case err == nil:
+			fh, mnt, key = &h, m, handleKey(m, h)
+		case fs.opts.InodeFileHandles == HandlesMandatory:
+			if donate {
+				unix.Close(fd)
+			}
+			return nil, fmt.Errorf("name_to_handle_at: %w", err)
+		}
+	}
+	fs.mu.Lock()
+	if mfd, ok := fs.mounts[mnt]; fh != nil && ok && mfd < 0 {
+		fh, key = nil, inodeKey{dev: st.Dev, ino: st.Ino} // mount without usable handles
+	}
+	n := fs.byKey[key]
+	if n != nil {
+		n.lookups++
+		fs.mu.Unlock()
+		if donate {
+			fs.fds.offer(n, fd)
+		}
+		fs.fillEntry(n, &st, out)
+		return n, nil
+	}
+	n = &inode{id: fs.nextID, key: key, ino: st.Ino, mode: st.Mode & syscall.S_IFMT, handle: fh, fd: -1, lookups: 1}
+	if fh != nil {
+		mfd, ok := fs.mounts[mnt]
+		if !ok {
+			// open_by_handle_at wants a real (not O_PATH) fd on the mount.
+			// The first inode met on a mount is its root: a directory, or a
+			// regular file bind mount; anything else stays pinned.
+			mfd = -1
+			if n.isDir() || n.isReg() {
+				if d, err := unix.Open(procPath(fd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
+					mfd = d
+				}
+			}
+			fs.mounts[mnt] = mfd
+		}
+		if mfd < 0 {
+			key = inodeKey{dev: st.Dev, ino: st.Ino}
+			if other := fs.byKey[key]; other != nil {
+				other.lookups++
+				fs.mu.Unlock()
+				if donate {
+					unix.Close(fd)
+				}
+				fs.fillEntry(other, &st, out)
+				return other, nil
+			}
+			n.handle, n.key = nil, key
+		}
+		n.mountFd = mfd
+	}
+	if n.handle == nil {
+		pinned := fd
+		if !donate {
+			var err error
+			if pinned, err = unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0); err != nil {
+				fs.mu.Unlock()
+				return nil, err
+			}
+		}
+		n.fd = pinned
+		donate = false
+	}
+	fs.nextID++
+	fs.nodes[n.id] = n
+	fs.byKey[key] = n
+	fs.mu.Unlock()
+	if donate {
+		fs.fds.offer(n, fd)
+	}
+	fs.fillEntry(n, &st, out)
+	return n, nil
+}
+
+func (fs *FS) fillEntry(n *inode, st *syscall.Stat_t, out *fuse.EntryOut) {
+	out.NodeId = n.id
+	out.Generation = 0 // node IDs are never reused
+	out.Attr.FromStat(st)
+	out.SetEntryTimeout(fs.timeout)
+	out.SetAttrTimeout(fs.timeout)
+}
+
+// lookupAt looks name up under the directory open at dirfd.
+func (fs *FS) lookupAt(dirfd int, name string, out *fuse.EntryOut) (*inode, error) {
+	fd, err := openBeneath(dirfd, name)
+	if err != nil {
+		return nil, err
+	}
+	return fs.intern(fd, true, out)
+}
+
+// Lookup resolves one name in a directory. "/" and NUL in names are refused
+// with EINVAL; "." is the directory itself; ".." is its parent, and the
+// parent of the shared directory is the shared directory (as virtiofsd).
+func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	if name == "" || strings.ContainsAny(name, "/\x00") {
+		return fuse.EINVAL
+	}
+	if len(name) > 255 {
+		return fuse.Status(syscall.ENAMETOOLONG)
+	}
+	return fs.withFd(h.NodeId, func(p *inode, pfd int) error {
+		if !p.isDir() {
+			return syscall.ENOTDIR
+		}
+		switch {
+		case name == "." || (name == ".." && p.id == fuse.FUSE_ROOT_ID):
+			fd, err := unix.Openat(pfd, ".", unix.O_PATH|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return err
+			}
+			_, err = fs.intern(fd, true, out)
+			return err
+		case name == "..":
+			// The parent of a directory below the shared directory is in
+			// the shared directory.
+			fd, err := unix.Openat(pfd, "..", unix.O_PATH|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return err
+			}
+			_, err = fs.intern(fd, true, out)
+			return err
+		}
+		_, err := fs.lookupAt(pfd, name, out)
+		return err
+	})
+}
+
+// Forget drops nlookup references to a node; at zero the inode and its fd
+// go at once.
+func (fs *FS) Forget(nodeid, nlookup uint64) {
+	if nodeid == fuse.FUSE_ROOT_ID {
+		return
+	}
+	fs.mu.Lock()
+	n := fs.nodes[nodeid]
+	if n == nil {
+		fs.mu.Unlock()
+		return
+	}
+	if nlookup < n.lookups {
+		n.lookups -= nlookup
+		fs.mu.Unlock()
+		return
+	}
+	delete(fs.nodes, nodeid)
+	if fs.byKey[n.key] == n {
+		delete(fs.byKey, n.key)
+	}
+	fs.mu.Unlock()
+	fs.fds.forget(n)
+}
+
+// Inodes reports how many inodes the guest holds (root included) and how
+// many O_PATH fds the LRU keeps open.
+func (fs *FS) Inodes() (inodes, cachedFds int) {
+	fs.mu.RLock()
+	inodes = len(fs.nodes)
+	fs.mu.RUnlock()
+	return inodes, fs.fds.cached()
+}
+
+func (fs *FS) attrOut(st *syscall.Stat_t, out *fuse.AttrOut) {
+	out.Attr.FromStat(st)
+	out.SetTimeout(fs.timeout)
+}
+
+// GetAttr stats a node, or the open file when the kernel names one.
+func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	var st syscall.Stat_t
+	if in.Flags()&fuse.FUSE_GETATTR_FH != 0 {
+		if h := fs.getFile(in.Fh()); h != nil {
+			defer fs.putFile(h)
+			if err := syscall.Fstat(h.fd, &st); err != nil {
+				return status(err)
+			}
+			fs.attrOut(&st, out)
+			return fuse.OK
+		}
+	}
+	return fs.withFd(in.NodeId, func(n *inode, fd int) error {
+		if err := syscall.Fstat(fd, &st); err != nil {
+			return err
+		}
+		fs.attrOut(&st, out)
+		return nil
+	})
+}
+
+// SetAttr changes mode, owner, size and times. It runs with the daemon's
+// credentials, as virtiofsd's: the guest kernel has checked permissions.
+func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	var fh *fileHandle
+	if fhID, ok := in.GetFh(); ok {
+		if fh = fs.getFile(fhID); fh != nil {
+			defer fs.putFile(fh)
+		}
+	}
+	return fs.withFd(in.NodeId, func(n *inode, fd int) error {
+		if mode, ok := in.GetMode(); ok {
+			if err := chmodFd(n, fd, mode&07777); err != nil {
+				return err
+			}
+		}
+		uid, uok := in.GetUID()
+		gid, gok := in.GetGID()
+		if uok || gok {
+			u, g := -1, -1
+			if uok {
+				u = int(uid)
+			}
+			if gok {
+				g = int(gid)
+			}
+			if err := unix.Fchownat(fd, "", u, g, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
+		}
+		if size, ok := in.GetSize(); ok {
+			if err := truncate(n, fd, fh, int64(size)); err != nil {
+				return err
+			}
+		}
+		if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
+			ts := []unix.Timespec{
+				setTime(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
+				setTime(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec),
+			}
+			if err := utimes(n, fd, ts); err != nil {
+				return err
+			}
+		}
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			return err
+		}
+		fs.attrOut(&st, out)
+		return nil
+	})
+}
+
+func setTime(valid, set, now uint32, sec uint64, nsec uint32) unix.Timespec {
+	switch {
+	case valid&set == 0:
+		return unix.Timespec{Nsec: unix.UTIME_OMIT}
+	case valid&now != 0:
+		return unix.Timespec{Nsec: unix.UTIME_NOW}
+	}
+	return unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
+}
+
+// chmodFd changes the mode of the inode open (O_PATH) at fd: fchmodat2 with
+// AT_EMPTY_PATH where the kernel has it, else through /proc/self/fd (our own
+// fd, never a guest name; symlink modes cannot change on Linux anyway).
+func chmodFd(n *inode, fd int, mode uint32) error {
+	err := unix.Fchmodat(fd, "", mode, unix.AT_EMPTY_PATH)
+	if err == nil || n.isLink() || !(errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
+		return err
+	}
+	return unix.Fchmodat(unix.AT_FDCWD, procPath(fd), mode, 0)
+}
+
+func truncate(n *inode, fd int, fh *fileHandle, size int64) error {
+	if fh != nil {
+		return unix.Ftruncate(fh.fd, size)
+	}
+	switch {
+	case n.isDir():
+		return syscall.EISDIR
+	case !n.isReg():
+		return syscall.EINVAL
+	}
+	return unix.Truncate(procPath(fd), size)
+}
+
+func utimes(n *inode, fd int, ts []unix.Timespec) error {
+	err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+	if err == nil || n.isLink() || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT)) {
+		return err
+	}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, procPath(fd), ts, 0)
+}
+
+// StatFs reports the host filesystem holding the node.
+func (fs *FS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	return fs.withFd(h.NodeId, func(n *inode, fd int) error {
+		var st syscall.Statfs_t
+		if err := syscall.Fstatfs(fd, &st); err != nil {
+			return err
+		}
+		out.FromStatfsT(&st)
+		return nil
+	})
+}
+
+// Access checks the caller's permission from the inode's mode and owner
+// (the kernel only asks without default_permissions).
+func (fs *FS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
+	return fs.withFd(in.NodeId, func(n *inode, fd int) error {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			return err
+		}
+		mask := in.Mask & 7
+		if mask&unix.W_OK != 0 && fs.opts.ReadOnly {
+			return syscall.EROFS
+		}
+		if in.Uid == 0 {
+			if mask&unix.X_OK != 0 && st.Mode&0111 == 0 && st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+				return syscall.EACCES
+			}
+			return nil
+		}
+		var bits uint32
+		switch {
+		case st.Uid == in.Uid:
+			bits = (st.Mode >> 6) & 7
+		case st.Gid == in.Gid:
+			bits = (st.Mode >> 3) & 7
+		default:
+			bits = st.Mode & 7
+		}
+		if mask&^bits != 0 {
+			return syscall.EACCES
+		}
+		return nil
+	})
+}

@@ -1,0 +1,159 @@
+package passthrough
+
+import (
+	"container/list"
+	"fmt"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// inodeKey identifies a host inode. With file handles it is the handle (which
+// carries the generation, so a recycled inode number never aliases a deleted
+// file); without, it is (dev, ino), which cannot be recycled while the pinned
+// O_PATH fd keeps the inode alive.
+type inodeKey struct {
+	mnt    int
+	htype  int32
+	handle string
+	dev    uint64
+	ino    uint64
+}
+
+// inode is a host inode the guest knows by a node ID.
+type inode struct {
+	id   uint64
+	key  inodeKey
+	ino  uint64
+	mode uint32 // S_IFMT bits only
+
+	// handle is nil when the inode is held by a pinned O_PATH fd.
+	handle  *unix.FileHandle
+	mountFd int
+
+	lookups uint64 // guarded by FS.mu
+
+	// guarded by fdCache.mu
+	fd   int           // O_PATH fd or -1
+	refs int           // operations using fd
+	elem *list.Element // position in the LRU, nil when not cached
+	dead bool          // forgotten: close fd when refs drops to 0
+}
+
+func (n *inode) isDir() bool  { return n.mode == syscall.S_IFDIR }
+func (n *inode) isReg() bool  { return n.mode == syscall.S_IFREG }
+func (n *inode) isLink() bool { return n.mode == syscall.S_IFLNK }
+
+// fdCache keeps O_PATH fds of handle-identified inodes open, least recently
+// used first out, so that a guest remembering a million inodes costs a
+// million small handles but at most max fds. Inodes without a handle keep
+// their fd pinned outside the LRU.
+type fdCache struct {
+	mu   sync.Mutex
+	lru  list.List
+	max  int
+	open int
+}
+
+// acquire returns an O_PATH fd for n that stays valid until release(n).
+func (c *fdCache) acquire(n *inode) (int, error) {
+	c.mu.Lock()
+	if n.fd >= 0 {
+		n.refs++
+		if n.elem != nil {
+			c.lru.MoveToFront(n.elem)
+		}
+		c.mu.Unlock()
+		return n.fd, nil
+	}
+	c.mu.Unlock()
+	if n.handle == nil {
+		return -1, syscall.ESTALE
+	}
+	fd, err := unix.OpenByHandleAt(n.mountFd, *n.handle, unix.O_PATH|unix.O_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("open_by_handle_at: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n.fd >= 0 { // another request opened it meanwhile
+		n.refs++
+		c.lru.MoveToFront(n.elem)
+		unix.Close(fd)
+		return n.fd, nil
+	}
+	n.fd, n.refs = fd, 1
+	n.elem = c.lru.PushFront(n)
+	c.open++
+	c.evictLocked()
+	return fd, nil
+}
+
+// release ends a use of the fd returned by acquire.
+func (c *fdCache) release(n *inode) {
+	c.mu.Lock()
+	n.refs--
+	if n.refs == 0 {
+		if n.dead {
+			c.closeLocked(n)
+		} else if c.open > c.max {
+			c.evictLocked()
+		}
+	}
+	c.mu.Unlock()
+}
+
+// offer hands an O_PATH fd for n to the cache, which keeps or closes it.
+func (c *fdCache) offer(n *inode, fd int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n.fd >= 0 || n.dead || n.handle == nil {
+		unix.Close(fd)
+		return
+	}
+	n.fd = fd
+	n.elem = c.lru.PushFront(n)
+	c.open++
+	c.evictLocked()
+}
+
+// forget marks n dead and closes its fd once no operation uses it.
+func (c *fdCache) forget(n *inode) {
+	c.mu.Lock()
+	n.dead = true
+	if n.refs == 0 {
+		c.closeLocked(n)
+	}
+	c.mu.Unlock()
+}
+
+func (c *fdCache) closeLocked(n *inode) {
+	if n.fd < 0 {
+		return
+	}
+	unix.Close(n.fd)
+	n.fd = -1
+	if n.elem != nil {
+		c.lru.Remove(n.elem)
+		n.elem = nil
+		c.open--
+	}
+}
+
+func (c *fdCache) evictLocked() {
+	for e := c.lru.Back(); e != nil && c.open > c.max; {
+		prev := e.Prev()
+		if n := e.Value.(*inode); n.refs == 0 {
+			c.closeLocked(n)
+		}
+		e = prev
+	}
+}
+
+// cached reports how many evictable fds are open (for tests and metrics).
+func (c *fdCache) cached() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.open
+}
