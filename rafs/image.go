@@ -374,3 +374,14 @@ func (img *Image) ReadAt(ctx context.Context, ino uint64, p []byte, off int64) (
 	}
 	return got, err
 }
+
+// inodeCount is the image's inode count, for statfs.
+func (img *Image) inodeCount() uint64 {
+	switch m := img.f.(type) {
+	case *v5:
+		return m.count
+	case *v6:
+		return m.inos
+	}
+	return 0
+}

@@ -57,6 +57,7 @@ type v6 struct {
 	metaBase  uint64
 	xattrBase uint64
 	buildTime uint64
+	inos      uint64
 	buildNsec uint32
 	flags     uint64
 	chunkSize uint64
@@ -85,6 +86,7 @@ func openV6(d []byte, allowPlain bool) (*v6, error) {
 	extslots := sb[13]
 	m.rootNid = uint64(le.Uint16(sb[14:]))
 	inos := le.Uint64(sb[16:])
+	m.inos = inos
 	m.buildTime = le.Uint64(sb[24:])
 	m.buildNsec = le.Uint32(sb[32:])
 	metaBlk := uint64(le.Uint32(sb[40:]))

@@ -54,6 +54,10 @@ type inode struct {
 
 	// source of regular-file data for directory builds
 	srcPath string
+	// layer bookkeeping, used while merging onto the parent's tree
+	whiteouts  []string // names this directory deletes from the layer below
+	implicit   bool     // directory made up for a path's parent (no own entry)
+	linkTarget string   // hard-link placeholder: the image path it links to
 	// set while laying out
 	nlink  uint32
 	nid    uint64
@@ -236,4 +240,45 @@ func direntType(mode uint32) uint8 {
 		return 7
 	}
 	return 0
+}
+
+// mergeLayer applies an upper layer's directory onto the lower one (the
+// parent image's tree): the upper directory's attributes win unless it was
+// made up, an opaque directory hides everything below, whiteouts delete,
+// directories merge recursively and anything else replaces.
+func mergeLayer(lower, upper *inode) {
+	if !upper.implicit {
+		lower.Mode, lower.UID, lower.GID = upper.Mode, upper.UID, upper.GID
+		lower.Mtime, lower.MtimeNsec, lower.Xattrs = upper.Mtime, upper.MtimeNsec, upper.Xattrs
+	}
+	if upper.Opaque {
+		lower.Children = nil
+	}
+	for _, w := range upper.whiteouts {
+		lower.removeChild(w)
+	}
+	for _, c := range upper.Children {
+		if e := lower.child(c.Name); e != nil && e.Ino.isDir() && c.Ino.isDir() {
+			mergeLayer(e.Ino, c.Ino)
+			continue
+		}
+		lower.setChild(c.Name, c.Ino)
+	}
+}
+
+// resolveLinks replaces hard-link placeholders by the inode they name.
+func resolveLinks(root *inode) error {
+	return walkBFS(root, func(p string, d *dentry) error {
+		for hops := 0; d.Ino.linkTarget != ""; hops++ {
+			t := lookup(root, d.Ino.linkTarget)
+			if t == nil || hops > 64 {
+				return fmt.Errorf("%s: hard link target %s is not in the image", p, d.Ino.linkTarget)
+			}
+			if t.isDir() {
+				return fmt.Errorf("%s: hard link to directory %s", p, d.Ino.linkTarget)
+			}
+			d.Ino = t
+		}
+		return nil
+	})
 }
