@@ -12,6 +12,18 @@ import (
 // is an O_PATH fd on the directory inode itself: if the guest named a
 // symlink as parent, every *at call below fails with ENOTDIR.
 func (fs *FS) mkEntry(h *fuse.InHeader, name string, out *fuse.EntryOut, create func(pfd int) error) fuse.Status {
+	return fs.inDir(h, name, func(pfd int) error {
+		if err := fs.creds.as(h.Caller, func() error { return create(pfd) }); err != nil {
+			return err
+		}
+		_, err := fs.lookupAt(pfd, name, out)
+		return err
+	})
+}
+
+// inDir runs a change of name in the directory h.NodeId with the
+// directory's O_PATH fd, after checking the name and the read-only flag.
+func (fs *FS) inDir(h *fuse.InHeader, name string, f func(pfd int) error) fuse.Status {
 	if !validName(name) {
 		return fuse.EINVAL
 	}
@@ -22,11 +34,7 @@ func (fs *FS) mkEntry(h *fuse.InHeader, name string, out *fuse.EntryOut, create 
 		if !p.isDir() {
 			return syscall.ENOTDIR
 		}
-		if err := fs.creds.as(h.Caller, func() error { return create(pfd) }); err != nil {
-			return err
-		}
-		_, err := fs.lookupAt(pfd, name, out)
-		return err
+		return f(pfd)
 	})
 }
 
@@ -55,17 +63,8 @@ func (fs *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target string, n
 // Link makes a hard link to a node the guest already knows (hence one inside
 // the share); a symlink node is linked itself, never its target.
 func (fs *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	if !validName(name) {
-		return fuse.EINVAL
-	}
-	if fs.opts.ReadOnly {
-		return fuse.EROFS
-	}
 	return fs.withFd(in.Oldnodeid, func(old *inode, ofd int) error {
-		return status2err(fs.withFd(in.NodeId, func(p *inode, pfd int) error {
-			if !p.isDir() {
-				return syscall.ENOTDIR
-			}
+		return status2err(fs.inDir(&in.InHeader, name, func(pfd int) error {
 			if err := unix.Linkat(ofd, "", pfd, name, unix.AT_EMPTY_PATH); err != nil {
 				return err
 			}
@@ -83,18 +82,7 @@ func status2err(s fuse.Status) error {
 }
 
 func (fs *FS) remove(h *fuse.InHeader, name string, flags int) fuse.Status {
-	if !validName(name) {
-		return fuse.EINVAL
-	}
-	if fs.opts.ReadOnly {
-		return fuse.EROFS
-	}
-	return fs.withFd(h.NodeId, func(p *inode, pfd int) error {
-		if !p.isDir() {
-			return syscall.ENOTDIR
-		}
-		return unix.Unlinkat(pfd, name, flags)
-	})
+	return fs.inDir(h, name, func(pfd int) error { return unix.Unlinkat(pfd, name, flags) })
 }
 
 // Unlink removes a non-directory.
