@@ -1,6 +1,8 @@
 package builder
 
 import (
+	"bufio"
+	"io/fs"
 	"context"
 	"fmt"
 	"os"
@@ -36,9 +38,6 @@ type Result struct {
 func Build(ctx context.Context, source, bootstrapPath, blobDir string, opts Options) (*Result, error) {
 	if err := opts.normalize(); err != nil {
 		return nil, err
-	}
-	if opts.ParentBootstrap != "" {
-		return nil, fmt.Errorf("--parent-bootstrap is not supported yet")
 	}
 	if opts.FsVersion != 6 {
 		return nil, fmt.Errorf("RAFS v%d output is not supported yet", opts.FsVersion)
@@ -95,12 +94,22 @@ func (b *build) cleanup() {
 
 func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	opts := b.opts
-	root, err := b.loadSource(source)
-	if err != nil {
-		return nil, err
-	}
 	var blobs []blobInfo
 	dedup := map[[32]byte]chunkRef{}
+	lower := &inode{Mode: modeDir | 0o755}
+	if opts.ParentBootstrap != "" {
+		parent, err := loadParent(opts.ParentBootstrap)
+		if err != nil {
+			return nil, err
+		}
+		if parent.chunkSize != opts.ChunkSize {
+			return nil, fmt.Errorf("chunk size %#x differs from the parent's %#x", opts.ChunkSize, parent.chunkSize)
+		}
+		if parent.flags&(flagBlake3|flagSHA256) != digesterFlag(opts.Digester) {
+			return nil, fmt.Errorf("digester %s differs from the parent's", opts.Digester)
+		}
+		lower, blobs, dedup = parent.root, parent.blobs, parent.chunks
+	}
 
 	blobTmpDir := b.blobDir
 	if opts.BlobPath != "" {
@@ -112,19 +121,19 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	}
 	defer bf.Close()
 	bw := newBlobWriter(bf, opts.Compressor, opts.Digester)
-	inodes := orderInodes(root)
 	ck, err := newChunker(b.ctx, opts, bw, uint32(len(blobs)), dedup)
 	if err != nil {
 		return nil, err
 	}
 	var total int64
-	for _, n := range inodes {
-		if n.isReg() && n.srcPath != "" {
-			total += int64(n.Size)
-		}
+	if opts.Progress != nil {
+		total = sourceSize(source, opts.Type)
 	}
 	stopProgress := startProgress(opts.Progress, ck, total)
-	ferr := b.chunkFiles(ck, inodes)
+	layer, ferr := b.loadSource(source, ck)
+	if ferr == nil && opts.Type == DirRafs {
+		ferr = b.chunkFiles(ck, orderInodes(layer))
+	}
 	cerr := ck.close()
 	stopProgress()
 	if cerr != nil {
@@ -133,6 +142,12 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	if ferr != nil {
 		return nil, ferr
 	}
+	mergeLayer(lower, layer)
+	root := lower
+	if err := resolveLinks(root); err != nil {
+		return nil, err
+	}
+	inodes := orderInodes(root)
 	res := &Result{BootstrapPath: bootstrapPath}
 	res.Stats = Stats{Inodes: len(inodes), BytesIn: ck.bytesIn.Load(), NewChunks: ck.newChunks.Load(),
 		DedupChunks: ck.dupChunks.Load(), NewBlobBytes: ck.newBytes.Load()}
@@ -200,17 +215,42 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	return res, nil
 }
 
-// loadSource reads the source tree.
-func (b *build) loadSource(source string) (*inode, error) {
-	switch b.opts.Type {
-	case DirRafs:
+// loadSource reads the source into a layer tree. Tar data is chunked while
+// reading; directory files are chunked afterwards by chunkFiles.
+func (b *build) loadSource(source string, ck *chunker) (*inode, error) {
+	if b.opts.Type == DirRafs {
 		real, err := filepath.EvalSymlinks(source)
 		if err != nil {
 			return nil, fmt.Errorf("source: %w", err)
 		}
 		return scanDir(b.ctx, real, b.opts.Log)
 	}
-	return nil, fmt.Errorf("source type %s is not supported yet", b.opts.Type)
+	f, err := os.Open(source)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	defer f.Close()
+	return scanTar(b.ctx, bufio.NewReaderSize(f, 1<<20), b.opts.Type == TargzRafs, ck, b.opts.Log)
+}
+
+// sourceSize estimates the bytes to read, for the progress bar.
+func sourceSize(source string, t SourceType) int64 {
+	if t != DirRafs {
+		if st, err := os.Stat(source); err == nil {
+			return st.Size()
+		}
+		return 0
+	}
+	var total int64
+	filepath.WalkDir(source, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
 }
 
 // chunkFiles feeds every regular file that still needs its data read, in

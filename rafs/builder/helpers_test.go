@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -259,3 +260,5 @@ func mountErofs(t testing.TB, boot string, blobs ...string) string {
 	})
 	return mnt
 }
+
+type unixStat = syscall.Stat_t

@@ -125,6 +125,14 @@ func scanDir(ctx context.Context, root string, log logrus.FieldLogger) (*inode, 
 			}
 			sort.Strings(names)
 			for _, name := range names {
+				if name == whiteoutOpaque {
+					n.Opaque = true
+					continue
+				}
+				if w, ok := strings.CutPrefix(name, whiteoutPrefix); ok {
+					n.whiteouts = append(n.whiteouts, w)
+					continue
+				}
 				childImg := filepath.Join(imgPath, name)
 				c, err := scan(filepath.Join(hostPath, name), childImg)
 				if err != nil {
