@@ -2,9 +2,9 @@ package builder
 
 import (
 	"bufio"
-	"io/fs"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
 )
 
 // tarFromDir writes dir as an OCI layer tar (PAX, with xattrs, hard links
