@@ -157,8 +157,9 @@ func TestFixtureV5(t *testing.T) {
 			if inos[0] != inos[1] || inos[1] != inos[2] {
 				t.Errorf("hard links have inode numbers %v", inos)
 			}
-			if err := img.Check(context.Background(), CheckOptions{}); err != nil {
-				t.Errorf("check: %v", err)
+			r, err := img.Check(context.Background(), CheckOptions{})
+			if err != nil || r.ChunksVerified != 23 || r.Files != 23 || r.Dirs != 24 || r.Symlinks != 7 {
+				t.Errorf("check: %+v, %v", r, err)
 			}
 		})
 	}
@@ -221,8 +222,9 @@ func TestFixtureV6(t *testing.T) {
 				t.Errorf("%s: partial read %d %v", f.name, k, err)
 			}
 		}
-		if err := img.Check(context.Background(), CheckOptions{}); err != nil {
-			t.Errorf("check: %v", err)
+		r, err := img.Check(context.Background(), CheckOptions{})
+		if err != nil || r.ChunksVerified != 2 || r.Files != 2 {
+			t.Errorf("check: %+v, %v", r, err)
 		}
 	}
 }
@@ -341,6 +343,9 @@ func TestFixtureSnapshotter(t *testing.T) {
 			}
 			if n.UID != wantUID {
 				t.Errorf("uid %d want %d", n.UID, wantUID)
+			}
+			if r, err := img.Check(context.Background(), CheckOptions{}); err != nil || r.Files != 2627 {
+				t.Errorf("check: %+v, %v", r, err)
 			}
 			// No blobs: reads fail with an error, never a panic.
 			if _, err := img.ReadAt(context.Background(), n.Ino, make([]byte, 10), 0); err == nil {
