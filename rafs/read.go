@@ -2,11 +2,13 @@ package rafs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"sync"
 	"syscall"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 )
 
@@ -34,6 +36,11 @@ func (img *Image) resolve(ctx context.Context, c *chunkRef) error {
 	var metaErr error
 	if img.opts.Backend != nil {
 		metaErr = img.loadMeta(ctx, b)
+		if metaErr != nil && !errors.Is(metaErr, backend.ErrNotFound) {
+			// A blob that is present but inconsistent is an error; only
+			// a missing blob falls back to the bootstrap chunk table.
+			return metaErr
+		}
 	}
 	switch {
 	case metaErr == nil && b.ci != nil:
