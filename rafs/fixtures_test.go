@@ -17,7 +17,10 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 )
 
 const fixtures = "testdata/fixtures"
@@ -440,4 +443,13 @@ func TestFixtureErofsUtils(t *testing.T) {
 	if m := xa("/empty-dir"); m["trusted.overlay.opaque"] != "y" {
 		t.Errorf("empty-dir xattrs %v", m)
 	}
+}
+
+var errEOF = io.EOF
+
+type fuseSegment = fusewire.Segment
+
+func hasSegments(r fuse.ReadResult) bool {
+	_, ok := r.(fusewire.SegmentedResult)
+	return ok
 }

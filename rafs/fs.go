@@ -62,6 +62,9 @@ func (fs *FS) status(op string, ino uint64, err error) fuse.Status {
 	if errors.As(err, &errno) {
 		return fuse.Status(errno)
 	}
+	if errors.Is(err, ErrDigest) {
+		return fuse.EIO // logged where it was found
+	}
 	fs.img.log.WithField("op", op).WithField("ino", ino).Warnf("rafs: %v", err)
 	return fuse.EIO
 }
