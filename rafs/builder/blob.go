@@ -61,6 +61,7 @@ type blobWriter struct {
 	uoff       uint64 // next uncompressed offset
 	compressor string
 	digester   string
+	v5         bool // RAFS v5: chunk data only, packed, named by sha256
 	ci         []byte // ci v1 array
 	digests    []byte // blob.digest array
 	toc        []byte
@@ -97,15 +98,19 @@ func (b *blobWriter) addChunk(raw, comp []byte, digest [32]byte) (chunkRef, erro
 		data = comp
 		ref.Compressed = true
 	}
-	if b.compressor == CompressNone {
+	if b.compressor == CompressNone && !b.v5 {
 		b.uoff = b.off
 	}
 	ref.COff, ref.CSize, ref.UOff = b.off, uint32(len(data)), b.uoff
 	if err := b.write(data, true); err != nil {
 		return ref, err
 	}
-	b.uoff += align(uint64(len(raw)), blockSize)
-	if b.compressor == CompressNone {
+	if b.v5 {
+		b.uoff += uint64(len(raw))
+	} else {
+		b.uoff += align(uint64(len(raw)), blockSize)
+	}
+	if b.compressor == CompressNone && !b.v5 {
 		if err := b.write(b.pad[:b.uoff-b.off], true); err != nil {
 			return ref, err
 		}
@@ -167,6 +172,14 @@ func (b *blobWriter) section(tarName, tocName string, start, csize, usize uint64
 // finish writes the metadata sections and the ToC and returns the blob's
 // table entry. inlineBoot, when non-nil, is stored as image.boot (zstd).
 func (b *blobWriter) finish(inlineBoot []byte) (blobInfo, error) {
+	if b.v5 {
+		if err := b.w.Flush(); err != nil {
+			return blobInfo{}, fmt.Errorf("write blob: %w", err)
+		}
+		return blobInfo{ID: hex.EncodeToString(b.idHash.Sum(nil)), ChunkCount: uint32(len(b.ci) / ciV1Size),
+			Compressor: compressorAlgo(b.compressor), Digester: digesterAlgo(b.digester),
+			CompressedSize: b.off, UncompressedSize: b.uoff}, nil
+	}
 	features := uint32(blobFeatAligned | blobFeatInlinedDigest | blobFeatHasTarHeader | blobFeatHasTOC | blobFeatCapTarTOC)
 	if inlineBoot != nil {
 		features |= blobFeatInlinedFsMeta

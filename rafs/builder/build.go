@@ -39,8 +39,11 @@ func Build(ctx context.Context, source, bootstrapPath, blobDir string, opts Opti
 	if err := opts.normalize(); err != nil {
 		return nil, err
 	}
-	if opts.FsVersion != 6 {
-		return nil, fmt.Errorf("RAFS v%d output is not supported yet", opts.FsVersion)
+	if opts.FsVersion == 5 && opts.ParentBootstrap != "" {
+		return nil, fmt.Errorf("layered RAFS v5 builds (--parent-bootstrap with --fs-version 5) are not supported")
+	}
+	if opts.FsVersion == 5 && opts.BlobInlineMeta {
+		return nil, fmt.Errorf("--blob-inline-meta needs RAFS v6")
 	}
 	b := &build{ctx: ctx, opts: &opts, blobDir: blobDir}
 	defer b.cleanup()
@@ -121,6 +124,7 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	}
 	defer bf.Close()
 	bw := newBlobWriter(bf, opts.Compressor, opts.Digester)
+	bw.v5 = opts.FsVersion == 5
 	ck, err := newChunker(b.ctx, opts, bw, uint32(len(blobs)), dedup)
 	if err != nil {
 		return nil, err
@@ -132,7 +136,7 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	stopProgress := startProgress(opts.Progress, ck, total)
 	layer, ferr := b.loadSource(source, ck)
 	if ferr == nil && opts.Type == DirRafs {
-		ferr = b.chunkFiles(ck, orderInodes(layer))
+		ferr = b.chunkFiles(ck, dataOrder(layer))
 	}
 	cerr := ck.close()
 	stopProgress()
@@ -169,7 +173,10 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	}
 
 	img := &image{root: root, inodes: inodes, parents: parentsOf(root), blobs: blobs, chunkSize: opts.ChunkSize}
-	img.flags = compressorFlag(opts.Compressor) | digesterFlag(opts.Digester) | superFlagExplicitUIDGID | superFlagInlinedDigest
+	img.flags = compressorFlag(opts.Compressor) | digesterFlag(opts.Digester) | superFlagExplicitUIDGID
+	if opts.FsVersion == 6 {
+		img.flags |= superFlagInlinedDigest
+	}
 	for _, n := range inodes {
 		if len(n.Xattrs) > 0 {
 			img.flags |= superFlagHasXattr
@@ -179,7 +186,12 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	if img.prefetch, err = resolvePrefetch(root, opts.PrefetchFiles); err != nil {
 		return nil, err
 	}
-	boot, err := writeV6(img)
+	var boot []byte
+	if opts.FsVersion == 5 {
+		boot, err = writeV5(img, opts.Digester)
+	} else {
+		boot, err = writeV6(img)
+	}
 	if err != nil {
 		return nil, err
 	}

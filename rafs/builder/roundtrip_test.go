@@ -90,6 +90,9 @@ func TestReaderRoundTrip(t *testing.T) {
 		{Compressor: CompressLZ4},
 		{Compressor: CompressZstd, ChunkSize: 0x10000},
 		{Compressor: CompressZstd, Digester: DigestSHA256},
+		{FsVersion: 5},
+		{FsVersion: 5, Compressor: CompressLZ4, Digester: DigestSHA256},
+		{FsVersion: 5, Compressor: CompressZstd, ChunkSize: 0x10000},
 	} {
 		t.Run(fmt.Sprintf("v%d-%s-%s-%#x", opts.FsVersion, opts.Compressor, opts.Digester, opts.ChunkSize), func(t *testing.T) {
 			out := t.TempDir()

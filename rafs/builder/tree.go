@@ -282,3 +282,27 @@ func resolveLinks(root *inode) error {
 		return nil
 	})
 }
+
+// dataOrder lists the unique inodes in the order nydus-image stores file
+// data: a directory's entries in name order, then each subdirectory in turn
+// (the RAFS v5 inode-index order).
+func dataOrder(root *inode) []*inode {
+	out := []*inode{root}
+	seen := map[*inode]bool{root: true}
+	var visit func(d *inode)
+	visit = func(d *inode) {
+		for _, c := range d.Children {
+			if !seen[c.Ino] {
+				seen[c.Ino] = true
+				out = append(out, c.Ino)
+			}
+		}
+		for _, c := range d.Children {
+			if c.Ino.isDir() {
+				visit(c.Ino)
+			}
+		}
+	}
+	visit(root)
+	return out
+}
