@@ -61,7 +61,7 @@ type blobWriter struct {
 	uoff       uint64 // next uncompressed offset
 	compressor string
 	digester   string
-	v5         bool // RAFS v5: chunk data only, packed, named by sha256
+	v5         bool   // RAFS v5: chunk data only, packed, named by sha256
 	ci         []byte // ci v1 array
 	digests    []byte // blob.digest array
 	toc        []byte
