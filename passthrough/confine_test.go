@@ -73,7 +73,7 @@ func (e *env) nameOps(other uint64) map[string]func(parent uint64, name string) 
 	}
 }
 
-func (e *env) symlinks(t *testing.T) {
+func (e *env) symlinks(t testing.TB) {
 	t.Helper()
 	links := map[string]string{
 		"abs":     filepath.Join(e.outside, "secret"),
