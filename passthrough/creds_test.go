@@ -147,4 +147,3 @@ func TestWriteKillPriv(t *testing.T) {
 		os.Remove(e.host("k"))
 	}
 }
-
