@@ -34,6 +34,11 @@ func (c *codecs) decompress(algo Compression, src []byte, usize uint64) ([]byte,
 	if usize > maxBootstrapSize {
 		return nil, formatErr("decompressed size %d is too large", usize)
 	}
+	// Refuse sizes no compressor could reach from len(src) bytes, so that
+	// a crafted size never makes us allocate much more than we read.
+	if usize > maxChunkSize && usize > uint64(len(src))*maxRatio(algo)+1024 {
+		return nil, formatErr("%s: %d bytes cannot expand to %d", algo, len(src), usize)
+	}
 	switch algo {
 	case CompressNone:
 		if uint64(len(src)) != usize {
@@ -61,7 +66,11 @@ func (c *codecs) decompress(algo Compression, src []byte, usize uint64) ([]byte,
 			defer d.Close()
 			dec = d
 		}
-		out, err := dec.DecodeAll(src, make([]byte, 0, usize))
+		var dst []byte
+		if usize <= maxChunkSize {
+			dst = make([]byte, 0, usize)
+		}
+		out, err := dec.DecodeAll(src, dst)
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %v", ErrFormat, err)
 		}
@@ -119,4 +128,17 @@ func verifyChunk(algo DigestAlgo, ci *ChunkInfo, data []byte) error {
 		return fmt.Errorf("chunk %d: %s digest %x, want %x", ci.Index, algo, got, ci.Digest)
 	}
 	return nil
+}
+
+// maxRatio is the largest expansion an algorithm can produce.
+func maxRatio(algo Compression) uint64 {
+	switch algo {
+	case CompressLZ4:
+		return 255
+	case CompressGzip:
+		return 1032
+	case CompressZstd:
+		return 1 << 17 // zstd RLE blocks: bounded by the decoder's memory limit instead
+	}
+	return 1
 }

@@ -594,6 +594,10 @@ func (m *v6) flatData(n *Inode) ([]byte, bool, error) {
 		b, err := m.block(n, 0)
 		return b, true, err
 	}
+	// Check that the non-inline blocks exist before allocating for them.
+	if _, err := span(m.d, uint64(n.v6.iu)*m.bs, (nblocks-1)*m.bs, "v6 data blocks"); err != nil {
+		return nil, true, err
+	}
 	out := make([]byte, 0, n.Size)
 	for k := uint64(0); k < nblocks; k++ {
 		b, err := m.block(n, k)

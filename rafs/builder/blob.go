@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"os"
+	"strings"
 )
 
 // Blob feature bits (rafs-format.md §0.2).
@@ -169,31 +170,37 @@ func (b *blobWriter) section(tarName, tocName string, start, csize, usize uint64
 	return nil
 }
 
+// inlinePlaceholderID is the blob id an inlined bootstrap records for its
+// own blob (nydus uses the containing file's name instead).
+var inlinePlaceholderID = strings.Repeat("x", 64)
+
 // finish writes the metadata sections and the ToC and returns the blob's
-// table entry. inlineBoot, when non-nil, is stored as image.boot (zstd).
-func (b *blobWriter) finish(inlineBoot []byte) (blobInfo, error) {
+// table entry. With inline non-nil the bootstrap it makes (given the blob's
+// own entry, with a placeholder id and no ToC digest) is stored as
+// image.boot, zstd-compressed, and returned.
+func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInfo, []byte, error) {
 	if b.v5 {
 		if err := b.w.Flush(); err != nil {
-			return blobInfo{}, fmt.Errorf("write blob: %w", err)
+			return blobInfo{}, nil, fmt.Errorf("write blob: %w", err)
 		}
 		return blobInfo{ID: hex.EncodeToString(b.idHash.Sum(nil)), ChunkCount: uint32(len(b.ci) / ciV1Size),
 			Compressor: compressorAlgo(b.compressor), Digester: digesterAlgo(b.digester),
-			CompressedSize: b.off, UncompressedSize: b.uoff}, nil
+			CompressedSize: b.off, UncompressedSize: b.uoff}, nil, nil
 	}
 	features := uint32(blobFeatAligned | blobFeatInlinedDigest | blobFeatHasTarHeader | blobFeatHasTOC | blobFeatCapTarTOC)
-	if inlineBoot != nil {
+	if inline != nil {
 		features |= blobFeatInlinedFsMeta
 	}
 	n := uint64(len(b.ci) / ciV1Size)
 	dataSize := b.off
 	if err := b.section("image.blob", "image.blob", 0, dataSize, b.uoff, tocFlagNone, nil); err != nil {
-		return blobInfo{}, err
+		return blobInfo{}, nil, err
 	}
 	// blob.meta: ci array (stored uncompressed) + 4 KiB header.
 	ciOff := b.off
 	ciDigest := sha256.Sum256(b.ci)
 	if err := b.write(b.ci, true); err != nil {
-		return blobInfo{}, err
+		return blobInfo{}, nil, err
 	}
 	hdr := make([]byte, blobMetaHdrSize)
 	binary.LittleEndian.PutUint32(hdr[0:], blobMetaMagic)
@@ -206,11 +213,11 @@ func (b *blobWriter) finish(inlineBoot []byte) (blobInfo, error) {
 	binary.LittleEndian.PutUint32(hdr[4092:], blobMetaMagic)
 	hdrDigest := sha256.Sum256(hdr)
 	if err := b.write(hdr, true); err != nil {
-		return blobInfo{}, err
+		return blobInfo{}, nil, err
 	}
 	metaHdrOff := ciOff + uint64(len(b.ci))
 	if err := b.section("blob.meta", "blob.meta", ciOff, uint64(len(b.ci)), uint64(len(b.ci)), tocFlagNone, ciDigest[:]); err != nil {
-		return blobInfo{}, err
+		return blobInfo{}, nil, err
 	}
 	// The ToC has one entry per section; blob.meta.header is an extra one.
 	e := make([]byte, tocEntrySize)
@@ -225,47 +232,67 @@ func (b *blobWriter) finish(inlineBoot []byte) (blobInfo, error) {
 	digOff := b.off
 	digDigest := sha256.Sum256(b.digests)
 	if err := b.write(b.digests, false); err != nil {
-		return blobInfo{}, err
+		return blobInfo{}, nil, err
 	}
 	if err := b.section("blob.digest", "blob.digest", digOff, uint64(len(b.digests)), uint64(len(b.digests)), tocFlagNone, digDigest[:]); err != nil {
-		return blobInfo{}, err
+		return blobInfo{}, nil, err
 	}
-	if inlineBoot != nil {
-		bootOff := b.off
-		c, err := newCompressor(CompressZstd)
-		if err != nil {
-			return blobInfo{}, err
-		}
-		z := c.zenc.EncodeAll(inlineBoot, nil)
-		bootDigest := sha256.Sum256(inlineBoot)
-		if err := b.write(z, true); err != nil {
-			return blobInfo{}, err
-		}
-		if err := b.section("image.boot", "image.boot", bootOff, uint64(len(z)), uint64(len(inlineBoot)), tocFlagZstd, bootDigest[:]); err != nil {
-			return blobInfo{}, err
-		}
-	}
-	toc := append(b.toc, tarHeader("rafs.blob.toc", uint64(len(b.toc)))...)
-	tocDigest := sha256.Sum256(toc)
-	if err := b.write(toc, true); err != nil {
-		return blobInfo{}, err
-	}
-	if err := b.w.Flush(); err != nil {
-		return blobInfo{}, fmt.Errorf("write blob: %w", err)
-	}
-	return blobInfo{
-		ID:               hex.EncodeToString(b.idHash.Sum(nil)),
+	info := blobInfo{
 		ChunkCount:       uint32(n),
 		Compressor:       compressorAlgo(b.compressor),
 		Digester:         digesterAlgo(b.digester),
 		Features:         features,
-		CompressedSize:   b.off,
 		UncompressedSize: b.uoff,
-		TOCSize:          uint32(len(toc)),
 		CICompressor:     algoNone,
 		CIOffset:         ciOff,
 		CICompressedSize: uint64(len(b.ci)),
 		CIUncompressed:   uint64(len(b.ci)),
-		TOCDigest:        tocDigest,
-	}, nil
+	}
+	var boot []byte
+	if inline != nil {
+		c, err := newCompressor(CompressZstd)
+		if err != nil {
+			return blobInfo{}, nil, err
+		}
+		// The bootstrap records the blob's final size, which depends on the
+		// compressed bootstrap: iterate to the fixed point.
+		self := info
+		self.ID = inlinePlaceholderID
+		self.TOCSize = uint32(len(b.toc) + 2*tocEntrySize + tarBlock)
+		var z []byte
+		for i := 0; ; i++ {
+			if boot, err = inline(self); err != nil {
+				return blobInfo{}, nil, err
+			}
+			z = c.zenc.EncodeAll(boot, nil)
+			size := b.off + uint64(len(z)) + tarBlock + uint64(self.TOCSize)
+			if size == self.CompressedSize {
+				break
+			}
+			if i == 8 {
+				return blobInfo{}, nil, fmt.Errorf("inline bootstrap: blob size does not settle")
+			}
+			self.CompressedSize = size
+		}
+		bootOff := b.off
+		bootDigest := sha256.Sum256(boot)
+		if err := b.write(z, true); err != nil {
+			return blobInfo{}, nil, err
+		}
+		if err := b.section("image.boot", "image.boot", bootOff, uint64(len(z)), uint64(len(boot)), tocFlagZstd, bootDigest[:]); err != nil {
+			return blobInfo{}, nil, err
+		}
+	}
+	toc := append(b.toc, tarHeader("rafs.blob.toc", uint64(len(b.toc)))...)
+	info.TOCSize = uint32(len(toc))
+	info.TOCDigest = sha256.Sum256(toc)
+	if err := b.write(toc, true); err != nil {
+		return blobInfo{}, nil, err
+	}
+	if err := b.w.Flush(); err != nil {
+		return blobInfo{}, nil, fmt.Errorf("write blob: %w", err)
+	}
+	info.ID = hex.EncodeToString(b.idHash.Sum(nil))
+	info.CompressedSize = b.off
+	return info, boot, nil
 }

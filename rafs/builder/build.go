@@ -155,22 +155,6 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	res := &Result{BootstrapPath: bootstrapPath}
 	res.Stats = Stats{Inodes: len(inodes), BytesIn: ck.bytesIn.Load(), NewChunks: ck.newChunks.Load(),
 		DedupChunks: ck.dupChunks.Load(), NewBlobBytes: ck.newBytes.Load()}
-	if ck.newChunks.Load() > 0 {
-		info, err := bw.finish(nil)
-		if err != nil {
-			return nil, err
-		}
-		if err := bf.Sync(); err != nil {
-			return nil, fmt.Errorf("write blob: %w", err)
-		}
-		blobs = append(blobs, info)
-		res.BlobID = info.ID
-		res.Stats.BlobSize = int64(info.CompressedSize)
-	}
-	bf.Close()
-	for _, bl := range blobs {
-		res.BlobIDs = append(res.BlobIDs, bl.ID)
-	}
 
 	img := &image{root: root, inodes: inodes, parents: parentsOf(root), blobs: blobs, chunkSize: opts.ChunkSize}
 	img.flags = compressorFlag(opts.Compressor) | digesterFlag(opts.Digester) | superFlagExplicitUIDGID
@@ -186,14 +170,41 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	if img.prefetch, err = resolvePrefetch(root, opts.PrefetchFiles); err != nil {
 		return nil, err
 	}
-	var boot []byte
-	if opts.FsVersion == 5 {
-		boot, err = writeV5(img, opts.Digester)
-	} else {
-		boot, err = writeV6(img)
+	makeBoot := func(blobs []blobInfo) ([]byte, error) {
+		img.blobs = blobs
+		if opts.FsVersion == 5 {
+			return writeV5(img, opts.Digester)
+		}
+		return writeV6(img)
 	}
-	if err != nil {
-		return nil, err
+	var boot []byte
+	if ck.newChunks.Load() > 0 || opts.BlobInlineMeta {
+		var inline func(blobInfo) ([]byte, error)
+		if opts.BlobInlineMeta {
+			inline = func(self blobInfo) ([]byte, error) { return makeBoot(append(blobs[:len(blobs):len(blobs)], self)) }
+		}
+		info, inlined, err := bw.finish(inline)
+		if err != nil {
+			return nil, err
+		}
+		if err := bf.Sync(); err != nil {
+			return nil, fmt.Errorf("write blob: %w", err)
+		}
+		blobs = append(blobs, info)
+		res.BlobID = info.ID
+		res.Stats.BlobSize = int64(info.CompressedSize)
+		// With inline metadata the bootstrap file is a copy of the one in
+		// the blob (nydus resolves its placeholder blob id by file name).
+		boot = inlined
+	}
+	bf.Close()
+	for _, bl := range blobs {
+		res.BlobIDs = append(res.BlobIDs, bl.ID)
+	}
+	if boot == nil {
+		if boot, err = makeBoot(blobs); err != nil {
+			return nil, err
+		}
 	}
 	tf, err := b.tempFile(filepath.Dir(bootstrapPath), filepath.Base(bootstrapPath))
 	if err != nil {
