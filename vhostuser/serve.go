@@ -1,0 +1,139 @@
+package vhostuser
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
+)
+
+// Device is what the transport serves: a virtio device that turns one
+// descriptor chain into a reply.
+type Device interface {
+	// NumQueues is the total number of queues, hiprio queue 0 included.
+	NumQueues() int
+	// Features are device-specific virtio feature bits offered on top of
+	// the transport ones (0 for virtio-fs).
+	Features() uint64
+	// HandleChain serves one chain and returns the number of bytes written
+	// into c.Writable. It may run concurrently for different chains of the
+	// same queue. The chain's buffers are valid only until it returns.
+	HandleChain(ctx context.Context, queue int, c *virtqueue.Chain) uint32
+}
+
+// SessionObserver is optionally implemented by a Device that wants to know
+// when a frontend session starts and ends (for example to forget FUSE
+// state, since a reconnecting guest sends FUSE_INIT again). EndSession runs
+// after every queue has stopped, unless shutdown is abandoning requests
+// stuck in the device.
+type SessionObserver interface {
+	StartSession()
+	EndSession()
+}
+
+// Options tune Serve. The zero value is usable.
+type Options struct {
+	// RequestQueues is the number of request queues N (queues 1..N);
+	// GET_QUEUE_NUM reports 1+N. 0 means dev.NumQueues()-1, or 1 when the
+	// device reports fewer than two queues.
+	RequestQueues int
+	// Workers is the number of goroutines serving each request queue.
+	// 0 means DefaultWorkers; negative means serve inline in the kick loop.
+	Workers int
+	// KeepListening makes Serve accept the next frontend after one
+	// disconnects instead of returning (virtiofsd returns).
+	KeepListening bool
+	// Logger receives the logs; nil means logrus's standard logger.
+	Logger *logrus.Entry
+}
+
+// DefaultWorkers is the per-request-queue worker count when Options.Workers is 0.
+const DefaultWorkers = 4
+
+// MaxMemSlots is what GET_MAX_MEM_SLOTS reports.
+const MaxMemSlots = 509
+
+func (o Options) withDefaults(dev Device) Options {
+	if o.RequestQueues <= 0 {
+		o.RequestQueues = dev.NumQueues() - 1
+		if o.RequestQueues < 1 {
+			o.RequestQueues = 1
+		}
+	}
+	if o.RequestQueues > 255 {
+		o.RequestQueues = 255 // queue indexes travel in 8 bits (SET_VRING_KICK)
+	}
+	if o.Workers == 0 {
+		o.Workers = DefaultWorkers
+	}
+	if o.Logger == nil {
+		o.Logger = logrus.NewEntry(logrus.StandardLogger())
+	}
+	return o
+}
+
+// Serve accepts frontends on l and serves dev to them, one at a time. It
+// returns when the frontend disconnects (nil after a clean disconnect, or
+// the session's error), or, with KeepListening, only when ctx is cancelled
+// or accepting fails. Cancelling ctx closes the listener and any connected
+// session promptly; Serve then returns nil. Serve closes l.
+func Serve(ctx context.Context, l *net.UnixListener, dev Device, opts Options) error {
+	opts = opts.withDefaults(dev)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopAccept := context.AfterFunc(ctx, func() { l.Close() })
+	defer stopAccept()
+	defer l.Close()
+	for {
+		opts.Logger.Info("Waiting for vhost-user socket connection...")
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		opts.Logger.Info("Client connected, servicing requests")
+		err = serveConn(ctx, c, dev, opts)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			opts.Logger.WithError(err).Error("vhost-user session failed")
+		} else {
+			opts.Logger.Info("Client disconnected")
+		}
+		if !opts.KeepListening {
+			return err
+		}
+	}
+}
+
+func serveConn(ctx context.Context, c *net.UnixConn, dev Device, opts Options) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	conn := NewConn(c)
+	stop := context.AfterFunc(sctx, func() { conn.Close() })
+	defer stop()
+	defer conn.Close()
+	s := newSession(sctx, conn, dev, opts)
+	if o, ok := dev.(SessionObserver); ok {
+		o.StartSession()
+	}
+	err := s.run()
+	// Requests still in the device see their context cancelled: the
+	// frontend is gone or the daemon is shutting down.
+	cancel()
+	abandoned := s.teardown(ctx.Err() == nil)
+	if o, ok := dev.(SessionObserver); ok && !abandoned {
+		o.EndSession()
+	}
+	if errors.Is(err, net.ErrClosed) && ctx.Err() != nil {
+		err = nil
+	}
+	return err
+}
