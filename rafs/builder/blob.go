@@ -258,7 +258,7 @@ func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInf
 		// compressed bootstrap: iterate to the fixed point.
 		self := info
 		self.ID = inlinePlaceholderID
-		self.TOCSize = uint32(len(b.toc) + 2*tocEntrySize + tarBlock)
+		self.TOCSize = uint32(len(b.toc) + tocEntrySize + tarBlock) // + image.boot
 		var z []byte
 		for i := 0; ; i++ {
 			if boot, err = inline(self); err != nil {

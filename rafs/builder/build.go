@@ -177,8 +177,11 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 		}
 		return writeV6(img)
 	}
+	if opts.BlobInlineMeta && ck.newChunks.Load() == 0 {
+		return nil, fmt.Errorf("--blob-inline-meta: the source adds no file data, so there is no blob to inline into")
+	}
 	var boot []byte
-	if ck.newChunks.Load() > 0 || opts.BlobInlineMeta {
+	if ck.newChunks.Load() > 0 {
 		var inline func(blobInfo) ([]byte, error)
 		if opts.BlobInlineMeta {
 			inline = func(self blobInfo) ([]byte, error) { return makeBoot(append(blobs[:len(blobs):len(blobs)], self)) }

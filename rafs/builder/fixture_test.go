@@ -178,7 +178,14 @@ func checkNativeBlob(t *testing.T, what string, b []byte, id string) []tocEntry 
 				t.Errorf("%s: blob.meta header magic", what)
 			}
 		default:
-			if sha256.Sum256(b[te.off:te.off+te.csize]) != te.digest {
+			content := b[te.off : te.off+te.csize]
+			if te.flags == tocFlagZstd {
+				var err error
+				if content, err = decompress(CompressZstd, content, int(te.usize)); err != nil || uint64(len(content)) != te.usize {
+					t.Errorf("%s: %s: zstd: %v", what, te.name, err)
+				}
+			}
+			if sha256.Sum256(content) != te.digest {
 				t.Errorf("%s: %s digest mismatch", what, te.name)
 			}
 			end := te.off + te.csize

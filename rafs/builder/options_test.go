@@ -1,0 +1,84 @@
+package builder
+
+import (
+	"context"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestBlobInlineMeta opens the blob itself as the image, the way nydusd
+// does with an inlined bootstrap.
+func TestBlobInlineMeta(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src)
+	want := scanTree(t, src)
+	for _, opts := range []Options{{BlobInlineMeta: true}, {BlobInlineMeta: true, Compressor: CompressZstd}} {
+		out := t.TempDir()
+		res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, _ := os.ReadFile(res.BlobPath)
+		toc := checkNativeBlob(t, "inline blob", blob, res.BlobID)
+		if toc[len(toc)-1].name != "image.boot" {
+			t.Fatalf("ToC %+v has no image.boot last", toc)
+		}
+		// the blob file as the bootstrap; its id comes from its name
+		compareTrees(t, want, scanImage(t, res.BlobPath, out))
+	}
+}
+
+// TestPrefetchTable checks that the listed paths land in the prefetch
+// table, as nids (v6) or inode numbers (v5).
+func TestPrefetchTable(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src)
+	le := binary.LittleEndian
+	for _, v := range []int{6, 5} {
+		out := t.TempDir()
+		res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out,
+			Options{FsVersion: v, PrefetchFiles: []string{"/big.bin", "/odd/"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(res.BootstrapPath)
+		var sizes []uint64
+		var names []string
+		if v == 6 {
+			ext := b[1152:]
+			off, size := le.Uint64(ext[40:]), le.Uint32(ext[48:])
+			if size != 8 {
+				t.Fatalf("v6 prefetch table size %d, want 8", size)
+			}
+			meta := uint64(le.Uint32(b[1024+40:])) * 4096
+			for i := uint64(0); i < 2; i++ {
+				nid := uint64(le.Uint32(b[off+4*i:]))
+				in := b[meta+nid*32:]
+				sizes = append(sizes, uint64(le.Uint16(in[4:])))
+				sizes = append(sizes, le.Uint64(in[8:]))
+			}
+			if sizes[0]&0o170000 != 0o100000 || sizes[1] != 3<<20+12345 || sizes[2]&0o170000 != 0o040000 {
+				t.Errorf("v6 prefetch entries point at %v", sizes)
+			}
+			continue
+		}
+		off, n := le.Uint64(b[40:]), le.Uint32(b[60:])
+		if n != 2 {
+			t.Fatalf("v5 prefetch entries %d, want 2", n)
+		}
+		for i := uint64(0); i < 2; i++ {
+			ino := le.Uint32(b[off+4*i:])
+			o := uint64(le.Uint32(b[8192+4*(ino-1):])) << 3
+			names = append(names, string(b[o+128:o+128+uint64(le.Uint16(b[o+100:]))]))
+		}
+		if names[0] != "big.bin" || names[1] != "odd" {
+			t.Errorf("v5 prefetch entries name %v", names)
+		}
+	}
+	out := t.TempDir()
+	if _, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, Options{PrefetchFiles: []string{"/nope"}}); err == nil {
+		t.Error("a prefetch path missing from the image was accepted")
+	}
+}
