@@ -331,6 +331,15 @@ func TestFixtureSnapshotter(t *testing.T) {
 					t.Errorf("%s: mode %o want %o", s.path, n.Mode, s.mode)
 				}
 			}
+			// The prefetch tables: v5 lists the root, v6 (an old-builder
+			// quirk) the /bin symlink.
+			wantPrefetch := uint64(RootIno)
+			if tc.version == 6 {
+				wantPrefetch = lookupPath(t, img, "/bin").Ino
+			}
+			if pf := img.Prefetch(); len(pf) != 1 || pf[0] != wantPrefetch {
+				t.Errorf("prefetch %v, want [%d]", pf, wantPrefetch)
+			}
 			// Hard links: one inode number, nlink 2.
 			for _, pair := range [][2]string{{"/usr/bin/perl", "/usr/bin/perl5.34.0"}, {"/usr/bin/gunzip", "/usr/bin/uncompress"}} {
 				a, b := lookupPath(t, img, pair[0]), lookupPath(t, img, pair[1])

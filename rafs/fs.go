@@ -98,9 +98,11 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 	n, err := fs.img.Lookup(h.NodeId, name)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) {
-			// A negative entry the kernel may cache as long as a positive one.
-			out.NodeId = 0
+			// A negative entry (node id 0 with OK) that the kernel may
+			// cache as long as a positive one: the image never changes.
+			*out = fuse.EntryOut{}
 			out.SetEntryTimeout(fs.opts.EntryTimeout)
+			return fuse.OK
 		}
 		return fs.status("lookup", h.NodeId, err)
 	}

@@ -385,3 +385,24 @@ func (img *Image) inodeCount() uint64 {
 	}
 	return 0
 }
+
+// Prefetch returns the inode numbers the image's prefetch table lists (v5
+// inode numbers, v6 nids mapped to FUSE inode numbers), in table order.
+func (img *Image) Prefetch() []uint64 {
+	var raw []uint32
+	switch m := img.f.(type) {
+	case *v5:
+		raw = m.prefetch
+	case *v6:
+		raw = m.prefetch
+	}
+	var out []uint64
+	for _, id := range raw {
+		n, err := img.f.inode(uint64(id))
+		if err != nil {
+			continue
+		}
+		out = append(out, img.f.ino(n))
+	}
+	return out
+}

@@ -1,0 +1,63 @@
+// Package rafs reads Nydus RAFS v5 and v6 images and serves them as a
+// read-only go-fuse fuse.RawFileSystem.
+//
+// # Opening
+//
+// Open maps a bootstrap (or a data blob that carries its bootstrap inline,
+// found through the blob's ToC) and decodes nothing but the superblock and
+// the blob table: inodes, directories, xattrs and chunk indexes are
+// decoded from the mapping on demand, so opening a 100,000-inode image
+// costs a few system calls and no per-inode memory. Blob data comes from a
+// backend.Backend (Options.Backend), typically backend.LocalFS.
+//
+//	img, err := rafs.Open("image.boot", rafs.Options{
+//		Backend:        backend.NewLocalFS("/var/lib/nydus/blobs"),
+//		DigestValidate: true,
+//	})
+//	fs := rafs.NewFS(img, rafs.FSOptions{})   // a fuse.RawFileSystem
+//	srv, err := rafs.Mount(fs, "/mnt", nil)   // or hand fs to fusewire
+//
+// # What is supported
+//
+// v6: the EROFS superblock and RAFS extension, device and blob tables,
+// compact and extended inodes, FLAT_PLAIN/FLAT_INLINE directories and
+// symlinks, inline (and, for plain EROFS, shared) xattrs, chunk index
+// arrays, the bootstrap chunk table (used when a blob lacks its ci array),
+// the prefetch table; old images whose hard links are separate inodes
+// with one i_ino report one inode number (the smallest nid). Plain EROFS
+// images with chunk-based files on extra devices open with
+// Options.AllowPlainEROFS. v5: superblock, inode table, prefetch table,
+// blob table with or without the extended table, inode records with
+// names, symlinks, xattrs and chunks; Check verifies the inode digests.
+// Blobs: raw chunk data, blob.meta ci arrays (v1 and v2), the ToC and the
+// blob.digest array. Compression none, lz4_block, zstd and gzip; digests
+// blake3 and sha256 (and CRC32C for v2 chunks that carry one). ZRAN,
+// batch, encrypted and separate-meta blobs are refused with a clear
+// error for now.
+//
+// # Reads
+//
+// A read resolves the chunks under the requested range. When every chunk
+// is stored uncompressed in a local file (a backend.FileBlob) and needs no
+// validation (or has already been validated), FS.Read returns a
+// fusewire.SegmentsResult: (fd, offset, length) runs that fusewire copies
+// straight into guest memory. Otherwise chunks are fetched, decompressed
+// (through a small sharded cache of decompressed chunks), validated when
+// Options.DigestValidate is set, and copied into the reply. A digest
+// mismatch fails that read with EIO (ErrDigest) and is logged; the data is
+// never served. Nothing on the read path takes an image-wide lock, and no
+// file descriptor is held per inode or per open file.
+//
+// # Robustness
+//
+// Every offset, length and count read from an image is checked against
+// the bytes it must lie in before it is used (see span), allocations are
+// bounded by the input that backs them, directory cycles are refused, and
+// every error about image bytes wraps ErrFormat. FuzzV5, FuzzV6 and
+// FuzzBlobMeta exercise the parsers.
+//
+// The format decoders are hand-written: no Go library reads RAFS, and the
+// EROFS readers that exist neither expose the RAFS chunk addressing nor
+// read lazily from a mapping. The byte layout follows
+// shared/docs/rafs-format.md.
+package rafs
