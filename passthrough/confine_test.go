@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -317,4 +318,43 @@ func TestEscapeDeviceNode(t *testing.T) {
 			t.Fatalf("open device node: %v, want EBADF", s)
 		}
 	}
+}
+
+// TestCreateOverExisting: CREATE without O_EXCL on an existing name opens
+// a regular file (truncating on O_TRUNC), but never a FIFO (which would
+// block the daemon), a device node or a symlink's target.
+func TestCreateOverExisting(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.symlinks(t)
+	os.WriteFile(e.host("reg"), []byte("content"), 0o644)
+	unix.Mkfifo(e.host("fifo"), 0o666)
+	unix.Mknod(e.host("mem"), syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 1))) // /dev/mem
+	os.Mkdir(e.host("dir"), 0o755)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		out, s := e.rawCreate(1, "reg", unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC)
+		if !s.Ok() || out.Attr.Ino != mustStat(t, e.host("reg")).Ino {
+			t.Errorf("create over a regular file: %v", s)
+		}
+		if st := mustStat(t, e.host("reg")); st.Size != 0 {
+			t.Errorf("O_TRUNC left %d bytes", st.Size)
+		}
+		for _, name := range []string{"fifo", "mem", "dir", "abs", "upfile"} {
+			for _, fl := range []uint32{unix.O_RDONLY, unix.O_WRONLY, unix.O_RDWR | unix.O_TRUNC} {
+				if _, s := e.rawCreate(1, name, unix.O_CREAT|fl); s.Ok() {
+					t.Errorf("create(%s, %#x) opened it", name, fl)
+				}
+			}
+		}
+		if _, s := e.rawCreate(1, "reg", unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY); s != fuse.Status(syscall.EEXIST) {
+			t.Errorf("O_EXCL over existing: %v", s)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("create over a special file blocked the daemon")
+	}
+	e.outsideUntouched(t)
 }

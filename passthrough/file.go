@@ -129,31 +129,28 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 	})
 }
 
-// Create creates and opens a file as the caller. The name must not exist as
-// a symlink: O_NOFOLLOW and RESOLVE_NO_SYMLINKS make that ELOOP instead of
-// creating or truncating whatever the link points to.
+// Create creates and opens a file as the caller. The new name is always
+// made with O_EXCL|O_NOFOLLOW under RESOLVE_NO_SYMLINKS, so a symlink there is
+// ELOOP, never followed. Without the guest's O_EXCL an existing name is then
+// looked up and opened like Open: only a regular file, so that a FIFO cannot
+// block the daemon and a device node the guest made cannot open a host
+// device.
 func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	if !validName(name) {
-		return fuse.EINVAL
-	}
-	if fs.opts.ReadOnly {
-		return fuse.EROFS
-	}
-	flags := fs.hostOpenFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW
-	if in.Flags&unix.O_EXCL != 0 {
-		flags |= unix.O_EXCL
-	}
-	return fs.withFd(in.NodeId, func(p *inode, pfd int) error {
+	flags := fs.hostOpenFlags(in.Flags)
+	return fs.inDir(&in.InHeader, name, func(pfd int) error {
 		var ffd int
 		err := fs.creds.as(in.Caller, func() error {
 			var err error
 			ffd, err = unix.Openat2(pfd, name, &unix.OpenHow{
-				Flags:   uint64(flags),
+				Flags:   uint64(flags | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW),
 				Mode:    uint64(in.Mode & 07777),
 				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 			})
 			return err
 		})
+		if err == unix.EEXIST && in.Flags&unix.O_EXCL == 0 {
+			return fs.openExisting(pfd, name, flags, out)
+		}
 		if err != nil {
 			return err
 		}
@@ -162,17 +159,34 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 			unix.Close(ffd)
 			return err
 		}
-		if !n.isReg() {
-			// O_CREAT without O_EXCL opened an existing directory or the
-			// like: refuse rather than hand out an fd on it.
-			fs.Forget(n.id, 1)
-			unix.Close(ffd)
-			return syscall.EISDIR
-		}
 		out.Fh = fs.addFile(ffd, n)
 		out.OpenFlags = fs.opts.openFlags(false)
 		return nil
 	})
+}
+
+// openExisting answers a CREATE without O_EXCL whose name exists.
+func (fs *FS) openExisting(pfd int, name string, flags int, out *fuse.CreateOut) error {
+	n, err := fs.lookupAt(pfd, name, &out.EntryOut)
+	if err != nil {
+		return err
+	}
+	var ffd int
+	s := fs.withFd(n.id, func(n *inode, fd int) error {
+		if n.isDir() {
+			return syscall.EISDIR
+		}
+		var err error
+		ffd, err = fs.reopen(n, fd, flags)
+		return err
+	})
+	if !s.Ok() {
+		fs.Forget(n.id, 1)
+		return syscall.Errno(s)
+	}
+	out.Fh = fs.addFile(ffd, n)
+	out.OpenFlags = fs.opts.openFlags(false)
+	return nil
 }
 
 // readResult is fusewire's zero-copy file result that also holds the open
@@ -219,7 +233,7 @@ func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (u
 	s := fs.withFile(in.Fh, func(h *fileHandle) error {
 		off := int64(in.Offset)
 		for len(data) > 0 {
-			n, err := unix.Pwritev(h.fd, data, off)
+			n, err := unix.Pwritev(h.fd, data[:min(len(data), iovMax)], off)
 			if err != nil {
 				if err == unix.EINTR {
 					continue
@@ -243,6 +257,9 @@ func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (u
 	})
 	return written, s
 }
+
+// iovMax is Linux's IOV_MAX: pwritev takes at most that many buffers.
+const iovMax = 1024
 
 func skipBytes(iov [][]byte, n int) [][]byte {
 	for len(iov) > 0 && n >= len(iov[0]) {
