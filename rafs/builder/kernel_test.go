@@ -85,3 +85,24 @@ func TestReproducible(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelMountFlat mounts the flat block-device view (ExportBlock), so
+// mapped_blkaddr is exercised, for compressed and layered images too.
+func TestKernelMountFlat(t *testing.T) {
+	requireKernelErofs(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src)
+	want := scanTree(t, src)
+	for _, opts := range []Options{{}, {Compressor: CompressZstd}, {Compressor: CompressLZ4, Digester: DigestSHA256}} {
+		out := t.TempDir()
+		res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flat := filepath.Join(out, "flat.img")
+		if err := ExportBlock(res.BootstrapPath, out, flat); err != nil {
+			t.Fatal(err)
+		}
+		compareTrees(t, want, scanTree(t, mountErofs(t, flat)))
+	}
+}

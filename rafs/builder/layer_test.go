@@ -140,8 +140,11 @@ func TestLayersMatchOverlayfs(t *testing.T) {
 				t.Errorf("bigcopy.bin was not deduplicated against the parent: %+v", top.Stats)
 			}
 			compareTrees(t, want, scanImage(t, top.BootstrapPath, out))
+			requireKernelErofs(t)
+			flat := filepath.Join(out, "flat.img")
+			must(t, ExportBlock(top.BootstrapPath, out, flat))
+			compareTrees(t, want, scanTree(t, mountErofs(t, flat)))
 			if tc.opts.Compressor == "" {
-				requireKernelErofs(t)
 				km := mountErofs(t, top.BootstrapPath, base.BlobPath, top.BlobPath)
 				compareTrees(t, want, scanTree(t, km))
 				fsck(t, top.BootstrapPath, base.BlobPath, top.BlobPath)
