@@ -26,7 +26,15 @@ type fileHandle struct {
 	buf []byte
 }
 
+// addFile registers an open file. While it is open its inode keeps its
+// O_PATH fd (out of LRU eviction): an unlinked open file has a handle that
+// no longer opens, and fchmod, futimens or xattr calls on it still need the
+// inode.
 func (fs *FS) addFile(fd int, n *inode) uint64 {
+	if _, err := fs.fds.acquire(n); err != nil {
+		fs.log.WithError(err).Debug("no O_PATH fd for an open file")
+		n = nil
+	}
 	fs.hmu.Lock()
 	defer fs.hmu.Unlock()
 	id := fs.nextFh
@@ -51,7 +59,14 @@ func (fs *FS) putFile(h *fileHandle) {
 	defer fs.hmu.Unlock()
 	h.refs--
 	if h.refs == 0 && h.released {
-		unix.Close(h.fd)
+		fs.closeFile(h)
+	}
+}
+
+func (fs *FS) closeFile(h *fileHandle) {
+	unix.Close(h.fd)
+	if h.node != nil {
+		fs.fds.release(h.node)
 	}
 }
 
@@ -65,7 +80,7 @@ func (fs *FS) releaseFile(id uint64) {
 	delete(fs.files, id)
 	h.released = true
 	if h.refs == 0 {
-		unix.Close(h.fd)
+		fs.closeFile(h)
 	}
 }
 

@@ -148,7 +148,7 @@ func (fs *FS) Close() error {
 	for _, h := range fs.files {
 		h.released = true
 		if h.refs == 0 {
-			unix.Close(h.fd)
+			fs.closeFile(h)
 		}
 	}
 	fs.files = map[uint64]*fileHandle{}
