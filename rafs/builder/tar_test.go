@@ -135,7 +135,10 @@ func TestBadInput(t *testing.T) {
 		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
 		tw.Write([]byte(body))
 	}
-	escape := mkTar("escape.tar", func(tw *tar.Writer) { file(tw, "a/../../etc/passwd", "x") })
+	escape := mkTar("escape.tar", func(tw *tar.Writer) {
+		file(tw, "a/../b", "fine: stays inside")
+		file(tw, "a/../../etc/passwd", "x")
+	})
 	sparse := mkTar("sparse.tar", func(tw *tar.Writer) {
 		file(tw, "ok", "fine")
 		tw.WriteHeader(&tar.Header{Name: "weird", Typeflag: 'Z', Mode: 0o644})

@@ -107,19 +107,22 @@ func (n *inode) removeChild(name string) bool {
 }
 
 // cleanPath turns an archive path into its components, rejecting any path
-// that would leave the root.
+// that would leave the root (a ".." above the top).
 func cleanPath(p string) ([]string, error) {
-	p = strings.TrimPrefix(p, "./")
+	var out []string
 	for _, c := range strings.Split(p, "/") {
-		if c == ".." {
-			return nil, fmt.Errorf("path %q escapes the root", p)
+		switch c {
+		case "", ".":
+		case "..":
+			if len(out) == 0 {
+				return nil, fmt.Errorf("path %q escapes the root", p)
+			}
+			out = out[:len(out)-1]
+		default:
+			out = append(out, c)
 		}
 	}
-	c := path.Clean("/" + p)
-	if c == "/" {
-		return nil, nil
-	}
-	return strings.Split(c[1:], "/"), nil
+	return out, nil
 }
 
 // xattr name prefixes nydus and EROFS accept, with their EROFS indexes.
@@ -154,7 +157,12 @@ func xattrIndex(name string) (uint8, string, error) {
 // checkXattrs validates names and sizes, and sorts them.
 func checkXattrs(xs []xattr) error {
 	sort.Slice(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
+	total := 12
 	for _, x := range xs {
+		total += (4 + len(x.Name) + len(x.Value) + 3) &^ 3
+		if total > 12+4*0xfffe {
+			return fmt.Errorf("xattrs larger than an EROFS inode can hold")
+		}
 		_, suffix, err := xattrIndex(x.Name)
 		if err != nil {
 			return err
