@@ -3,6 +3,7 @@ package passthrough
 import (
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -243,5 +244,47 @@ func TestAccess(t *testing.T) {
 		if s := e.fs.Access(nil, &in); s != c.want {
 			t.Errorf("access uid %d gid %d mask %d: %v, want %v", c.uid, c.gid, c.mask, s, c.want)
 		}
+	}
+}
+
+// TestFdCacheConcurrent: many requests on few fd slots; every fd is
+// closed once the guest has forgotten everything.
+func TestFdCacheConcurrent(t *testing.T) {
+	e := newEnv(t, Options{FdCacheSize: 4})
+	for i := 0; i < 50; i++ {
+		os.WriteFile(e.host("f"+strconv.Itoa(i)), []byte("x"), 0o644)
+	}
+	before := openFds(t)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 400; i++ {
+				name := "f" + strconv.Itoa((i*7+g)%50)
+				var eo fuse.EntryOut
+				h := hdr(1)
+				if s := e.fs.Lookup(nil, &h, name, &eo); !s.Ok() {
+					t.Errorf("lookup: %v", s)
+					return
+				}
+				var ao fuse.AttrOut
+				if s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(eo.NodeId)}, &ao); !s.Ok() {
+					t.Errorf("getattr: %v", s)
+				}
+				var oo fuse.OpenOut
+				if i%5 == 0 && e.fs.Open(nil, &fuse.OpenIn{InHeader: hdr(eo.NodeId)}, &oo).Ok() {
+					e.fs.Release(nil, &fuse.ReleaseIn{Fh: oo.Fh})
+				}
+				e.fs.Forget(eo.NodeId, 1)
+			}
+		}(g)
+	}
+	wg.Wait()
+	if n, cached := e.fs.Inodes(); n != 1 || cached != 0 {
+		t.Fatalf("%d inodes, %d cached fds left", n, cached)
+	}
+	if after := openFds(t); after > before {
+		t.Fatalf("%d fds open before, %d after", before, after)
 	}
 }
