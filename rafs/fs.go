@@ -65,7 +65,9 @@ func (fs *FS) status(op string, ino uint64, err error) fuse.Status {
 	if errors.Is(err, ErrDigest) {
 		return fuse.EIO // logged where it was found
 	}
-	fs.img.log.WithField("op", op).WithField("ino", ino).Warnf("rafs: %v", err)
+	if fs.img.logOK() {
+		fs.img.log.WithField("op", op).WithField("ino", ino).Warnf("rafs: %v", err)
+	}
 	return fuse.EIO
 }
 
@@ -144,10 +146,17 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 	if err != nil {
 		return nil, fs.status("read", in.NodeId, err)
 	}
-	if uint32(len(buf)) < in.Size {
-		buf = make([]byte, in.Size)
+	size := in.Size
+	if uint32(len(buf)) < size {
+		// The kernel never asks for more than max_read; a forged request
+		// gets at most maxReadAlloc bytes (a short read) instead of an
+		// allocation of its choosing.
+		size = min(size, maxReadAlloc)
+		if uint32(len(buf)) < size {
+			buf = make([]byte, size)
+		}
 	}
-	buf = buf[:in.Size]
+	buf = buf[:size]
 	segs, got, err := fs.img.readFile(cancelContext{cancel}, n, buf, in.Offset, !fs.opts.DisableZeroCopy)
 	if err != nil {
 		return nil, fs.status("read", in.NodeId, err)
@@ -280,6 +289,9 @@ func (fs *FS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
 	}
 	return fuse.OK
 }
+
+// maxReadAlloc bounds the buffer Read allocates when the caller's is too small.
+const maxReadAlloc = 1 << 20
 
 const (
 	unixWOK = 2

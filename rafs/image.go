@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -122,6 +123,38 @@ type Image struct {
 
 	explicitIDs bool
 	closed      atomic.Bool
+
+	// logSecond and logCount rate-limit warnings a guest can trigger.
+	logSecond atomic.Int64
+	logCount  atomic.Int32
+}
+
+// logsPerSecond is how many guest-triggerable warnings are logged per second.
+const logsPerSecond = 10
+
+// logOK reports whether another guest-triggerable warning may be logged
+// this second, so that a hostile guest cannot flood the log.
+func (img *Image) logOK() bool {
+	now := time.Now().Unix()
+	if img.logSecond.Swap(now) != now {
+		if n := img.logCount.Swap(0); n > logsPerSecond {
+			img.log.Warnf("rafs: %d similar messages suppressed", n-logsPerSecond)
+		}
+	}
+	return img.logCount.Add(1) <= logsPerSecond
+}
+
+// chunkSize is the image's chunk size (for sizing the chunk cache).
+func (img *Image) chunkSize() uint64 {
+	switch m := img.f.(type) {
+	case *v5:
+		return m.chunkSize
+	case *v6:
+		if m.chunkSize != 0 {
+			return m.chunkSize
+		}
+	}
+	return 1 << 20
 }
 
 // Open opens the bootstrap at path: a RAFS v5 or v6 bootstrap, or a blob
@@ -224,7 +257,12 @@ func open(data []byte, name string, opts Options) (*Image, error) {
 			b.id = stem
 		}
 	}
-	img.cache = newChunkCache(opts.ChunkCacheSize)
+	cacheSize := opts.ChunkCacheSize
+	if cacheSize == 0 {
+		// About 32 MiB of decompressed chunks, whatever the chunk size.
+		cacheSize = int(min(max((32<<20)/img.chunkSize(), 2), 32))
+	}
+	img.cache = newChunkCache(cacheSize)
 	return img, nil
 }
 

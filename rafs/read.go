@@ -256,7 +256,9 @@ func (img *Image) chunkData(ctx context.Context, b *blob, o *openBlob, c *chunkR
 	}
 	if img.needsValidation(b, c) {
 		if err := verifyChunk(b.digestAlgo, &c.ci, data); err != nil {
-			img.log.WithField("blob", b.id).Errorf("digest validation failed: %v", err)
+			if img.logOK() {
+				img.log.WithField("blob", b.id).Errorf("digest validation failed: %v", err)
+			}
 			return nil, fmt.Errorf("blob %s: %w: %v", b.id, ErrDigest, err)
 		}
 		img.markValidated(b, c)
@@ -291,10 +293,7 @@ type cacheShard struct {
 const cacheWays = 2
 
 func newChunkCache(n int) *chunkCache {
-	if n == 0 {
-		n = 16
-	}
-	if n < 0 {
+	if n <= 0 {
 		return &chunkCache{}
 	}
 	c := &chunkCache{seed: maphash.MakeSeed(), shards: make([]cacheShard, (n+cacheWays-1)/cacheWays)}
