@@ -173,10 +173,12 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 		if err != nil {
 			return true // vanished: NodeId 0 tells the kernel to skip it
 		}
-		if _, err := fs.intern(fd, true, eo); err != nil {
+		n, err := fs.intern(fd, true, eo)
+		if err != nil {
 			*eo = fuse.EntryOut{}
 			return true
 		}
+		fs.markSubmount(h.node, n, eo)
 		out.FixMode(eo.Attr.Mode)
 		return true
 	})

@@ -17,6 +17,7 @@ type fileHandle struct {
 	id       uint64
 	fd       int
 	node     *inode
+	pinned   bool // holds a reference on node's O_PATH fd
 	refs     int  // guarded by FS.hmu
 	released bool // guarded by FS.hmu
 
@@ -31,15 +32,15 @@ type fileHandle struct {
 // no longer opens, and fchmod, futimens or xattr calls on it still need the
 // inode.
 func (fs *FS) addFile(fd int, n *inode) uint64 {
-	if _, err := fs.fds.acquire(n); err != nil {
+	_, err := fs.fds.acquire(n)
+	if err != nil {
 		fs.log.WithError(err).Debug("no O_PATH fd for an open file")
-		n = nil
 	}
 	fs.hmu.Lock()
 	defer fs.hmu.Unlock()
 	id := fs.nextFh
 	fs.nextFh++
-	fs.files[id] = &fileHandle{id: id, fd: fd, node: n, pos: -1}
+	fs.files[id] = &fileHandle{id: id, fd: fd, node: n, pinned: err == nil, pos: -1}
 	return id
 }
 
@@ -65,7 +66,7 @@ func (fs *FS) putFile(h *fileHandle) {
 
 func (fs *FS) closeFile(h *fileHandle) {
 	unix.Close(h.fd)
-	if h.node != nil {
+	if h.pinned {
 		fs.fds.release(h.node)
 	}
 }

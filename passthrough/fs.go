@@ -83,7 +83,7 @@ func New(root string, opts Options) (*FS, error) {
 	if fs.fds.max <= 0 {
 		fs.fds.max = defaultFdCacheSize()
 	}
-	rootNode := &inode{id: fuse.FUSE_ROOT_ID, ino: st.Ino, mode: st.Mode & syscall.S_IFMT, fd: fd, mountFd: fd, lookups: 1}
+	rootNode := &inode{id: fuse.FUSE_ROOT_ID, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: fd, mountFd: fd, lookups: 1}
 	rootNode.key = inodeKey{dev: st.Dev, ino: st.Ino}
 	if opts.InodeFileHandles != HandlesNever {
 		h, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
@@ -250,7 +250,7 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 		fs.fillEntry(n, &st, out)
 		return n, nil
 	}
-	n = &inode{id: fs.nextID, key: key, ino: st.Ino, mode: st.Mode & syscall.S_IFMT, handle: fh, fd: -1, lookups: 1}
+	n = &inode{id: fs.nextID, key: key, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, handle: fh, fd: -1, lookups: 1}
 	if fh != nil {
 		mfd, ok := fs.mounts[mnt]
 		if !ok {
@@ -320,6 +320,16 @@ func (fs *FS) lookupAt(dirfd int, name string, out *fuse.EntryOut) (*inode, erro
 	return fs.intern(fd, true, out)
 }
 
+// markSubmount flags a directory on another filesystem than its parent
+// as a submount root when Options.AnnounceSubmounts is on: the guest then
+// gives it its own superblock (st_dev), so inode numbers of different host
+// filesystems do not collide.
+func (fs *FS) markSubmount(parent, child *inode, out *fuse.EntryOut) {
+	if fs.opts.AnnounceSubmounts && child.isDir() && child.dev != parent.dev {
+		out.Attr.Flags |= fuse.ATTR_SUBMOUNT
+	}
+}
+
 // Lookup resolves one name in a directory. "/" and NUL in names are refused
 // with EINVAL; "." is the directory itself; ".." is its parent, and the
 // parent of the shared directory is the shared directory (as virtiofsd).
@@ -352,7 +362,10 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 			_, err = fs.intern(fd, true, out)
 			return err
 		}
-		_, err := fs.lookupAt(pfd, name, out)
+		n, err := fs.lookupAt(pfd, name, out)
+		if err == nil {
+			fs.markSubmount(p, n, out)
+		}
 		return err
 	})
 }

@@ -26,6 +26,7 @@ type inode struct {
 	id   uint64
 	key  inodeKey
 	ino  uint64
+	dev  uint64
 	mode uint32 // S_IFMT bits only
 
 	// handle is nil when the inode is held by a pinned O_PATH fd.

@@ -40,6 +40,10 @@ type Options struct {
 	// AllowDirectIO passes the guest's O_DIRECT through to the host open
 	// (virtiofsd --allow-direct-io); by default it is dropped.
 	AllowDirectIO bool
+	// AnnounceSubmounts sets FUSE_ATTR_SUBMOUNT on directories that are
+	// mount points on the host (virtiofsd --announce-submounts); the
+	// transport must offer FUSE_SUBMOUNTS too.
+	AnnounceSubmounts bool
 	// InodeFileHandles is one of never, prefer (default), mandatory.
 	InodeFileHandles string
 	// FdCacheSize bounds the O_PATH fds kept open for inodes identified by
