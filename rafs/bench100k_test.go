@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
+	cryptomd5 "crypto/md5"
 	"fmt"
 	"io/fs"
 	"os"
@@ -183,3 +184,5 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+func md5(b []byte) string { return fmt.Sprintf("%x", cryptomd5.Sum(b)) }
