@@ -99,7 +99,7 @@ func quietLogger() *logrus.Entry {
 	return logrus.NewEntry(l)
 }
 
-func startServer(t *testing.T, opts vhostuser.Options) *server {
+func startServer(t testing.TB, opts vhostuser.Options) *server {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "vfsd.sock")
 	l, err := vhostuser.Listen(path)
@@ -139,7 +139,7 @@ func (s *server) wait(t *testing.T) error {
 	}
 }
 
-func connect(t *testing.T, s *server, opts testdriver.Options) *testdriver.Driver {
+func connect(t testing.TB, s *server, opts testdriver.Options) *testdriver.Driver {
 	t.Helper()
 	if opts.RequestQueues == 0 {
 		opts.RequestQueues = 2
@@ -257,6 +257,14 @@ func TestManyInFlightAcrossQueues(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+func TestInlineWorkers(t *testing.T) {
+	s := startServer(t, vhostuser.Options{RequestQueues: 1, Workers: -1})
+	d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 16})
+	for i := 0; i < 40; i++ {
+		wantEcho(t, d, 1, []byte(fmt.Sprintf("inline %d", i)), testdriver.Layout{})
 	}
 }
 

@@ -1,0 +1,52 @@
+package vhostuser_test
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
+)
+
+// BenchmarkTransportEcho measures the bare transport: a 16-byte request and
+// its 17-byte echo through kick → pop → worker → push → call, with 1 and 4
+// request queues and a few requests in flight per queue; and one request at
+// a time (round-trip latency).
+func BenchmarkTransportEcho(b *testing.B) {
+	for _, tc := range []struct {
+		queues, inflight int
+	}{{1, 1}, {1, 8}, {4, 8}} {
+		b.Run(fmt.Sprintf("queues=%d/inflight=%d", tc.queues, tc.inflight), func(b *testing.B) {
+			s := startServer(b, vhostuser.Options{RequestQueues: tc.queues})
+			d := connect(b, s, testdriver.Options{Sequence: testdriver.CloudHypervisor, RequestQueues: tc.queues, QueueSize: 256})
+			req := [][]byte{[]byte("0123456789abcdef")}
+			sizes := []int{17}
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			var failed atomic.Value
+			b.ResetTimer()
+			for q := 1; q <= tc.queues; q++ {
+				for g := 0; g < tc.inflight; g++ {
+					wg.Add(1)
+					go func(q int) {
+						defer wg.Done()
+						for next.Add(1) <= int64(b.N) {
+							if _, err := d.Submit(q, req, sizes, testdriver.Layout{}); err != nil {
+								failed.Store(err)
+								return
+							}
+						}
+					}(q)
+				}
+			}
+			wg.Wait()
+			b.StopTimer()
+			if err := failed.Load(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+		})
+	}
+}
