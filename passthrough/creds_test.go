@@ -79,6 +79,7 @@ func TestCredentialsRaw(t *testing.T) {
 	e := newEnv(t, Options{})
 	os.Mkdir(e.host("closed"), 0o755)
 	os.Mkdir(e.host("pub"), 0o777)
+	unix.Chmod(e.host("pub"), 0o777)
 	closed := e.lookup(t, 1, "closed").NodeId
 	pub := e.lookup(t, 1, "pub").NodeId
 	user := fuse.Caller{Owner: fuse.Owner{Uid: testUID, Gid: testGID}}
@@ -145,5 +146,42 @@ func TestWriteKillPriv(t *testing.T) {
 			t.Errorf("mode %o after write: %o, want %o", c.mode, st.Mode&07777, c.want)
 		}
 		os.Remove(e.host("k"))
+	}
+}
+
+// TestModesIgnoreDaemonUmask: the daemon's umask does not take bits from
+// the modes the guest sends, and what the kernel decides (setgid inherited
+// from the directory) stays.
+func TestModesIgnoreDaemonUmask(t *testing.T) {
+	old := unix.Umask(0o077)
+	defer unix.Umask(old)
+	e := newEnv(t, Options{})
+	if e.fs.umask != 0o077 {
+		t.Fatalf("umask read as %o", e.fs.umask)
+	}
+	os.Mkdir(e.host("sg"), 0o700)
+	unix.Chmod(e.host("sg"), 0o2777)
+	sg := e.lookup(t, 1, "sg").NodeId
+	var eo fuse.EntryOut
+	var co fuse.CreateOut
+	h := hdr(sg)
+	calls := map[string]func() fuse.Status{
+		"dir": func() fuse.Status { return e.fs.Mkdir(nil, &fuse.MkdirIn{InHeader: h, Mode: 0o777}, "dir", &eo) },
+		"fifo": func() fuse.Status {
+			return e.fs.Mknod(nil, &fuse.MknodIn{InHeader: h, Mode: syscall.S_IFIFO | 0o666}, "fifo", &eo)
+		},
+		"file": func() fuse.Status {
+			return e.fs.Create(nil, &fuse.CreateIn{InHeader: h, Flags: unix.O_CREAT | unix.O_WRONLY, Mode: 0o666}, "file", &co)
+		},
+		"private": func() fuse.Status { return e.fs.Mkdir(nil, &fuse.MkdirIn{InHeader: h, Mode: 0o700}, "private", &eo) },
+	}
+	want := map[string]uint32{"dir": syscall.S_IFDIR | 0o2777, "fifo": syscall.S_IFIFO | 0o666, "file": syscall.S_IFREG | 0o666, "private": syscall.S_IFDIR | 0o2700}
+	for name, call := range calls {
+		if s := call(); !s.Ok() {
+			t.Fatalf("%s: %v", name, s)
+		}
+		if st := mustStat(t, e.host("sg", name)); st.Mode != want[name] {
+			t.Errorf("%s: mode %o, want %o", name, st.Mode, want[name])
+		}
 	}
 }

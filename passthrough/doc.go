@@ -39,7 +39,9 @@
 // create as root then chown, gets setgid inheritance and permission checks
 // wrong and leaves a window where the file is root's. Other operations run
 // with the daemon's credentials: the guest kernel (default_permissions) has
-// checked them. New sets the process umask to 0; the guest applied its own.
+// checked them. The process umask is left alone (the daemon's socket needs
+// it); bits it takes from a created inode's mode are added back afterwards,
+// since the guest has applied the caller's umask already.
 //
 // # Reads and writes
 //

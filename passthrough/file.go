@@ -167,6 +167,12 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 		if err == unix.EEXIST && in.Flags&unix.O_EXCL == 0 {
 			return fs.openExisting(pfd, name, flags, out)
 		}
+		if err == nil {
+			err = fs.restoreMode(ffd, in.Mode)
+			if err != nil {
+				unix.Close(ffd)
+			}
+		}
 		if err != nil {
 			return err
 		}

@@ -25,7 +25,8 @@ type FS struct {
 	timeout time.Duration
 
 	rootFd  int
-	handles bool // identify inodes by file handle
+	umask   uint32 // the process umask at New, undone on created inodes
+	handles bool   // identify inodes by file handle
 	creds   *credSwitcher
 
 	mu     sync.RWMutex
@@ -45,8 +46,9 @@ var _ fuse.RawFileSystem = (*FS)(nil)
 
 // New opens root and returns a filesystem sharing it.
 //
-// New sets the process umask to 0, as virtiofsd does: the guest kernel has
-// already applied the caller's umask to every mode it sends.
+// New leaves the process umask alone (the daemon's socket and files need
+// it): the bits it takes from the modes of created inodes are given back
+// (restoreMode), since the guest has applied the caller's umask already.
 func New(root string, opts Options) (*FS, error) {
 	if err := opts.normalize(); err != nil {
 		return nil, err
@@ -102,8 +104,45 @@ func New(root string, opts Options) (*FS, error) {
 	fs.nodes[rootNode.id] = rootNode
 	fs.byKey[rootNode.key] = rootNode
 	fs.creds = newCredSwitcher()
-	unix.Umask(0)
+	fs.umask = processUmask()
 	return fs, nil
+}
+
+// processUmask reads the umask from /proc/self/status without changing it
+// (umask(2) can only read by writing, racing other threads' creations).
+func processUmask() uint32 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+				if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+					return uint32(m)
+				}
+			}
+		}
+	}
+	old := unix.Umask(0o022)
+	unix.Umask(old)
+	return uint32(old)
+}
+
+// restoreMode gives back the permission bits the daemon's umask took from
+// a mode the guest sent (the guest kernel has applied the caller's umask
+// already). It only adds bits, keeping what the kernel decided (setgid
+// inherited from the directory, or dropped for a non-member).
+func (fs *FS) restoreMode(fd int, requested uint32) error {
+	lost := requested & 0o777 & fs.umask
+	if lost == 0 {
+		return nil
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
+		return nil
+	}
+	return chmodFd(&inode{mode: st.Mode & syscall.S_IFMT}, fd, st.Mode&07777|lost)
 }
 
 func defaultFdCacheSize() int {
