@@ -217,33 +217,15 @@ func (d *Driver) get(req uint32, payload []byte) ([]byte, error) {
 }
 
 func (d *Driver) recv(req uint32) ([]byte, error) {
-	type result struct {
-		m   vhostuser.Message
-		err error
+	m, err := d.Recv()
+	if err != nil {
+		return nil, fmt.Errorf("%s reply: %w", vhostuser.RequestName(req), err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		m, err := d.conn.Recv()
-		if err == nil {
-			m.Payload = append([]byte(nil), m.Payload...)
-		}
-		ch <- result{m, err}
-	}()
-	var r result
-	select {
-	case r = <-ch:
-	case <-time.After(d.opts.Timeout):
-		d.conn.Close()
-		return nil, fmt.Errorf("%s: no reply within %v", vhostuser.RequestName(req), d.opts.Timeout)
+	m.CloseFds()
+	if m.Request != req || m.Flags&vhostuser.FlagReply == 0 {
+		return nil, fmt.Errorf("%s: got reply to %s with flags %#x", vhostuser.RequestName(req), vhostuser.RequestName(m.Request), m.Flags)
 	}
-	if r.err != nil {
-		return nil, fmt.Errorf("%s reply: %w", vhostuser.RequestName(req), r.err)
-	}
-	r.m.CloseFds()
-	if r.m.Request != req || r.m.Flags&vhostuser.FlagReply == 0 {
-		return nil, fmt.Errorf("%s: got reply to %s with flags %#x", vhostuser.RequestName(req), vhostuser.RequestName(r.m.Request), r.m.Flags)
-	}
-	return r.m.Payload, nil
+	return m.Payload, nil
 }
 
 func (d *Driver) recvU64(req uint32) (uint64, error) {

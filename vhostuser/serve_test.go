@@ -625,6 +625,36 @@ func TestMemoryHotplug(t *testing.T) {
 	wantEcho(t, d, 1, []byte("still serving"), testdriver.Layout{})
 }
 
+// A region removed while a request still holds buffers in it stays mapped
+// until the request completes.
+func TestRemoveRegionUnderInFlightRequest(t *testing.T) {
+	s := startServer(t, vhostuser.Options{RequestQueues: 1})
+	d := connect(t, s, testdriver.Options{Sequence: testdriver.QEMU, RequestQueues: 1, MemRegions: []uint64{1 << 20, 1 << 20}})
+	buf := d.RegionStart(1) + 8192
+	d.WriteGuest(buf, []byte("Slow"))
+	p, err := d.StartRaw(1, []testdriver.Desc{{Addr: buf, Len: 4, Flags: testdriver.FlagNext, Next: 1}, {Addr: buf + 64, Len: 4096, Flags: testdriver.FlagWrite}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-s.dev.started
+	if err := d.RemoveLastRegion(); err != nil {
+		t.Fatal(err)
+	}
+	close(s.dev.release) // the device now writes into the removed region
+	if _, err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Len(); n != 5 {
+		t.Fatalf("used length %d, want 5", n)
+	}
+	got := make([]byte, 5)
+	d.ReadGuest(got, buf+64)
+	if string(got) != "\x01Slow" {
+		t.Fatalf("reply %q", got)
+	}
+	wantEcho(t, d, 1, []byte("still serving"), testdriver.Layout{})
+}
+
 func TestQueueSizes(t *testing.T) {
 	for _, size := range []int{1024, 32768} {
 		s := startServer(t, vhostuser.Options{RequestQueues: 1})
