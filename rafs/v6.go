@@ -364,6 +364,12 @@ func (m *v6) inode(nid uint64) (*Inode, error) {
 		return nil, err
 	}
 	fmtw := le.Uint16(b)
+	// Bit 4 is NLINK_1 for compact inodes of newer plain EROFS images;
+	// nydus rejects every bit above bit 3.
+	nlink1 := !m.rafs && fmtw&1 == 0 && fmtw&0x10 != 0
+	if nlink1 {
+		fmtw &^= 0x10
+	}
 	if fmtw > 0xf {
 		return nil, formatErr("v6: nid %d: i_format %#x has unknown bits", nid, fmtw)
 	}
@@ -375,6 +381,9 @@ func (m *v6) inode(nid uint64) (*Inode, error) {
 	if fmtw&1 == 0 {
 		n.v6.isize = 32
 		n.Nlink = uint32(le.Uint16(b[6:]))
+		if nlink1 {
+			n.Nlink = 1
+		}
 		n.Size = uint64(le.Uint32(b[8:]))
 		n.Mtime = m.buildTime + uint64(le.Uint32(b[12:]))
 		n.MtimeNsec = m.buildNsec

@@ -1,9 +1,6 @@
 package rafs
 
-import (
-	"path"
-	"syscall"
-)
+import "path"
 
 // Walk calls fn for every path in the image, depth first in directory
 // order, starting with "/". A directory reached twice (a cycle, or a
@@ -40,9 +37,6 @@ func (img *Image) Walk(fn func(p string, n *Inode) error) error {
 			c, err := img.Inode(e.Ino)
 			if err != nil {
 				return err
-			}
-			if e.Type != 0 && e.Type != c.Mode&syscall.S_IFMT {
-				return formatErr("%s: directory entry type %#o, inode mode %#o", path.Join(p, e.Name), e.Type, c.Mode)
 			}
 			if err := visit(path.Join(p, e.Name), c, depth+1); err != nil {
 				return err
