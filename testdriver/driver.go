@@ -343,7 +343,7 @@ func (d *Driver) negotiateQEMU() error {
 	}
 	if d.protocol&vhostuser.ProtocolConfigureMemSlots != 0 {
 		for _, r := range d.ram.regions {
-			if err := d.AddMemReg(r); err != nil {
+			if err := d.addMemReg(r); err != nil {
 				return err
 			}
 		}
@@ -437,8 +437,8 @@ func (d *Driver) setMemTable() error {
 	return d.send(vhostuser.ReqSetMemTable, vhostuser.AppendMemTable(nil, rs), fds, true)
 }
 
-// AddMemReg sends ADD_MEM_REG for r (QEMU asks for a reply).
-func (d *Driver) AddMemReg(r *memRegion) error {
+// addMemReg sends ADD_MEM_REG for r (QEMU asks for a reply).
+func (d *Driver) addMemReg(r *memRegion) error {
 	return d.send(vhostuser.ReqAddMemReg, vhostuser.AppendSingleRegion(nil, d.regionMsg(r)), []int{r.fd}, true)
 }
 
@@ -451,7 +451,7 @@ func (d *Driver) RemoveLastRegion() error {
 
 // AddLastRegion sends ADD_MEM_REG for the last RAM region again.
 func (d *Driver) AddLastRegion() error {
-	return d.AddMemReg(d.ram.regions[len(d.ram.regions)-1])
+	return d.addMemReg(d.ram.regions[len(d.ram.regions)-1])
 }
 
 func (d *Driver) setVringAddr(i int) error {

@@ -54,7 +54,7 @@ func FuzzSession(f *testing.F) {
 		log := logrus.New()
 		log.SetOutput(io.Discard)
 		opts := Options{Logger: logrus.NewEntry(log)}.withDefaults(nopDevice{})
-		s := newSession(context.Background(), NewConn(back), nopDevice{}, opts)
+		s := newSession(context.Background(), context.Background(), NewConn(back), nopDevice{}, opts)
 		_ = s.run()
 		s.teardown(true)
 		back.Close()

@@ -120,7 +120,7 @@ func serveConn(ctx context.Context, c *net.UnixConn, dev Device, opts Options) e
 	stop := context.AfterFunc(sctx, func() { conn.Close() })
 	defer stop()
 	defer conn.Close()
-	s := newSession(sctx, conn, dev, opts)
+	s := newSession(sctx, ctx, conn, dev, opts)
 	if o, ok := dev.(SessionObserver); ok {
 		o.StartSession()
 	}

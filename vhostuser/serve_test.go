@@ -56,6 +56,9 @@ func (d *echoDevice) HandleChain(ctx context.Context, queue int, c *virtqueue.Ch
 		case <-ctx.Done():
 			return 0
 		}
+	case 'I': // ignores its context
+		d.started <- struct{}{}
+		<-d.release
 	case 'P':
 		panic("test device asked to panic")
 	}
@@ -455,6 +458,31 @@ func TestCancelShutsDownPromptly(t *testing.T) {
 	}
 	if _, err := d.GetVringBase(1); err == nil {
 		t.Fatal("session still answering after shutdown")
+	}
+}
+
+// Even a device that ignores cancellation, holding up GET_VRING_BASE,
+// cannot keep Serve from returning.
+func TestCancelDuringGetVringBaseWithStuckDevice(t *testing.T) {
+	s := startServer(t, vhostuser.Options{RequestQueues: 1})
+	d := connect(t, s, testdriver.Options{RequestQueues: 1})
+	defer close(s.dev.release)
+	if _, err := d.Start(1, [][]byte{[]byte("Ignore")}, []int{8}, testdriver.Layout{}); err != nil {
+		t.Fatal(err)
+	}
+	<-s.dev.started
+	go d.GetVringBase(1)
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	s.stop()
+	if err := s.wait(t); err != nil {
+		t.Fatalf("Serve after cancel: %v", err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("Serve took %v to return", el)
+	}
+	if n := s.dev.ends.Load(); n != 0 {
+		t.Errorf("EndSession called with a request still in the device")
 	}
 }
 

@@ -32,7 +32,8 @@ func (e *opError) Unwrap() error { return e.err }
 func failed(format string, args ...any) error { return &opError{fmt.Errorf(format, args...)} }
 
 type session struct {
-	ctx        context.Context
+	ctx        context.Context // the session's: handed to the device
+	shutdown   context.Context // Serve's: ends waits for stuck requests
 	conn       *Conn
 	dev        Device
 	opts       Options
@@ -43,10 +44,11 @@ type session struct {
 	protoSet   bool // SET_PROTOCOL_FEATURES seen
 	vrings     []*vring
 	backendReq *os.File
+	abandoned  bool // a queue stopped without waiting for its requests
 }
 
-func newSession(ctx context.Context, conn *Conn, dev Device, opts Options) *session {
-	s := &session{ctx: ctx, conn: conn, dev: dev, opts: opts, log: opts.Logger, mem: virtqueue.NewGuestMemory()}
+func newSession(ctx, shutdown context.Context, conn *Conn, dev Device, opts Options) *session {
+	s := &session{ctx: ctx, shutdown: shutdown, conn: conn, dev: dev, opts: opts, log: opts.Logger, mem: virtqueue.NewGuestMemory()}
 	for i := 0; i < 1+opts.RequestQueues; i++ {
 		s.vrings = append(s.vrings, &vring{index: i})
 	}
@@ -384,17 +386,20 @@ func (s *session) startReady() error {
 	return nil
 }
 
-// stop stops a running queue and records where it stopped.
-func (s *session) stop(v *vring, wait bool) {
+// stop stops a running queue and records where it stopped. It reports
+// false if requests were left running (no wait, or shutdown).
+func (s *session) stop(v *vring, wait bool) bool {
 	if v.run == nil {
-		return
+		return true
 	}
 	r := v.run
 	v.run = nil
-	r.stopAndWait(wait)
-	if wait {
-		v.base = r.q.LastAvail()
+	if !r.stopAndWait(wait, s.shutdown.Done()) {
+		s.abandoned = true
+		return false
 	}
+	v.base = r.q.LastAvail()
+	return true
 }
 
 func (s *session) stopAll(wait bool) {
@@ -408,9 +413,6 @@ func (s *session) stopAll(wait bool) {
 // device and reports true if any queue was still running.
 func (s *session) teardown(wait bool) (abandoned bool) {
 	for _, v := range s.vrings {
-		if v.run != nil && !wait {
-			abandoned = true
-		}
 		s.stop(v, wait)
 		if v.kick != nil {
 			v.kick.Close()
@@ -427,5 +429,5 @@ func (s *session) teardown(wait bool) (abandoned bool) {
 		s.backendReq = nil
 	}
 	s.mem.Close()
-	return abandoned
+	return s.abandoned
 }

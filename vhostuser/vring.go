@@ -101,21 +101,29 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 }
 
 // stopAndWait stops the kick loop, waits until every chain in flight is
-// served and pushed, then unpins the ring. With wait false the waiting
-// happens in the background (shutdown must not hang on a stuck request;
-// memory stays mapped until the request lets go of it).
-func (r *runner) stopAndWait(wait bool) {
+// served and pushed, then unpins the ring. It reports whether it saw all
+// that happen: with wait false, or when the session's context ends first
+// (shutdown must not hang on a request stuck in the device), the rest
+// happens in the background (abort is the daemon shutting down), and guest memory stays mapped until the
+// request lets go of it.
+func (r *runner) stopAndWait(wait bool, abort <-chan struct{}) bool {
 	r.stop.Store(true)
 	_ = r.kick.SetReadDeadline(time.Unix(1, 0))
-	finish := func() {
+	finished := make(chan struct{})
+	go func() {
 		<-r.done
 		r.workers.Wait()
 		r.q.Release()
+		close(finished)
+	}()
+	if !wait {
+		return false
 	}
-	if wait {
-		finish()
-	} else {
-		go finish()
+	select {
+	case <-finished:
+		return true
+	case <-abort:
+		return false
 	}
 }
 
