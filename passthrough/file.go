@@ -121,6 +121,17 @@ func (fs *FS) reopen(n *inode, fd int, flags int) (int, error) {
 	return unix.Open(procPath(fd), flags&^unix.O_NOFOLLOW, 0)
 }
 
+// fileOpenFlags is the FOPEN_* answer for a file opened with host flags:
+// the cache mode's, plus direct I/O for O_DIRECT when it is allowed
+// through (virtiofsd --allow-direct-io).
+func (fs *FS) fileOpenFlags(flags int) uint32 {
+	fl := fs.opts.openFlags(false)
+	if fs.opts.AllowDirectIO && flags&unix.O_DIRECT != 0 {
+		fl |= fuse.FOPEN_DIRECT_IO
+	}
+	return fl
+}
+
 func writeFlags(flags int) bool {
 	return flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
 }
@@ -140,7 +151,7 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 			return err
 		}
 		out.Fh = fs.addFile(ffd, n)
-		out.OpenFlags = fs.opts.openFlags(false)
+		out.OpenFlags = fs.fileOpenFlags(flags)
 		return nil
 	})
 }
@@ -182,7 +193,7 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 			return err
 		}
 		out.Fh = fs.addFile(ffd, n)
-		out.OpenFlags = fs.opts.openFlags(false)
+		out.OpenFlags = fs.fileOpenFlags(flags)
 		return nil
 	})
 }
@@ -207,7 +218,7 @@ func (fs *FS) openExisting(pfd int, name string, flags int, out *fuse.CreateOut)
 		return syscall.Errno(s)
 	}
 	out.Fh = fs.addFile(ffd, n)
-	out.OpenFlags = fs.opts.openFlags(false)
+	out.OpenFlags = fs.fileOpenFlags(flags)
 	return nil
 }
 

@@ -288,3 +288,29 @@ func TestFdCacheConcurrent(t *testing.T) {
 		t.Fatalf("%d fds open before, %d after", before, after)
 	}
 }
+
+// TestDirectIO: the guest's O_DIRECT reaches the host fd (with direct I/O
+// in the reply) only with AllowDirectIO, as virtiofsd --allow-direct-io.
+func TestDirectIO(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		e := newEnv(t, Options{AllowDirectIO: allow})
+		os.WriteFile(e.host("f"), make([]byte, 4096), 0o644)
+		f := e.lookup(t, 1, "f").NodeId
+		var oo fuse.OpenOut
+		if s := e.fs.Open(nil, &fuse.OpenIn{InHeader: hdr(f), Flags: unix.O_RDONLY | unix.O_DIRECT}, &oo); !s.Ok() {
+			t.Fatal(s)
+		}
+		h := e.fs.getFile(oo.Fh)
+		fl, err := unix.FcntlInt(uintptr(h.fd), unix.F_GETFL, 0)
+		e.fs.putFile(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fl&unix.O_DIRECT != 0; got != allow {
+			t.Errorf("allow %v: host fd O_DIRECT %v", allow, got)
+		}
+		if got := oo.OpenFlags&fuse.FOPEN_DIRECT_IO != 0; got != allow {
+			t.Errorf("allow %v: FOPEN_DIRECT_IO %v", allow, got)
+		}
+	}
+}
