@@ -132,6 +132,14 @@ func (r *runner) kickLoop() {
 	if r.work != nil {
 		defer close(r.work)
 	}
+	// A fault in guest memory (a frontend shrinking a memory file under
+	// us) becomes a panic here, which stops this queue, not the daemon.
+	debug.SetPanicOnFault(true)
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
+		}
+	}()
 	for {
 		r.drain()
 		_, err := r.kick.Read(r.kickBuf[:])
@@ -194,6 +202,7 @@ func (r *runner) drain() {
 
 func (r *runner) worker() {
 	defer r.workers.Done()
+	debug.SetPanicOnFault(true) // see kickLoop; handle recovers
 	for head := range r.work {
 		r.serve(head)
 	}

@@ -214,6 +214,15 @@ func mapRegion(spec RegionSpec) (*region, error) {
 		spec.MmapOffset+spec.Size < spec.MmapOffset {
 		return nil, fmt.Errorf("memory region gpa %#x size %#x overflows", spec.GuestPhys, spec.Size)
 	}
+	// Touching a MAP_SHARED page past the end of its file raises SIGBUS,
+	// which would kill the daemon: a file must cover the region.
+	var st unix.Stat_t
+	if err := unix.Fstat(spec.Fd, &st); err != nil {
+		return nil, fmt.Errorf("memory region fd: %w", err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < spec.MmapOffset+spec.Size {
+		return nil, fmt.Errorf("memory region gpa %#x size %#x offset %#x: backing file has only %d bytes", spec.GuestPhys, spec.Size, spec.MmapOffset, st.Size)
+	}
 	page := uint64(unix.Getpagesize())
 	start := spec.MmapOffset &^ (page - 1)
 	delta := spec.MmapOffset - start

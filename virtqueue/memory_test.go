@@ -133,6 +133,12 @@ func TestSetTableFailureKeepsOldMap(t *testing.T) {
 	if err := m.SetTable([]RegionSpec{{GuestPhys: 0, Size: page, Fd: -1}}); err == nil {
 		t.Fatal("bad fd accepted")
 	}
+	if err := m.SetTable([]RegionSpec{{GuestPhys: 0, Size: 2 * page, Fd: fd}}); err == nil {
+		t.Fatal("region larger than its file accepted")
+	}
+	if err := m.Add(RegionSpec{GuestPhys: 1 << 20, Size: page, MmapOffset: page, Fd: fd}); err == nil {
+		t.Fatal("region past the end of its file accepted")
+	}
 	if m.NumRegions() != 1 {
 		t.Fatal("old map lost")
 	}
