@@ -358,3 +358,47 @@ func TestCreateOverExisting(t *testing.T) {
 	}
 	e.outsideUntouched(t)
 }
+
+// TestEscapeProcMount: with a procfs mounted inside the share, /proc/1/fd/N
+// magic links are nodes of their own (symlinks): never opened, never
+// walked through.
+func TestEscapeProcMount(t *testing.T) {
+	e := newEnv(t, Options{})
+	os.Mkdir(e.host("proc"), 0o755)
+	if err := unix.Mount("proc", e.host("proc"), "proc", 0, ""); err != nil {
+		t.Skipf("cannot mount procfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(e.host("proc"), unix.MNT_DETACH) })
+	proc := e.lookup(t, 1, "proc").NodeId
+	self := e.lookup(t, proc, "self")
+	if self.Attr.Mode&syscall.S_IFMT != syscall.S_IFLNK {
+		t.Fatalf("/proc/self is mode %o", self.Attr.Mode)
+	}
+	pid := e.lookup(t, proc, strconv.Itoa(os.Getpid())).NodeId
+	fdDir := e.lookup(t, pid, "fd").NodeId
+	magic := e.lookup(t, fdDir, strconv.Itoa(e.fs.rootFd))
+	if magic.Attr.Mode&syscall.S_IFMT != syscall.S_IFLNK {
+		t.Fatalf("magic link looked up as mode %o", magic.Attr.Mode)
+	}
+	for _, flags := range []uint32{unix.O_RDONLY, unix.O_RDWR} {
+		if s := e.rawOpen(magic.NodeId, flags); s.Ok() {
+			t.Fatalf("opened a magic link")
+		}
+	}
+	var eo fuse.EntryOut
+	h := hdr(magic.NodeId)
+	if s := e.fs.Lookup(nil, &h, "..", &eo); s.Ok() && eo.Attr.Ino == mustStat(t, filepath.Dir(e.share)).Ino {
+		t.Fatal("walked through the magic link")
+	}
+	for _, name := range []string{"secret", "outside"} {
+		if s := e.fs.Lookup(nil, &h, name, &eo); s.Ok() {
+			t.Fatalf("lookup %q through a magic link succeeded", name)
+		}
+	}
+	for op, f := range e.nameOps(magic.NodeId) {
+		if s := f(magic.NodeId, "x"); s.Ok() {
+			t.Errorf("%s under a magic link succeeded", op)
+		}
+	}
+	e.outsideUntouched(t)
+}

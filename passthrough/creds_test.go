@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -183,5 +184,36 @@ func TestModesIgnoreDaemonUmask(t *testing.T) {
 		if st := mustStat(t, e.host("sg", name)); st.Mode != want[name] {
 			t.Errorf("%s: mode %o, want %o", name, st.Mode, want[name])
 		}
+	}
+}
+
+// TestSetfsuidIsPerThread verifies what the credential switch relies on:
+// x/sys/unix's setfsuid/setfsgid change only the calling OS thread (a plain
+// syscall, not the all-threads broadcast setuid uses).
+func TestSetfsuidIsPerThread(t *testing.T) {
+	requireRoot(t)
+	switched, checked, restore := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var other [2]int
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		oldG, _ := unix.SetfsgidRetGid(testGID)
+		oldU, _ := unix.SetfsuidRetUid(testUID)
+		close(switched)
+		<-checked
+		unix.SetfsuidRetUid(oldU)
+		unix.SetfsgidRetGid(oldG)
+		close(restore)
+	}()
+	<-switched
+	func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		other = [2]int{fsuid(), fsgid()}
+	}()
+	close(checked)
+	<-restore
+	if other != [2]int{0, 0} {
+		t.Fatalf("another thread saw fsuid/fsgid %v while one thread was switched", other)
 	}
 }
