@@ -217,3 +217,30 @@ func TestSetfsuidIsPerThread(t *testing.T) {
 		t.Fatalf("another thread saw fsuid/fsgid %v while one thread was switched", other)
 	}
 }
+
+// TestKillPrivOnTruncate: with killpriv_v2 the kernel asks the server to
+// clear suid/sgid on a truncating open (OPEN_KILL_SUIDGID) or setattr
+// (FATTR_KILL_SUIDGID).
+func TestKillPrivOnTruncate(t *testing.T) {
+	e := newEnv(t, Options{})
+	os.WriteFile(e.host("k"), []byte("data"), 0o755)
+	node := e.lookup(t, 1, "k").NodeId
+	unix.Chmod(e.host("k"), 0o6755)
+	var oo fuse.OpenOut
+	if s := e.fs.Open(nil, &fuse.OpenIn{InHeader: hdr(node), Flags: unix.O_WRONLY | unix.O_TRUNC, Mode: fuse.OPEN_KILL_SUIDGID}, &oo); !s.Ok() {
+		t.Fatal(s)
+	}
+	e.fs.Release(nil, &fuse.ReleaseIn{Fh: oo.Fh})
+	if st := mustStat(t, e.host("k")); st.Mode&07777 != 0o755 || st.Size != 0 {
+		t.Fatalf("after O_TRUNC open: mode %o size %d", st.Mode&07777, st.Size)
+	}
+	unix.Chmod(e.host("k"), 0o6755)
+	var ao fuse.AttrOut
+	in := fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{InHeader: hdr(node), Valid: fuse.FATTR_SIZE | fuse.FATTR_KILL_SUIDGID, Size: 10}}
+	if s := e.fs.SetAttr(nil, &in, &ao); !s.Ok() {
+		t.Fatal(s)
+	}
+	if st := mustStat(t, e.host("k")); st.Mode&07777 != 0o755 || st.Size != 10 || ao.Attr.Mode&07777 != 0o755 {
+		t.Fatalf("after setattr: mode %o size %d (reply %o)", st.Mode&07777, st.Size, ao.Attr.Mode&07777)
+	}
+}

@@ -49,8 +49,11 @@
 // referenced until the transport calls Done; the transport preadv's into
 // guest memory. Writes pwritev the guest's buffers directly. O_APPEND is
 // kept on the host fd, so appends land at the host's end of file. With
-// FUSE_WRITE_KILL_SUIDGID (killpriv_v2) a write clears suid/sgid; without it
-// the guest kernel clears them with SETATTR, as the host kernel would not
+// killpriv_v2 the kernel asks the server to clear suid/sgid
+// (FUSE_WRITE_KILL_SUIDGID on WRITE, OPEN_KILL_SUIDGID on a truncating
+// OPEN, FATTR_KILL_SUIDGID on SETATTR) and the daemon does; without it (the
+// default, as virtiofsd's --killpriv-v2 is off) the guest kernel clears them
+// itself with a SETATTR, which matters because the host kernel would not
 // when the daemon (CAP_FSETID) writes.
 //
 // # Cache modes

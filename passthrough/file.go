@@ -150,6 +150,12 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 		if err != nil {
 			return err
 		}
+		if in.Mode&fuse.OPEN_KILL_SUIDGID != 0 && flags&unix.O_TRUNC != 0 {
+			if err := killPriv(ffd); err != nil {
+				unix.Close(ffd)
+				return err
+			}
+		}
 		out.Fh = fs.addFile(ffd, n)
 		out.OpenFlags = fs.fileOpenFlags(flags)
 		return nil
@@ -305,6 +311,9 @@ func skipBytes(iov [][]byte, n int) [][]byte {
 	return iov
 }
 
+// killPriv clears set-user-ID, and set-group-ID when group execute is set,
+// on the inode open (possibly O_PATH) at fd, as the kernel does when an
+// unprivileged caller writes or truncates.
 func killPriv(fd int) error {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
@@ -318,7 +327,7 @@ func killPriv(fd int) error {
 	if mode&kill == 0 {
 		return nil
 	}
-	return unix.Fchmod(fd, mode&^kill)
+	return chmodFd(&inode{mode: st.Mode & syscall.S_IFMT}, fd, mode&^kill)
 }
 
 // Flush is called on every close of a guest fd: closing a dup makes the

@@ -507,6 +507,11 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 				return err
 			}
 		}
+		if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && n.isReg() {
+			if err := killPriv(fd); err != nil {
+				return err
+			}
+		}
 		if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
 			ts := []unix.Timespec{
 				setTime(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
