@@ -89,6 +89,12 @@ func TestCredentialsRaw(t *testing.T) {
 	if s := e.fs.Mkdir(nil, &in, "x", &eo); s != fuse.EACCES {
 		t.Fatalf("mkdir in a root 0755 directory as uid %d: %v, want EACCES", testUID, s)
 	}
+	// CAP_MKNOD goes with the fsuid switch: an unprivileged caller cannot
+	// make device nodes on the host even if the guest kernel let it ask.
+	mk := fuse.MknodIn{InHeader: fuse.InHeader{NodeId: pub, Caller: user}, Mode: syscall.S_IFCHR | 0o666, Rdev: uint32(unix.Mkdev(1, 1))}
+	if s := e.fs.Mknod(nil, &mk, "mem", &eo); s != fuse.EPERM {
+		t.Fatalf("mknod of a device as uid %d: %v, want EPERM", testUID, s)
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < 64; i++ {
 		wg.Add(1)
