@@ -1,0 +1,165 @@
+package check
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DropCaches syncs and drops the page, dentry and inode caches (guest only:
+// it needs root and writes /proc/sys/vm/drop_caches).
+func DropCaches() error {
+	unix.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		return fmt.Errorf("drop caches: %w", err)
+	}
+	return nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// SeqRead reads file from start to end with 1 MiB reads, reps times, each
+// after dropping the caches, and reports MB/s (10^6 bytes per second).
+func SeqRead(file string, reps int) (map[string]float64, error) {
+	buf := make([]byte, 1<<20)
+	var rates []float64
+	var size int64
+	for i := 0; i < max(reps, 1); i++ {
+		if err := DropCaches(); err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		n, err := rawReadFile(file, buf, func([]byte) {})
+		d := time.Since(t0).Seconds()
+		if err != nil {
+			return nil, fmt.Errorf("seqread %s: %w", file, err)
+		}
+		size = n
+		rates = append(rates, float64(n)/d/1e6)
+	}
+	m := map[string]float64{"bytes": float64(size), "MBps": median(rates), "reps": float64(len(rates))}
+	for i, r := range rates {
+		m[fmt.Sprintf("MBps_%d", i+1)] = r
+	}
+	return m, nil
+}
+
+// StatWalk measures, with cold caches, a find-like walk of dir (getdents
+// plus lstat of every entry: READDIRPLUS territory) and an lstat of every
+// path by name with no readdir before it (one LOOKUP each). It reports
+// entries/s and files/s as medians of reps runs.
+func StatWalk(dir string, reps int) (map[string]float64, error) {
+	var walkRates, pathRates []float64
+	var paths []string
+	entries := 0
+	for i := 0; i < max(reps, 1); i++ {
+		if err := DropCaches(); err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		var got []string
+		n, err := walkCount(dir, ".", &got)
+		d := time.Since(t0).Seconds()
+		if err != nil {
+			return nil, err
+		}
+		if paths != nil && len(got) != len(paths) {
+			return nil, fmt.Errorf("statwalk: %d entries, then %d", len(paths), len(got))
+		}
+		paths, entries = got, n
+		walkRates = append(walkRates, float64(n)/d)
+	}
+	for i := 0; i < max(reps, 1); i++ {
+		if err := DropCaches(); err != nil {
+			return nil, err
+		}
+		var st unix.Stat_t
+		t0 := time.Now()
+		for _, p := range paths {
+			if err := rawLstat(filepath.Join(dir, p), &st); err != nil {
+				return nil, fmt.Errorf("statwalk: lstat %s: %w", p, err)
+			}
+		}
+		pathRates = append(pathRates, float64(len(paths))/time.Since(t0).Seconds())
+	}
+	return map[string]float64{
+		"entries":         float64(entries),
+		"files":           float64(len(paths)),
+		"walk_entries_ps": median(walkRates),
+		"stat_files_ps":   median(pathRates),
+	}, nil
+}
+
+// walkCount lstat()s every entry below root/rel and collects the paths of
+// the non-directories; it returns the number of entries stat'ed.
+func walkCount(root, rel string, files *[]string) (int, error) {
+	var st unix.Stat_t
+	full := filepath.Join(root, rel)
+	if err := rawLstat(full, &st); err != nil {
+		return 0, fmt.Errorf("lstat %s: %w", rel, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		*files = append(*files, rel)
+		return 1, nil
+	}
+	n := 1
+	var childErr error
+	err := rawWalkDir(full, func(name string) error {
+		var c int
+		c, childErr = walkCount(root, path.Join(rel, name), files)
+		n += c
+		return childErr
+	})
+	if err != nil && childErr == nil {
+		return n, fmt.Errorf("readdir %s: %w", rel, err)
+	}
+	return n, err
+}
+
+// Demo writes a listing of dir (mode, owner, size, path, link target) and
+// the first 4 KiB of file to w.
+func Demo(w io.Writer, dir, file string) error {
+	m, _, err := Build(dir, ManifestOptions{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "listing of %s (%d entries):\n", dir, len(m.Entries))
+	for _, e := range m.Entries {
+		extra := ""
+		if e.Target != "" {
+			extra = " -> " + e.Target
+		}
+		fmt.Fprintf(w, "  %s %04o %5d:%-5d %10d  %s%s\n", e.Type, e.Mode, e.UID, e.GID, e.Size, e.Path, extra)
+	}
+	if file == "" {
+		return nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b := make([]byte, 4096)
+	n, err := f.Read(b)
+	if err != nil && err != io.EOF {
+		return err
+	}
+	fmt.Fprintf(w, "content of %s (%d bytes shown):\n%s\n", file, n, b[:n])
+	return nil
+}

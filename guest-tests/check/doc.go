@@ -1,0 +1,14 @@
+// Package check holds what the host and the guest share in guest-tests: the
+// configuration the host hands to the guest's /init, the result lines the
+// guest prints on the serial console, and the checks themselves (a manifest
+// of a tree, the guest's mutations, xattr operations, benchmark loops).
+//
+// The same code runs on both sides: the host builds a manifest of the tree it
+// shares and the guest builds one of what it sees through virtio-fs, and the
+// two are compared field by field (type, mode, uid/gid, size, link count,
+// checksum, symlink target, hard-link identity, user.* xattrs). The
+// mutations are applied once on the host to a reference copy (giving the
+// expected state) and once by the guest through the backend; the host then
+// compares the two trees. Everything here builds with CGO_ENABLED=0 and uses
+// only the standard library and golang.org/x/sys/unix.
+package check

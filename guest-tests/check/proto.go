@@ -1,0 +1,113 @@
+package check
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// Markers the guest prints on the serial console, each at the start of a line.
+const (
+	// MarkHarness prefixes progress lines: "@@HARNESS EVENT key=value ...".
+	MarkHarness = "@@HARNESS "
+	// MarkResult prefixes one JSON-encoded Result per step.
+	MarkResult = "@@RESULT "
+	// MarkEnd is the last line before power-off: "@@END rc=N".
+	MarkEnd = "@@END rc="
+)
+
+// ConfigPath is where the host's per-run cpio puts the guest configuration.
+const ConfigPath = "/harness/config.json"
+
+// Step kinds.
+const (
+	KindManifest = "manifest" // build a manifest of Dir and compare it with Manifest
+	KindMutate   = "mutate"   // apply Mutate to Dir, then compare Dir with Manifest (if set)
+	KindXattr    = "xattr"    // run XattrOps on Dir
+	KindReadOnly = "readonly" // every write into Dir must fail with EROFS
+	KindSeqRead  = "seqread"  // benchmark: cold sequential read of File, Reps times
+	KindStatWalk = "statwalk" // benchmark: cold readdir+lstat walk and lstat-by-path of Dir
+	KindDemo     = "demo"     // print a listing of Dir and the content of File
+	KindExec     = "exec"     // run Argv (cwd = Dir) with output on the console; fails on a non-zero exit
+)
+
+// Config is what the guest's /init reads from ConfigPath.
+type Config struct {
+	Tag   string `json:"tag"`            // virtio-fs tag to mount
+	Mount string `json:"mount"`          // mount point (default /mnt)
+	Opts  string `json:"opts,omitempty"` // mount options; "ro" becomes MS_RDONLY
+	Steps []Step `json:"steps"`
+	// UmountTimeoutSec bounds the final umount (default 15 s).
+	UmountTimeoutSec int `json:"umount_timeout_sec,omitempty"`
+}
+
+// Step is one check or measurement inside the guest.
+type Step struct {
+	Name     string          `json:"name"`
+	Kind     string          `json:"kind"`
+	Dir      string          `json:"dir,omitempty"`  // relative to the mount point
+	File     string          `json:"file,omitempty"` // relative to the mount point
+	Manifest *Manifest       `json:"manifest,omitempty"`
+	Compare  CompareOptions  `json:"compare,omitempty"`
+	Build    ManifestOptions `json:"build,omitempty"`
+	Reps     int             `json:"reps,omitempty"`
+	Argv     []string        `json:"argv,omitempty"`
+}
+
+// Result is what the guest reports for one step.
+type Result struct {
+	Step    string             `json:"step"`
+	Kind    string             `json:"kind"`
+	OK      bool               `json:"ok"`
+	Errors  []string           `json:"errors,omitempty"`
+	Metrics map[string]float64 `json:"metrics,omitempty"`
+}
+
+// MaxErrors bounds the errors a step reports (the serial console is slow).
+const MaxErrors = 40
+
+// Errs collects at most MaxErrors messages and counts the rest.
+type Errs struct {
+	List    []string
+	dropped int
+}
+
+// Addf records one error.
+func (e *Errs) Addf(format string, args ...any) {
+	if len(e.List) >= MaxErrors {
+		e.dropped++
+		return
+	}
+	e.List = append(e.List, fmt.Sprintf(format, args...))
+}
+
+// Strings returns the messages, with a final count of the dropped ones.
+func (e *Errs) Strings() []string {
+	if e.dropped == 0 {
+		return e.List
+	}
+	return append(append([]string(nil), e.List...), fmt.Sprintf("... and %d more", e.dropped))
+}
+
+// Empty reports whether no error was recorded.
+func (e *Errs) Empty() bool { return len(e.List) == 0 }
+
+// ParseLine recognises one serial console line. It returns the Result of a
+// MarkResult line, or the rc of a MarkEnd line (end=true).
+func ParseLine(line string) (res *Result, rc int, end bool, err error) {
+	line = strings.TrimRight(line, "\r\n")
+	switch {
+	case strings.HasPrefix(line, MarkResult):
+		var r Result
+		if err := json.Unmarshal([]byte(line[len(MarkResult):]), &r); err != nil {
+			return nil, 0, false, fmt.Errorf("bad result line %q: %w", line, err)
+		}
+		return &r, 0, false, nil
+	case strings.HasPrefix(line, MarkEnd):
+		if _, err := fmt.Sscanf(line[len(MarkEnd):], "%d", &rc); err != nil {
+			return nil, 0, false, fmt.Errorf("bad end line %q: %w", line, err)
+		}
+		return nil, rc, true, nil
+	}
+	return nil, 0, false, nil
+}
