@@ -314,3 +314,23 @@ func TestDirectIO(t *testing.T) {
 		}
 	}
 }
+
+// TestRenameWhiteout: RENAME_WHITEOUT (overlayfs in the guest) leaves a
+// 0:0 character device at the old name.
+func TestRenameWhiteout(t *testing.T) {
+	e := newEnv(t, Options{})
+	os.WriteFile(e.host("a"), []byte("x"), 0o644)
+	if s := e.fs.Rename(nil, &fuse.RenameIn{InHeader: hdr(1), Newdir: 1, Flags: unix.RENAME_WHITEOUT}, "a", "b"); !s.Ok() {
+		t.Fatalf("rename whiteout: %v", s)
+	}
+	st := mustStat(t, e.host("a"))
+	if st.Mode&syscall.S_IFMT != syscall.S_IFCHR || st.Rdev != 0 {
+		t.Fatalf("whiteout is mode %o rdev %d", st.Mode, st.Rdev)
+	}
+	if b, _ := os.ReadFile(e.host("b")); string(b) != "x" {
+		t.Fatalf("b = %q", b)
+	}
+	if s := e.fs.Rename(nil, &fuse.RenameIn{InHeader: hdr(1), Newdir: 1, Flags: 1 << 30}, "b", "c"); s != fuse.EINVAL {
+		t.Fatalf("unknown rename flag: %v", s)
+	}
+}
