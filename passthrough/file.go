@@ -10,6 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+var _ fusewire.SyncFSer = (*FS)(nil)
+
 // fileHandle is an open file or directory of the guest. It is reference
 // counted so that a RELEASE racing a READ whose reply is still being copied
 // cannot close (and let the kernel reuse) the fd under it.

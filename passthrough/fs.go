@@ -132,30 +132,60 @@ func (fs *FS) SetDebug(bool) {}
 // Close releases the fds the filesystem holds. Use it after the last
 // request.
 func (fs *FS) Close() error {
+	fs.OnUnmount()
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	for id, n := range fs.nodes {
-		if id != fuse.FUSE_ROOT_ID {
-			fs.fds.forget(n)
-		}
-	}
-	fs.nodes, fs.byKey = map[uint64]*inode{}, map[inodeKey]*inode{}
 	for _, fd := range fs.mounts {
 		if fd >= 0 && fd != fs.rootFd {
 			unix.Close(fd)
 		}
 	}
 	fs.mounts = map[int]int{}
+	return unix.Close(fs.rootFd)
+}
+
+// OnUnmount forgets every inode but the root and closes every open file:
+// after DESTROY the guest holds nothing (it sends no FORGETs), and a later
+// INIT starts afresh.
+func (fs *FS) OnUnmount() {
+	fs.mu.Lock()
+	var gone []*inode
+	for id, n := range fs.nodes {
+		if id != fuse.FUSE_ROOT_ID {
+			gone = append(gone, n)
+			delete(fs.nodes, id)
+			delete(fs.byKey, n.key)
+		}
+	}
+	fs.mu.Unlock()
+	for _, n := range gone {
+		fs.fds.forget(n)
+	}
 	fs.hmu.Lock()
-	for _, h := range fs.files {
+	files := fs.files
+	fs.files = map[uint64]*fileHandle{}
+	for _, h := range files {
 		h.released = true
 		if h.refs == 0 {
 			fs.closeFile(h)
 		}
 	}
-	fs.files = map[uint64]*fileHandle{}
 	fs.hmu.Unlock()
-	return unix.Close(fs.rootFd)
+}
+
+// SyncFS syncs the host filesystem holding the node (fusewire.SyncFSer).
+func (fs *FS) SyncFS(cancel <-chan struct{}, h *fuse.InHeader) fuse.Status {
+	return fs.withFd(h.NodeId, func(n *inode, fd int) error {
+		if n.isDir() || n.isReg() {
+			rfd, err := fs.reopen(n, fd, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(rfd)
+			return unix.Syncfs(rfd)
+		}
+		return syscall.EINVAL
+	})
 }
 
 // status converts an error to a FUSE status without logging.

@@ -334,3 +334,32 @@ func TestRenameWhiteout(t *testing.T) {
 		t.Fatalf("unknown rename flag: %v", s)
 	}
 }
+
+// TestOnUnmount: DESTROY leaves the guest holding nothing; every inode but
+// the root and every open file and fd go.
+func TestOnUnmount(t *testing.T) {
+	e := newEnv(t, Options{})
+	for i := 0; i < 10; i++ {
+		os.WriteFile(e.host("f"+strconv.Itoa(i)), nil, 0o644)
+	}
+	before := openFds(t)
+	for i := 0; i < 10; i++ {
+		f := e.lookup(t, 1, "f"+strconv.Itoa(i)).NodeId
+		var oo fuse.OpenOut
+		if s := e.fs.Open(nil, &fuse.OpenIn{InHeader: hdr(f), Flags: unix.O_RDONLY}, &oo); !s.Ok() {
+			t.Fatal(s)
+		}
+	}
+	h := hdr(1)
+	if s := e.fs.SyncFS(nil, &h); !s.Ok() {
+		t.Fatalf("syncfs: %v", s)
+	}
+	e.fs.OnUnmount()
+	if n, cached := e.fs.Inodes(); n != 1 || cached != 0 {
+		t.Fatalf("%d inodes, %d cached fds after unmount", n, cached)
+	}
+	if after := openFds(t); after > before {
+		t.Fatalf("%d fds before, %d after unmount", before, after)
+	}
+	e.lookup(t, 1, "f0") // a new session works
+}
