@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -123,21 +124,34 @@ func BenchmarkBuild(b *testing.B) {
 			}
 		})
 	}
-	b.Run("mkfs.erofs", func(b *testing.B) {
-		if _, err := exec.LookPath("mkfs.erofs"); err != nil {
-			b.Skip("mkfs.erofs not installed")
-		}
-		b.SetBytes(size)
-		for i := 0; i < b.N; i++ {
-			out := b.TempDir()
-			cmd := exec.Command("mkfs.erofs", "--chunksize=1048576", "--blobdev="+filepath.Join(out, "blob"), "-T0",
-				filepath.Join(out, "meta"), tree)
-			if o, err := cmd.CombinedOutput(); err != nil {
-				b.Fatalf("mkfs.erofs: %v: %s", err, o)
+	for _, m := range []struct {
+		name string
+		args []string
+	}{
+		// chunked files on a blob device, as our images
+		{"mkfs.erofs-chunked", []string{"--chunksize=1048576", "--blobdev={out}/blob"}},
+		// plain EROFS, file data in the image itself
+		{"mkfs.erofs-plain", nil},
+	} {
+		b.Run(m.name, func(b *testing.B) {
+			if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+				b.Skip("mkfs.erofs not installed")
 			}
-			os.RemoveAll(out)
-		}
-	})
+			b.SetBytes(size)
+			for i := 0; i < b.N; i++ {
+				out := b.TempDir()
+				var args []string
+				for _, a := range m.args {
+					args = append(args, strings.ReplaceAll(a, "{out}", out))
+				}
+				args = append(args, "-T0", filepath.Join(out, "meta"), tree)
+				if o, err := exec.Command("mkfs.erofs", args...).CombinedOutput(); err != nil {
+					b.Fatalf("mkfs.erofs: %v: %s", err, o)
+				}
+				os.RemoveAll(out)
+			}
+		})
+	}
 	b.Run("dedup-second-layer", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			out := b.TempDir()

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"os"
 	"strings"
+	"sync/atomic"
 )
 
 // Blob feature bits (rafs-format.md §0.2).
@@ -57,7 +58,8 @@ type blobWriter struct {
 	f          *os.File
 	w          *bufio.Writer
 	idHash     hash.Hash // every byte but the raw blob.digest array
-	secHash    hash.Hash // the current section, for the ToC
+	secHash    hash.Hash // the current metadata section, for the ToC
+	inData     bool      // writing chunk data: idHash alone covers it
 	off        uint64
 	uoff       uint64 // next uncompressed offset
 	compressor string
@@ -67,14 +69,69 @@ type blobWriter struct {
 	digests    []byte // blob.digest array
 	toc        []byte
 	pad        [blockSize]byte
+
+	// chunk data is hashed and written by a goroutine of its own, so that
+	// sha256 of the blob overlaps with reading and chunk hashing
+	q     chan dataWrite
+	qdone chan struct{}
+	qerr  atomic.Pointer[error]
+}
+
+// dataWrite is chunk data (plus zero padding) queued for the writer; done
+// releases its buffer.
+type dataWrite struct {
+	data []byte
+	pad  int
+	done func()
 }
 
 func newBlobWriter(f *os.File, compressor, digester string) *blobWriter {
-	return &blobWriter{
+	b := &blobWriter{
 		f: f, w: bufio.NewWriterSize(f, 1<<20),
-		idHash: sha256.New(), secHash: sha256.New(),
+		idHash: sha256.New(), secHash: sha256.New(), inData: true,
 		compressor: compressor, digester: digester,
+		q: make(chan dataWrite, 16), qdone: make(chan struct{}),
 	}
+	go b.dataWriter()
+	return b
+}
+
+func (b *blobWriter) dataWriter() {
+	defer close(b.qdone)
+	for r := range b.q {
+		if b.qerr.Load() == nil {
+			for _, p := range [][]byte{r.data, b.pad[:r.pad]} {
+				if _, err := b.w.Write(p); err != nil {
+					err = fmt.Errorf("write blob: %w", err)
+					b.qerr.Store(&err)
+					break
+				}
+				b.idHash.Write(p)
+			}
+		}
+		if r.done != nil {
+			r.done()
+		}
+	}
+}
+
+// dataErr is the first error the data writer met, if any.
+func (b *blobWriter) dataErr() error {
+	if e := b.qerr.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// endData waits for every queued chunk to be written. Calling it twice is
+// harmless.
+func (b *blobWriter) endData() error {
+	if b.q != nil {
+		close(b.q)
+		<-b.qdone
+		b.q = nil
+	}
+	return b.dataErr()
 }
 
 func (b *blobWriter) write(p []byte, forID bool) error {
@@ -84,38 +141,46 @@ func (b *blobWriter) write(p []byte, forID bool) error {
 	if forID {
 		b.idHash.Write(p)
 	}
-	b.secHash.Write(p)
+	if !b.inData {
+		b.secHash.Write(p)
+	}
 	b.off += uint64(len(p))
 	return nil
 }
 
 // addChunk appends one chunk. comp is its compressed form, or nil to store
 // raw. Raw chunks of an uncompressed blob sit at their aligned uncompressed
-// offset, so the data section is the uncompressed image itself.
-func (b *blobWriter) addChunk(raw, comp []byte, digest [32]byte) (chunkRef, error) {
+// offset, so the data section is the uncompressed image itself. The bytes
+// are written asynchronously; release is called once they are no longer
+// needed.
+func (b *blobWriter) addChunk(raw, comp []byte, digest [32]byte, release func()) (chunkRef, error) {
+	if err := b.dataErr(); err != nil {
+		release()
+		return chunkRef{}, err
+	}
 	ref := chunkRef{Digest: digest, CI: uint32(len(b.ci) / ciV1Size), USize: uint32(len(raw))}
 	data := raw
 	if comp != nil {
 		data = comp
 		ref.Compressed = true
 	}
-	if b.compressor == CompressNone && !b.v5 {
+	aligned := b.compressor == CompressNone && !b.v5
+	if aligned {
 		b.uoff = b.off
 	}
 	ref.COff, ref.CSize, ref.UOff = b.off, uint32(len(data)), b.uoff
-	if err := b.write(data, true); err != nil {
-		return ref, err
-	}
+	b.off += uint64(len(data))
 	if b.v5 {
 		b.uoff += uint64(len(raw))
 	} else {
 		b.uoff += align(uint64(len(raw)), blockSize)
 	}
-	if b.compressor == CompressNone && !b.v5 {
-		if err := b.write(b.pad[:b.uoff-b.off], true); err != nil {
-			return ref, err
-		}
+	pad := 0
+	if aligned {
+		pad = int(b.uoff - b.off)
+		b.off = b.uoff
 	}
+	b.q <- dataWrite{data: data, pad: pad, done: release}
 	b.ci = binary.LittleEndian.AppendUint64(b.ci, ciUncompInfo(ref.UOff, ref.USize))
 	b.ci = binary.LittleEndian.AppendUint64(b.ci, ciCompInfo(ref.COff, ref.CSize))
 	b.digests = append(b.digests, digest[:]...)
@@ -155,8 +220,11 @@ func (b *blobWriter) section(tarName, tocName string, start, csize, usize uint64
 	if err := b.write(tarHeader(tarName, b.off-start), true); err != nil {
 		return err
 	}
-	if digest == nil {
-		digest = b.secHash.Sum(nil) // image.blob: data plus its tar header
+	if b.inData {
+		// image.blob: data plus its tar header, the blob's first bytes, so
+		// the blob-id hash so far is that digest (Sum leaves it running)
+		digest = b.idHash.Sum(nil)
+		b.inData = false
 	}
 	e := make([]byte, tocEntrySize)
 	binary.LittleEndian.PutUint32(e[0:], flags)
@@ -179,6 +247,9 @@ var inlinePlaceholderID = strings.Repeat("x", 64)
 // own entry, with a placeholder id and no ToC digest) is stored as
 // image.boot, zstd-compressed, and returned.
 func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInfo, []byte, error) {
+	if err := b.endData(); err != nil {
+		return blobInfo{}, nil, err
+	}
 	if b.v5 {
 		if err := b.w.Flush(); err != nil {
 			return blobInfo{}, nil, fmt.Errorf("write blob: %w", err)

@@ -125,6 +125,7 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	defer bf.Close()
 	bw := newBlobWriter(bf, opts.Compressor, opts.Digester)
 	bw.v5 = opts.FsVersion == 5
+	defer bw.endData()
 	ck, err := newChunker(b.ctx, opts, bw, uint32(len(blobs)), dedup)
 	if err != nil {
 		return nil, err

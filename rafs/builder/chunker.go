@@ -98,31 +98,39 @@ func (c *chunker) consume() {
 	defer close(c.consumed)
 	for j := range c.order {
 		<-j.done
-		if c.err == nil {
-			c.err = c.place(j)
-			if c.err != nil {
-				c.cancel()
-			}
+		if c.err != nil {
+			c.release(j)
+			continue
 		}
-		c.bufs.Put(j.buf)
-		if j.cbuf != nil {
-			c.cbufs.Put(j.cbuf)
+		if c.err = c.place(j); c.err != nil {
+			c.cancel()
 		}
 	}
 }
 
-// place deduplicates one chunk or appends it to the blob.
+// release returns a job's buffers to the pools.
+func (c *chunker) release(j *chunkJob) {
+	c.bufs.Put(j.buf)
+	if j.cbuf != nil {
+		c.cbufs.Put(j.cbuf)
+	}
+}
+
+// place deduplicates one chunk or appends it to the blob; either way the
+// job's buffers are released (after the write, for appended chunks).
 func (c *chunker) place(j *chunkJob) error {
 	if j.err != nil {
+		c.release(j)
 		return fmt.Errorf("compress chunk %d: %w", j.idx, j.err)
 	}
 	c.bytesIn.Add(int64(len(j.raw)))
 	if ref, ok := c.dedup[j.digest]; ok {
 		j.ino.Chunks[j.idx] = ref
 		c.dupChunks.Add(1)
+		c.release(j)
 		return nil
 	}
-	ref, err := c.blob.addChunk(j.raw, j.comp, j.digest)
+	ref, err := c.blob.addChunk(j.raw, j.comp, j.digest, func() { c.release(j) })
 	if err != nil {
 		return err
 	}
