@@ -1,0 +1,28 @@
+// Package e2e holds in-process end-to-end tests and benchmarks of the whole
+// daemon path, with no VMM: testdriver (a fake VMM with guest RAM in memfds
+// and split rings) connects to vhostuser.Serve on a unix socket, which hands
+// descriptor chains to fusewire.Device, which serves a real filesystem
+// (passthrough over a temporary directory, or a RAFS image from the shared
+// fixtures).
+//
+// The tests replay both the QEMU and the cloud-hypervisor vhost-user
+// conversations, send FUSE requests built by fusewire/fuseclient through
+// real chains laid out in guest memory (reply buffers split into 1-byte,
+// 7-byte and 4 KiB descriptors, and indirect tables), and check the bytes
+// against the host files or the fixture md5s listed in PROVENANCE.md. They
+// also check that garbage FUSE requests get errors while later requests are
+// served, that four request queues work in parallel, and that READ of
+// passthrough files and uncompressed RAFS data takes the zero-copy path
+// (fusewire.SegmentedResult copied with preadv into guest memory).
+//
+// The RAFS fixtures are found at <module root>/../shared/fixtures/rafs;
+// tests that need them skip when that directory is absent.
+//
+// The benchmarks (go test -bench . ./e2e/) compare, in the same run,
+// sequential 1 MiB READs through the whole path with plain pread, and
+// measure GETATTR round trips with 1 and 4 request queues and RAFS
+// lookup/getattr through the path. docs/benchmarks.md records the figures
+// and the commands that made them.
+//
+// The package has no non-test code: everything here is a test.
+package e2e
