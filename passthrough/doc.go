@@ -32,7 +32,7 @@
 //
 // # Credentials
 //
-// Create, Mkdir, Mknod and Symlink run with the caller's fsuid/fsgid (and no
+// Create, Tmpfile, Mkdir, Mknod and Symlink run with the caller's fsuid/fsgid (and no
 // supplementary groups) on a goroutine locked to its OS thread, like
 // virtiofsd: the host kernel then sets the owner and group (setgid
 // directories included) and checks permissions itself. The alternative,

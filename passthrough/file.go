@@ -206,6 +206,49 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 	})
 }
 
+// Tmpfile makes an unnamed file in the directory (O_TMPFILE) as the
+// caller; the guest may give it a name later with LINK.
+func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	flags := fs.hostOpenFlags(in.Flags) &^ (unix.O_TMPFILE | unix.O_TRUNC)
+	if flags&unix.O_ACCMODE == unix.O_RDONLY {
+		return fuse.EINVAL
+	}
+	return fs.withFd(in.NodeId, func(p *inode, pfd int) error {
+		if !p.isDir() {
+			return syscall.ENOTDIR
+		}
+		var ffd int
+		err := fs.creds.as(in.Caller, func() error {
+			var err error
+			ffd, err = unix.Openat2(pfd, ".", &unix.OpenHow{
+				Flags:   uint64(flags | unix.O_TMPFILE),
+				Mode:    uint64(in.Mode & 07777),
+				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+			})
+			return err
+		})
+		if err == nil {
+			if err = fs.restoreMode(ffd, in.Mode); err != nil {
+				unix.Close(ffd)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		n, err := fs.intern(ffd, false, &out.EntryOut)
+		if err != nil {
+			unix.Close(ffd)
+			return err
+		}
+		out.Fh = fs.addFile(ffd, n)
+		out.OpenFlags = fs.fileOpenFlags(flags)
+		return nil
+	})
+}
+
 // openExisting answers a CREATE without O_EXCL whose name exists.
 func (fs *FS) openExisting(pfd int, name string, flags int, out *fuse.CreateOut) error {
 	n, err := fs.lookupAt(pfd, name, &out.EntryOut)

@@ -363,3 +363,33 @@ func TestOnUnmount(t *testing.T) {
 	}
 	e.lookup(t, 1, "f0") // a new session works
 }
+
+// TestTmpfile: O_TMPFILE makes an unnamed file owned by the caller, which
+// LINK can name.
+func TestTmpfile(t *testing.T) {
+	e := newEnv(t, Options{})
+	os.Mkdir(e.host("pub"), 0o777)
+	unix.Chmod(e.host("pub"), 0o777)
+	pub := e.lookup(t, 1, "pub").NodeId
+	var co fuse.CreateOut
+	in := fuse.CreateIn{InHeader: fuse.InHeader{NodeId: pub, Caller: fuse.Caller{Owner: fuse.Owner{Uid: testUID, Gid: testGID}}},
+		Flags: unix.O_RDWR | unix.O_TMPFILE, Mode: 0o640}
+	if s := e.fs.Tmpfile(nil, &in, &co); !s.Ok() {
+		t.Fatalf("tmpfile: %v", s)
+	}
+	if ents, _ := os.ReadDir(e.host("pub")); len(ents) != 0 {
+		t.Fatalf("tmpfile has a name: %v", ents)
+	}
+	if n, s := e.fs.Write(nil, &fuse.WriteIn{Fh: co.Fh}, []byte("anon")); !s.Ok() || n != 4 {
+		t.Fatalf("write: %d %v", n, s)
+	}
+	var eo fuse.EntryOut
+	if s := e.fs.Link(nil, &fuse.LinkIn{InHeader: hdr(pub), Oldnodeid: co.NodeId}, "named", &eo); !s.Ok() {
+		t.Fatalf("link: %v", s)
+	}
+	e.fs.Release(nil, &fuse.ReleaseIn{Fh: co.Fh})
+	st := mustStat(t, e.host("pub", "named"))
+	if b, _ := os.ReadFile(e.host("pub", "named")); string(b) != "anon" || st.Uid != testUID || st.Mode&0o777 != 0o640 {
+		t.Fatalf("named: %q uid %d mode %o", b, st.Uid, st.Mode)
+	}
+}
