@@ -32,9 +32,9 @@
 //
 // # Credentials
 //
-// Create, Tmpfile, Mkdir, Mknod and Symlink run with the caller's fsuid/fsgid (and no
-// supplementary groups) on a goroutine locked to its OS thread, like
-// virtiofsd: the host kernel then sets the owner and group (setgid
+// Create, Tmpfile, Mkdir, Mknod and Symlink run with the caller's
+// fsuid/fsgid (and no supplementary groups) on a goroutine locked to its OS
+// thread, like virtiofsd: the host kernel then sets the owner and group (setgid
 // directories included) and checks permissions itself. The alternative,
 // create as root then chown, gets setgid inheritance and permission checks
 // wrong and leaves a window where the file is root's. Other operations run
