@@ -1,0 +1,125 @@
+package fusewire
+
+import (
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// iovMax is the most iovecs one preadv takes (IOV_MAX).
+const iovMax = 1024
+
+// readver is a fuse.ReadResult that can copy itself into a scatter list;
+// go-fuse's fd and vector results are (fuse.ReadResultFd preadvs).
+type readver interface {
+	Readv(dst [][]byte) (int, fuse.Status)
+}
+
+// doRead offers the filesystem the guest's buffer (when the data part of
+// the reply is one descriptor) and keeps the result for writeReply.
+func doRead(r *request) {
+	in := inStruct[fuse.ReadIn](r)
+	r.readSize = int(in.Size)
+	res, st := r.d.fs.Read(r.cancel, in, r.dataBuffer(r.readSize, false))
+	if !st.Ok() {
+		if res != nil {
+			res.Done()
+		}
+		r.status = st
+		return
+	}
+	if res == nil {
+		res = fuse.ReadResultData(nil)
+	}
+	r.readResult = res
+}
+
+// readInto moves the read result into the guest's buffers after OutHeader
+// and returns the byte count, which is short at end of file.
+func (r *request) readInto() (int, fuse.Status) {
+	r.iovs = subIov(r.iovs[:0], r.out, outHeaderSize, r.readSize)
+	dst := r.iovs
+	switch res := r.readResult.(type) {
+	case SegmentedResult:
+		return preadvSegments(dst, res.Segments())
+	case readver:
+		// Readv takes one syscall; more buffers than IOV_MAX go
+		// through Bytes below.
+		if len(dst) <= iovMax {
+			n, st := res.Readv(dst)
+			return min(n, r.readSize), st
+		}
+	}
+	var buf []byte
+	if r.direct != nil {
+		buf = r.direct
+	} else {
+		var p *[]byte
+		buf, p = r.d.getBuffer(r.readSize)
+		if p != nil {
+			defer r.d.buffers.Put(p)
+		}
+	}
+	data, st := r.readResult.Bytes(buf)
+	if !st.Ok() {
+		return 0, st
+	}
+	n := min(len(data), r.readSize)
+	if n > 0 && !(len(r.direct) > 0 && &data[0] == &r.direct[0]) {
+		n = scatter(dst, 0, data[:n])
+	}
+	return n, fuse.OK
+}
+
+// preadvSegments reads the segments in order into dst, which bounds the
+// total. It stops at the first short segment (end of file) and returns the
+// bytes read; an error after some bytes were read ends the reply there, as
+// read(2) would.
+func preadvSegments(dst [][]byte, segs []Segment) (int, fuse.Status) {
+	room := iovLen(dst)
+	total := 0
+	var store [64][]byte
+	for _, s := range segs {
+		if total == room {
+			break
+		}
+		want := min(s.Len, room-total)
+		if want <= 0 || s.Off < 0 {
+			if want < 0 || s.Off < 0 {
+				return total, statusOrPartial(total, fuse.EINVAL)
+			}
+			continue
+		}
+		got := 0
+		for got < want {
+			iov := subIov(store[:0], dst, total+got, want-got)
+			if len(iov) > iovMax {
+				iov = iov[:iovMax]
+			}
+			n, err := unix.Preadv(s.Fd, iov, s.Off+int64(got))
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				return total + got, statusOrPartial(total+got, errno(err))
+			}
+			if n == 0 {
+				break
+			}
+			got += n
+		}
+		total += got
+		if got < want {
+			break
+		}
+	}
+	return total, fuse.OK
+}
+
+func statusOrPartial(n int, st fuse.Status) fuse.Status {
+	if n > 0 {
+		return fuse.OK
+	}
+	return st
+}

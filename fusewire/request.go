@@ -1,0 +1,366 @@
+package fusewire
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"runtime/debug"
+	"syscall"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+)
+
+// request is one FUSE request in flight. Requests are pooled; reset
+// prepares one for a chain and release drops every reference to guest
+// memory.
+type request struct {
+	d      *Device
+	ctx    context.Context
+	cancel <-chan struct{}
+	id     uint64
+	queue  int
+	sess   *Session
+
+	// The chain: the request bytes and the room for the reply.
+	in, out [][]byte
+	room    int
+
+	op *opHandler
+	// inBuf holds InHeader and the op struct, copied out of guest memory
+	// and zero-filled past what the guest sent. It is 8-byte aligned.
+	inBuf [inBufSize / 8]uint64
+	// payload is the rest of the request, still in guest memory, with any
+	// request extension cut off.
+	payload      [][]byte
+	payloadLen   int
+	payloadStore [4][]byte
+
+	// Reply: the struct (a view of outBuf), then flat data (outPayload) or
+	// a read result.
+	outBuf     [outBufSize / 8]uint64
+	outData    []byte
+	outPayload []byte
+	readResult fuse.ReadResult
+	readSize   int
+	status     fuse.Status
+
+	// direct is the guest slice offered to the filesystem as its data
+	// buffer; pooled is a scratch buffer to give back.
+	direct []byte
+	pooled *[]byte
+	// iovs is scratch space for scatter lists, kept across requests.
+	iovs [][]byte
+}
+
+func (r *request) reset(d *Device, ctx context.Context, queue int, in, out [][]byte) {
+	*r = request{d: d, ctx: ctx, cancel: ctx.Done(), queue: queue, in: in, out: out, iovs: r.iovs}
+	r.id = d.nextID.Add(1)
+	r.sess = d.session.Load()
+}
+
+func (r *request) release() {
+	if r.readResult != nil {
+		r.readResult.Done()
+	}
+	if r.pooled != nil {
+		r.d.buffers.Put(r.pooled)
+	}
+	clear(r.iovs[:cap(r.iovs)])
+	*r = request{iovs: r.iovs[:0]}
+}
+
+func (r *request) inBytes() []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(&r.inBuf[0])), inBufSize)
+}
+
+func (r *request) outBytes() []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(&r.outBuf[0])), outBufSize)
+}
+
+func (r *request) header() *fuse.InHeader {
+	return (*fuse.InHeader)(unsafe.Pointer(&r.inBuf[0]))
+}
+
+// inStruct returns the op struct, header included, as a pointer to T.
+func inStruct[T any](r *request) *T {
+	return (*T)(unsafe.Pointer(&r.inBuf[0]))
+}
+
+// outStruct returns the reply struct as a pointer to T.
+func outStruct[T any](r *request) *T {
+	return (*T)(unsafe.Pointer(&r.outBuf[0]))
+}
+
+// serve frames, dispatches and answers the request; it returns the number
+// of bytes written into r.out.
+func (r *request) serve() int {
+	total := iovLen(r.in)
+	if total < inHeaderSize {
+		r.violation(fmt.Sprintf("request of %d bytes is shorter than the FUSE header", total))
+		return 0
+	}
+	gather(r.inBytes()[:inHeaderSize], r.in, 0)
+	h := r.header()
+	if h.Opcode < opCount {
+		r.op = &opTable[h.Opcode]
+	}
+	r.room = iovLen(r.out)
+	st := r.parse(total)
+	if r.op != nil && r.op.noReply {
+		if st.Ok() {
+			r.call()
+		} else {
+			r.violation(fmt.Sprintf("dropped: %v", st))
+		}
+		return 0
+	}
+	if r.room < outHeaderSize {
+		r.violation(fmt.Sprintf("no room for a reply (%d writable bytes)", r.room))
+		return 0
+	}
+	if !st.Ok() {
+		r.status = st
+		if st != fuse.ENOSYS {
+			r.violation(fmt.Sprintf("rejected: %v", st))
+		}
+		return r.writeReply()
+	}
+	r.call()
+	n := r.writeReply()
+	if r.header().Opcode == OpDestroy && r.status.Ok() && r.d.opts.OnDestroy != nil {
+		r.d.opts.OnDestroy()
+	}
+	return n
+}
+
+// parse checks the request against its opcode and the reply room, copies
+// the op struct out and locates the payload.
+func (r *request) parse(total int) fuse.Status {
+	h := r.header()
+	if int(h.Length) < inHeaderSize || int(h.Length) > total {
+		return fuse.EINVAL
+	}
+	total = int(h.Length)
+	if r.op == nil || r.op.fn == nil {
+		return fuse.ENOSYS
+	}
+	if r.sess == nil && !r.op.preInit {
+		return fuse.EIO
+	}
+	inSize := r.op.in
+	switch {
+	case h.Opcode == OpSetxattr && r.sess.Flags&fuse.CAP_SETXATTR_EXT != 0:
+		inSize = sz[fuse.SetXAttrIn]()
+	case h.Opcode == OpInit:
+		inSize = min(total, sz[fuse.InitIn]())
+	}
+	if total < inSize {
+		return fuse.EIO
+	}
+	gather(r.inBytes()[inHeaderSize:inSize], r.in, inHeaderSize)
+
+	r.payloadLen = total - inSize
+	if ext := int(h.TotalExtlen) * 8; ext > 0 {
+		// Request extensions (security context, supplementary
+		// groups) are only sent when negotiated, which we never do.
+		if ext > r.payloadLen {
+			return fuse.EIO
+		}
+		r.payloadLen -= ext
+	}
+	limit := r.op.maxPayload
+	if limit == 0 {
+		limit = maxNamePayload
+	}
+	if r.payloadLen > limit {
+		return fuse.EINVAL
+	}
+	r.payload = subIov(r.payloadStore[:0], r.in, inSize, r.payloadLen)
+
+	// The reply must fit: OutHeader, struct and the data asked for.
+	r.outData = r.outBytes()[:r.op.out]
+	need := outHeaderSize + r.op.out
+	switch h.Opcode {
+	case OpRead, OpReaddir, OpReaddirplus:
+		n := int(inStruct[fuse.ReadIn](r).Size)
+		if n > maxTransfer {
+			return fuse.EINVAL
+		}
+		need += n
+	case OpGetxattr, OpListxattr:
+		if n := int(inStruct[fuse.GetXAttrIn](r).Size); n > 0 {
+			r.outData = nil
+			need = outHeaderSize + n
+		}
+	case OpIoctl:
+		need += int(inStruct[fuse.IoctlIn](r).OutSize)
+	case OpInit:
+		if inStruct[fuse.InitIn](r).Minor <= 22 {
+			r.outData = r.outData[:initOutCompatSize]
+			need = outHeaderSize + initOutCompatSize
+		}
+	}
+	if need > r.room && !r.op.noReply {
+		return fuse.ERANGE
+	}
+	return fuse.OK
+}
+
+// call runs the handler, turning a panic in the filesystem into EIO.
+func (r *request) call() {
+	defer func() {
+		if v := recover(); v != nil {
+			r.status = fuse.EIO
+			r.readResult = nil
+			if r.d.warnAllowed() {
+				r.d.log.WithFields(r.fields()).Errorf("filesystem panic: %v\n%s", v, debug.Stack())
+			} else {
+				r.d.log.WithFields(r.fields()).Debugf("filesystem panic: %v", v)
+			}
+		}
+	}()
+	r.op.fn(r)
+}
+
+// payloadBytes returns the payload as one slice: the guest's own bytes when
+// they sit in one buffer, else a gathered copy.
+func (r *request) payloadBytes() []byte {
+	switch {
+	case r.payloadLen == 0:
+		return nil
+	case len(r.payload) == 1:
+		return r.payload[0]
+	}
+	b := make([]byte, r.payloadLen)
+	gather(b, r.payload, 0)
+	return b
+}
+
+// names returns the first n NUL-terminated strings of the payload, and
+// what follows them.
+func (r *request) names(n int) ([]string, []byte, fuse.Status) {
+	p := r.payloadBytes()
+	out := make([]string, 0, n)
+	for range n {
+		i := bytes.IndexByte(p, 0)
+		if i < 0 {
+			return nil, nil, fuse.EINVAL
+		}
+		out = append(out, string(p[:i]))
+		p = p[i+1:]
+	}
+	return out, p, fuse.OK
+}
+
+// entryName returns the single entry name of the request, rejecting names
+// no kernel sends: empty ones and ones with a slash.
+func (r *request) entryName() (string, fuse.Status) {
+	n, _, st := r.names(1)
+	if !st.Ok() {
+		return "", st
+	}
+	if !validName(n[0]) {
+		return "", fuse.EINVAL
+	}
+	return n[0], fuse.OK
+}
+
+func validName(s string) bool {
+	return s != "" && len(s) <= 1024 && !bytes.Contains([]byte(s), []byte{'/'})
+}
+
+// dataBuffer returns n bytes for the filesystem to fill with reply data:
+// the guest's buffer right after the reply struct when it is contiguous
+// (and 8-byte aligned if asked), else a scratch buffer.
+func (r *request) dataBuffer(n int, aligned bool) []byte {
+	if n == 0 {
+		return nil
+	}
+	off := outHeaderSize + len(r.outData)
+	if b, ok := contiguous(r.out, off, n); ok && (!aligned || uintptr(unsafe.Pointer(&b[0]))%8 == 0) {
+		r.direct = b
+		return b
+	}
+	b, p := r.d.getBuffer(n)
+	r.pooled = p
+	return b
+}
+
+// writeReply writes OutHeader, the reply struct and the data into r.out
+// and returns the byte count.
+func (r *request) writeReply() int {
+	if r.status.Ok() && r.readResult != nil {
+		n, st := r.readInto()
+		r.readResult.Done()
+		r.readResult = nil
+		if st.Ok() {
+			return r.writeHeader(n)
+		}
+		r.status = st
+	}
+	if !r.status.Ok() {
+		r.outData = nil
+		r.outPayload = nil
+		if r.status != fuse.ENOSYS && r.status != fuse.ENOENT {
+			r.d.log.WithFields(r.fields()).Debugf("reply %v", r.status)
+		}
+		return r.writeHeader(0)
+	}
+	size := len(r.outData) + len(r.outPayload)
+	if outHeaderSize+size > r.room {
+		r.status = fuse.ERANGE
+		r.violation(fmt.Sprintf("reply of %d bytes does not fit %d writable bytes", outHeaderSize+size, r.room))
+		r.outData, r.outPayload = nil, nil
+		return r.writeHeader(0)
+	}
+	off := outHeaderSize + scatter(r.out, outHeaderSize, r.outData)
+	if len(r.outPayload) > 0 && !(len(r.direct) > 0 && &r.direct[0] == &r.outPayload[0]) {
+		scatter(r.out, off, r.outPayload)
+	}
+	return r.writeHeader(size)
+}
+
+// writeHeader writes OutHeader for size bytes after it (which must already
+// be in place) and returns the reply length.
+func (r *request) writeHeader(size int) int {
+	if !r.status.Ok() {
+		size = 0
+	}
+	oh := fuse.OutHeader{
+		Length: uint32(outHeaderSize + size),
+		Status: -int32(r.status),
+		Unique: r.header().Unique,
+	}
+	scatter(r.out, 0, unsafe.Slice((*byte)(unsafe.Pointer(&oh)), outHeaderSize))
+	return outHeaderSize + size
+}
+
+func (r *request) fields() logrus.Fields {
+	h := r.header()
+	return logrus.Fields{
+		"req":    r.id,
+		"unique": h.Unique,
+		"op":     OpName(h.Opcode),
+		"nodeid": h.NodeId,
+		"queue":  r.queue,
+	}
+}
+
+// violation logs a guest protocol error, rate-limited.
+func (r *request) violation(msg string) {
+	level := logrus.DebugLevel
+	if r.d.warnAllowed() {
+		level = logrus.WarnLevel
+	}
+	r.d.log.WithFields(r.fields()).Log(level, "bad FUSE request: "+msg)
+}
+
+// errno converts a syscall error into a status.
+func errno(err error) fuse.Status {
+	if e, ok := err.(syscall.Errno); ok {
+		return fuse.Status(e)
+	}
+	return fuse.ToStatus(err)
+}
