@@ -20,8 +20,10 @@ type daemonConfig struct {
 	Xattr             bool
 	AnnounceSubmounts bool
 	Readonly          bool
-	ThreadPoolSize    int // workers per request queue; 0 = default
-	RequestQueues     int // request queues besides hiprio
+	AllowDirectIO     bool
+	InodeFileHandles  string // never|prefer|mandatory
+	ThreadPoolSize    int    // workers per request queue; 0 = default
+	RequestQueues     int    // request queues besides hiprio
 	KeepListening     bool
 
 	APISock    string // nydusd's --apisock
@@ -41,7 +43,9 @@ type daemonConfig struct {
 }
 
 func defaultConfig() daemonConfig {
-	return daemonConfig{FD: -1, Cache: "auto", LogLevel: "info", Sandbox: "namespace", RequestQueues: 1}
+	// Submounts are announced by default, as the Rust virtiofsd does since 1.6.
+	return daemonConfig{FD: -1, Cache: "auto", LogLevel: "info", Sandbox: "namespace", RequestQueues: 1,
+		AnnounceSubmounts: true, InodeFileHandles: "prefer"}
 }
 
 // flagKind says how a long option takes its value.
@@ -99,6 +103,15 @@ func setSandbox(c *daemonConfig, v string) error {
 	return fmt.Errorf("--sandbox: want namespace, chroot or none, got %q", v)
 }
 
+func setInodeFileHandles(c *daemonConfig, v string) error {
+	switch v {
+	case "never", "prefer", "mandatory":
+		c.InodeFileHandles = v
+		return nil
+	}
+	return fmt.Errorf("--inode-file-handles: want never, prefer or mandatory, got %q", v)
+}
+
 func setLogLevel(c *daemonConfig, v string) error {
 	switch v {
 	case "trace", "debug", "info", "warn", "error", "off":
@@ -150,7 +163,7 @@ func virtiofsdFlags() map[string]flagSpec {
 		"gid-map":                  {valueFlag, nil},
 		"translate-uid":            {valueFlag, nil},
 		"translate-gid":            {valueFlag, nil},
-		"inode-file-handles":       {valueFlag, nil},
+		"inode-file-handles":       {valueFlag, setInodeFileHandles},
 		"rlimit-nofile":            {valueFlag, nil},
 		"migration-mode":           {valueFlag, nil},
 		"migration-on-error":       {valueFlag, nil},
@@ -158,7 +171,7 @@ func virtiofsdFlags() map[string]flagSpec {
 		"security-label":           {boolFlag, nil},
 		"allow-mmap":               {boolFlag, nil},
 		"writeback":                {boolFlag, nil},
-		"allow-direct-io":          {boolFlag, nil},
+		"allow-direct-io":          {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.AllowDirectIO }, true)},
 		"no-readdirplus":           {boolFlag, nil},
 		"killpriv-v2":              {boolFlag, nil},
 		"preserve-noatime":         {boolFlag, nil},
@@ -269,7 +282,7 @@ func parseNydusdVirtiofs(args []string) (daemonConfig, error) {
 
 // parseDashO applies the C virtiofsd's comma-separated -o options.
 func parseDashO(c *daemonConfig, opts string) error {
-	for _, o := range strings.Split(opts, ",") {
+	for _, o := range splitOpts(opts) {
 		if o == "" {
 			continue
 		}
@@ -302,6 +315,26 @@ func parseDashO(c *daemonConfig, opts string) error {
 		}
 	}
 	return nil
+}
+
+// splitOpts splits a -o argument at commas; as in libfuse, a backslash
+// escapes the next character, so "source=/a\\,b" names the directory "/a,b".
+func splitOpts(s string) []string {
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+		case s[i] == ',':
+			out = append(out, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(s[i])
+		}
+	}
+	return append(out, cur.String())
 }
 
 // validate checks that the options make a daemon that can run.

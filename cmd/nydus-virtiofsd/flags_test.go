@@ -24,9 +24,9 @@ func TestParseVirtiofsd(t *testing.T) {
 		{
 			// Kata's runtime-rs (share_virtio_fs_standalone.rs): space-separated values.
 			name: "kata runtime-rs",
-			args: "--socket-path vfs.sock --shared-dir /run/s --cache never --thread-pool-size=1 --announce-submounts",
+			args: "--socket-path vfs.sock --shared-dir /run/s --cache never --thread-pool-size=1 --no-announce-submounts --allow-direct-io",
 			want: func(c *daemonConfig) {
-				c.SocketPath, c.SharedDir, c.Cache, c.ThreadPoolSize, c.AnnounceSubmounts = "vfs.sock", "/run/s", "never", 1, true
+				c.SocketPath, c.SharedDir, c.Cache, c.ThreadPoolSize, c.AnnounceSubmounts, c.AllowDirectIO = "vfs.sock", "/run/s", "never", 1, false, true
 			},
 		},
 		{
@@ -35,6 +35,11 @@ func TestParseVirtiofsd(t *testing.T) {
 			want: func(c *daemonConfig) {
 				c.SocketPath, c.SharedDir, c.Cache, c.Xattr, c.LogLevel = "/tmp/v.sock", "/srv", "always", true, "error"
 			},
+		},
+		{
+			name: "escaped comma in -o",
+			args: `--socket-path=s -o source=/srv/a\,b,cache=never`,
+			want: func(c *daemonConfig) { c.SocketPath, c.SharedDir, c.Cache = "s", "/srv/a,b", "never" },
 		},
 		{
 			name: "c cache=none means never",
@@ -50,9 +55,9 @@ func TestParseVirtiofsd(t *testing.T) {
 		},
 		{
 			name: "unknown and unimplemented options warn",
-			args: "--socket-path=s --shared-dir=/d --frobnicate --answer=42 --colour blue --writeback --inode-file-handles=prefer -o flock",
-			want: func(c *daemonConfig) { c.SocketPath, c.SharedDir = "s", "/d" },
-			warn: 6,
+			args: "--socket-path=s --shared-dir=/d --frobnicate --answer=42 --colour blue --writeback --inode-file-handles=never -o flock",
+			want: func(c *daemonConfig) { c.SocketPath, c.SharedDir, c.InodeFileHandles = "s", "/d", "never" },
+			warn: 5,
 		},
 		{
 			name: "print capabilities",

@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+)
+
+// daemon is the built binary running as a child process, as Kata runs it.
+type daemon struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	stderr strings.Builder
+	ready  chan struct{} // closed when the waiting line was printed
+	exited chan error
+}
+
+// startDaemon starts bin with args (and extra inherited files) and waits for
+// "Waiting for vhost-user socket connection..." on its stderr, as Kata's
+// runtime-rs does.
+func startDaemon(t *testing.T, bin string, files []*os.File, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{ready: make(chan struct{}), exited: make(chan error, 1)}
+	d.cmd = exec.Command(bin, args...)
+	d.cmd.ExtraFiles = files
+	pipe, err := d.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		once := sync.Once{}
+		for sc.Scan() {
+			d.mu.Lock()
+			d.stderr.WriteString(sc.Text() + "\n")
+			d.mu.Unlock()
+			if sc.Text() == waitingLine {
+				once.Do(func() { close(d.ready) })
+			}
+		}
+		io.Copy(io.Discard, pipe)
+		d.exited <- d.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+	})
+	select {
+	case <-d.ready:
+	case err := <-d.exited:
+		t.Fatalf("daemon exited before it was ready: %v\n%s", err, d.log())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon never printed %q\n%s", waitingLine, d.log())
+	}
+	return d
+}
+
+func (d *daemon) log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stderr.String()
+}
+
+// wait waits for the daemon to exit and returns its exit code.
+func (d *daemon) wait(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-d.exited:
+		if err == nil {
+			return 0
+		}
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		t.Fatalf("wait: %v", err)
+	case <-time.After(within):
+		t.Fatalf("daemon still running after %v\n%s", within, d.log())
+	}
+	return -1
+}
+
+// fuseOver returns a FUSE client whose requests travel through the driver's
+// first request queue, and hiprio requests through queue 0.
+func fuseOver(drv *testdriver.Driver) *fuseclient.Client {
+	send := func(q int) fuseclient.SendFunc {
+		return func(readable [][]byte, writable []int) ([]byte, error) {
+			return drv.Submit(q, readable, writable, testdriver.Layout{})
+		}
+	}
+	c := fuseclient.New(send(1))
+	c.Hiprio = send(0)
+	return c
+}
+
+// shareDir makes a small directory to share.
+func shareDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello, guest\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// readFile looks up name in the root and reads it whole.
+func readFile(t *testing.T, c *fuseclient.Client, name string) string {
+	t.Helper()
+	e, err := c.Lookup(fuse.FUSE_ROOT_ID, name)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", name, err)
+	}
+	o, err := c.Open(e.NodeId, uint32(os.O_RDONLY))
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	b, err := c.Read(e.NodeId, o.Fh, 0, 1<<16)
+	if err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	if err := c.Release(e.NodeId, o.Fh); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	return string(b)
+}
+
+func TestDaemonServesAndExitsOnDisconnect(t *testing.T) {
+	bin := buildBinary(t)
+	shapes := []struct {
+		name string
+		seq  testdriver.Sequence
+		args func(sock, dir string) []string
+	}{
+		{"virtiofsd runtime-rs shape, qemu", testdriver.QEMU, func(sock, dir string) []string {
+			return []string{"--socket-path", sock, "--shared-dir", dir, "--cache", "auto", "--thread-pool-size=1", "--announce-submounts", "--some-future-flag"}
+		}},
+		{"virtiofsd C shape on cloud-hypervisor", testdriver.CloudHypervisor, func(sock, dir string) []string {
+			return []string{"--socket-path=" + sock, "-o", "source=" + dir + ",cache=always", "-o", "xattr"}
+		}},
+		{"nydusd virtiofs shape, qemu", testdriver.QEMU, func(sock, dir string) []string {
+			return []string{"virtiofs", "--hybrid-mode", "--log-level", "info", "--sock", sock, "--shared-dir", dir}
+		}},
+	}
+	for _, sh := range shapes {
+		t.Run(sh.name, func(t *testing.T) {
+			dir := shareDir(t)
+			sock := filepath.Join(t.TempDir(), "vfs.sock")
+			d := startDaemon(t, bin, nil, sh.args(sock, dir)...)
+			if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("socket: %v, mode %v; want 0600", err, fi.Mode())
+			}
+			drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: sh.seq})
+			if err != nil {
+				t.Fatalf("connect: %v\n%s", err, d.log())
+			}
+			c := fuseOver(drv)
+			if _, err := c.Init(38, 0, 1<<17); err != nil {
+				t.Fatalf("init: %v", err)
+			}
+			if got := readFile(t, c, "hello.txt"); got != "hello, guest\n" {
+				t.Fatalf("read = %q", got)
+			}
+			if err := c.Destroy(); err != nil {
+				t.Fatalf("destroy: %v", err)
+			}
+			drv.Close()
+			if code := d.wait(t, 5*time.Second); code != 0 {
+				t.Fatalf("exit code %d after disconnect\n%s", code, d.log())
+			}
+			if _, err := os.Stat(sock); !os.IsNotExist(err) {
+				t.Errorf("socket file left behind: %v", err)
+			}
+		})
+	}
+}
+
+func TestDaemonSignals(t *testing.T) {
+	bin := buildBinary(t)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "vfs.sock")
+			d := startDaemon(t, bin, nil, "--socket-path="+sock, "--shared-dir="+shareDir(t))
+			// A frontend is connected and idle: the signal must still end
+			// the daemon promptly.
+			drv, err := testdriver.Connect(sock, testdriver.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer drv.Close()
+			if _, err := fuseOver(drv).Init(38, 0, 1<<17); err != nil {
+				t.Fatal(err)
+			}
+			d.cmd.Process.Signal(sig)
+			if code := d.wait(t, time.Second); code != 0 {
+				t.Fatalf("exit code %d after %v\n%s", code, sig, d.log())
+			}
+		})
+	}
+}
+
+// TestDaemonInheritedFD runs the Go Kata runtime's shape: the runtime makes
+// the listening socket and passes it as fd 3.
+func TestDaemonInheritedFD(t *testing.T) {
+	bin := buildBinary(t)
+	sock := filepath.Join(t.TempDir(), "vfs.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	d := startDaemon(t, bin, []*os.File{f}, "--syslog", "--cache=auto", "--shared-dir="+shareDir(t), "--fd=3", "--thread-pool-size=1", "--announce-submounts", "--xattr")
+	f.Close()
+	drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.CloudHypervisor})
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, d.log())
+	}
+	c := fuseOver(drv)
+	if _, err := c.Init(38, 0, 1<<17); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, c, "hello.txt"); got != "hello, guest\n" {
+		t.Fatalf("read = %q", got)
+	}
+	drv.Close()
+	if code := d.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d\n%s", code, d.log())
+	}
+}
+
+func TestDaemonKeepListening(t *testing.T) {
+	bin := buildBinary(t)
+	sock := filepath.Join(t.TempDir(), "vfs.sock")
+	d := startDaemon(t, bin, nil, "--socket-path="+sock, "--shared-dir="+shareDir(t), "--keep-listening")
+	for i := 0; i < 2; i++ {
+		drv, err := testdriver.Connect(sock, testdriver.Options{})
+		if err != nil {
+			t.Fatalf("connect %d: %v\n%s", i, err, d.log())
+		}
+		c := fuseOver(drv)
+		if _, err := c.Init(38, 0, 1<<17); err != nil {
+			t.Fatal(err)
+		}
+		if got := readFile(t, c, "hello.txt"); got != "hello, guest\n" {
+			t.Fatalf("frontend %d read = %q", i, got)
+		}
+		drv.Close()
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t, time.Second); code != 0 {
+		t.Fatalf("exit code %d\n%s", code, d.log())
+	}
+}
+
+func TestDaemonServesRAFSImage(t *testing.T) {
+	bin := buildBinary(t)
+	v5 := filepath.Join(fixtures, "v5-repeatable")
+	sock := filepath.Join(t.TempDir(), "vfs.sock")
+	d := startDaemon(t, bin, nil, "--socket-path="+sock,
+		"--bootstrap="+filepath.Join(v5, "sha256-nocompress-repeatable"), "--blob-dir="+filepath.Join(v5, "blobs"))
+	drv, err := testdriver.Connect(sock, testdriver.Options{})
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, d.log())
+	}
+	defer drv.Close()
+	c := fuseOver(drv)
+	if _, err := c.Init(38, 0, 1<<17); err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Lookup(fuse.FUSE_ROOT_ID, "hardlink-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.Lookup(e.NodeId, "foo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// PROVENANCE.md: 944 bytes, nlink 3.
+	if f.Attr.Size != 944 || f.Attr.Nlink != 3 {
+		t.Fatalf("hardlink-test/foo: size %d nlink %d; want 944, 3", f.Attr.Size, f.Attr.Nlink)
+	}
+	if _, err := c.Mkdir(fuse.FUSE_ROOT_ID, "new", 0o755); err == nil {
+		t.Fatal("mkdir on a RAFS image succeeded; want EROFS")
+	}
+}
+
+func TestDaemonBadCommandLines(t *testing.T) {
+	bin := buildBinary(t)
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--shared-dir=/tmp"}, "--socket-path or --fd"},
+		{[]string{"--socket-path=/tmp/x.sock", "--cache=sometimes", "--shared-dir=/tmp"}, "--cache"},
+		{[]string{"--socket-path=/tmp/x.sock", "--shared-dir=/nonexistent/dir"}, "/nonexistent/dir"},
+	}
+	for _, tc := range tests {
+		out, err := exec.Command(bin, tc.args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("%q: err=%v, output %q; want a failure mentioning %q", tc.args, err, out, tc.want)
+		}
+	}
+	out, err := exec.Command(bin, "--print-capabilities").Output()
+	if err != nil || !strings.Contains(string(out), `"type": "fs"`) {
+		t.Errorf("--print-capabilities: %v %q", err, out)
+	}
+}

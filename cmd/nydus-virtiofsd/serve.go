@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// waitingLine is what Kata's runtime-rs waits for on stderr before it starts
+// the VMM.
+const waitingLine = "Waiting for vhost-user socket connection..."
+
+// runDaemon runs the virtio-fs daemon that c describes until the frontend
+// disconnects (or, with KeepListening, until SIGTERM/SIGINT) and returns the
+// exit code.
+func runDaemon(c daemonConfig) int {
+	log := newLogger(&c)
+	for _, w := range c.Warnings {
+		log.Warn(w)
+	}
+	if c.Sandbox != "none" {
+		log.Infof("--sandbox=%s: no namespace or chroot sandbox yet; the share is confined by openat2(RESOLVE_BENEATH) on every lookup", c.Sandbox)
+	}
+	if n, err := passthrough.RaiseNofileLimit(); err != nil {
+		log.WithError(err).Warn("cannot raise RLIMIT_NOFILE")
+	} else {
+		log.Debugf("RLIMIT_NOFILE %d", n)
+	}
+
+	fs, mountOpts, err := buildFS(&c, log)
+	if err != nil {
+		log.Error(err)
+		return 1
+	}
+	dev := fusewire.NewDevice(fs, fusewire.Options{
+		RequestQueues:     c.RequestQueues,
+		AnnounceSubmounts: c.AnnounceSubmounts,
+		Logger:            log.WithField("layer", "fuse"),
+		Mount:             mountOpts,
+	})
+
+	l, err := listen(&c)
+	if err != nil {
+		log.Error(err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	// Kata's runtime-rs reads stderr for this exact line, whatever the log
+	// destination or level.
+	fmt.Fprintln(os.Stderr, waitingLine)
+	err = vhostuser.Serve(ctx, l, dev, vhostuser.Options{
+		RequestQueues: c.RequestQueues,
+		Workers:       max(c.ThreadPoolSize, vhostuser.DefaultWorkers),
+		KeepListening: c.KeepListening,
+		Logger:        log.WithField("layer", "vhost-user"),
+	})
+	if c.SocketPath != "" {
+		os.Remove(c.SocketPath)
+	}
+	if err != nil {
+		log.WithError(err).Error("vhost-user session failed")
+		return 1
+	}
+	log.Info("frontend gone, exiting")
+	return 0
+}
+
+// buildFS makes the filesystem the daemon serves: a passthrough share of a
+// host directory, or a RAFS image read from a local blob directory.
+func buildFS(c *daemonConfig, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
+	var mo fuse.MountOptions
+	if c.Bootstrap != "" {
+		blobDir := c.BlobDir
+		if blobDir == "" {
+			blobDir = "."
+		}
+		img, err := rafs.Open(c.Bootstrap, rafs.Options{
+			Backend: backend.NewLocalFS(blobDir),
+			Log:     log.WithField("layer", "rafs"),
+		})
+		if err != nil {
+			return nil, mo, fmt.Errorf("open image: %w", err)
+		}
+		return rafs.NewFS(img, rafs.FSOptions{}), mo, nil
+	}
+	popts := passthrough.Options{
+		Cache:    c.Cache,
+		Xattr:    c.Xattr,
+		ReadOnly: c.Readonly,
+
+		AllowDirectIO:     c.AllowDirectIO,
+		AnnounceSubmounts: c.AnnounceSubmounts,
+		InodeFileHandles:  c.InodeFileHandles,
+		Logger:            log.WithField("layer", "passthrough"),
+	}
+	fs, err := passthrough.New(c.SharedDir, popts)
+	if err != nil {
+		return nil, mo, fmt.Errorf("share %s: %w", c.SharedDir, err)
+	}
+	mo.DisableReadDirPlus = !popts.ReadDirPlus()
+	mo.DisableXAttrs = !c.Xattr
+	return fs, mo, nil
+}
+
+// listen opens the vhost-user socket: a path to listen on, or an inherited
+// listening fd.
+func listen(c *daemonConfig) (*net.UnixListener, error) {
+	if c.FD >= 0 {
+		l, err := vhostuser.ListenerFromFD(c.FD)
+		if err != nil {
+			return nil, fmt.Errorf("--fd=%d: %w", c.FD, err)
+		}
+		return l, nil
+	}
+	l, err := vhostuser.Listen(c.SocketPath)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", c.SocketPath, err)
+	}
+	return l, nil
+}
