@@ -191,9 +191,6 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := bf.Sync(); err != nil {
-			return nil, fmt.Errorf("write blob: %w", err)
-		}
 		blobs = append(blobs, info)
 		res.BlobID = info.ID
 		res.Stats.BlobSize = int64(info.CompressedSize)
