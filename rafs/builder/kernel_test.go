@@ -106,3 +106,24 @@ func TestKernelMountFlat(t *testing.T) {
 		compareTrees(t, want, scanTree(t, mountErofs(t, flat)))
 	}
 }
+
+// TestKernelMountNoData: a tree without file data has no blob at all.
+func TestKernelMountNoData(t *testing.T) {
+	requireKernelErofs(t)
+	src := filepath.Join(t.TempDir(), "src")
+	must(t, os.MkdirAll(filepath.Join(src, "d/e"), 0o755))
+	must(t, os.WriteFile(filepath.Join(src, "d/empty"), nil, 0o600))
+	must(t, os.Symlink("d", filepath.Join(src, "l")))
+	want := scanTree(t, src)
+	out := t.TempDir()
+	res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BlobID != "" || len(res.BlobIDs) != 0 {
+		t.Fatalf("blob %q / %v written for a tree without data", res.BlobID, res.BlobIDs)
+	}
+	compareTrees(t, want, scanTree(t, mountErofs(t, res.BootstrapPath)))
+	compareTrees(t, want, scanImage(t, res.BootstrapPath, out))
+	fsck(t, res.BootstrapPath)
+}
