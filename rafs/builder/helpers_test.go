@@ -153,19 +153,30 @@ func scanTree(t testing.TB, dir string) map[string]entryInfo {
 		if err != nil {
 			return err
 		}
-		sort.Slice(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
-		var sb strings.Builder
-		for _, x := range xs {
-			fmt.Fprintf(&sb, "%s=%q;", x.Name, x.Value)
-		}
-		e.Xattrs = sb.String()
+		e.Xattrs = xattrString(xs)
 		out[rel] = e
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ps := range inodes {
+	setLinkPeers(out, inodes)
+	return out
+}
+
+// xattrString renders xattrs in a comparable form.
+func xattrString(xs []xattr) string {
+	sort.Slice(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
+	var sb strings.Builder
+	for _, x := range xs {
+		fmt.Fprintf(&sb, "%s=%q;", x.Name, x.Value)
+	}
+	return sb.String()
+}
+
+// setLinkPeers records, for every path, the paths sharing its inode.
+func setLinkPeers(out map[string]entryInfo, groups map[uint64][]string) {
+	for _, ps := range groups {
 		sort.Strings(ps)
 		for _, p := range ps {
 			e := out[p]
@@ -173,7 +184,6 @@ func scanTree(t testing.TB, dir string) map[string]entryInfo {
 			out[p] = e
 		}
 	}
-	return out
 }
 
 // compareTrees fails the test on any difference between two scans.

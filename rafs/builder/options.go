@@ -80,21 +80,11 @@ func (o *Options) normalize() error {
 	if o.FsVersion != 5 && o.FsVersion != 6 {
 		return fmt.Errorf("fs version %d: want 5 or 6", o.FsVersion)
 	}
-	if o.Compressor == "" {
-		o.Compressor = CompressNone
+	if err := oneOf("compressor", &o.Compressor, CompressNone, CompressLZ4, CompressZstd); err != nil {
+		return err
 	}
-	switch o.Compressor {
-	case CompressNone, CompressLZ4, CompressZstd:
-	default:
-		return fmt.Errorf("compressor %q: want none, lz4_block or zstd", o.Compressor)
-	}
-	if o.Digester == "" {
-		o.Digester = DigestBlake3
-	}
-	switch o.Digester {
-	case DigestBlake3, DigestSHA256:
-	default:
-		return fmt.Errorf("digester %q: want blake3 or sha256", o.Digester)
+	if err := oneOf("digester", &o.Digester, DigestBlake3, DigestSHA256); err != nil {
+		return err
 	}
 	if o.ChunkSize == 0 {
 		o.ChunkSize = DefaultChunkSize
@@ -102,18 +92,28 @@ func (o *Options) normalize() error {
 	if o.ChunkSize < 4096 || o.ChunkSize > 16<<20 || o.ChunkSize&(o.ChunkSize-1) != 0 {
 		return fmt.Errorf("chunk size %#x: want a power of two in [0x1000, 0x1000000]", o.ChunkSize)
 	}
-	if o.Type == "" {
-		o.Type = DirRafs
+	t := string(o.Type)
+	if err := oneOf("source type", &t, string(DirRafs), string(TarRafs), string(TargzRafs)); err != nil {
+		return err
 	}
-	switch o.Type {
-	case DirRafs, TarRafs, TargzRafs:
-	default:
-		return fmt.Errorf("source type %q: want dir-rafs, tar-rafs or targz-rafs", o.Type)
-	}
+	o.Type = SourceType(t)
 	if o.Log == nil {
 		o.Log = logrus.StandardLogger()
 	}
 	return nil
+}
+
+// oneOf defaults *v to the first allowed value and checks it is allowed.
+func oneOf(what string, v *string, allowed ...string) error {
+	if *v == "" {
+		*v = allowed[0]
+	}
+	for _, a := range allowed {
+		if *v == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s %q: want one of %s", what, *v, strings.Join(allowed, ", "))
 }
 
 // ParseChunkSize parses a chunk size written in decimal or 0x hex.

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -56,26 +55,18 @@ func scanImage(t testing.TB, boot, blobDir string) map[string]entryInfo {
 		if err != nil {
 			return err
 		}
-		sort.Slice(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
-		var sb strings.Builder
+		var own []xattr
 		for _, x := range xs {
-			fmt.Fprintf(&sb, "%s=%q;", x.Name, x.Value)
+			own = append(own, xattr{Name: x.Name, Value: x.Value})
 		}
-		e.Xattrs = sb.String()
+		e.Xattrs = xattrString(own)
 		out[rel] = e
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ps := range peers {
-		sort.Strings(ps)
-		for _, p := range ps {
-			e := out[p]
-			e.LinkPeers = strings.Join(ps, ",")
-			out[p] = e
-		}
-	}
+	setLinkPeers(out, peers)
 	return out
 }
 
