@@ -176,13 +176,4 @@ func BenchmarkFUSEWalk100k(b *testing.B) {
 	}
 }
 
-// TestMain removes the synthetic image after the run.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if synth.root != "" {
-		os.RemoveAll(synth.root)
-	}
-	os.Exit(code)
-}
-
 func md5(b []byte) string { return fmt.Sprintf("%x", cryptomd5.Sum(b)) }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -14,20 +15,32 @@ import (
 )
 
 // codecs holds the decoders an image shares between concurrent reads.
+// The zstd decoder is made on first use: most images never need it.
 type codecs struct {
-	zstd *zstd.Decoder
+	once    sync.Once
+	zstd    *zstd.Decoder
+	zstdErr error
 }
 
-func newCodecs() (*codecs, error) {
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0),
-		zstd.WithDecoderMaxMemory(maxChunkSize*2), zstd.WithDecoderMaxWindow(maxChunkSize*2))
-	if err != nil {
-		return nil, fmt.Errorf("zstd decoder: %w", err)
+func newCodecs() (*codecs, error) { return &codecs{}, nil }
+
+func (c *codecs) zstdDecoder() (*zstd.Decoder, error) {
+	c.once.Do(func() {
+		c.zstd, c.zstdErr = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0),
+			zstd.WithDecoderMaxMemory(maxChunkSize*2), zstd.WithDecoderMaxWindow(maxChunkSize*2))
+		if c.zstdErr != nil {
+			c.zstdErr = fmt.Errorf("zstd decoder: %w", c.zstdErr)
+		}
+	})
+	return c.zstd, c.zstdErr
+}
+
+func (c *codecs) close() {
+	c.once.Do(func() {}) // no decoder may be made after close
+	if c.zstd != nil {
+		c.zstd.Close()
 	}
-	return &codecs{zstd: d}, nil
 }
-
-func (c *codecs) close() { c.zstd.Close() }
 
 // decompress decodes src, which must expand to exactly usize bytes.
 func (c *codecs) decompress(algo Compression, src []byte, usize uint64) ([]byte, error) {
@@ -56,8 +69,14 @@ func (c *codecs) decompress(algo Compression, src []byte, usize uint64) ([]byte,
 		}
 		return dst, nil
 	case CompressZstd:
-		dec := c.zstd
-		if usize > maxChunkSize {
+		var dec *zstd.Decoder
+		if usize <= maxChunkSize {
+			d, err := c.zstdDecoder()
+			if err != nil {
+				return nil, err
+			}
+			dec = d
+		} else {
 			// Large objects (an inlined bootstrap) get their own decoder.
 			d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(usize+1))
 			if err != nil {

@@ -42,12 +42,17 @@ func exercise(data []byte, be backend.Backend) error {
 		return err
 	}
 	defer img.Close()
-	buf := make([]byte, 64<<10)
-	count := 0
+	buf := make([]byte, 4096)
+	count, reads := 0, 0
+	read := map[uint64]bool{}
 	return img.Walk(func(p string, n *Inode) error {
 		if count++; count > 5000 {
 			return errors.New("too many inodes")
 		}
+		if read[n.Ino] {
+			return nil
+		}
+		read[n.Ino] = true
 		if _, err := img.Xattrs(n.Ino); err != nil {
 			return err
 		}
@@ -56,8 +61,13 @@ func exercise(data []byte, be backend.Backend) error {
 			_, err := img.Readlink(n.Ino)
 			return err
 		case n.IsRegular():
-			for off := int64(0); off < int64(min(n.Size, 1<<22)); off += int64(len(buf)) {
-				if _, err := img.ReadAt(context.Background(), n.Ino, buf, off); err != nil && !errors.Is(err, errEOF) {
+			// A few small reads per file and in all: the point is to
+			// resolve chunks, not to hash megabytes per input.
+			for _, off := range []uint64{0, n.Size / 2, n.Size - min(n.Size, 100)} {
+				if reads++; reads > 64 {
+					return nil
+				}
+				if _, err := img.ReadAt(context.Background(), n.Ino, buf, int64(off)); err != nil && !errors.Is(err, errEOF) {
 					return err
 				}
 			}
