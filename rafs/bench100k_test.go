@@ -177,3 +177,12 @@ func BenchmarkFUSEWalk100k(b *testing.B) {
 }
 
 func md5(b []byte) string { return fmt.Sprintf("%x", cryptomd5.Sum(b)) }
+
+// TestMain removes the synthetic image after the run.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if synth.root != "" {
+		os.RemoveAll(synth.root)
+	}
+	os.Exit(code)
+}
