@@ -146,3 +146,38 @@ func TestFUSEMountXattrs(t *testing.T) {
 		t.Errorf("md5sum:\n%s", sums)
 	}
 }
+
+// TestFUSEMountSnapshotterV6 mounts the real-world v6 bootstrap (no blobs:
+// metadata only) and walks its 3517 inodes through the kernel: hard links
+// stored as separate inodes are one inode, owners follow the
+// EXPLICIT_UID_GID rule, reads of absent blobs fail with EIO.
+func TestFUSEMountSnapshotterV6(t *testing.T) {
+	requireFUSE(t)
+	data, err := snapshotterBoot(t, "v6-bootstrap-chunk-pos-438272.tar.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := uint32(4242), uint32(4343)
+	img, err := OpenBytes(data, "image.boot", Options{UID: &uid, GID: &gid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	mnt := t.TempDir()
+	srv, err := Mount(NewFS(img, FSOptions{}), mnt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Unmount()
+	if n := strings.Count(run(t, mnt, "find", "."), "\n"); n != 3517 {
+		t.Errorf("find: %d entries, want 3517", n)
+	}
+	st := run(t, mnt, "stat", "-c", "%i %h %s %u:%g", "usr/bin/perl", "usr/bin/perl5.34.0")
+	l := strings.Split(strings.TrimSpace(st), "\n")
+	if len(l) != 2 || l[0] != l[1] || !strings.HasSuffix(l[0], " 2 3806264 4242:4343") {
+		t.Errorf("stat of the perl hard links: %q", st)
+	}
+	if out, err := exec.Command("cat", filepath.Join(mnt, "etc/passwd")).CombinedOutput(); err == nil || !strings.Contains(string(out), "Input/output error") {
+		t.Errorf("read without the blob: %v %s", err, out)
+	}
+}

@@ -466,7 +466,7 @@ func (m *v6) checkChunkArray(n *Inode) error {
 	if m.rafs && cfmt&chunkFmtIndexes == 0 {
 		return formatErr("v6: nid %d: chunk format %#x lacks INDEXES", n.id, cfmt)
 	}
-	if !m.rafs && uint64(m.blkbits)+uint64(cfmt&chunkFmtBlkbits) > 40 {
+	if !m.rafs && uint64(m.blkbits)+uint64(cfmt&chunkFmtBlkbits) > 30 {
 		return formatErr("erofs: nid %d: chunk bits %d", n.id, cfmt&chunkFmtBlkbits)
 	}
 	cs, unit, pos := m.chunkGeometry(n)
