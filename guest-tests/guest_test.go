@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,7 +152,7 @@ func TestGuest(t *testing.T) {
 				Guest: env.guest, Backend: b,
 				Serve:   BackendConfig{SharedDir: share, Cache: "auto", Xattr: true},
 				Config:  check.Config{Steps: steps},
-				LogDir:  t.TempDir(),
+				LogDir:  logDir(t),
 				Timeout: 180 * time.Second,
 			})
 			if err != nil {
@@ -185,7 +186,7 @@ func TestGuest(t *testing.T) {
 				Guest: env.guest, Backend: b,
 				Serve:   BackendConfig{SharedDir: filepath.Join(share, "tree"), Cache: "never"},
 				Want:    wantTree,
-				LogDir:  t.TempDir(),
+				LogDir:  logDir(t),
 				Timeout: 120 * time.Second,
 			}.Run(context.Background())
 			if res != nil {
@@ -196,6 +197,70 @@ func TestGuest(t *testing.T) {
 			}
 		})
 	})
+}
+
+// EnvArtifacts names the environment variable of a directory where runs
+// keep their logs (serial, backend, QEMU) per test; unset, they go to the
+// test's temporary directory and failures print their tails.
+const EnvArtifacts = "NVFS_ARTIFACTS"
+
+func logDir(t testing.TB) string {
+	if d := os.Getenv(EnvArtifacts); d != "" {
+		p := filepath.Join(d, strings.ReplaceAll(t.Name(), "/", "_"))
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return t.TempDir()
+}
+
+// TestGuestFaults: a backend killed while the guest reads, and a guest
+// that outlives its timeout. Run must stop QEMU within seconds (not wait
+// for the guest's hung FUSE requests), report it, and leave none of the
+// processes it started.
+func TestGuestFaults(t *testing.T) {
+	env := setupGuests(t)
+	share := t.TempDir()
+	if err := writeSeeded(filepath.Join(share, "big.bin"), 1, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	longRead := []check.Step{{Name: "seqread", Kind: check.KindSeqRead, File: "big.bin", Reps: 1000}}
+	killed := Template("c-killed-after-10s", []string{"/bin/sh", "-c",
+		"(sleep 10; kill -9 $$) & exec " + CVirtiofsdPath + " --socket-path={socket} -o source={share} -o cache=auto"})
+	tests := []struct {
+		name    string
+		backend Backend
+		timeout time.Duration
+		want    string
+	}{
+		{"backend killed", killed, 120 * time.Second, "exited"},
+		{"timeout", CVirtiofsd(), 8 * time.Second, "timeout after 8s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t0 := time.Now()
+			res, err := Run(context.Background(), RunOptions{
+				Guest: env.guest, Backend: tt.backend,
+				Serve:   BackendConfig{SharedDir: share},
+				Config:  check.Config{Steps: longRead},
+				LogDir:  logDir(t),
+				Timeout: tt.timeout,
+			})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Run: %v; want an error with %q", err, tt.want)
+			}
+			if d := time.Since(t0); d > 60*time.Second {
+				t.Fatalf("Run took %s", d)
+			}
+			for _, g := range []int{res.BackendPid, res.QEMUPid} {
+				if g == 0 || !groupGone(g) {
+					t.Fatalf("process group %d: %v left", g, pidsInGroup(g))
+				}
+			}
+			t.Logf("stopped after %s: %v", time.Since(t0).Round(time.Millisecond), strings.SplitN(err.Error(), "\n", 2)[0])
+		})
+	}
 }
 
 // logRun records the timings of a run in the test log.

@@ -35,6 +35,8 @@ type RunOptions struct {
 	LogDir  string        // where serial.log, backend.log, qemu.log go (default: a new temp dir, kept)
 	Console io.Writer     // if set, every serial line is copied here
 	Append  string        // extra kernel command line
+	// SocketWait bounds the wait for the backend's socket (default 10 s).
+	SocketWait time.Duration
 	Log     logrus.FieldLogger
 }
 
@@ -51,6 +53,8 @@ type RunResult struct {
 	Events map[string]time.Duration
 	Wall   time.Duration // QEMU start to QEMU exit
 	LogDir string
+	// BackendPid and QEMUPid are the process (group) ids Run started (0: not started).
+	BackendPid, QEMUPid int
 }
 
 // Result returns the result of the named step, or nil.
@@ -82,6 +86,9 @@ func (r *RunResult) Tails(n int) string {
 func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	if o.Timeout == 0 {
 		o.Timeout = 120 * time.Second
+	}
+	if o.SocketWait == 0 {
+		o.SocketWait = 10 * time.Second
 	}
 	if o.MemMiB == 0 {
 		o.MemMiB = 1024
@@ -131,6 +138,7 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	if err := bcmd.Start(); err != nil {
 		return res, fmt.Errorf("start backend %s: %w", o.Backend.Name, err)
 	}
+	res.BackendPid = bcmd.Process.Pid
 	bdone := make(chan struct{})
 	go func() {
 		_ = bcmd.Wait()
@@ -139,7 +147,7 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	}()
 	killBackend := func() { stopGroup(bcmd.Process.Pid, bdone, 2*time.Second) }
 	defer killBackend()
-	if err := waitSocket(ctx, o.Serve.Socket, bdone, 10*time.Second); err != nil {
+	if err := waitSocket(ctx, o.Serve.Socket, bdone, o.SocketWait); err != nil {
 		return res, fmt.Errorf("backend %s: %w\n%s", o.Backend.Name, err, res.Tails(20))
 	}
 
@@ -162,6 +170,7 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	if err := qcmd.Start(); err != nil {
 		return res, fmt.Errorf("start %s: %w", QEMU, err)
 	}
+	res.QEMUPid = qcmd.Process.Pid
 	var readErr error
 	var rwg sync.WaitGroup
 	rwg.Add(1)
@@ -231,19 +240,20 @@ wait:
 
 // stopGroup ends the process group pgid (one this package started) unless
 // done is already closed: SIGTERM, then SIGKILL after grace.
+// Members left behind by a leader that has exited get SIGKILL.
 func stopGroup(pgid int, done <-chan struct{}, grace time.Duration) {
 	select {
 	case <-done:
-		return
 	default:
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(grace):
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-done
+		}
 	}
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		<-done
-	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL) // stragglers (ESRCH when none)
 }
 
 // runInitrd writes the base initramfs plus a cpio with the configuration.

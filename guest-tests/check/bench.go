@@ -22,7 +22,8 @@ func DropCaches() error {
 	return nil
 }
 
-func median(v []float64) float64 {
+// Median returns the median of v (0 for none).
+func Median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0
 	}
@@ -53,7 +54,7 @@ func SeqRead(file string, reps int) (map[string]float64, error) {
 		size = n
 		rates = append(rates, float64(n)/d/1e6)
 	}
-	m := map[string]float64{"bytes": float64(size), "MBps": median(rates), "reps": float64(len(rates))}
+	m := map[string]float64{"bytes": float64(size), "MBps": Median(rates), "reps": float64(len(rates))}
 	for i, r := range rates {
 		m[fmt.Sprintf("MBps_%d", i+1)] = r
 	}
@@ -101,8 +102,8 @@ func StatWalk(dir string, reps int) (map[string]float64, error) {
 	return map[string]float64{
 		"entries":         float64(entries),
 		"files":           float64(len(paths)),
-		"walk_entries_ps": median(walkRates),
-		"stat_files_ps":   median(pathRates),
+		"walk_entries_ps": Median(walkRates),
+		"stat_files_ps":   Median(pathRates),
 	}, nil
 }
 
