@@ -95,4 +95,3 @@ func BenchmarkGuest(b *testing.B) {
 		})
 	}
 }
-

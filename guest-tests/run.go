@@ -37,7 +37,7 @@ type RunOptions struct {
 	Append  string        // extra kernel command line
 	// SocketWait bounds the wait for the backend's socket (default 10 s).
 	SocketWait time.Duration
-	Log     logrus.FieldLogger
+	Log        logrus.FieldLogger
 }
 
 // RunResult is what a boot produced. Logs stay in LogDir.
