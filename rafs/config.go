@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/pelletier/go-toml/v2"
+
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 )
 
-// Config is the part of a nydusd configuration file (v1 "RafsConfig" JSON
-// or v2 JSON) that serving an image needs.
+// Config is the part of a nydusd configuration file (v1 "RafsConfig" JSON,
+// v2 JSON or v2 TOML) that serving an image needs.
 type Config struct {
 	Version        int
 	BackendType    string
@@ -20,9 +22,9 @@ type Config struct {
 }
 
 type localfsJSON struct {
-	Dir      string   `json:"dir"`
-	BlobFile string   `json:"blob_file"`
-	AltDirs  []string `json:"alt_dirs"`
+	Dir      string   `json:"dir" toml:"dir"`
+	BlobFile string   `json:"blob_file" toml:"blob_file"`
+	AltDirs  []string `json:"alt_dirs" toml:"alt_dirs"`
 }
 
 type configV1 struct {
@@ -40,18 +42,18 @@ type configV1 struct {
 }
 
 type configV2 struct {
-	Version int `json:"version"`
+	Version int `json:"version" toml:"version"`
 	Backend struct {
-		Type    string       `json:"type"`
-		LocalFS *localfsJSON `json:"localfs"`
-	} `json:"backend"`
+		Type    string       `json:"type" toml:"type"`
+		LocalFS *localfsJSON `json:"localfs" toml:"localfs"`
+	} `json:"backend" toml:"backend"`
 	Cache struct {
-		Validate bool `json:"validate"`
-	} `json:"cache"`
+		Validate bool `json:"validate" toml:"validate"`
+	} `json:"cache" toml:"cache"`
 	Rafs struct {
-		Validate    bool `json:"validate"`
-		EnableXattr bool `json:"enable_xattr"`
-	} `json:"rafs"`
+		Validate    bool `json:"validate" toml:"validate"`
+		EnableXattr bool `json:"enable_xattr" toml:"enable_xattr"`
+	} `json:"rafs" toml:"rafs"`
 }
 
 const maxConfigSize = 1 << 20
@@ -69,26 +71,36 @@ func LoadConfig(path string) (*Config, error) {
 	return c, nil
 }
 
-// ParseConfig decodes a nydusd v2 JSON or v1 JSON configuration, as
-// nydusd tries them. TOML v2 files are refused with a clear error.
+// ParseConfig decodes a nydusd configuration: v2 JSON, v2 TOML or v1
+// JSON, as nydusd tries them.
 func ParseConfig(data []byte) (*Config, error) {
 	if len(data) > maxConfigSize {
 		return nil, fmt.Errorf("%d bytes is larger than 1 MiB", len(data))
 	}
-	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
-		return nil, fmt.Errorf("not JSON (TOML configurations are not supported yet; use the JSON form)")
-	}
+	c := &Config{}
 	var probe struct {
 		Version int `json:"version"`
 	}
-	if err := json.Unmarshal(data, &probe); err != nil {
-		return nil, fmt.Errorf("json: %w", err)
+	isJSON := false
+	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
+		if err := json.Unmarshal(data, &probe); err != nil {
+			return nil, fmt.Errorf("json: %w", err)
+		}
+		isJSON = true
 	}
-	c := &Config{}
-	if probe.Version == 2 {
+	if !isJSON || probe.Version == 2 {
 		var v configV2
-		if err := json.Unmarshal(data, &v); err != nil {
-			return nil, fmt.Errorf("v2 json: %w", err)
+		if isJSON {
+			if err := json.Unmarshal(data, &v); err != nil {
+				return nil, fmt.Errorf("v2 json: %w", err)
+			}
+		} else {
+			if err := toml.Unmarshal(data, &v); err != nil {
+				return nil, fmt.Errorf("neither JSON nor v2 TOML: %w", err)
+			}
+			if v.Version != 2 {
+				return nil, fmt.Errorf("toml config: version %d, want 2", v.Version)
+			}
 		}
 		c.Version, c.BackendType = 2, v.Backend.Type
 		c.DigestValidate = v.Rafs.Validate || v.Cache.Validate
