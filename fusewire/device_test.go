@@ -525,3 +525,141 @@ func TestSizes(t *testing.T) {
 		t.Error("InitIn/InitOut sizes")
 	}
 }
+
+// dataFS answers READ with the given kind of fuse.ReadResultData.
+type dataFS struct {
+	fuse.RawFileSystem
+	data    []byte
+	inPlace bool // fill the buffer fusewire offers instead of returning our slice
+}
+
+func (d dataFS) Read(_ <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	src := d.data[min(int(in.Offset), len(d.data)):]
+	if d.inPlace {
+		return fuse.ReadResultData(buf[:copy(buf, src)]), fuse.OK
+	}
+	return fuse.ReadResultData(src[:min(len(src), int(in.Size))]), fuse.OK
+}
+
+func TestReadFallbacks(t *testing.T) {
+	data := randomBytes(50000, 4)
+	for _, inPlace := range []bool{false, true} {
+		e := newEnv(t, func(r fuse.RawFileSystem) fuse.RawFileSystem { return dataFS{r, data, inPlace} }, Options{}, true)
+		for _, desc := range []int{0, 1, 4096} { // 0: one data descriptor
+			t.Run(fmt.Sprintf("inPlace=%v/desc=%d", inPlace, desc), func(t *testing.T) {
+				if desc > 0 {
+					e.client.SplitWritable = func(structEnd, total int) []int {
+						return append([]int{structEnd}, sizesOf(total-structEnd, desc)...)
+					}
+				}
+				got, err := e.client.Read(1, 0, 100, 40000)
+				if err != nil || !bytes.Equal(got, data[100:40100]) {
+					t.Fatalf("READ: %d bytes, %v", len(got), err)
+				}
+				got, err = e.client.Read(1, 0, 49000, 4096)
+				if err != nil || !bytes.Equal(got, data[49000:]) {
+					t.Fatalf("READ at EOF: %d bytes, %v", len(got), err)
+				}
+			})
+		}
+	}
+}
+
+func TestXattrs(t *testing.T) {
+	e := newEnv(t, nil, Options{}, true)
+	e.writeFile(t, "f", nil)
+	if err := syscall.Setxattr(filepath.Join(e.dir, "f"), "user.probe", []byte("1"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	ent, err := e.client.Lookup(1, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.client
+	set := fuse.SetXAttrIn{Size: 5}
+	if _, err := c.Call(OpSetxattr, ent.NodeId, fuseclient.Bytes(&set)[inHeaderSize:inHeaderSize+8], []byte("user.k\x00value"), 0, 0); err != nil {
+		t.Fatalf("SETXATTR: %v", err)
+	}
+	get := func(size uint32, name string, split bool) ([]byte, error) {
+		if split {
+			c.SplitWritable = func(structEnd, total int) []int { return sizesOf(total, 3) }
+			defer func() { c.SplitWritable = nil }()
+		}
+		in := fuse.GetXAttrIn{Size: size}
+		return c.Call(OpGetxattr, ent.NodeId, fuseclient.Bytes(&in)[inHeaderSize:], append([]byte(name), 0), 0, max(int(size), 8))
+	}
+	if b, err := get(0, "user.k", false); err != nil || binary.LittleEndian.Uint32(b) != 5 {
+		t.Fatalf("GETXATTR size: %x, %v", b, err)
+	}
+	for _, split := range []bool{false, true} {
+		if b, err := get(100, "user.k", split); err != nil || string(b) != "value" {
+			t.Fatalf("GETXATTR (split %v): %q, %v", split, b, err)
+		}
+	}
+	if _, err := get(2, "user.k", false); !errors.Is(err, syscall.ERANGE) {
+		t.Fatalf("GETXATTR into 2 bytes: %v, want ERANGE", err)
+	}
+	if _, err := get(100, "user.missing", false); !errors.Is(err, syscall.ENODATA) {
+		t.Fatalf("GETXATTR missing: %v, want ENODATA", err)
+	}
+	in := fuse.GetXAttrIn{Size: 100}
+	b, err := c.Call(OpListxattr, ent.NodeId, fuseclient.Bytes(&in)[inHeaderSize:], nil, 0, 100)
+	if err != nil || !bytes.Contains(b, []byte("user.k\x00")) {
+		t.Fatalf("LISTXATTR: %q, %v", b, err)
+	}
+	if _, err := c.Call(OpRemovexattr, ent.NodeId, nil, []byte("user.k\x00"), 0, 0); err != nil {
+		t.Fatalf("REMOVEXATTR: %v", err)
+	}
+}
+
+func TestReaddirAndConcurrentQueues(t *testing.T) {
+	e := newEnv(t, nil, Options{RequestQueues: 4}, true)
+	for i := range 20 {
+		e.writeFile(t, fmt.Sprint("f", i), randomBytes(10000+i, uint64(i)))
+	}
+	oo, err := e.client.OpenDir(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := e.client.ReadDir(1, oo.Fh, 0, 4096)
+	if err != nil || len(ents) < 20 {
+		t.Fatalf("READDIR: %d entries, %v", len(ents), err)
+	}
+	if e.dev.NumQueues() != 5 || e.dev.Features() != 0 {
+		t.Fatalf("NumQueues %d Features %d", e.dev.NumQueues(), e.dev.Features())
+	}
+	errs := make(chan error, 8)
+	for w := range 8 {
+		go func() {
+			c := fuseclient.New(sender(e.dev, 1+w%4))
+			for i := range 20 {
+				name := fmt.Sprint("f", (i+w)%20)
+				ent, err := c.Lookup(1, name)
+				if err != nil {
+					errs <- err
+					return
+				}
+				o, err := c.Open(ent.NodeId, 0)
+				if err != nil {
+					errs <- err
+					return
+				}
+				got, err := c.Read(ent.NodeId, o.Fh, 0, 1<<16)
+				if err != nil || len(got) != int(ent.Attr.Size) {
+					errs <- fmt.Errorf("%s: READ %d bytes, %v", name, len(got), err)
+					return
+				}
+				if err := c.Release(ent.NodeId, o.Fh); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

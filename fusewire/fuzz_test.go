@@ -110,7 +110,7 @@ func FuzzFraming(f *testing.F) {
 		}
 		if e.dev.Session() == nil {
 			// The fuzzer sent DESTROY: start a new session.
-			if _, err := fuseclient.New(sender(t, e.dev, 1)).Init(38, 0xb7bfffffb, 128<<10); err != nil {
+			if _, err := fuseclient.New(sender(e.dev, 1)).Init(38, 0xb7bfffffb, 128<<10); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -42,16 +42,17 @@ func guestBuffers(sizes []int) (bufs [][]byte, check func() error) {
 	}
 }
 
-// sender returns a fuseclient.SendFunc that hands chains to dev on queue.
-func sender(t testing.TB, dev *Device, queue int) fuseclient.SendFunc {
+// sender returns a fuseclient.SendFunc that hands chains to dev on queue
+// and fails when the device writes outside the writable buffers.
+func sender(dev *Device, queue int) fuseclient.SendFunc {
 	return func(readable [][]byte, sizes []int) ([]byte, error) {
 		bufs, check := guestBuffers(sizes)
 		n := dev.HandleChain(context.Background(), queue, &virtqueue.Chain{Readable: readable, Writable: bufs})
 		if err := check(); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if int(n) > iovLen(bufs) {
-			t.Fatalf("device claims %d bytes written into %d", n, iovLen(bufs))
+			return nil, fmt.Errorf("device claims %d bytes written into %d", n, iovLen(bufs))
 		}
 		out := make([]byte, 0, n)
 		for _, b := range bufs {
@@ -94,8 +95,8 @@ func newEnv(t testing.TB, wrap func(fuse.RawFileSystem) fuse.RawFileSystem, opts
 		opts.Logger = quietLogger()
 	}
 	dev := NewDevice(rfs, opts)
-	c := fuseclient.New(sender(t, dev, 1))
-	c.Hiprio = sender(t, dev, 0)
+	c := fuseclient.New(sender(dev, 1))
+	c.Hiprio = sender(dev, 0)
 	e := &env{dir: dir, dev: dev, client: c}
 	if init {
 		if _, err := c.Init(38, 0xb7bfffffb, 128<<10); err != nil {
@@ -114,7 +115,10 @@ func (e *env) writeFile(t testing.TB, name string, data []byte) {
 // raw sends request bytes split as given with writable sizes, on queue, and
 // returns what was written.
 func (e *env) raw(t testing.TB, queue int, readable [][]byte, sizes []int) []byte {
-	out, _ := sender(t, e.dev, queue)(readable, sizes)
+	out, err := sender(e.dev, queue)(readable, sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return out
 }
 

@@ -45,6 +45,8 @@ type request struct {
 	readResult fuse.ReadResult
 	readSize   int
 	status     fuse.Status
+	// logged is set once the request has been logged, to log it once.
+	logged bool
 
 	// direct is the guest slice offered to the filesystem as its data
 	// buffer; pooled is a scratch buffer to give back.
@@ -214,6 +216,7 @@ func (r *request) call() {
 		if v := recover(); v != nil {
 			r.status = fuse.EIO
 			r.readResult = nil
+			r.logged = true
 			if r.d.warnAllowed() {
 				r.d.log.WithFields(r.fields()).Errorf("filesystem panic: %v\n%s", v, debug.Stack())
 			} else {
@@ -303,7 +306,7 @@ func (r *request) writeReply() int {
 	if !r.status.Ok() {
 		r.outData = nil
 		r.outPayload = nil
-		if r.status != fuse.ENOSYS && r.status != fuse.ENOENT {
+		if !r.logged && r.status != fuse.ENOSYS && r.status != fuse.ENOENT {
 			r.d.log.WithFields(r.fields()).Debugf("reply %v", r.status)
 		}
 		return r.writeHeader(0)
@@ -350,6 +353,10 @@ func (r *request) fields() logrus.Fields {
 
 // violation logs a guest protocol error, rate-limited.
 func (r *request) violation(msg string) {
+	if r.logged {
+		return
+	}
+	r.logged = true
 	level := logrus.DebugLevel
 	if r.d.warnAllowed() {
 		level = logrus.WarnLevel

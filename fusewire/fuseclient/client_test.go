@@ -1,0 +1,125 @@
+package fuseclient_test
+
+import (
+	"context"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
+)
+
+func TestBuild(t *testing.T) {
+	c := fuseclient.New(nil)
+	a := c.Build(1, 7, []byte{1, 2}, []byte("x\x00"))
+	b := c.Build(1, 7, nil)
+	if len(a) != 44 || binary.LittleEndian.Uint32(a) != 44 || binary.LittleEndian.Uint32(a[4:]) != 1 ||
+		binary.LittleEndian.Uint64(a[16:]) != 7 || string(a[40:]) != "\x01\x02x\x00" {
+		t.Fatalf("request %x", a)
+	}
+	if binary.LittleEndian.Uint64(b[8:]) == binary.LittleEndian.Uint64(a[8:]) {
+		t.Fatal("unique not incremented")
+	}
+}
+
+func TestParseReplyRejects(t *testing.T) {
+	for _, b := range [][]byte{nil, make([]byte, 15), {17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}} {
+		if _, err := fuseclient.ParseReply(b); err == nil {
+			t.Errorf("ParseReply(%x) accepted", b)
+		}
+	}
+}
+
+func TestParseDirEntriesRejects(t *testing.T) {
+	ent := make([]byte, 32)
+	binary.LittleEndian.PutUint32(ent[16:], 9) // name of 9 bytes in an 8-byte record
+	for _, b := range [][]byte{make([]byte, 10), ent} {
+		if _, err := fuseclient.ParseDirEntries(b, false); err == nil {
+			t.Errorf("ParseDirEntries(%x) accepted", b)
+		}
+	}
+	if _, err := fuseclient.ParseDirEntries(make([]byte, 100), true); err == nil {
+		t.Error("truncated READDIRPLUS entry accepted")
+	}
+}
+
+// TestAgainstDevice runs the client over fusewire and go-fuse's loopback.
+func TestAgainstDevice(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("hello world"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := fs.NewLoopbackRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := logrus.New()
+	l.SetLevel(logrus.ErrorLevel)
+	dev := fusewire.NewDevice(fs.NewNodeFS(root, &fs.Options{}), fusewire.Options{Logger: logrus.NewEntry(l)})
+	send := func(queue int) fuseclient.SendFunc {
+		return func(readable [][]byte, sizes []int) ([]byte, error) {
+			var w [][]byte
+			for _, n := range sizes {
+				w = append(w, make([]byte, n))
+			}
+			n := dev.HandleChain(context.Background(), queue, &virtqueue.Chain{Readable: readable, Writable: w})
+			var out []byte
+			for _, b := range w {
+				out = append(out, b...)
+			}
+			return out[:n], nil
+		}
+	}
+	c := fuseclient.New(send(1))
+	c.Hiprio = send(0)
+	if _, err := c.Init(38, 1<<0|1<<13, 1<<17); err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Lookup(1, "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := c.Open(e.NodeId, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Read(e.NodeId, o.Fh, 6, 100); err != nil || string(got) != "world" {
+		t.Fatalf("READ %q, %v", got, err)
+	}
+	if err := c.Release(e.NodeId, o.Fh); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.OpenDir(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := c.ReadDirPlus(1, d.Fh, 0, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, en := range ents {
+		found = found || (en.Name == "hello" && en.Entry != nil && en.Entry.Attr.Size == 11)
+	}
+	if !found {
+		t.Fatalf("READDIRPLUS %+v lacks hello", ents)
+	}
+	if err := c.ReleaseDir(1, d.Fh); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Forget(e.NodeId, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.BatchForget([][2]uint64{{e.NodeId, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+}
