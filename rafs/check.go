@@ -134,6 +134,9 @@ func (img *Image) checkFile(ctx context.Context, n *Inode, r *CheckReport, verif
 			}
 			return err
 		}
+		if err := img.checkChunkTable(&c); err != nil {
+			return err
+		}
 		if img.opts.Backend == nil || missing[int(c.blob)] {
 			return nil
 		}
@@ -204,6 +207,25 @@ func (m *v5) verifyDigest(n *Inode) error {
 	}
 	if got != n.v5.digest {
 		return formatErr("v5 inode %d: digest %x, computed %x", n.id, n.v5.digest, got)
+	}
+	return nil
+}
+
+// checkChunkTable compares a v6 chunk's ci with its entry in the bootstrap
+// chunk table, when the image has one and the ci came from the blob.
+func (img *Image) checkChunkTable(c *chunkRef) error {
+	m, ok := img.f.(*v6)
+	if !ok || !c.needCI || len(m.chunkTable) == 0 || img.blobs[c.blob].ci == nil {
+		return nil
+	}
+	e, ok := m.chunkTableEntry(c.blob, c.ciIndex)
+	if !ok {
+		return formatErr("blob %d ci %d is missing from the bootstrap chunk table", c.blob, c.ciIndex)
+	}
+	if e.CompressedOffset != c.ci.CompressedOffset || e.CompressedSize != c.ci.CompressedSize ||
+		e.UncompressedOffset != c.ci.UncompressedOffset || e.UncompressedSize != c.ci.UncompressedSize ||
+		e.Compressed != c.ci.Compressed || (c.ci.HasDigest && e.Digest != c.ci.Digest) {
+		return formatErr("blob %d ci %d: the bootstrap chunk table says %+v, the blob %+v", c.blob, c.ciIndex, e, c.ci)
 	}
 	return nil
 }

@@ -274,3 +274,23 @@ func tarHeader512(t *testing.T, name string, size int) []byte {
 	}
 	return b.Bytes()[:512]
 }
+
+// TestCheckChunkTableMismatch: a v6 bootstrap whose chunk table disagrees
+// with the blob's ci array fails check (reads still use the blob's ci).
+func TestCheckChunkTableMismatch(t *testing.T) {
+	boot := readFixture(t, v6Boot)
+	put32(boot, 0x4000+40, 1)
+	put32(boot, 0x4000+80+40, 1)
+	img, err := OpenBytes(boot, "image.boot", Options{Backend: backend.NewLocalFS(v6Dir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.Check(context.Background(), CheckOptions{}); err == nil || !strings.Contains(err.Error(), "chunk table") {
+		t.Fatalf("check: %v", err)
+	}
+	n := lookupPath(t, img, "/lib.rs")
+	if got := md5hex(readAll(t, img, n)); got != "4709cf8873e419ecedc7d43fdee4a75f" {
+		t.Errorf("md5 %s", got)
+	}
+}
