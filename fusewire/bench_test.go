@@ -67,6 +67,9 @@ type benchSetup struct {
 	loopback func(off int64)
 	segments func(off int64)
 	pread    func(off int64)
+	// preadv is the kernel's share of the segments path: preadv into 256
+	// page iovecs, without fusewire.
+	preadv func(off int64)
 }
 
 func newBenchSetup(b *testing.B) *benchSetup {
@@ -88,6 +91,11 @@ func newBenchSetup(b *testing.B) *benchSetup {
 	seg := newEnv(b, func(r fuse.RawFileSystem) fuse.RawFileSystem { return segmentsFS{r, int(f.Fd())} }, Options{}, true)
 	// pread's buffer is the same kind of memory as the guest's.
 	buf := anonMemory(b, benchRead)
+	pages := anonMemory(b, benchRead)
+	var iov [][]byte
+	for p := 0; p < benchRead; p += 4096 {
+		iov = append(iov, pages[p:p+4096])
+	}
 	s := &benchSetup{
 		file:     f,
 		loopback: benchReader(b, e.dev, ent.NodeId, oo.Fh),
@@ -95,6 +103,11 @@ func newBenchSetup(b *testing.B) *benchSetup {
 		pread: func(off int64) {
 			if n, err := unix.Pread(int(f.Fd()), buf, off); n != benchRead || err != nil {
 				b.Fatalf("pread: %d, %v", n, err)
+			}
+		},
+		preadv: func(off int64) {
+			if n, err := unix.Preadv(int(f.Fd()), iov, off); n != benchRead || err != nil {
+				b.Fatalf("preadv: %d, %v", n, err)
 			}
 		},
 	}
@@ -113,7 +126,7 @@ func BenchmarkRead1MiB(b *testing.B) {
 	for _, bc := range []struct {
 		name string
 		read func(off int64)
-	}{{"segments", s.segments}, {"loopback", s.loopback}, {"pread", s.pread}} {
+	}{{"segments", s.segments}, {"loopback", s.loopback}, {"pread", s.pread}, {"preadv", s.preadv}} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.SetBytes(benchRead)
 			off := int64(0)

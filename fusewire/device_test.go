@@ -663,3 +663,53 @@ func TestReaddirAndConcurrentQueues(t *testing.T) {
 		}
 	}
 }
+
+// segsFS answers READ with three segments of its file: [off, off+n/2),
+// then [0, 10), then [off+n/2, off+n), to check ordering, batching and EOF.
+type segsFS struct {
+	fuse.RawFileSystem
+	fd int
+}
+
+func (s segsFS) Read(_ <-chan struct{}, in *fuse.ReadIn, _ []byte) (fuse.ReadResult, fuse.Status) {
+	off, n := int64(in.Offset), int(in.Size)-10
+	return SegmentsResult([]Segment{{s.fd, off, n / 2}, {s.fd, 0, 10}, {s.fd, off + int64(n/2), n - n/2}}), fuse.OK
+}
+
+func TestSegmentsRead(t *testing.T) {
+	data := randomBytes(20000, 5)
+	p := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	e := newEnv(t, func(r fuse.RawFileSystem) fuse.RawFileSystem { return segsFS{r, int(f.Fd())} }, Options{}, true)
+	tests := []struct{ desc, off, size int }{
+		{1, 100, 3000},   // 3000 one-byte descriptors: several preadv batches
+		{4096, 0, 12010}, // page descriptors
+		{7, 19000, 4010}, // third segment cut by EOF
+		{4096, 30000, 4010},
+	}
+	for _, tc := range tests {
+		e.client.SplitWritable = func(structEnd, total int) []int {
+			return append([]int{structEnd}, sizesOf(total-structEnd, tc.desc)...)
+		}
+		got, err := e.client.Read(1, 0, uint64(tc.off), uint32(tc.size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := tc.size - 10
+		seg := func(off, n int) []byte { return data[min(off, len(data)):min(off+n, len(data))] }
+		want := seg(tc.off, n/2)
+		if len(want) == n/2 {
+			want = append(append(append([]byte{}, want...), data[:10]...), seg(tc.off+n/2, n-n/2)...)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%+v: got %d bytes, want %d", tc, len(got), len(want))
+		}
+	}
+}

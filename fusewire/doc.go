@@ -28,9 +28,11 @@
 // SegmentsResult: a passthrough file, a chunk in the blob cache) is read
 // with preadv straight into the writable descriptors, in batches of
 // IOV_MAX, stopping at end of file; OutHeader.Len carries the real size.
-// go-fuse's own results that can Readv (ReadResultFd) go the same way.
-// Anything else goes through Bytes, into the guest buffer when possible,
-// else into a pooled buffer and then scattered. Done is always called.
+// go-fuse's fuse.ReadResultFd goes the same way (as one segment), other
+// results that can Readv use it. Anything else goes through Bytes, into
+// the guest buffer when possible, else into a pooled buffer and then
+// scattered. Done is always called. The preadv path allocates nothing: the
+// iovec array lives in the pooled request.
 //
 // # Why not go-fuse's ProtocolServer
 //

@@ -1,7 +1,10 @@
 package fusewire
 
 import (
+	"math/bits"
+	"runtime"
 	"syscall"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -9,6 +12,12 @@ import (
 
 // iovMax is the most iovecs one preadv takes (IOV_MAX).
 const iovMax = 1024
+
+// seekable is go-fuse's fuse.ReadResultFd (fd, offset, size): read like a
+// one-segment SegmentedResult.
+type seekable interface {
+	Seekable() (fd uintptr, off int64, sz int)
+}
 
 // readver is a fuse.ReadResult that can copy itself into a scatter list;
 // go-fuse's fd and vector results are (fuse.ReadResultFd preadvs).
@@ -42,7 +51,14 @@ func (r *request) readInto() (int, fuse.Status) {
 	dst := r.iovs
 	switch res := r.readResult.(type) {
 	case SegmentedResult:
-		return preadvSegments(dst, res.Segments())
+		return r.preadvSegments(dst, res.Segments())
+	case seekable:
+		if fd, off, sz := res.Seekable(); off >= 0 {
+			seg := [1]Segment{{Fd: int(fd), Off: off, Len: sz}}
+			return r.preadvSegments(dst, seg[:])
+		}
+	}
+	switch res := r.readResult.(type) {
 	case readver:
 		// Readv takes one syscall; more buffers than IOV_MAX go
 		// through Bytes below.
@@ -76,28 +92,25 @@ func (r *request) readInto() (int, fuse.Status) {
 // total. It stops at the first short segment (end of file) and returns the
 // bytes read; an error after some bytes were read ends the reply there, as
 // read(2) would.
-func preadvSegments(dst [][]byte, segs []Segment) (int, fuse.Status) {
+func (r *request) preadvSegments(dst [][]byte, segs []Segment) (int, fuse.Status) {
 	room := iovLen(dst)
 	total := 0
-	var store [64][]byte
 	for _, s := range segs {
 		if total == room {
 			break
 		}
-		want := min(s.Len, room-total)
-		if want <= 0 || s.Off < 0 {
-			if want < 0 || s.Off < 0 {
-				return total, statusOrPartial(total, fuse.EINVAL)
-			}
-			continue
+		if s.Len < 0 || s.Off < 0 {
+			return total, statusOrPartial(total, fuse.EINVAL)
 		}
+		want := min(s.Len, room-total)
 		got := 0
 		for got < want {
-			iov := subIov(store[:0], dst, total+got, want-got)
-			if len(iov) > iovMax {
-				iov = iov[:iovMax]
+			iov := dst
+			if total+got > 0 || want-got < room {
+				r.segIovs = subIov(r.segIovs[:0], dst, total+got, want-got)
+				iov = r.segIovs
 			}
-			n, err := unix.Preadv(s.Fd, iov, s.Off+int64(got))
+			n, err := r.preadv(s.Fd, iov[:min(len(iov), iovMax)], s.Off+int64(got))
 			if err == syscall.EINTR {
 				continue
 			}
@@ -115,6 +128,31 @@ func preadvSegments(dst [][]byte, segs []Segment) (int, fuse.Status) {
 		}
 	}
 	return total, fuse.OK
+}
+
+// preadv is unix.Preadv with the iovec array kept in the request, so that
+// a READ allocates nothing.
+func (r *request) preadv(fd int, iov [][]byte, off int64) (int, error) {
+	r.iovecs = r.iovecs[:0]
+	for _, b := range iov {
+		if len(b) > 0 {
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			r.iovecs = append(r.iovecs, v)
+		}
+	}
+	if len(r.iovecs) == 0 {
+		return 0, nil
+	}
+	// preadv(fd, iov, iovcnt, pos_l, pos_h): pos_h is 0 on 64-bit.
+	hi := uintptr(uint64(off) >> (bits.UintSize - 1) >> 1)
+	n, _, e := unix.Syscall6(unix.SYS_PREADV, uintptr(fd), uintptr(unsafe.Pointer(&r.iovecs[0])),
+		uintptr(len(r.iovecs)), uintptr(off), hi, 0)
+	runtime.KeepAlive(iov)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 func statusOrPartial(n int, st fuse.Status) fuse.Status {

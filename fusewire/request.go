@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // request is one FUSE request in flight. Requests are pooled; reset
@@ -52,12 +53,15 @@ type request struct {
 	// buffer; pooled is a scratch buffer to give back.
 	direct []byte
 	pooled *[]byte
-	// iovs is scratch space for scatter lists, kept across requests.
-	iovs [][]byte
+	// iovs, segIovs and iovecs are scratch space for scatter lists, kept
+	// across requests.
+	iovs, segIovs [][]byte
+	iovecs        []unix.Iovec
 }
 
 func (r *request) reset(d *Device, ctx context.Context, queue int, in, out [][]byte) {
-	*r = request{d: d, ctx: ctx, cancel: ctx.Done(), queue: queue, in: in, out: out, iovs: r.iovs}
+	*r = request{d: d, ctx: ctx, cancel: ctx.Done(), queue: queue, in: in, out: out,
+		iovs: r.iovs, segIovs: r.segIovs, iovecs: r.iovecs}
 	r.id = d.nextID.Add(1)
 	r.sess = d.session.Load()
 }
@@ -70,7 +74,9 @@ func (r *request) release() {
 		r.d.buffers.Put(r.pooled)
 	}
 	clear(r.iovs[:cap(r.iovs)])
-	*r = request{iovs: r.iovs[:0]}
+	clear(r.segIovs[:cap(r.segIovs)])
+	clear(r.iovecs[:cap(r.iovecs)])
+	*r = request{iovs: r.iovs[:0], segIovs: r.segIovs[:0], iovecs: r.iovecs[:0]}
 }
 
 func (r *request) inBytes() []byte {
