@@ -3,7 +3,6 @@ package rafs
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,9 +19,9 @@ const DefaultTimeout = (1 << 32) * time.Second
 type FSOptions struct {
 	// EntryTimeout and AttrTimeout default to DefaultTimeout.
 	EntryTimeout, AttrTimeout time.Duration
-	// ZeroCopy returns fusewire segment results (fd + offset ranges) for
-	// reads of uncompressed local chunk data. Default on; NewFS callers
-	// that cannot pass fds may turn it off.
+	// DisableZeroCopy turns off fusewire segment results (fd + offset
+	// ranges) for reads of uncompressed local chunk data; the bytes are
+	// then copied into the reply.
 	DisableZeroCopy bool
 }
 
@@ -32,8 +31,6 @@ type FS struct {
 	fuse.RawFileSystem
 	img  *Image
 	opts FSOptions
-	// reads counts READ requests (for tests and stats).
-	reads atomic.Uint64
 }
 
 // NewFS returns the filesystem over img. The caller keeps ownership of img.
@@ -141,7 +138,6 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 }
 
 func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
-	fs.reads.Add(1)
 	n, err := fs.img.Inode(in.NodeId)
 	if err != nil {
 		return nil, fs.status("read", in.NodeId, err)

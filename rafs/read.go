@@ -268,7 +268,7 @@ func (img *Image) chunkData(ctx context.Context, b *blob, o *openBlob, c *chunkR
 }
 
 // ErrDigest is wrapped by reads whose chunk failed digest validation.
-var ErrDigest = fmt.Errorf("chunk digest mismatch")
+var ErrDigest = errors.New("chunk digest mismatch")
 
 type chunkKey struct {
 	blob int
