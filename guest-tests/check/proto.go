@@ -39,6 +39,10 @@ type Config struct {
 	Steps []Step `json:"steps"`
 	// UmountTimeoutSec bounds the final umount (default 15 s).
 	UmountTimeoutSec int `json:"umount_timeout_sec,omitempty"`
+	// StepTimeoutSec: a step still running after this long gets the
+	// guest's blocked tasks dumped on the console (sysrq-w), once; the run
+	// goes on (the host's timeout ends it). Default 60 s.
+	StepTimeoutSec int `json:"step_timeout_sec,omitempty"`
 }
 
 // Step is one check or measurement inside the guest.

@@ -23,6 +23,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == watchdogArg {
+		watchdog()
+		return
+	}
 	rc := run()
 	unix.Sync()
 	fmt.Printf("%s%d\n", check.MarkEnd, rc)
@@ -68,9 +72,16 @@ func run() int {
 		dumpKernelLog(10)
 		return 4
 	}
+	wd := startWatchdog()
+	stepTimeout := cfg.StepTimeoutSec
+	if stepTimeout <= 0 {
+		stepTimeout = 60
+	}
 	rc := 0
 	for _, st := range cfg.Steps {
+		wd.arm(stepTimeout, st.Name)
 		r := runStep(cfg.Mount, st)
+		wd.arm(0, "")
 		line, _ := json.Marshal(r)
 		fmt.Printf("%s%s\n", check.MarkResult, line)
 		if !r.OK {
@@ -283,18 +294,98 @@ func unmount(mnt string, timeout time.Duration) error {
 	}
 }
 
-// dumpKernelLog prints the last n lines of the kernel log.
+// dumpKernelLog prints the kernel log from its last "sysrq:" line on (the
+// blocked-task dump), or else its last n lines.
 func dumpKernelLog(n int) {
-	buf := make([]byte, 1<<18)
+	buf := make([]byte, 1<<20)
 	k, err := unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, buf)
 	if err != nil {
 		return
 	}
 	lines := strings.Split(strings.TrimRight(string(buf[:k]), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	from := max(len(lines)-n, 0)
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "sysrq: ") {
+			from = i
+			break
+		}
 	}
-	for _, l := range lines {
-		fmt.Printf("%sDMESG %s\n", check.MarkHarness, l)
+	for _, l := range lines[from:min(len(lines), from+400)] {
+		if !strings.Contains(l, "drop_caches") {
+			fmt.Printf("%sDMESG %s\n", check.MarkHarness, l)
+		}
+	}
+}
+
+// watchdogArg makes /init the watchdog process. The checks block in raw
+// system calls (see package check), so no goroutine of the main process
+// can run while a FUSE request hangs; a second process can.
+const watchdogArg = "watchdog"
+
+// watchdogPipe is the main process's end of the watchdog's stdin.
+type watchdogPipe struct{ w *os.File }
+
+// startWatchdog starts "/init watchdog" with a pipe on its stdin.
+func startWatchdog() watchdogPipe {
+	r, w, err := os.Pipe()
+	if err != nil {
+		fmt.Println("watchdog:", err)
+		return watchdogPipe{}
+	}
+	cmd := exec.Command("/proc/self/exe", watchdogArg)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = r, os.Stdout, os.Stdout
+	if err := cmd.Start(); err != nil {
+		fmt.Println("watchdog:", err)
+		return watchdogPipe{}
+	}
+	r.Close()
+	return watchdogPipe{w: w}
+}
+
+// arm tells the watchdog that step name has secs seconds (0: disarm).
+func (p watchdogPipe) arm(secs int, name string) {
+	if p.w != nil {
+		fmt.Fprintf(p.w, "%d %s\n", secs, name)
+	}
+}
+
+// watchdog reads "secs name" lines; when an armed step outlives its time it
+// prints STEP_HUNG and the blocked tasks (sysrq-w), once per arming.
+func watchdog() {
+	type armed struct {
+		secs int
+		name string
+	}
+	lines := make(chan armed)
+	go func() {
+		s := bufio.NewScanner(os.Stdin)
+		for s.Scan() {
+			var a armed
+			if _, err := fmt.Sscanf(s.Text(), "%d %s", &a.secs, &a.name); err != nil {
+				a = armed{}
+			}
+			lines <- a
+		}
+		close(lines)
+	}()
+	var timer <-chan time.Time
+	cur := ""
+	for {
+		select {
+		case a, ok := <-lines:
+			if !ok {
+				return
+			}
+			timer, cur = nil, a.name
+			if a.secs > 0 {
+				timer = time.After(time.Duration(a.secs) * time.Second)
+			}
+		case <-timer:
+			timer = nil
+			mark("STEP_HUNG", "step="+cur)
+			_ = os.WriteFile("/proc/sysrq-trigger", []byte("w"), 0)
+			time.Sleep(500 * time.Millisecond)
+			dumpKernelLog(40)
+		}
 	}
 }
