@@ -2,6 +2,7 @@ package fusewire
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
 func randomBytes(n int, seed uint64) []byte {
@@ -713,3 +715,13 @@ func TestSegmentsRead(t *testing.T) {
 		}
 	}
 }
+
+// vhostDevice is vhostuser's Device interface, repeated to check that
+// Device satisfies it without importing vhostuser.
+type vhostDevice interface {
+	NumQueues() int
+	Features() uint64
+	HandleChain(ctx context.Context, queue int, c *virtqueue.Chain) uint32
+}
+
+var _ vhostDevice = (*Device)(nil)

@@ -396,3 +396,26 @@ func ParseDirEntries(b []byte, plus bool) ([]DirEntry, error) {
 	}
 	return out, nil
 }
+
+// PageLayout makes the client lay requests out as a Linux guest does for
+// page arguments: the header and struct in one buffer, then the payload
+// (WRITE data) and the reply's data part (READ, READDIR) cut into buffers
+// of page bytes.
+func (c *Client) PageLayout(page int) {
+	c.SplitReadable = func(req []byte, structEnd int) [][]byte {
+		out := [][]byte{req[:structEnd]}
+		for p := req[structEnd:]; len(p) > 0; {
+			n := min(page, len(p))
+			out = append(out, p[:n])
+			p = p[n:]
+		}
+		return out
+	}
+	c.SplitWritable = func(structEnd, total int) []int {
+		out := []int{structEnd}
+		for rest := total - structEnd; rest > 0; rest -= page {
+			out = append(out, min(page, rest))
+		}
+		return out
+	}
+}

@@ -123,3 +123,19 @@ func TestAgainstDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestPageLayout(t *testing.T) {
+	c := fuseclient.New(func(readable [][]byte, sizes []int) ([]byte, error) {
+		if len(readable) != 4 || len(readable[0]) != 80 || len(readable[1]) != 4096 || len(readable[3]) != 100 {
+			t.Errorf("readable lengths %d", len(readable))
+		}
+		return nil, nil
+	})
+	c.PageLayout(4096)
+	if _, err := c.Write(2, 1, 0, make([]byte, 8192+100)); err == nil {
+		t.Fatal("empty reply accepted")
+	}
+	if got := c.SplitWritable(16, 16+8192+1); len(got) != 4 || got[0] != 16 || got[1] != 4096 || got[3] != 1 {
+		t.Fatalf("writable sizes %v", got)
+	}
+}
