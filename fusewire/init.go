@@ -21,10 +21,12 @@ const (
 
 	// Capabilities a virtio-fs device never offers: splice needs
 	// /dev/fuse, passthrough backing ids and io_uring need a /dev/fuse
-	// connection, and DAX (mappings, per-inode DAX) is not implemented.
+	// connection, DAX (mappings, per-inode DAX) is not implemented, and
+	// request extensions (security context, supplementary groups) would be
+	// cut off unread.
 	neverCaps = fuse.CAP_SPLICE_WRITE | fuse.CAP_SPLICE_MOVE | fuse.CAP_SPLICE_READ |
 		fuse.CAP_PASSTHROUGH | fuse.CAP_OVER_IO_URING | fuse.CAP_HAS_INODE_DAX |
-		fuse.CAP_MAP_ALIGNMENT | capInitExt
+		fuse.CAP_MAP_ALIGNMENT | fuse.CAP_SECURITY_CTX | fuse.CAP_CREATE_SUPP_GROUP | capInitExt
 
 	// defaultCaps are offered unless an option turns them off; they match
 	// what the C virtiofsd answers (ASYNC_READ, ATOMIC_O_TRUNC,
