@@ -438,6 +438,7 @@ func TestHostileInput(t *testing.T) {
 	}
 	lookup := lookupRequest(c, "f")
 	writeIn := fuse.WriteIn{Fh: oo.Fh, Size: 100}
+	ioctlIn := fuse.IoctlIn{OutSize: 1 << 24}
 	tests := []struct {
 		name     string
 		readable [][]byte
@@ -467,6 +468,9 @@ func TestHostileInput(t *testing.T) {
 		{"setxattr value shorter than size", [][]byte{c.Build(OpSetxattr, 1, []byte{100, 0, 0, 0, 0, 0, 0, 0}, []byte("user.x\x00abc"))}, []int{4096}, int32(syscall.EINVAL)},
 		{"huge name payload", [][]byte{c.Build(OpLookup, 1, nil, make([]byte, maxNamePayload+1))}, []int{4096}, int32(syscall.EINVAL)},
 		{"init minor too old", [][]byte{c.Build(OpInit, 0, []byte{7, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})}, []int{4096}, int32(syscall.EPROTO)},
+		{"truncated init", [][]byte{c.Build(OpInit, 0, []byte{7, 0, 0, 0, 38, 0, 0, 0})}, []int{4096}, int32(syscall.EIO)},
+		{"absurd getxattr size", [][]byte{c.Build(OpGetxattr, 1, []byte{0, 0, 0, 1, 0, 0, 0, 0}, []byte("user.x\x00"))}, []int{1 << 25}, int32(syscall.EINVAL)},
+		{"absurd ioctl out size", [][]byte{c.Build(OpIoctl, 1, fuseclient.Bytes(&ioctlIn)[inHeaderSize:])}, []int{1 << 25}, int32(syscall.EINVAL)},
 		{"unknown node", [][]byte{c.Build(OpGetattr, 987654, make([]byte, 16))}, []int{4096}, int32(syscall.EIO)},
 	}
 	for _, tc := range tests {

@@ -86,8 +86,9 @@
 // Every length comes from our copy of the header and is checked against the
 // buffers: a request shorter than fuse_in_header, or with no room for a
 // reply header, is dropped; a len field that disagrees with the buffers, a
-// name without NUL, a name with a slash, a payload over its op's bound or a
-// READ larger than 16 MiB get EINVAL; a truncated op struct EIO; a reply
+// name without NUL, a name with a slash, a payload over its op's bound, a
+// READ/READDIR over 16 MiB, an xattr size over 72 KiB or an IOCTL output
+// over 1 MiB get EINVAL; a truncated op struct EIO; a reply
 // (or requested READ/READDIR/xattr size) larger than the writable room
 // ERANGE. Nothing is written past the writable buffers, and a panic in the
 // filesystem becomes EIO. Violations are logged once a second at most as

@@ -162,7 +162,8 @@ func (r *request) parse(total int) fuse.Status {
 	case h.Opcode == OpSetxattr && r.sess.Flags&fuse.CAP_SETXATTR_EXT != 0:
 		inSize = sz[fuse.SetXAttrIn]()
 	case h.Opcode == OpInit:
-		inSize = min(total, sz[fuse.InitIn]())
+		// fuse_init_in grew from 16 to 64 bytes in 7.36.
+		inSize = max(initInMinSize, min(total, sz[fuse.InitIn]()))
 	}
 	if total < inSize {
 		return fuse.EIO
@@ -198,12 +199,18 @@ func (r *request) parse(total int) fuse.Status {
 		}
 		need += n
 	case OpGetxattr, OpListxattr:
-		if n := int(inStruct[fuse.GetXAttrIn](r).Size); n > 0 {
+		if n := int(inStruct[fuse.GetXAttrIn](r).Size); n > maxNamePayload {
+			return fuse.EINVAL // the kernel caps it at XATTR_SIZE_MAX
+		} else if n > 0 {
 			r.outData = nil
 			need = outHeaderSize + n
 		}
 	case OpIoctl:
-		need += int(inStruct[fuse.IoctlIn](r).OutSize)
+		n := int(inStruct[fuse.IoctlIn](r).OutSize)
+		if n > maxBulkPayload {
+			return fuse.EINVAL
+		}
+		need += n
 	case OpInit:
 		if inStruct[fuse.InitIn](r).Minor <= 22 {
 			r.outData = r.outData[:initOutCompatSize]
