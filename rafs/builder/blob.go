@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"io"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -70,15 +71,16 @@ type blobWriter struct {
 	toc        []byte
 	pad        [blockSize]byte
 
-	// chunk data is hashed and written by a goroutine of its own, so that
-	// sha256 of the blob overlaps with reading and chunk hashing
+	// Chunk data is written in place (pwrite; alignment gaps stay holes,
+	// which read as zeros) and hashed for the blob id by a goroutine of its
+	// own, so that sha256 overlaps with reading, writing and chunk hashing.
 	q     chan dataWrite
 	qdone chan struct{}
 	qerr  atomic.Pointer[error]
 }
 
-// dataWrite is chunk data (plus zero padding) queued for the writer; done
-// releases its buffer.
+// dataWrite is chunk data (plus zero padding) queued for the blob-id hash;
+// done releases its buffer.
 type dataWrite struct {
 	data []byte
 	pad  int
@@ -99,16 +101,8 @@ func newBlobWriter(f *os.File, compressor, digester string) *blobWriter {
 func (b *blobWriter) dataWriter() {
 	defer close(b.qdone)
 	for r := range b.q {
-		if b.qerr.Load() == nil {
-			for _, p := range [][]byte{r.data, b.pad[:r.pad]} {
-				if _, err := b.w.Write(p); err != nil {
-					err = fmt.Errorf("write blob: %w", err)
-					b.qerr.Store(&err)
-					break
-				}
-				b.idHash.Write(p)
-			}
-		}
+		b.idHash.Write(r.data)
+		b.idHash.Write(b.pad[:r.pad])
 		if r.done != nil {
 			r.done()
 		}
@@ -130,6 +124,11 @@ func (b *blobWriter) endData() error {
 		close(b.q)
 		<-b.qdone
 		b.q = nil
+		// the metadata sections follow, written sequentially
+		if _, err := b.f.Seek(int64(b.off), io.SeekStart); err != nil {
+			err = fmt.Errorf("write blob: %w", err)
+			b.qerr.Store(&err)
+		}
 	}
 	return b.dataErr()
 }
@@ -169,6 +168,12 @@ func (b *blobWriter) addChunk(raw, comp []byte, digest [32]byte, release func())
 		b.uoff = b.off
 	}
 	ref.COff, ref.CSize, ref.UOff = b.off, uint32(len(data)), b.uoff
+	if _, err := b.f.WriteAt(data, int64(b.off)); err != nil {
+		release()
+		err = fmt.Errorf("write blob: %w", err)
+		b.qerr.Store(&err)
+		return chunkRef{}, err
+	}
 	b.off += uint64(len(data))
 	if b.v5 {
 		b.uoff += uint64(len(raw))
