@@ -64,9 +64,11 @@ type daemon struct {
 	dev  *fusewire.Device
 }
 
-// startDaemon serves fs with the given number of request queues until the
-// test ends. Serve must return cleanly (nil) once the driver has gone.
-func startDaemon(t testing.TB, fs fuse.RawFileSystem, queues int, mo fuse.MountOptions) *daemon {
+// startDaemon serves fs with the given number of request queues, and
+// workers per queue (0: vhostuser's default; -1: inline in the kick loop),
+// until the test ends. Serve must return cleanly (nil) once the driver has
+// gone.
+func startDaemon(t testing.TB, fs fuse.RawFileSystem, queues, workers int) *daemon {
 	t.Helper()
 	// Not t.TempDir(): sub-test names make paths longer than sun_path.
 	dir, err := os.MkdirTemp("", "e2e-sock-")
@@ -79,11 +81,11 @@ func startDaemon(t testing.TB, fs fuse.RawFileSystem, queues int, mo fuse.MountO
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := fusewire.NewDevice(fs, fusewire.Options{RequestQueues: queues, Logger: quietLogger(), Mount: mo})
+	dev := fusewire.NewDevice(fs, fusewire.Options{RequestQueues: queues, Logger: quietLogger()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- vhostuser.Serve(ctx, l, dev, vhostuser.Options{RequestQueues: queues, Logger: quietLogger()})
+		done <- vhostuser.Serve(ctx, l, dev, vhostuser.Options{RequestQueues: queues, Workers: workers, Logger: quietLogger()})
 	}()
 	t.Cleanup(func() {
 		// The driver's Close (registered later, run earlier) has

@@ -119,3 +119,68 @@ func TestGarbageFUSE(t *testing.T) {
 		})
 	}
 }
+
+// TestGarbageAmongGoodRequests keeps garbage and good requests in flight
+// together on two request queues: every good one is answered correctly,
+// every bad one gets its error or no reply.
+func TestGarbageAmongGoodRequests(t *testing.T) {
+	_, dm, _ := sharePassthrough(t, 2)
+	g := connectGuest(t, dm, testdriver.CloudHypervisor, 2)
+	c := g.client(1, testdriver.Layout{})
+	g.init(c)
+	small, err := c.Lookup(fuse.FUSE_ROOT_ID, "small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	getattr := c.Build(3, small.NodeId, make([]byte, 16))
+	type req struct {
+		readable [][]byte
+		layout   testdriver.Layout
+		want     syscall.Errno
+		noReply  bool
+	}
+	kinds := []req{
+		{[][]byte{getattr}, testdriver.Layout{SegmentSize: 7}, 0, false},
+		{[][]byte{getattr[:30]}, testdriver.Layout{SegmentSize: 1}, 0, true},
+		{[][]byte{c.Build(9999, 1, nil)}, testdriver.Layout{}, syscall.ENOSYS, false},
+		{[][]byte{setLength(c.Build(3, 1, make([]byte, 16)), 1<<31)}, testdriver.Layout{Indirect: true}, syscall.EINVAL, false},
+		{[][]byte{getattr}, testdriver.Layout{Indirect: true, SegmentSize: 4}, 0, false},
+	}
+	const total = 200
+	pend := make([]*testdriver.Pending, total)
+	for i := range pend {
+		k := kinds[i%len(kinds)]
+		p, err := g.drv.Start(1+i%2, k.readable, []int{256}, k.layout)
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		pend[i] = p
+	}
+	for i, p := range pend {
+		k := kinds[i%len(kinds)]
+		out, err := p.Wait()
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if k.noReply {
+			if len(out) != 0 {
+				t.Fatalf("request %d: %d-byte reply, want none", i, len(out))
+			}
+			continue
+		}
+		r, err := fuseclient.ParseReply(out)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if got := syscall.Errno(-r.Header.Status); got != k.want {
+			t.Fatalf("request %d: errno %v, want %v", i, got, k.want)
+		}
+		if k.want == 0 {
+			a := fuse.AttrOut{}
+			copy(fuseclient.Bytes(&a), r.Body)
+			if len(r.Body) != int(unsafe.Sizeof(a)) || a.Attr.Size != uint64(len("hello, guest\n")) {
+				t.Fatalf("request %d: GETATTR body of %d bytes, size %d", i, len(r.Body), a.Attr.Size)
+			}
+		}
+	}
+}

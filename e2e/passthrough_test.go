@@ -48,7 +48,7 @@ func sharePassthrough(t testing.TB, queues int) (dir string, dm *daemon, counter
 		t.Fatal(err)
 	}
 	counter = &readCounter{RawFileSystem: fs}
-	return dir, startDaemon(t, counter, queues, fuse.MountOptions{}), counter
+	return dir, startDaemon(t, counter, queues, 0), counter
 }
 
 func TestPassthroughEndToEnd(t *testing.T) {

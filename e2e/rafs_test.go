@@ -99,7 +99,7 @@ func serveFixture(t testing.TB, fx rafsFixture, queues int) (*daemon, *readCount
 		md5s = resultMD5s(t, filepath.Join(base, fx.result))
 	}
 	counter := &readCounter{RawFileSystem: rafs.NewFS(img, rafs.FSOptions{})}
-	return startDaemon(t, counter, queues, fuse.MountOptions{}), counter, md5s
+	return startDaemon(t, counter, queues, 0), counter, md5s
 }
 
 func TestRAFSEndToEnd(t *testing.T) {
