@@ -1,0 +1,85 @@
+// Package sandbox confines the daemon process to the shared directory, as
+// virtiofsd's --sandbox=namespace|chroot|none does. It is defence in depth:
+// passthrough already resolves every guest name with openat2
+// (RESOLVE_BENEATH); the sandbox makes the rest of the host unreachable
+// even if that failed.
+//
+// # Use
+//
+//	sb, err := sandbox.New(sandbox.Config{Mode: mode, SharedDir: dir})
+//	l, err := sb.Listener(openListener) // the parent's, inherited in the child
+//	res, err := sb.Enter(ctx, l)
+//	if res.Exited { return res.ExitCode } // namespace parent: child has run
+//	fs := passthrough.New(res.SharedDir, ...) // build the filesystem inside
+//
+// Enter comes after everything outside the share is open (the listener,
+// syslog) and before the filesystem is made: in namespace mode the share is
+// a new mount in a new root, and only a filesystem opened there sees host
+// mounts made later.
+//
+// # namespace (the default)
+//
+// A Go process is multi-threaded, and unshare(CLONE_NEWNS) is refused to a
+// process whose threads share their fs_struct; so, as is usual in Go, the
+// daemon re-executes itself (/proc/self/exe, same arguments, a marker in the
+// environment) in new mount, pid, net and ipc namespaces, handing down the
+// listening socket as fd 3. The socket path is thus resolved once, on the
+// host, by the parent. The parent forwards SIGTERM, SIGINT, SIGHUP and
+// SIGQUIT, kills the child if it has not stopped DefaultStopTimeout after
+// SIGTERM or SIGINT (the daemon must be gone within 1 s), and returns the
+// child's exit code (128+N for signal N). The child dies with the parent
+// (PR_SET_PDEATHSIG). stdin, stdout and stderr are shared, so Kata still
+// reads "Waiting for vhost-user socket connection..." from the daemon's
+// stderr.
+//
+// The child is pid 1 of its pid namespace, has only a loopback interface
+// (down), and builds its root:
+//
+//  1. every mount becomes a slave (MS_REC|MS_SLAVE, as virtiofsd): nothing
+//     it mounts reaches the host, and host mounts made under a shared
+//     directory that the host marks shared (Kata binds it so) still arrive;
+//  2. open_tree(OPEN_TREE_CLONE|AT_RECURSIVE) takes a detached copy of the
+//     share with its submounts (still a slave);
+//  3. a fresh procfs of the new pid namespace is mounted on /proc (some
+//     containers refuse it; the inherited /proc then serves);
+//  4. a small tmpfs, mounted over the share's path, becomes the new root:
+//     /share is the share's copy, /proc/self/fd a read-only bind of the
+//     process's fd directory, and the tmpfs is remounted read-only;
+//  5. pivot_root(".", ".") and umount2(".", MNT_DETACH) drop the host tree.
+//
+// The share is at /share rather than "/" (virtiofsd pivots into the share
+// itself and keeps an fd of /proc/self/fd) because passthrough names its
+// own fds as "/proc/self/fd/N" (xattrs, the chmod, truncate and utimes
+// fallbacks, re-opening inodes): with the share at "/" that path would
+// resolve inside the share, where a procfs would be visible to the guest
+// and a guest-made proc/self/fd/N would steer the daemon to another file.
+// Here the daemon reaches nothing but the share and its own fd directory.
+// Result.ProcSelfFD is also given, for fd-relative use.
+//
+// # chroot
+//
+// For containers without CAP_SYS_ADMIN: chroot(2) into the share in
+// process, then chdir("/"). Go makes its threads with CLONE_FS, so one
+// chroot moves every thread (a test checks each thread's root). There is
+// no /proc inside: passthrough's "/proc/self/fd/N" paths then resolve in
+// the share (see above) and must move to fd-relative use of
+// Result.ProcSelfFD (an O_PATH fd of /proc/self/fd opened before the
+// chroot) before chroot mode can serve a passthrough share safely. The
+// listener is set not to unlink its path on close, since the path would
+// then name a file in the share.
+//
+// # none
+//
+// Nothing is done.
+//
+// # RAFS images
+//
+// Only a shared directory (--shared-dir) is sandboxed. A RAFS image
+// (--bootstrap) needs its bootstrap and blob directory, which lie outside
+// any one directory; nydusd has no sandbox either, and callers use None
+// for it.
+//
+// Nothing here is copied from virtiofsd; the system calls are made through
+// golang.org/x/sys/unix and os/exec, since no Go library sets up such a
+// sandbox for a process that must keep serving an inherited socket.
+package sandbox

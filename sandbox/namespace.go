@@ -1,0 +1,213 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// cloneFlags are the namespaces the child starts in.
+const cloneFlags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWIPC
+
+// forwarded are the signals the parent passes on to the child.
+var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT}
+
+// runChild re-executes the program in new namespaces with l as fd 3, and
+// supervises it until it exits. It returns the child's exit code (128+N
+// when signal N ended it).
+func (s *Sandbox) runChild(ctx context.Context, l *net.UnixListener) (int, error) {
+	// The path stays the parent's to remove; the child never sees it.
+	l.SetUnlinkOnClose(false)
+	lf, err := l.File()
+	if err != nil {
+		return 0, fmt.Errorf("sandbox namespace: listener fd: %w", err)
+	}
+	defer lf.Close()
+	l.Close()
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe",
+		Args:       s.cfg.Args,
+		Env:        append(os.Environ(), childEnv+"="+strconv.Itoa(inheritedFD)),
+		Stdin:      os.Stdin,
+		Stdout:     os.Stdout,
+		Stderr:     os.Stderr,
+		ExtraFiles: []*os.File{lf},
+		SysProcAttr: &syscall.SysProcAttr{
+			Cloneflags: cloneFlags,
+			Pdeathsig:  syscall.SIGKILL,
+		},
+	}
+	// Pdeathsig fires when the forking thread exits: start and wait on one
+	// locked thread so the child dies with the parent and not before.
+	type outcome struct {
+		code int
+		err  error
+	}
+	started := make(chan error, 1)
+	done := make(chan outcome, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		err := cmd.Wait()
+		done <- outcome{exitCode(cmd.ProcessState), err}
+	}()
+	if err := <-started; err != nil {
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EUSERS) {
+			return 0, fmt.Errorf("sandbox namespace: cannot create mount, pid and net namespaces (%w): %s", err, hint)
+		}
+		return 0, fmt.Errorf("sandbox namespace: start child: %w", err)
+	}
+	s.log.Debugf("sandbox: child %d runs in new namespaces", cmd.Process.Pid)
+	lf.Close()
+
+	var kill <-chan time.Time
+	stop := func(sig os.Signal) {
+		if err := cmd.Process.Signal(sig); err != nil {
+			s.log.WithError(err).Debugf("sandbox: forward %v", sig)
+		}
+		if kill == nil && (sig == syscall.SIGTERM || sig == syscall.SIGINT) {
+			kill = time.After(s.cfg.StopTimeout)
+		}
+	}
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case o := <-done:
+			var ee *exec.ExitError
+			if o.err != nil && !errors.As(o.err, &ee) {
+				return 0, fmt.Errorf("sandbox namespace: wait for child: %w", o.err)
+			}
+			return o.code, nil
+		case sig := <-sigs:
+			stop(sig)
+		case <-ctxDone:
+			ctxDone = nil
+			stop(syscall.SIGTERM)
+		case <-kill:
+			s.log.Warnf("sandbox: child still running %v after a stop signal; killing it", s.cfg.StopTimeout)
+			cmd.Process.Kill()
+			kill = nil
+		}
+	}
+}
+
+// exitCode is the shell's view of how a process ended.
+func exitCode(ps *os.ProcessState) int {
+	if ps == nil {
+		return 1
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+// enterNamespaceRoot runs in the child, already in its own mount, pid and
+// net namespaces (so every thread sees the mounts below), and replaces the
+// root with a read-only tmpfs holding two things:
+//
+//	/share          the shared directory, bound recursively (a slave of the
+//	                host's mounts, so host submounts still arrive)
+//	/proc/self/fd   this process's fd directory, so the filesystem's
+//	                /proc/self/fd/N uses keep working
+//
+// The host's tree is then detached. The share is not "/" itself because
+// the filesystem names /proc/self/fd/N by absolute path: a procfs inside
+// the share would be visible to (and steerable by) the guest.
+func enterNamespaceRoot(shared string, log *logrus.Entry) error {
+	wrap := func(what string, err error) error {
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("sandbox namespace: %s: %w: %s", what, err, hint)
+		}
+		return fmt.Errorf("sandbox namespace: %s: %w", what, err)
+	}
+	// Our mount events stay here; the host's still reach us.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return wrap("make mounts slave", err)
+	}
+	// A detached recursive copy of the share, taken before anything is
+	// mounted over its path (a bind made later would copy that too). Like a
+	// bind, the copy of a slave is a slave of the same master.
+	tree, err := unix.OpenTree(unix.AT_FDCWD, shared, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return wrap("clone the shared directory's mount tree", err)
+	}
+	defer unix.Close(tree)
+
+	// A procfs of the new pid namespace; some containers refuse it (masked
+	// /proc), and then the inherited one, whose "self" is still us, serves.
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if err := unix.Mount("proc", "/proc", "proc", flags, ""); err != nil {
+		log.WithError(err).Debug("sandbox: no fresh procfs; using the inherited /proc")
+	}
+	selfFd, err := filepath.EvalSymlinks("/proc/self/fd")
+	if err != nil {
+		return wrap("find /proc/self/fd", err)
+	}
+
+	// The new root is mounted over the shared directory's path: it exists
+	// and is a directory, and the share is in tree.
+	root := shared
+	if err := unix.Mount("tmpfs", root, "tmpfs", flags, "mode=0755,size=16k,nr_inodes=16"); err != nil {
+		return wrap("mount tmpfs root", err)
+	}
+	for _, d := range []string{ShareInRoot, "/proc", "/proc/self", "/proc/self/fd"} {
+		if err := unix.Mkdir(root+d, 0o755); err != nil {
+			return wrap("mkdir "+d, err)
+		}
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, root+ShareInRoot, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return wrap("mount the shared directory in the new root", err)
+	}
+	if err := unix.Mount(selfFd, root+"/proc/self/fd", "", unix.MS_BIND, ""); err != nil {
+		return wrap("bind /proc/self/fd", err)
+	}
+	if err := unix.Mount("", root+"/proc/self/fd", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|flags, ""); err != nil {
+		return wrap("remount /proc/self/fd read-only", err)
+	}
+	if err := unix.Mount("", root, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|flags, ""); err != nil {
+		return wrap("remount root read-only", err)
+	}
+
+	// pivot_root(".", ".") stacks the old root on the new one; detaching
+	// "." then drops the whole host tree from this namespace.
+	if err := unix.Chdir(root); err != nil {
+		return wrap("chdir new root", err)
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return wrap("pivot_root", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return wrap("detach old root", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return wrap("chdir /", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(ShareInRoot, &st); err != nil {
+		return wrap("stat "+ShareInRoot+" in the new root", err)
+	}
+	return nil
+}
