@@ -99,33 +99,56 @@ func lookupRequest(c *fuseclient.Client, name string) []byte {
 	return c.Build(OpLookup, 1, nil, append([]byte(name), 0))
 }
 
-func TestSplitHeaderEveryOffset(t *testing.T) {
+func TestSplitRequestEveryOffset(t *testing.T) {
 	e := newEnv(t, nil, Options{}, true)
 	e.writeFile(t, "file", []byte("hello"))
-	ref, err := e.client.Lookup(1, "file")
+	c := e.client
+	ent, err := c.Lookup(1, "file")
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := lookupRequest(e.client, "file")
-	for cut := 1; cut < len(req); cut++ {
-		for _, pieces := range [][][]byte{splitAt(req, cut), append(chunks(req[:cut], 1), req[cut:])} {
-			out := e.raw(t, 1, pieces, []int{16, 128})
-			if st := status(t, out); st != 0 {
-				t.Fatalf("cut %d: errno %d", cut, st)
-			}
-			var got fuse.EntryOut
-			copy(fuseclient.Bytes(&got), out[16:])
-			if got.NodeId != ref.NodeId || got.Ino != ref.Ino || got.Size != 5 {
-				t.Fatalf("cut %d: entry %+v, want node %d", cut, got, ref.NodeId)
-			}
-		}
+	oo, err := c.Open(ent.NodeId, uint32(os.O_RDWR))
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The reply header split over writable buffers of every size.
-	for n := 1; n <= 16; n++ {
-		out := e.raw(t, 1, [][]byte{req}, sizesOf(16+128, n))
-		if st := status(t, out); st != 0 || len(out) != 16+128 {
-			t.Fatalf("writable pieces of %d: errno %d, %d bytes", n, st, len(out))
-		}
+	initIn := fuse.InitIn{Major: 7, Minor: 38, MaxReadAhead: 1 << 17, Flags: 0x7bfffffb | capInitExt, Flags2: 0xb}
+	getattrIn := fuse.GetAttrIn{}
+	writeIn := fuse.WriteIn{Fh: oo.Fh, Size: 5}
+	readIn := fuse.ReadIn{Fh: oo.Fh, Size: 100}
+	tests := []struct {
+		name string
+		req  []byte
+		room int
+	}{
+		{"INIT", c.Build(OpInit, 0, fuseclient.Bytes(&initIn)[inHeaderSize:]), 16 + 64},
+		{"LOOKUP", lookupRequest(c, "file"), 16 + 128},
+		{"GETATTR", c.Build(OpGetattr, ent.NodeId, fuseclient.Bytes(&getattrIn)[inHeaderSize:]), 16 + 104},
+		{"WRITE", c.Build(OpWrite, ent.NodeId, fuseclient.Bytes(&writeIn)[inHeaderSize:], []byte("HELLO")), 16 + 8},
+		{"READ", c.Build(OpRead, ent.NodeId, fuseclient.Bytes(&readIn)[inHeaderSize:]), 16 + 100},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := e.raw(t, 1, [][]byte{tc.req}, []int{tc.room})
+			if st := status(t, ref); st != 0 {
+				t.Fatalf("errno %d", st)
+			}
+			for cut := 1; cut < len(tc.req); cut++ {
+				for _, pieces := range [][][]byte{splitAt(tc.req, cut), append(chunks(tc.req[:cut], 1), tc.req[cut:])} {
+					if out := e.raw(t, 1, pieces, []int{tc.room}); !bytes.Equal(out, ref) {
+						t.Fatalf("cut at %d into %d pieces: reply %x, want %x", cut, len(pieces), out, ref)
+					}
+				}
+			}
+			// The reply split over writable buffers of every size.
+			for n := 1; n <= 17; n++ {
+				if out := e.raw(t, 1, [][]byte{tc.req}, sizesOf(tc.room, n)); !bytes.Equal(out, ref) {
+					t.Fatalf("writable pieces of %d: reply %x, want %x", n, out, ref)
+				}
+			}
+		})
+	}
+	if got, err := os.ReadFile(filepath.Join(e.dir, "file")); err != nil || string(got) != "HELLO" {
+		t.Fatalf("file %q, %v", got, err)
 	}
 }
 
