@@ -116,19 +116,18 @@ func ModuleRoot() (string, error) {
 func kernelTree(ctx context.Context, o BuildOptions) (string, *Guest, error) {
 	pkg := o.KernelPackage
 	if pkg == "" {
-		out, err := runOut(ctx, "apt-cache", "depends", "linux-image-amd64")
-		if err != nil {
-			return "", nil, err
-		}
-		for _, l := range strings.Split(out, "\n") {
-			f := strings.Fields(l)
-			if len(f) == 2 && f[0] == "Depends:" && strings.HasPrefix(f[1], "linux-image-") {
-				pkg = f[1]
-				break
+		var err error
+		if pkg, err = kernelABIPackage(ctx); err != nil || pkg == "" {
+			// no package lists yet (a fresh machine)
+			if uerr := aptUpdate(ctx); uerr != nil {
+				return "", nil, uerr
+			}
+			if pkg, err = kernelABIPackage(ctx); err != nil {
+				return "", nil, err
 			}
 		}
 		if pkg == "" {
-			return "", nil, fmt.Errorf("cannot resolve linux-image-amd64 to its ABI package:\n%s", out)
+			return "", nil, errors.New("cannot resolve linux-image-amd64 to its ABI package")
 		}
 	}
 	deb, ver, err := fetchDeb(ctx, filepath.Join(o.CacheDir, "debs"), pkg, o.Log)
@@ -154,22 +153,50 @@ func kernelTree(ctx context.Context, o BuildOptions) (string, *Guest, error) {
 	return kroot, &Guest{KernelPackage: pkg + " " + ver, KernelRelease: rels[0].Name()}, nil
 }
 
+// kernelABIPackage resolves linux-image-amd64 to the package it depends on
+// (e.g. linux-image-6.1.0-56-amd64); "" when apt knows none.
+func kernelABIPackage(ctx context.Context) (string, error) {
+	out, err := runOut(ctx, "apt-cache", "depends", "linux-image-amd64")
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && f[0] == "Depends:" && strings.HasPrefix(f[1], "linux-image-") {
+			return f[1], nil
+		}
+	}
+	return "", nil
+}
+
 // fetchDeb returns the cached .deb of name's candidate version, downloading
 // it with apt-get when missing. Files are matched on their Version field:
 // apt-get download writes an epoch "1:" as "1%3a" in the file name.
 func fetchDeb(ctx context.Context, dir, name string, log logrus.FieldLogger) (string, string, error) {
-	pol, err := runOut(ctx, "apt-cache", "policy", name)
+	candidate := func() (string, error) {
+		pol, err := runOut(ctx, "apt-cache", "policy", name)
+		if err != nil {
+			return "", err
+		}
+		for _, l := range strings.Split(pol, "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "Candidate:" && f[1] != "(none)" {
+				return f[1], nil
+			}
+		}
+		return "", nil
+	}
+	ver, err := candidate()
+	if err == nil && ver == "" {
+		// no package lists yet (a fresh machine)
+		if err = aptUpdate(ctx); err == nil {
+			ver, err = candidate()
+		}
+	}
 	if err != nil {
 		return "", "", err
 	}
-	ver := ""
-	for _, l := range strings.Split(pol, "\n") {
-		if f := strings.Fields(l); len(f) == 2 && f[0] == "Candidate:" {
-			ver = f[1]
-		}
-	}
-	if ver == "" || ver == "(none)" {
-		return "", "", fmt.Errorf("no candidate version of %s (apt-get update needed?)", name)
+	if ver == "" {
+		return "", "", fmt.Errorf("no candidate version of %s in the apt lists", name)
 	}
 	find := func() string {
 		ms, _ := filepath.Glob(filepath.Join(dir, name+"_*.deb"))

@@ -130,5 +130,8 @@ func sample(dir string) error {
 			return err
 		}
 	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
 	return os.Symlink("hello.txt", filepath.Join(dir, "link-to-hello"))
 }
