@@ -112,6 +112,9 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 			return nil, fmt.Errorf("digester %s differs from the parent's", opts.Digester)
 		}
 		lower, blobs, dedup = parent.root, parent.blobs, parent.chunks
+		if len(blobs) >= 255 {
+			return nil, fmt.Errorf("the parent already has %d blobs; RAFS v6 chunk addresses allow 255", len(blobs))
+		}
 	}
 
 	blobTmpDir := b.blobDir

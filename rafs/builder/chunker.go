@@ -130,6 +130,10 @@ func (c *chunker) place(j *chunkJob) error {
 		c.release(j)
 		return nil
 	}
+	if len(c.blob.ci)/ciV1Size >= 1<<24 {
+		c.release(j)
+		return fmt.Errorf("more than 2^24 chunks in one blob: use a larger chunk size")
+	}
 	ref, err := c.blob.addChunk(j.raw, j.comp, j.digest, func() { c.release(j) })
 	if err != nil {
 		return err

@@ -103,6 +103,8 @@ func TestKernelMountFlat(t *testing.T) {
 		if err := ExportBlock(res.BootstrapPath, out, flat); err != nil {
 			t.Fatal(err)
 		}
+		// (fsck.erofs 1.5 cannot check this view: it insists on one
+		// --device per extra device)
 		compareTrees(t, want, scanTree(t, mountErofs(t, flat)))
 	}
 }
