@@ -139,9 +139,9 @@ func exitCode(ps *os.ProcessState) int {
 func enterNamespaceRoot(shared string, log *logrus.Entry) error {
 	wrap := func(what string, err error) error {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("sandbox namespace: %s: %w: %s", what, err, hint)
+			return fmt.Errorf("sandbox namespace (%s): %s: %w: %s", shared, what, err, hint)
 		}
-		return fmt.Errorf("sandbox namespace: %s: %w", what, err)
+		return fmt.Errorf("sandbox namespace (%s): %s: %w", shared, what, err)
 	}
 	// Our mount events stay here; the host's still reach us.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {

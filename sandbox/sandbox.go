@@ -106,6 +106,11 @@ func New(c Config) (*Sandbox, error) {
 			return nil, fmt.Errorf("sandbox %s: %w", c.Mode, err)
 		}
 		c.SharedDir = abs
+		if fi, err := os.Stat(abs); err != nil {
+			return nil, fmt.Errorf("sandbox %s: shared directory: %w", c.Mode, err)
+		} else if !fi.IsDir() {
+			return nil, fmt.Errorf("sandbox %s: shared directory %s is not a directory", c.Mode, abs)
+		}
 	}
 	if c.Args == nil {
 		c.Args = os.Args

@@ -34,7 +34,10 @@ func (l *lockedBuf) String() string {
 func startHelper(t *testing.T, bin string, mode Mode, share, sock string, cred *syscall.Credential) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+string(mode), helperShareEnv+"="+share, helperSockEnv+"="+sock)
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(mode), helperShareEnv+"="+share, helperSockEnv+"="+sock,
+		// Under -race the runtime sleeps 1 s at exit when threads remain,
+		// past the parent's stop timeout.
+		"GORACE=atexit_sleep_ms=0")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
@@ -404,6 +407,8 @@ func TestNewRejects(t *testing.T) {
 		{"empty mode", Config{SharedDir: "/tmp"}},
 		{"namespace without dir", Config{Mode: Namespace}},
 		{"chroot without dir", Config{Mode: Chroot}},
+		{"missing dir", Config{Mode: Namespace, SharedDir: "/nonexistent/dir"}},
+		{"file as dir", Config{Mode: Chroot, SharedDir: "/proc/self/status"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
