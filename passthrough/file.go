@@ -16,12 +16,13 @@ var _ fusewire.SyncFSer = (*FS)(nil)
 // counted so that a RELEASE racing a READ whose reply is still being copied
 // cannot close (and let the kernel reuse) the fd under it.
 type fileHandle struct {
-	id       uint64
-	fd       int
-	node     *inode
-	pinned   bool // holds a reference on node's O_PATH fd
-	refs     int  // guarded by FS.hmu
-	released bool // guarded by FS.hmu
+	id     uint64
+	fd     int
+	node   *inode
+	pinned bool // holds a reference on node's O_PATH fd
+	// refs counts the handle table's reference (dropped on release) and
+	// one per request using the fd; the fd is closed when it reaches 0.
+	refs atomic.Int64
 
 	// directory stream state
 	dmu sync.Mutex
@@ -38,30 +39,36 @@ func (fs *FS) addFile(fd int, n *inode) uint64 {
 	if err != nil {
 		fs.log.WithError(err).Debug("no O_PATH fd for an open file")
 	}
-	fs.hmu.Lock()
-	defer fs.hmu.Unlock()
-	id := fs.nextFh
-	fs.nextFh++
-	fs.files[id] = &fileHandle{id: id, fd: fd, node: n, pinned: err == nil, pos: -1}
+	id := fs.nextFh.Add(1)
+	h := &fileHandle{id: id, fd: fd, node: n, pinned: err == nil, pos: -1}
+	h.refs.Store(1)
+	fs.files.Store(id, h)
 	return id
 }
 
-// getFile returns the open file id with a reference, or nil.
+// getFile returns the open file id with a reference, or nil. It takes no
+// lock: a handle whose count already dropped to zero is being closed and is
+// treated as gone.
 func (fs *FS) getFile(id uint64) *fileHandle {
-	fs.hmu.Lock()
-	defer fs.hmu.Unlock()
-	h := fs.files[id]
-	if h != nil {
-		h.refs++
+	v, ok := fs.files.Load(id)
+	if !ok {
+		return nil
 	}
-	return h
+	h := v.(*fileHandle)
+	for {
+		r := h.refs.Load()
+		if r <= 0 {
+			return nil
+		}
+		if h.refs.CompareAndSwap(r, r+1) {
+			return h
+		}
+	}
 }
 
+// putFile drops a reference taken by getFile.
 func (fs *FS) putFile(h *fileHandle) {
-	fs.hmu.Lock()
-	defer fs.hmu.Unlock()
-	h.refs--
-	if h.refs == 0 && h.released {
+	if h.refs.Add(-1) == 0 {
 		fs.closeFile(h)
 	}
 }
@@ -73,17 +80,11 @@ func (fs *FS) closeFile(h *fileHandle) {
 	}
 }
 
+// releaseFile forgets the handle; its fd closes once the last request using
+// it is done.
 func (fs *FS) releaseFile(id uint64) {
-	fs.hmu.Lock()
-	defer fs.hmu.Unlock()
-	h := fs.files[id]
-	if h == nil {
-		return
-	}
-	delete(fs.files, id)
-	h.released = true
-	if h.refs == 0 {
-		fs.closeFile(h)
+	if v, ok := fs.files.LoadAndDelete(id); ok {
+		fs.putFile(v.(*fileHandle))
 	}
 }
 

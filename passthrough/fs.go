@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,9 +38,11 @@ type FS struct {
 
 	fds fdCache
 
-	hmu    sync.Mutex
-	files  map[uint64]*fileHandle
-	nextFh uint64
+	// files maps open file handles to their state. The read and write
+	// paths only load from it (no lock shared between requests); entries are
+	// added on open and removed on release.
+	files  sync.Map // uint64 → *fileHandle
+	nextFh atomic.Uint64
 }
 
 var _ fuse.RawFileSystem = (*FS)(nil)
@@ -78,8 +81,6 @@ func New(root string, opts Options) (*FS, error) {
 		byKey:         map[inodeKey]*inode{},
 		mounts:        map[int]int{},
 		nextID:        fuse.FUSE_ROOT_ID + 1,
-		files:         map[uint64]*fileHandle{},
-		nextFh:        1,
 	}
 	fs.fds.max = opts.FdCacheSize
 	if fs.fds.max <= 0 {
@@ -161,16 +162,10 @@ func (fs *FS) OnUnmount() {
 	for _, n := range gone {
 		fs.fds.forget(n)
 	}
-	fs.hmu.Lock()
-	files := fs.files
-	fs.files = map[uint64]*fileHandle{}
-	for _, h := range files {
-		h.released = true
-		if h.refs == 0 {
-			fs.closeFile(h)
-		}
-	}
-	fs.hmu.Unlock()
+	fs.files.Range(func(id, _ any) bool {
+		fs.releaseFile(id.(uint64))
+		return true
+	})
 }
 
 // SyncFS syncs the host filesystem holding the node (fusewire.SyncFSer).
