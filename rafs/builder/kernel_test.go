@@ -3,6 +3,7 @@ package builder
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,4 +129,34 @@ func TestKernelMountNoData(t *testing.T) {
 	compareTrees(t, want, scanTree(t, mountErofs(t, res.BootstrapPath)))
 	compareTrees(t, want, scanImage(t, res.BootstrapPath, out))
 	fsck(t, res.BootstrapPath)
+}
+
+// TestManyChunks needs chunk-info indexes above 65535, whose bits 16..23 go
+// into the high byte of the EROFS device_id field: the kernel must mask
+// them away and our reader must put them back.
+func TestManyChunks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipping in -short mode: builds a 257 MiB image")
+	}
+	src := filepath.Join(t.TempDir(), "src")
+	must(t, os.MkdirAll(src, 0o755))
+	const n = 1<<16 + 300
+	data := make([]byte, n*4096)
+	for i := 0; i < n; i++ {
+		binary.LittleEndian.PutUint64(data[i*4096:], uint64(i)+1) // every block unique
+	}
+	must(t, os.WriteFile(filepath.Join(src, "big"), data, 0o644))
+	data = nil
+	want := scanTree(t, src)
+	out := t.TempDir()
+	res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, Options{ChunkSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stats.NewChunks != n {
+		t.Fatalf("%d chunks stored, want %d", res.Stats.NewChunks, n)
+	}
+	compareTrees(t, want, scanImage(t, res.BootstrapPath, out))
+	requireKernelErofs(t)
+	compareTrees(t, want, scanTree(t, mountErofs(t, res.BootstrapPath, res.BlobPath)))
 }
