@@ -120,9 +120,14 @@ func TestLayersMatchOverlayfs(t *testing.T) {
 	want := scanTree(t, mnt)
 
 	for _, tc := range []struct {
-		name string
-		opts Options
-	}{{"none", Options{}}, {"zstd", Options{Compressor: CompressZstd, Digester: DigestSHA256}}} {
+		name       string
+		opts       Options
+		upperCompr string
+	}{
+		{"none", Options{}, ""},
+		{"zstd", Options{Compressor: CompressZstd, Digester: DigestSHA256}, CompressZstd},
+		{"none-then-lz4", Options{}, CompressLZ4},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := t.TempDir()
 			base, err := Build(context.Background(), dirs[0][1], filepath.Join(out, "base.boot"), out, tc.opts)
@@ -130,6 +135,7 @@ func TestLayersMatchOverlayfs(t *testing.T) {
 			layer := filepath.Join(tmp, "upper-"+tc.name+".tar.gz")
 			tarFromDir(t, dirs[1][1], layer, true)
 			opts := tc.opts
+			opts.Compressor = tc.upperCompr
 			opts.Type, opts.ParentBootstrap = TargzRafs, base.BootstrapPath
 			top, err := Build(context.Background(), layer, filepath.Join(out, "top.boot"), out, opts)
 			must(t, err)
@@ -144,7 +150,7 @@ func TestLayersMatchOverlayfs(t *testing.T) {
 			flat := filepath.Join(out, "flat.img")
 			must(t, ExportBlock(top.BootstrapPath, out, flat))
 			compareTrees(t, want, scanTree(t, mountErofs(t, flat)))
-			if tc.opts.Compressor == "" {
+			if tc.opts.Compressor == "" && tc.upperCompr == "" {
 				km := mountErofs(t, top.BootstrapPath, base.BlobPath, top.BlobPath)
 				compareTrees(t, want, scanTree(t, km))
 				fsck(t, top.BootstrapPath, base.BlobPath, top.BlobPath)
