@@ -92,6 +92,9 @@ func runCreate(args []string) int {
 		fmt.Fprintln(os.Stderr, "create:", err)
 		return 1
 	}
+	st := res.Stats
+	log.Infof("%d inodes, %d bytes of file data, %d chunks stored, %d deduplicated, blob %d bytes",
+		st.Inodes, st.BytesIn, st.NewChunks, st.DedupChunks, st.BlobSize)
 	fmt.Printf("bootstrap: %s\n", res.BootstrapPath)
 	if res.BlobID != "" {
 		fmt.Printf("blob: %s (%s)\n", res.BlobID, res.BlobPath)
