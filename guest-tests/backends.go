@@ -41,6 +41,16 @@ func DaemonBinary(moduleRoot, cacheDir string) func(ctx context.Context) (string
 				return
 			}
 			path = filepath.Join(cacheDir, "nydus-virtiofsd")
+			if e := os.MkdirAll(cacheDir, 0o755); e != nil {
+				err = e
+				return
+			}
+			unlock, e := lockCache(cacheDir)
+			if e != nil {
+				err = e
+				return
+			}
+			defer unlock()
 			if e := goBuild(ctx, moduleRoot, "./cmd/nydus-virtiofsd", path, false); e != nil {
 				err = fmt.Errorf("cannot build nydus-virtiofsd: %w", e)
 			}

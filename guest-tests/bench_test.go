@@ -22,7 +22,13 @@ func benchShare(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	dir := filepath.Join(root, "guest-tests", ".cache", "bench-share-v1")
+	cache := filepath.Join(root, "guest-tests", ".cache")
+	unlock, err := lockCache(cache)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unlock()
+	dir := filepath.Join(cache, "bench-share-v1")
 	done := filepath.Join(dir, ".complete")
 	if _, err := os.Stat(done); err == nil {
 		return dir

@@ -19,6 +19,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // Guest is a bootable guest: an uncompressed kernel (booted through its PVH
@@ -64,6 +65,11 @@ func BuildGuest(ctx context.Context, o BuildOptions) (*Guest, error) {
 	if err := os.MkdirAll(filepath.Join(o.CacheDir, "debs"), 0o755); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}
+	unlock, err := lockCache(o.CacheDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	kroot, g, err := kernelTree(ctx, o)
 	if err != nil {
 		return nil, err
@@ -137,11 +143,15 @@ func kernelTree(ctx context.Context, o BuildOptions) (string, *Guest, error) {
 	kroot := filepath.Join(o.CacheDir, "kernel-"+pkg+"-"+ver)
 	if _, err := os.Stat(filepath.Join(kroot, "boot")); err != nil {
 		o.Log.Infof("guest: unpacking %s", filepath.Base(deb))
-		tmp := kroot + ".tmp"
-		_ = os.RemoveAll(tmp)
+		tmp, err := os.MkdirTemp(o.CacheDir, "kernel.tmp.")
+		if err != nil {
+			return "", nil, err
+		}
+		defer os.RemoveAll(tmp)
 		if _, err := runOut(ctx, "dpkg-deb", "-x", deb, tmp); err != nil {
 			return "", nil, err
 		}
+		_ = os.RemoveAll(kroot) // a partial tree without boot/
 		if err := os.Rename(tmp, kroot); err != nil {
 			return "", nil, err
 		}
@@ -334,12 +344,41 @@ func checkPVH(img []byte) error {
 
 func align4(n int) int { return (n + 3) &^ 3 }
 
+// writeFileAtomic writes p through a unique temporary file and a rename, so
+// a reader (another test process) never sees a partial file.
 func writeFileAtomic(p string, b []byte, mode os.FileMode) error {
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(p), filepath.Base(p)+".tmp.")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, p)
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), mode)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
+}
+
+// lockCache takes an exclusive lock on the cache directory, so that
+// concurrent test processes do not build into it at the same time.
+func lockCache(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cache lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cache lock: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // resolveModules returns the .ko paths (relative to modDir) to load, in
@@ -425,8 +464,16 @@ func moduleDepends(ko string) ([]string, error) {
 
 // goBuild builds pkg (relative to root) into out; static means CGO_ENABLED=0
 // and stripped (the guest's /init).
+// The binary is built beside out and renamed over it: a running copy (a
+// daemon another test started) keeps its inode.
 func goBuild(ctx context.Context, root, pkg, out string, static bool) error {
-	args := []string{"build", "-o", out}
+	tmpDir, err := os.MkdirTemp(filepath.Dir(out), "build.tmp.")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmpDir)
+	tmp := filepath.Join(tmpDir, filepath.Base(out))
+	args := []string{"build", "-o", tmp}
 	if static {
 		args = append(args, "-trimpath", "-ldflags=-s -w")
 	}
@@ -439,7 +486,7 @@ func goBuild(ctx context.Context, root, pkg, out string, static bool) error {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
-	return nil
+	return os.Rename(tmp, out)
 }
 
 // writeInitramfs writes (or reuses) the base initramfs, named by the hash of
@@ -508,6 +555,13 @@ func writeInitramfs(cacheDir, initBin, modDir string, mods []string, withBusybox
 	}
 	if err := writeFileAtomic(img, buf.Bytes(), 0o644); err != nil {
 		return "", err
+	}
+	// older initramfs images (of older guestinit builds) are stale
+	old, _ := filepath.Glob(filepath.Join(cacheDir, "initramfs-*.img"))
+	for _, o := range old {
+		if o != img {
+			_ = os.Remove(o)
+		}
 	}
 	return img, nil
 }
