@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
 const (
@@ -143,11 +146,13 @@ func serveDir(b *testing.B, dir string, queues int) (*daemon, fuse.RawFileSystem
 // their ratio (target ≥ 0.8). The data descriptors are one 1 MiB buffer, or
 // 4 KiB pages in an indirect table as a Linux guest sends them.
 //
-// It also splits the READ's median time into stages, timed from the
-// filesystem's side (stageTimer): to-dispatch (kick, pop, hand-off to a
-// worker, FUSE parse, up to the filesystem's Read), copy (from Read's
-// return to the result's Done, which fusewire calls after the preadv) and
-// to-guest (push, call, the driver noticing).
+// It also splits the READ's median time into stages, timed from inside
+// the daemon (stageTimer): in (publish and kick, the kick loop waking, pop,
+// hand-off to a worker, up to fusewire's HandleChain), parse (HandleChain
+// to the filesystem's Read), copy (Read to the result's Done, which
+// fusewire calls right after its preadv), reply (Done to the end of
+// HandleChain) and out (push, call, the driver's reaper waking and the
+// waiting goroutine running again).
 func BenchmarkSequentialRead(b *testing.B) {
 	path := bigFile(b)
 	for _, tc := range []struct {
@@ -163,7 +168,9 @@ func BenchmarkSequentialRead(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			st := &stageTimer{RawFileSystem: shareFS(b, filepath.Dir(path))}
-			dm := startDaemon(b, st, 1, tc.workers)
+			dm := startWrapped(b, st, 1, tc.workers, func(d *fusewire.Device) vhostuser.Device {
+				return timedDevice{d, st}
+			})
 			g := connectGuest(b, dm, testdriver.QEMU, 1)
 			c := g.client(1, testdriver.Layout{})
 			g.init(c)
@@ -194,7 +201,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 				b.Fatalf("guest RAM does not hold the file's bytes (%v)", err)
 			}
 
-			var virtio, plain, dispatch, cp, back []time.Duration
+			var virtio, plain, in, parse, cp, reply, out []time.Duration
 			off := uint64(0)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -211,10 +218,12 @@ func BenchmarkSequentialRead(b *testing.B) {
 				}
 				virtio = append(virtio, t1.Sub(t0))
 				plain = append(plain, time.Since(t1))
-				called, copied := time.Unix(0, st.called.Load()), time.Unix(0, st.done.Load())
-				dispatch = append(dispatch, called.Sub(t0))
+				enter, called, copied, exit := st.times()
+				in = append(in, enter.Sub(t0))
+				parse = append(parse, called.Sub(enter))
 				cp = append(cp, copied.Sub(called))
-				back = append(back, t1.Sub(copied))
+				reply = append(reply, exit.Sub(copied))
+				out = append(out, t1.Sub(exit))
 				off = (off + readSize) % benchFileSize
 			}
 			b.StopTimer()
@@ -226,19 +235,27 @@ func BenchmarkSequentialRead(b *testing.B) {
 			b.ReportMetric(p.Seconds()/v.Seconds(), "ratio")
 			b.ReportMetric(float64(v.Nanoseconds()), "virtio-p50-ns")
 			b.ReportMetric(float64(p.Nanoseconds()), "pread-p50-ns")
-			b.ReportMetric(float64(median(dispatch).Nanoseconds()), "to-dispatch-p50-ns")
-			b.ReportMetric(float64(median(cp).Nanoseconds()), "copy-p50-ns")
-			b.ReportMetric(float64(median(back).Nanoseconds()), "to-guest-p50-ns")
+			for _, m := range []struct {
+				name string
+				ds   []time.Duration
+			}{{"in", in}, {"parse", parse}, {"copy", cp}, {"reply", reply}, {"out", out}} {
+				b.ReportMetric(float64(median(m.ds).Nanoseconds()), m.name+"-p50-ns")
+			}
 		})
 	}
 }
 
-// stageTimer records when the last Read reached the filesystem and when
-// its result was released (Done), which fusewire does right after copying
-// it into the guest's buffers. One READ in flight at a time.
+// stageTimer records when the last chain entered and left fusewire's
+// HandleChain (through timedDevice), when its Read reached the filesystem,
+// and when the read result was released (Done), which fusewire does right
+// after copying it into the guest's buffers. One READ in flight at a time.
 type stageTimer struct {
 	fuse.RawFileSystem
-	called, done atomic.Int64
+	enter, called, done, exit atomic.Int64
+}
+
+func (s *stageTimer) times() (enter, called, done, exit time.Time) {
+	return time.Unix(0, s.enter.Load()), time.Unix(0, s.called.Load()), time.Unix(0, s.done.Load()), time.Unix(0, s.exit.Load())
 }
 
 func (s *stageTimer) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
@@ -248,6 +265,19 @@ func (s *stageTimer) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (
 		return timedResult{seg, &s.done}, st
 	}
 	return res, st
+}
+
+// timedDevice notes when fusewire starts and finishes a chain.
+type timedDevice struct {
+	*fusewire.Device
+	st *stageTimer
+}
+
+func (d timedDevice) HandleChain(ctx context.Context, queue int, c *virtqueue.Chain) uint32 {
+	d.st.enter.Store(time.Now().UnixNano())
+	n := d.Device.HandleChain(ctx, queue, c)
+	d.st.exit.Store(time.Now().UnixNano())
+	return n
 }
 
 // timedResult is a SegmentedResult that notes when it is released.

@@ -70,6 +70,13 @@ type daemon struct {
 // gone.
 func startDaemon(t testing.TB, fs fuse.RawFileSystem, queues, workers int) *daemon {
 	t.Helper()
+	return startWrapped(t, fs, queues, workers, nil)
+}
+
+// startWrapped is startDaemon with the device seen by vhostuser wrapped by
+// wrap (nil: not wrapped).
+func startWrapped(t testing.TB, fs fuse.RawFileSystem, queues, workers int, wrap func(*fusewire.Device) vhostuser.Device) *daemon {
+	t.Helper()
 	// Not t.TempDir(): sub-test names make paths longer than sun_path.
 	dir, err := os.MkdirTemp("", "e2e-sock-")
 	if err != nil {
@@ -82,10 +89,14 @@ func startDaemon(t testing.TB, fs fuse.RawFileSystem, queues, workers int) *daem
 		t.Fatal(err)
 	}
 	dev := fusewire.NewDevice(fs, fusewire.Options{RequestQueues: queues, Logger: quietLogger()})
+	var served vhostuser.Device = dev
+	if wrap != nil {
+		served = wrap(dev)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- vhostuser.Serve(ctx, l, dev, vhostuser.Options{RequestQueues: queues, Workers: workers, Logger: quietLogger()})
+		done <- vhostuser.Serve(ctx, l, served, vhostuser.Options{RequestQueues: queues, Workers: workers, Logger: quietLogger()})
 	}()
 	t.Cleanup(func() {
 		// The driver's Close (registered later, run earlier) has
