@@ -42,8 +42,8 @@
 //     share with its submounts (still a slave);
 //  3. a fresh procfs of the new pid namespace is mounted on /proc (some
 //     containers refuse it; the inherited /proc then serves);
-//  4. a small tmpfs, mounted over the share's path, becomes the new root:
-//     /share is the share's copy, /proc/self/fd a read-only bind of the
+//  4. a small tmpfs, mounted over /proc, becomes the new root: /share is
+//     the share's copy, /proc/self/fd a read-only detached bind of the
 //     process's fd directory, and the tmpfs is remounted read-only;
 //  5. pivot_root(".", ".") and umount2(".", MNT_DETACH) drop the host tree.
 //

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -162,14 +161,18 @@ func enterNamespaceRoot(shared string, log *logrus.Entry) error {
 	if err := unix.Mount("proc", "/proc", "proc", flags, ""); err != nil {
 		log.WithError(err).Debug("sandbox: no fresh procfs; using the inherited /proc")
 	}
-	selfFd, err := filepath.EvalSymlinks("/proc/self/fd")
+	// Likewise a detached bind of our fd directory ("self" is resolved now,
+	// to this process, whose fd table all its threads share).
+	fdTree, err := unix.OpenTree(unix.AT_FDCWD, "/proc/self/fd", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
-		return wrap("find /proc/self/fd", err)
+		return wrap("clone /proc/self/fd", err)
 	}
+	defer unix.Close(fdTree)
 
-	// The new root is mounted over the shared directory's path: it exists
-	// and is a directory, and the share is in tree.
-	root := shared
+	// The new root is a tmpfs mounted over /proc, which exists, is ours
+	// (the fresh procfs) and, unlike the share's path, works when the
+	// share is "/" too.
+	const root = "/proc"
 	if err := unix.Mount("tmpfs", root, "tmpfs", flags, "mode=0755,size=16k,nr_inodes=16"); err != nil {
 		return wrap("mount tmpfs root", err)
 	}
@@ -181,8 +184,8 @@ func enterNamespaceRoot(shared string, log *logrus.Entry) error {
 	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, root+ShareInRoot, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return wrap("mount the shared directory in the new root", err)
 	}
-	if err := unix.Mount(selfFd, root+"/proc/self/fd", "", unix.MS_BIND, ""); err != nil {
-		return wrap("bind /proc/self/fd", err)
+	if err := unix.MoveMount(fdTree, "", unix.AT_FDCWD, root+"/proc/self/fd", unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return wrap("mount /proc/self/fd in the new root", err)
 	}
 	if err := unix.Mount("", root+"/proc/self/fd", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|flags, ""); err != nil {
 		return wrap("remount /proc/self/fd read-only", err)

@@ -271,6 +271,25 @@ func TestNamespace(t *testing.T) {
 	}
 }
 
+// TestNamespaceHostRoot shares "/" itself, which must not confuse the
+// construction of the new root.
+func TestNamespaceHostRoot(t *testing.T) {
+	needRoot(t)
+	l := newLayout(t)
+	p := startHelper(t, testBinary(t), Namespace, "/", l.sock, nil)
+	p.waitReady()
+	if got, want := p.must("stat "+ShareInRoot+l.outside), statID(t, l.outside); got != want {
+		t.Errorf("stat /share%s = %s, want %s", l.outside, got, want)
+	}
+	if got := p.must("ls /"); got != "proc share" {
+		t.Errorf("ls / = %q", got)
+	}
+	p.conn.Close()
+	if c := p.waitExit(2 * time.Second); c != 0 {
+		t.Errorf("exit code %d, want 0\n%s", c, p.stderr)
+	}
+}
+
 func TestNamespaceExit(t *testing.T) {
 	needRoot(t)
 	bin := testBinary(t)
