@@ -24,9 +24,10 @@
 // daemon re-executes itself (/proc/self/exe, same arguments, a marker in the
 // environment) in new mount, pid, net and ipc namespaces, handing down the
 // listening socket as fd 3. The socket path is thus resolved once, on the
-// host, by the parent. The parent forwards SIGTERM, SIGINT, SIGHUP and
-// SIGQUIT, kills the child if it has not stopped DefaultStopTimeout after
-// SIGTERM or SIGINT (the daemon must be gone within 1 s), and returns the
+// host, by the parent. The parent forwards SIGHUP, SIGQUIT and the first
+// SIGTERM or SIGINT (or a SIGTERM when ctx ends), kills the child if it has
+// not stopped DefaultStopTimeout after that (the daemon must be gone
+// within 1 s of SIGTERM), and returns the
 // child's exit code (128+N for signal N). The child dies with the parent
 // (PR_SET_PDEATHSIG). stdin, stdout and stderr are shared, so Kata still
 // reads "Waiting for vhost-user socket connection..." from the daemon's

@@ -81,12 +81,22 @@ func (s *Sandbox) runChild(ctx context.Context, l *net.UnixListener) (int, error
 	s.log.Debugf("sandbox: child %d runs in new namespaces", cmd.Process.Pid)
 	lf.Close()
 
+	// Only the first stop request is passed on (SIGTERM usually arrives
+	// both as a signal and as ctx ending): a second one could reach the
+	// child after it stopped listening for it and kill it with a non-zero
+	// status. A child that does not stop in time is killed.
 	var kill <-chan time.Time
+	stopping := false
 	stop := func(sig os.Signal) {
+		isStop := sig == syscall.SIGTERM || sig == syscall.SIGINT
+		if isStop && stopping {
+			return
+		}
 		if err := cmd.Process.Signal(sig); err != nil {
 			s.log.WithError(err).Debugf("sandbox: forward %v", sig)
 		}
-		if kill == nil && (sig == syscall.SIGTERM || sig == syscall.SIGINT) {
+		if isStop {
+			stopping = true
 			kill = time.After(s.cfg.StopTimeout)
 		}
 	}
