@@ -125,14 +125,20 @@ type guest struct {
 // of request queues.
 func connectGuest(t testing.TB, dm *daemon, seq testdriver.Sequence, queues int) *guest {
 	t.Helper()
-	d, err := testdriver.Connect(dm.sock, testdriver.Options{
+	return connectGuestOpts(t, dm, testdriver.Options{
 		Sequence:      seq,
 		RequestQueues: queues,
 		QueueSize:     queueSize,
 		MemRegions:    []uint64{64 << 20},
 	})
+}
+
+// connectGuestOpts connects a driver with opts.
+func connectGuestOpts(t testing.TB, dm *daemon, opts testdriver.Options) *guest {
+	t.Helper()
+	d, err := testdriver.Connect(dm.sock, opts)
 	if err != nil {
-		t.Fatalf("connect (%v): %v", seq, err)
+		t.Fatalf("connect (%v): %v", opts.Sequence, err)
 	}
 	t.Cleanup(func() { d.Close() })
 	return &guest{t: t, drv: d, dev: dm.dev}
@@ -313,7 +319,7 @@ func sharedDir(t testing.TB) string {
 		}
 		parent := filepath.Dir(root)
 		if parent == root {
-			t.Fatalf("no go.mod above %s", wd)
+			t.Skipf("RAFS fixtures not found: no go.mod above %s to find <module root>/../shared from", wd)
 		}
 		root = parent
 	}

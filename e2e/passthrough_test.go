@@ -244,3 +244,95 @@ func hammer(c *fuseclient.Client, big []byte, seed, rounds int) error {
 	}
 	return nil
 }
+
+// TestBuffersStraddlingRegions puts a READ's data buffer and a WRITE's
+// payload across the boundary between two guest RAM regions (QEMU's
+// layout when RAM is split), in one descriptor each: the daemon must split
+// them into two host slices.
+func TestBuffersStraddlingRegions(t *testing.T) {
+	for _, seq := range sequences {
+		t.Run(seq.String(), func(t *testing.T) {
+			dir, dm, counter := sharePassthrough(t, 1)
+			g := connectGuestOpts(t, dm, testdriver.Options{Sequence: seq, QueueSize: 256, MemRegions: []uint64{4 << 20, 4 << 20}})
+			c := g.client(1, testdriver.Layout{})
+			g.init(c)
+			big, err := os.ReadFile(filepath.Join(dir, "big"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "big")
+			if err != nil {
+				t.Fatal(err)
+			}
+			op, err := c.Open(e.NodeId, syscall.O_RDWR)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Take guest RAM until a 64 KiB block crosses into region 1.
+			const n = 64 << 10
+			boundary := g.drv.RegionStart(1)
+			var buf uint64
+			for {
+				gpa, err := g.drv.Alloc(n)
+				if err != nil {
+					t.Fatalf("no block across %#x: %v", boundary, err)
+				}
+				if gpa < boundary && gpa+n > boundary {
+					buf = gpa
+					break
+				}
+			}
+			in := fuse.ReadIn{Fh: op.Fh, Offset: 12345, Size: n}
+			req := c.Build(15, e.NodeId, fuseclient.Bytes(&in)[inHeaderSize:])
+			reqGPA, _ := g.drv.Alloc(len(req))
+			outGPA, _ := g.drv.Alloc(outHeaderSize)
+			g.drv.WriteGuest(reqGPA, req)
+			p, err := g.drv.StartRaw(1, []testdriver.Desc{
+				{Addr: reqGPA, Len: uint32(len(req)), Flags: testdriver.FlagNext, Next: 1},
+				{Addr: outGPA, Len: uint32(outHeaderSize), Flags: testdriver.FlagWrite | testdriver.FlagNext, Next: 2},
+				{Addr: buf, Len: n, Flags: testdriver.FlagWrite, Next: 0xffff},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Wait(); err != nil || p.Len() != uint32(outHeaderSize+n) {
+				t.Fatalf("READ across regions: %d bytes, %v", p.Len(), err)
+			}
+			got := make([]byte, n)
+			g.drv.ReadGuest(got, buf)
+			if !bytes.Equal(got, big[12345:12345+n]) {
+				t.Fatal("READ across regions: wrong bytes in guest RAM")
+			}
+			if counter.segmented.Load() == 0 {
+				t.Error("READ across regions did not take the zero-copy path")
+			}
+
+			// WRITE with its payload across the boundary.
+			data := randomBytes(99, n)
+			g.drv.WriteGuest(buf, data)
+			win := fuse.WriteIn{Fh: op.Fh, Offset: 7, Size: n}
+			wreq := c.Build(16, e.NodeId, fuseclient.Bytes(&win)[inHeaderSize:])
+			setLength(wreq, uint32(len(wreq)+n)) // the payload is in its own descriptor
+			g.drv.WriteGuest(reqGPA, wreq)
+			wout, _ := g.drv.Alloc(outHeaderSize + 8)
+			p, err = g.drv.StartRaw(1, []testdriver.Desc{
+				{Addr: reqGPA, Len: uint32(len(wreq)), Flags: testdriver.FlagNext, Next: 1},
+				{Addr: buf, Len: n, Flags: testdriver.FlagNext, Next: 2},
+				{Addr: wout, Len: uint32(outHeaderSize + 8), Flags: testdriver.FlagWrite, Next: 0xffff},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Wait(); err != nil || p.Len() != uint32(outHeaderSize+8) {
+				t.Fatalf("WRITE across regions: %d bytes, %v", p.Len(), err)
+			}
+			host, err := os.ReadFile(filepath.Join(dir, "big"))
+			if err != nil || !bytes.Equal(host[7:7+n], data) {
+				t.Fatalf("host file after WRITE across regions differs (%v)", err)
+			}
+			if err := c.Release(e.NodeId, op.Fh); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
