@@ -214,6 +214,13 @@ func TestNamespace(t *testing.T) {
 		t.Errorf("ls / = %q, want the share and /proc/self/fd only", got)
 	}
 	checkUnreachable(t, p, l, ShareInRoot+"/inside")
+	if out, ok := p.ask("create /new"); ok || !strings.Contains(out, "read-only") {
+		t.Errorf("create in the sandbox's root: %v %s", ok, out)
+	}
+	p.must("create " + ShareInRoot + "/new")
+	if _, err := os.Stat(filepath.Join(l.share, "new")); err != nil {
+		t.Errorf("file created in /share not on the host: %v", err)
+	}
 
 	// Seen from the host: the child's root holds the share and nothing of
 	// the host.
@@ -268,6 +275,62 @@ func TestNamespace(t *testing.T) {
 	}
 	if _, err := os.Stat(l.sock); err != nil {
 		t.Errorf("socket path gone after exit (the caller removes it, not the sandbox): %v", err)
+	}
+}
+
+// TestNamespaceKataLayout shares a directory laid out as Kata lays out its
+// shared dir: a read-only slave bind of a "mounts" directory on a shared
+// mount, under which the runtime bind-mounts each container's files after
+// the daemon has started.
+func TestNamespaceKataLayout(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	mounts, shared, sock := filepath.Join(dir, "mounts"), filepath.Join(dir, "shared"), filepath.Join(dir, "s.sock")
+	for _, d := range []string{mounts, shared, filepath.Join(mounts, "c1")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	makeSharedMount(t, mounts) // as /run is shared on a systemd host
+	if err := unix.Mount(mounts, shared, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(shared, unix.MNT_DETACH) })
+	for _, f := range []uintptr{unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY, unix.MS_SLAVE} {
+		if err := unix.Mount("", shared, "", f, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := startHelper(t, testBinary(t), Namespace, shared, sock, nil)
+	p.waitReady()
+
+	// The runtime adds a container: a bind under mounts/.
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "rootfs-file"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c1 := filepath.Join(mounts, "c1")
+	if err := unix.Mount(src, c1, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(c1, unix.MNT_DETACH)
+	if got := p.must("ls " + ShareInRoot + "/c1"); got != "rootfs-file" {
+		t.Errorf("container bind made after start not seen: ls /share/c1 = %q", got)
+	}
+	if got, want := p.must("stat "+ShareInRoot+"/c1/rootfs-file"), statID(t, filepath.Join(src, "rootfs-file")); got != want {
+		t.Errorf("/share/c1/rootfs-file is %s, want %s", got, want)
+	}
+	// The share stays read-only, as the host made it; the container's
+	// bind under it is writable.
+	if out, ok := p.ask("create " + ShareInRoot + "/new"); ok || !strings.Contains(out, "read-only") {
+		t.Errorf("create in the read-only share: %v %s", ok, out)
+	}
+	if out, ok := p.ask("procfd " + ShareInRoot + "/c1/rootfs-file"); !ok {
+		t.Errorf("write through /proc/self/fd into the container bind: %s", out)
+	}
+	p.conn.Close()
+	if c := p.waitExit(2 * time.Second); c != 0 {
+		t.Errorf("exit code %d, want 0\n%s", c, p.stderr)
 	}
 }
 
