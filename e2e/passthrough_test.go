@@ -174,6 +174,13 @@ func TestPassthroughEndToEnd(t *testing.T) {
 			if _, err := c.GetAttr(fuse.FUSE_ROOT_ID); err != nil {
 				t.Fatalf("GETATTR after FORGET: %v", err)
 			}
+			// CREATE gave "new" its only lookup: it is forgotten now.
+			if _, err := c.GetAttr(ce.NodeId); errnoOf(err) != syscall.EBADF {
+				t.Fatalf("GETATTR of a forgotten node: %v, want EBADF", err)
+			}
+			if _, err := c.GetAttr(e.NodeId); err != nil {
+				t.Fatalf("GETATTR of big, which still has lookups: %v", err)
+			}
 			if _, err := lookupPath(c, "/sub/inner"); err != nil {
 				t.Fatal(err)
 			}
