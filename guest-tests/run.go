@@ -34,6 +34,7 @@ type RunOptions struct {
 	MemMiB  int           // guest RAM, default 1024
 	LogDir  string        // where serial.log, backend.log, qemu.log go (default: a new temp dir, kept)
 	Console io.Writer     // if set, every serial line is copied here
+	Stdin   io.Reader     // if set, the guest console's input (KindShell)
 	Append  string        // extra kernel command line
 	// SocketWait bounds the wait for the backend's socket (default 10 s).
 	SocketWait time.Duration
@@ -161,6 +162,7 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	}
 	defer qlog.Close()
 	qcmd.Stderr = qlog
+	qcmd.Stdin = o.Stdin
 	serial, err := qcmd.StdoutPipe()
 	if err != nil {
 		return res, err

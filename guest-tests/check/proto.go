@@ -29,6 +29,7 @@ const (
 	KindStatWalk = "statwalk" // benchmark: cold readdir+lstat walk and lstat-by-path of Dir
 	KindDemo     = "demo"     // print a listing of Dir and the content of File
 	KindExec     = "exec"     // run Argv (cwd = Dir) with output on the console; fails on a non-zero exit
+	KindShell    = "shell"    // interactive /bin/sh on the console (cwd = Dir; needs BuildOptions.Busybox)
 )
 
 // Config is what the guest's /init reads from ConfigPath.

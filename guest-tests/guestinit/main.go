@@ -245,6 +245,14 @@ func runStep(mnt string, st check.Step) (r check.Result) {
 		if err := cmd.Run(); err != nil {
 			r.Errors = []string{fmt.Sprintf("%v: %v", st.Argv, err)}
 		}
+	case check.KindShell:
+		fmt.Printf("guest shell in %s; exit it to unmount and power off\n", dir)
+		cmd := exec.Command("/bin/sh")
+		cmd.Dir, cmd.Stdin, cmd.Stdout, cmd.Stderr = dir, os.Stdin, os.Stdout, os.Stdout
+		cmd.Env = []string{"PATH=/bin", "HOME=/", "TERM=dumb", "PS1=guest# "}
+		if err := cmd.Run(); err != nil {
+			r.Errors = []string{fmt.Sprintf("shell: %v", err)}
+		}
 	default:
 		r.Errors = []string{fmt.Sprintf("unknown step kind %q", st.Kind)}
 	}

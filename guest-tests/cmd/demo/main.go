@@ -7,6 +7,7 @@
 //	go run ./guest-tests/cmd/demo -backend c           # Debian's C virtiofsd
 //	go run ./guest-tests/cmd/demo -dir /some/dir -file README.md
 //	go run ./guest-tests/cmd/demo -cmd '/path/daemon --socket-path={socket} --shared-dir={share}'
+//	go run ./guest-tests/cmd/demo -backend c -shell   # then a busybox shell in the guest
 package main
 
 import (
@@ -37,6 +38,7 @@ func run() int {
 	file := flag.String("file", "hello.txt", "file (relative to the share) whose content the guest prints")
 	cache := flag.String("cache", "auto", "cache mode")
 	timeout := flag.Duration("timeout", 90*time.Second, "limit for the whole run")
+	shell := flag.Bool("shell", false, "after the listing, an interactive busybox shell in the share (needs busybox-static)")
 	flag.Parse()
 	log := logrus.StandardLogger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -81,23 +83,29 @@ func run() int {
 		share = tmp
 	}
 	share, _ = filepath.Abs(share)
-	g, err := guesttests.BuildGuest(ctx, guesttests.BuildOptions{ModuleRoot: root, CacheDir: cacheDir, Log: log})
+	g, err := guesttests.BuildGuest(ctx, guesttests.BuildOptions{ModuleRoot: root, CacheDir: cacheDir, Log: log, Busybox: *shell})
 	if err != nil {
 		log.Errorf("demo: building the guest: %v", err)
 		return 2
 	}
 	fmt.Printf("demo: sharing %s through backend %q, booting %s\n", share, b.Name, filepath.Base(g.Kernel))
-	res, err := guesttests.Run(ctx, guesttests.RunOptions{
+	steps := []check.Step{{Name: "demo", Kind: check.KindDemo, File: *file}}
+	opts := guesttests.RunOptions{
 		Guest:   g,
 		Backend: b,
 		Serve:   guesttests.BackendConfig{SharedDir: share, Cache: *cache},
-		Config: check.Config{Steps: []check.Step{
-			{Name: "demo", Kind: check.KindDemo, File: *file},
-		}},
 		Timeout: *timeout,
 		Console: os.Stdout,
 		Log:     log,
-	})
+	}
+	if *shell {
+		steps = append(steps, check.Step{Name: "shell", Kind: check.KindShell})
+		opts.Stdin = os.Stdin
+		opts.Config.StepTimeoutSec = 24 * 3600
+		opts.Timeout = 24 * time.Hour
+	}
+	opts.Config.Steps = steps
+	res, err := guesttests.Run(ctx, opts)
 	if err != nil {
 		log.Errorf("demo: %v", err)
 		return 1
