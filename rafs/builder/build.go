@@ -289,7 +289,7 @@ func (b *build) chunkFiles(ck *chunker, inodes []*inode) error {
 		}
 		f, err := os.Open(n.srcPath)
 		if err != nil {
-			return fmt.Errorf("%w", err)
+			return fmt.Errorf("source file: %w", err) // names the path
 		}
 		err = ck.addFile(n, f, n.srcPath)
 		f.Close()

@@ -94,12 +94,7 @@ func scanDir(ctx context.Context, root string, log logrus.FieldLogger) (*inode, 
 		switch st.Mode & modeTypeMask {
 		case modeReg:
 			n.Size = uint64(st.Size)
-			n.srcPath = hostPath
-			f, err := os.Open(hostPath)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", imgPath, err)
-			}
-			f.Close()
+			n.srcPath = hostPath // opened (and errors reported) by chunkFiles
 		case modeLnk:
 			t, err := os.Readlink(hostPath)
 			if err != nil {
