@@ -10,19 +10,23 @@
 // real chains laid out in guest memory (reply buffers split into 1-byte,
 // 7-byte and 4 KiB descriptors, and indirect tables), and check the bytes
 // against the host files or the fixture md5s listed in PROVENANCE.md. They
-// also check that garbage FUSE requests get errors while later requests are
-// served, that four request queues work in parallel, and that READ of
-// passthrough files and uncompressed RAFS data takes the zero-copy path
-// (fusewire.SegmentedResult copied with preadv into guest memory).
+// also check that garbage FUSE requests get errors (or no reply) while
+// later and concurrent requests are served, that four request queues work
+// in parallel, that READ and WRITE buffers straddling two guest RAM regions
+// work, that FORGET on the hiprio queue drops the node without a reply, and
+// that READ of passthrough files and uncompressed RAFS data takes the
+// zero-copy path (fusewire.SegmentedResult copied with preadv into guest
+// memory; a wrapping RawFileSystem counts the result kinds).
 //
 // The RAFS fixtures are found at <module root>/../shared/fixtures/rafs;
 // tests that need them skip when that directory is absent.
 //
-// The benchmarks (go test -bench . ./e2e/) compare, in the same run,
-// sequential 1 MiB READs through the whole path with plain pread, and
+// The benchmarks (go test ./e2e -run '^$' -bench .) compare, in the same
+// run, sequential 1 MiB READs through the whole path with plain pread
+// (splitting the READ's time into stages timed inside the daemon), and
 // measure GETATTR round trips with 1 and 4 request queues and RAFS
-// lookup/getattr through the path. docs/benchmarks.md records the figures
-// and the commands that made them.
+// lookup/getattr through the path, each against a direct in-process call.
+// docs/benchmarks.md records the figures and the commands that made them.
 //
 // The package has no non-test code: everything here is a test.
 package e2e
