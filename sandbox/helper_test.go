@@ -84,7 +84,7 @@ func helperMain(mode Mode, share, sock string) int {
 		return 1
 	}
 	context.AfterFunc(ctx, func() { c.Close() })
-	h := &helper{res: res, tasks: tasks}
+	h := &helper{res: res, tasks: tasks, child: sb.Child()}
 	sc := bufio.NewScanner(c)
 	for sc.Scan() {
 		cmd, arg, _ := strings.Cut(sc.Text(), " ")
@@ -107,6 +107,7 @@ func helperMain(mode Mode, share, sock string) int {
 type helper struct {
 	res   Result
 	tasks *os.File
+	child bool
 }
 
 func devIno(st *unix.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }
@@ -115,6 +116,8 @@ func (h *helper) do(cmd, arg string) (string, error) {
 	switch cmd {
 	case "pid":
 		return strconv.Itoa(os.Getpid()), nil
+	case "child":
+		return strconv.FormatBool(h.child), nil
 	case "shareddir":
 		return h.res.SharedDir, nil
 	case "netifs":

@@ -136,6 +136,11 @@ func New(c Config) (*Sandbox, error) {
 	return s, nil
 }
 
+// Child reports whether this process is namespace mode's re-executed
+// child. The child must not touch host paths, even when Enter fails: the
+// parent owns the socket path and removes it.
+func (s *Sandbox) Child() bool { return s.child }
+
 // Listener returns the vhost-user listener: in namespace mode's child the
 // one the parent opened and passed down, otherwise what open returns.
 // The socket path is thus resolved once, on the host, by the parent.

@@ -207,6 +207,9 @@ func TestNamespace(t *testing.T) {
 	if got := p.must("netifs"); got != "lo" {
 		t.Errorf("network interfaces = %q, want only lo", got)
 	}
+	if got := p.must("child"); got != "true" {
+		t.Errorf("Child() = %s in the sandboxed child", got)
+	}
 	if got := p.must("shareddir"); got != ShareInRoot {
 		t.Errorf("SharedDir = %q, want %q", got, ShareInRoot)
 	}
@@ -438,6 +441,9 @@ func TestChroot(t *testing.T) {
 	}
 	p := startHelper(t, testBinary(t), Chroot, l.share, l.sock, nil)
 	p.waitReady()
+	if got := p.must("child"); got != "false" {
+		t.Errorf("Child() = %s in chroot mode", got)
+	}
 	if got := p.must("shareddir"); got != "/" {
 		t.Errorf("SharedDir = %q, want /", got)
 	}
