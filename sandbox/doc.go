@@ -7,9 +7,11 @@
 // # Use
 //
 //	sb, err := sandbox.New(sandbox.Config{Mode: mode, SharedDir: dir})
+//	if sb.Child() { socketPath = "" }   // the parent owns and removes it
 //	l, err := sb.Listener(openListener) // the parent's, inherited in the child
 //	res, err := sb.Enter(ctx, l)
 //	if res.Exited { return res.ExitCode } // namespace parent: child has run
+//	if res.Confined { socketPath = "" }   // that path now means a file in the share
 //	fs := passthrough.New(res.SharedDir, ...) // build the filesystem inside
 //
 // Enter comes after everything outside the share is open (the listener,
