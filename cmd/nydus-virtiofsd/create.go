@@ -18,7 +18,7 @@ import (
 const createUsage = `usage: nydus-virtiofsd create --bootstrap B --blob-dir D [--blob FILE]
        [--parent-bootstrap P] [--fs-version 6|5] [--compressor none|lz4_block|zstd]
        [--digester blake3|sha256] [--chunk-size 0x100000]
-       [--type dir-rafs|tar-rafs|targz-rafs]
+       [--type dir-rafs|tar-rafs|targz-rafs] [--whiteout-spec oci|overlayfs|none]
        [--prefetch-policy fs --prefetch-files LIST] [--blob-inline-meta] SOURCE`
 
 // runCreate builds a RAFS image, like nydus-image create.
@@ -35,6 +35,7 @@ func runCreate(args []string) int {
 	fs.StringVar(&opts.Digester, "digester", "blake3", "chunk digest: blake3, sha256")
 	chunkSize := fs.String("chunk-size", "0x100000", "chunk size, a power of two")
 	srcType := fs.String("type", "dir-rafs", "source type: dir-rafs, tar-rafs, targz-rafs")
+	fs.StringVar(&opts.WhiteoutSpec, "whiteout-spec", "oci", "whiteouts in the source: oci, overlayfs, none")
 	prefetchPolicy := fs.String("prefetch-policy", "none", "prefetch policy: none or fs")
 	prefetchFiles := fs.String("prefetch-files", "", "file listing image paths to prefetch, one a line (- for stdin)")
 	fs.BoolVar(&opts.BlobInlineMeta, "blob-inline-meta", false, "also store the bootstrap inside the blob")

@@ -250,14 +250,14 @@ func (b *build) loadSource(source string, ck *chunker) (*inode, error) {
 		if err != nil {
 			return nil, fmt.Errorf("source: %w", err)
 		}
-		return scanDir(b.ctx, real, b.opts.Log)
+		return scanDir(b.ctx, real, b.opts.WhiteoutSpec, b.opts.Log)
 	}
 	f, err := os.Open(source)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
 	defer f.Close()
-	return scanTar(b.ctx, bufio.NewReaderSize(f, 1<<20), b.opts.Type == TargzRafs, ck, b.opts.Log)
+	return scanTar(b.ctx, bufio.NewReaderSize(f, 1<<20), b.opts.Type == TargzRafs, b.opts.WhiteoutSpec, ck)
 }
 
 // sourceSize estimates the bytes to read, for the progress bar.

@@ -127,6 +127,7 @@ func TestLayersMatchOverlayfs(t *testing.T) {
 		{"none", Options{}, ""},
 		{"zstd", Options{Compressor: CompressZstd, Digester: DigestSHA256}, CompressZstd},
 		{"none-then-lz4", Options{}, CompressLZ4},
+		{"overlayfs-upper-dir", Options{}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := t.TempDir()
@@ -137,6 +138,10 @@ func TestLayersMatchOverlayfs(t *testing.T) {
 			opts := tc.opts
 			opts.Compressor = tc.upperCompr
 			opts.Type, opts.ParentBootstrap = TargzRafs, base.BootstrapPath
+			if tc.name == "overlayfs-upper-dir" {
+				// the overlayfs upper directory itself, whiteouts as 0/0 devices
+				layer, opts.Type, opts.WhiteoutSpec = dirs[1][0], DirRafs, WhiteoutOverlayfs
+			}
 			top, err := Build(context.Background(), layer, filepath.Join(out, "top.boot"), out, opts)
 			must(t, err)
 			if len(top.BlobIDs) != 2 || top.BlobIDs[0] != base.BlobID || top.BlobIDs[1] != top.BlobID {

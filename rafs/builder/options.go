@@ -33,6 +33,13 @@ const (
 	DigestSHA256 = "sha256"
 )
 
+// WhiteoutSpec values.
+const (
+	WhiteoutOCI       = "oci"
+	WhiteoutOverlayfs = "overlayfs"
+	WhiteoutNone      = "none"
+)
+
 // DefaultChunkSize is nydus's default chunk size (1 MiB).
 const DefaultChunkSize = 0x100000
 
@@ -49,6 +56,12 @@ type Options struct {
 	// base the source's entries and whiteouts apply to, and its chunks are
 	// reused instead of stored again.
 	ParentBootstrap string
+
+	// WhiteoutSpec says how the source marks deletions of the layer below:
+	// "oci" (default: .wh.NAME files and .wh..wh..opq), "overlayfs" (0/0
+	// character devices and trusted.overlay.opaque=y, as in an overlayfs
+	// upper directory) or "none" (no whiteouts; such entries are kept).
+	WhiteoutSpec string
 
 	// PrefetchFiles lists absolute image paths to put in the prefetch table
 	// (--prefetch-policy fs).
@@ -84,6 +97,9 @@ func (o *Options) normalize() error {
 		return err
 	}
 	if err := oneOf("digester", &o.Digester, DigestBlake3, DigestSHA256); err != nil {
+		return err
+	}
+	if err := oneOf("whiteout spec", &o.WhiteoutSpec, WhiteoutOCI, WhiteoutOverlayfs, WhiteoutNone); err != nil {
 		return err
 	}
 	if o.ChunkSize == 0 {

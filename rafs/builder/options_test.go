@@ -82,3 +82,18 @@ func TestPrefetchTable(t *testing.T) {
 		t.Error("a prefetch path missing from the image was accepted")
 	}
 }
+
+// TestWhiteoutSpecNone keeps whiteout-looking entries as they are.
+func TestWhiteoutSpecNone(t *testing.T) {
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, ".wh.x"), nil, 0o644))
+	must(t, os.WriteFile(filepath.Join(src, whiteoutOpaque), nil, 0o644))
+	want := scanTree(t, src)
+	out := t.TempDir()
+	boot, _, err := BuildDir(src, out, Options{WhiteoutSpec: WhiteoutNone})
+	must(t, err)
+	compareTrees(t, want, scanImage(t, boot, out))
+	if _, _, err := BuildDir(src, out, Options{WhiteoutSpec: "aufs"}); err == nil {
+		t.Error("an unknown whiteout spec was accepted")
+	}
+}

@@ -59,7 +59,7 @@ type hostIno struct{ dev, ino uint64 }
 
 // scanDir builds the tree of a host directory. Regular files keep their
 // host path; their data is read later by the chunker.
-func scanDir(ctx context.Context, root string, log logrus.FieldLogger) (*inode, error) {
+func scanDir(ctx context.Context, root, whiteouts string, log logrus.FieldLogger) (*inode, error) {
 	links := map[hostIno]*inode{}
 	var scan func(hostPath, imgPath string) (*inode, error)
 	scan = func(hostPath, imgPath string) (*inode, error) {
@@ -120,12 +120,7 @@ func scanDir(ctx context.Context, root string, log logrus.FieldLogger) (*inode, 
 			}
 			sort.Strings(names)
 			for _, name := range names {
-				if name == whiteoutOpaque {
-					n.Opaque = true
-					continue
-				}
-				if w, ok := strings.CutPrefix(name, whiteoutPrefix); ok {
-					n.whiteouts = append(n.whiteouts, w)
+				if isWhiteoutName(whiteouts, n, name) {
 					continue
 				}
 				childImg := filepath.Join(imgPath, name)
@@ -133,7 +128,7 @@ func scanDir(ctx context.Context, root string, log logrus.FieldLogger) (*inode, 
 				if err != nil {
 					return nil, err
 				}
-				if c == nil {
+				if c == nil || isWhiteoutEntry(whiteouts, n, name, c) {
 					continue
 				}
 				n.Children = append(n.Children, &dentry{Name: name, Ino: c})

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/gzip"
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,7 +21,7 @@ const (
 
 // scanTar reads an OCI layer tar (gzip-compressed when gz) into a layer
 // tree, feeding regular-file data to the chunker as it goes.
-func scanTar(ctx context.Context, r io.Reader, gz bool, ck *chunker, log logrus.FieldLogger) (*inode, error) {
+func scanTar(ctx context.Context, r io.Reader, gz bool, whiteouts string, ck *chunker) (*inode, error) {
 	if gz {
 		zr, err := gzip.NewReader(r)
 		if err != nil {
@@ -44,14 +43,14 @@ func scanTar(ctx context.Context, r io.Reader, gz bool, ck *chunker, log logrus.
 		if err != nil {
 			return nil, fmt.Errorf("malformed tar: %w", err)
 		}
-		if err := addTarEntry(root, hdr, tr, ck, log); err != nil {
+		if err := addTarEntry(root, hdr, tr, whiteouts, ck); err != nil {
 			return nil, fmt.Errorf("tar entry %q: %w", hdr.Name, err)
 		}
 	}
 	return root, nil
 }
 
-func addTarEntry(root *inode, hdr *tar.Header, tr io.Reader, ck *chunker, log logrus.FieldLogger) error {
+func addTarEntry(root *inode, hdr *tar.Header, tr io.Reader, whiteouts string, ck *chunker) error {
 	if hdr.Typeflag == tar.TypeXGlobalHeader {
 		return nil
 	}
@@ -88,12 +87,7 @@ func addTarEntry(root *inode, hdr *tar.Header, tr io.Reader, ck *chunker, log lo
 		return err
 	}
 	name := comps[len(comps)-1]
-	if name == whiteoutOpaque {
-		parent.Opaque = true
-		return nil
-	}
-	if w, ok := strings.CutPrefix(name, whiteoutPrefix); ok {
-		parent.whiteouts = append(parent.whiteouts, w)
+	if isWhiteoutName(whiteouts, parent, name) {
 		return nil
 	}
 	switch hdr.Typeflag {
@@ -109,6 +103,7 @@ func addTarEntry(root *inode, hdr *tar.Header, tr io.Reader, ck *chunker, log lo
 			e.Ino.Mode, e.Ino.UID, e.Ino.GID, e.Ino.Mtime, e.Ino.MtimeNsec, e.Ino.Xattrs =
 				n.Mode, n.UID, n.GID, n.Mtime, n.MtimeNsec, n.Xattrs
 			e.Ino.implicit = false
+			isWhiteoutEntry(whiteouts, parent, name, e.Ino) // an overlayfs opaque marker
 			return nil
 		}
 	case tar.TypeSymlink:
@@ -134,6 +129,9 @@ func addTarEntry(root *inode, hdr *tar.Header, tr io.Reader, ck *chunker, log lo
 		n.Mode |= modeFifo
 	default:
 		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
+	}
+	if isWhiteoutEntry(whiteouts, parent, name, n) {
+		return nil
 	}
 	parent.setChild(name, n)
 	return nil

@@ -314,3 +314,46 @@ func dataOrder(root *inode) []*inode {
 	visit(root)
 	return out
 }
+
+// overlayOpaque is the xattr an overlayfs upper directory is made opaque by.
+const overlayOpaque = "trusted.overlay.opaque"
+
+// isWhiteoutName handles the OCI markers: it records a whiteout or an
+// opaque directory on parent and reports whether name was one.
+func isWhiteoutName(spec string, parent *inode, name string) bool {
+	if spec != WhiteoutOCI {
+		return false
+	}
+	if name == whiteoutOpaque {
+		parent.Opaque = true
+		return true
+	}
+	if w, ok := strings.CutPrefix(name, whiteoutPrefix); ok {
+		parent.whiteouts = append(parent.whiteouts, w)
+		return true
+	}
+	return false
+}
+
+// isWhiteoutEntry handles the overlayfs markers once the entry is known: a
+// 0/0 character device is a whiteout (it reports true: drop the entry), and
+// trusted.overlay.opaque=y makes a directory opaque (the xattr is dropped).
+func isWhiteoutEntry(spec string, parent *inode, name string, n *inode) bool {
+	if spec != WhiteoutOverlayfs {
+		return false
+	}
+	if n.Mode&modeTypeMask == modeChr && n.Rdev == 0 {
+		parent.whiteouts = append(parent.whiteouts, name)
+		return true
+	}
+	if n.isDir() {
+		for i, x := range n.Xattrs {
+			if x.Name == overlayOpaque && string(x.Value) == "y" {
+				n.Opaque = true
+				n.Xattrs = append(n.Xattrs[:i:i], n.Xattrs[i+1:]...)
+				break
+			}
+		}
+	}
+	return false
+}
