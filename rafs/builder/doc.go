@@ -33,7 +33,9 @@
 // (after the bootstrap, 512 KiB aligned) is only used by the flat view.
 //
 // Layers: the source's entries, OCI whiteouts (.wh.NAME) and opaque markers
-// (.wh..wh..opq) are applied onto the parent bootstrap's tree, and chunks
+// (.wh..wh..opq), or with WhiteoutSpec "overlayfs" an overlayfs upper
+// directory's 0/0 character devices and trusted.overlay.opaque=y, are
+// applied onto the parent bootstrap's tree, and chunks
 // already stored in the parent's blobs are referenced instead of stored
 // again. The merged tree is written as a whole; the parent's blobs stay in
 // the blob table before the new one.
