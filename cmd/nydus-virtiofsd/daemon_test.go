@@ -151,6 +151,9 @@ func TestDaemonServesAndExitsOnDisconnect(t *testing.T) {
 		{"virtiofsd C shape on cloud-hypervisor", testdriver.CloudHypervisor, func(sock, dir string) []string {
 			return []string{"--socket-path=" + sock, "-o", "source=" + dir + ",cache=always", "-o", "xattr"}
 		}},
+		{"no sandbox, cloud-hypervisor", testdriver.CloudHypervisor, func(sock, dir string) []string {
+			return []string{"--socket-path=" + sock, "--shared-dir=" + dir, "--sandbox=none"}
+		}},
 		{"nydusd virtiofs shape, qemu", testdriver.QEMU, func(sock, dir string) []string {
 			return []string{"virtiofs", "--hybrid-mode", "--log-level", "info", "--sock", sock, "--shared-dir", dir}
 		}},
@@ -311,6 +314,7 @@ func TestDaemonBadCommandLines(t *testing.T) {
 		{[]string{"--shared-dir=/tmp"}, "--socket-path or --fd"},
 		{[]string{"--socket-path=/tmp/x.sock", "--cache=sometimes", "--shared-dir=/tmp"}, "--cache"},
 		{[]string{"--socket-path=/tmp/x.sock", "--shared-dir=/nonexistent/dir"}, "/nonexistent/dir"},
+		{[]string{"--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--sandbox=chroot"}, "chroot is not supported"},
 	}
 	for _, tc := range tests {
 		out, err := exec.Command(bin, tc.args...).CombinedOutput()

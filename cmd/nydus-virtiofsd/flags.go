@@ -262,6 +262,7 @@ func parseArgs(c *daemonConfig, specs map[string]flagSpec, short map[string]stri
 // accepted too.
 func parseNydusdVirtiofs(args []string) (daemonConfig, error) {
 	c := defaultConfig()
+	c.Sandbox = "none" // nydusd has no sandbox; Kata mounts host paths into it later
 	specs := virtiofsdFlags()
 	specs["sock"] = specs["socket-path"]
 	specs["apisock"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.APISock })}

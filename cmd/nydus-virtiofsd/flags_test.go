@@ -168,6 +168,7 @@ func TestParseNydusdVirtiofs(t *testing.T) {
 				t.Fatalf("parse: %v", err)
 			}
 			want := defaultConfig()
+			want.Sandbox = "none"
 			tc.want(&want)
 			if len(got.Warnings) != tc.warn {
 				t.Errorf("warnings = %q, want %d", got.Warnings, tc.warn)

@@ -15,6 +15,7 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/sandbox"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 )
 
@@ -30,16 +31,56 @@ const waitingLine = "Waiting for vhost-user socket connection..."
 // exit code.
 func runDaemon(c daemonConfig) int {
 	log := newLogger(&c)
-	for _, w := range c.Warnings {
-		log.Warn(w)
-	}
-	if c.Sandbox != "none" {
-		log.Infof("--sandbox=%s: no namespace or chroot sandbox yet; the share is confined by openat2(RESOLVE_BENEATH) on every lookup", c.Sandbox)
-	}
 	if n, err := passthrough.RaiseNofileLimit(); err != nil {
 		log.WithError(err).Warn("cannot raise RLIMIT_NOFILE")
 	} else {
 		log.Debugf("RLIMIT_NOFILE %d", n)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	mode := sandbox.Mode(c.Sandbox)
+	switch {
+	case c.Bootstrap != "":
+		mode = sandbox.None // an image needs its bootstrap and blobs: only --shared-dir is sandboxed
+	case mode == sandbox.Chroot:
+		// passthrough reaches its own fds through /proc/self/fd, which a
+		// chroot into the share hides.
+		log.Error("--sandbox=chroot is not supported for --shared-dir yet; use --sandbox=namespace (the default) or --sandbox=none")
+		return 1
+	}
+	sb, err := sandbox.New(sandbox.Config{Mode: mode, SharedDir: c.SharedDir, Logger: log.WithField("layer", "sandbox")})
+	if err != nil {
+		log.Error(err)
+		return 1
+	}
+	if sb.Child() {
+		c.SocketPath = "" // the parent made it and removes it
+	} else {
+		for _, w := range c.Warnings {
+			log.Warn(w)
+		}
+	}
+	l, err := sb.Listener(func() (*net.UnixListener, error) { return listen(&c) })
+	if err != nil {
+		log.Error(err)
+		return 1
+	}
+	defer func() {
+		if c.SocketPath != "" {
+			os.Remove(c.SocketPath)
+		}
+	}()
+	box, err := sb.Enter(ctx, l)
+	if err != nil {
+		log.Error(err)
+		return 1
+	}
+	if box.Exited { // namespace mode's parent: the sandboxed child has run
+		return box.ExitCode
+	}
+	if box.Confined { // host paths mean nothing in here
+		c.SharedDir, c.SocketPath = box.SharedDir, ""
 	}
 
 	fs, mountOpts, err := buildFS(&c, log)
@@ -54,14 +95,6 @@ func runDaemon(c daemonConfig) int {
 		Mount:             mountOpts,
 	})
 
-	l, err := listen(&c)
-	if err != nil {
-		log.Error(err)
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-
 	// Kata's runtime-rs reads stderr for this exact line, whatever the log
 	// destination or level.
 	fmt.Fprintln(os.Stderr, waitingLine)
@@ -71,9 +104,6 @@ func runDaemon(c daemonConfig) int {
 		KeepListening: c.KeepListening,
 		Logger:        log.WithField("layer", "vhost-user"),
 	})
-	if c.SocketPath != "" {
-		os.Remove(c.SocketPath)
-	}
 	if err != nil {
 		log.WithError(err).Error("vhost-user session failed")
 		return 1
