@@ -12,7 +12,9 @@ import (
 // Layout says how Submit turns buffers into descriptors.
 type Layout struct {
 	// SegmentSize splits every buffer into descriptors of at most this
-	// many bytes (0: one descriptor per buffer).
+	// many bytes (0: one descriptor per buffer), placed last to first in
+	// guest memory so that no two consecutive ones are adjacent (the
+	// daemon would merge those back into one buffer).
 	SegmentSize int
 	// Indirect puts the chain in an indirect table referenced by a single
 	// ring descriptor.
@@ -142,18 +144,26 @@ func (d *Driver) Start(queue int, readable [][]byte, writableSizes []int, layout
 	}
 	p := &Pending{q: q, done: make(chan struct{}), timeout: d.opts.Timeout}
 	var descs []Desc
-	add := func(gpa uint64, n int, flags uint16) {
+	// add splits the n bytes at gpa into segments and returns them in
+	// chain order. Split segments are laid out last to first, so that no
+	// two consecutive descriptors are adjacent in guest memory: the
+	// daemon merges adjacent buffers into one, and the split must reach
+	// the device.
+	add := func(gpa uint64, n int, flags uint16) []alloc {
 		seg := layout.SegmentSize
-		if seg <= 0 || n == 0 {
-			seg = max(n, 1)
+		if seg <= 0 || n <= seg {
+			descs = append(descs, Desc{Addr: gpa, Len: uint32(n), Flags: flags})
+			return []alloc{{gpa, n}}
 		}
-		for off := 0; off < n || (n == 0 && off == 0); off += seg {
+		var segs []alloc
+		end := gpa + uint64(n)
+		for off := 0; off < n; off += seg {
 			k := min(seg, n-off)
-			descs = append(descs, Desc{Addr: gpa + uint64(off), Len: uint32(k), Flags: flags})
-			if n == 0 {
-				break
-			}
+			end -= uint64(k)
+			segs = append(segs, alloc{end, k})
+			descs = append(descs, Desc{Addr: end, Len: uint32(k), Flags: flags})
 		}
+		return segs
 	}
 	for _, b := range readable {
 		gpa, err := d.Alloc(len(b))
@@ -162,8 +172,10 @@ func (d *Driver) Start(queue int, readable [][]byte, writableSizes []int, layout
 			return nil, err
 		}
 		p.allocs = append(p.allocs, alloc{gpa, len(b)})
-		d.ram.write(gpa, b)
-		add(gpa, len(b), 0)
+		for _, sg := range add(gpa, len(b), 0) {
+			d.ram.write(sg.gpa, b[:sg.n])
+			b = b[sg.n:]
+		}
 	}
 	for _, n := range writableSizes {
 		gpa, err := d.Alloc(n)
@@ -172,9 +184,8 @@ func (d *Driver) Start(queue int, readable [][]byte, writableSizes []int, layout
 			return nil, err
 		}
 		p.allocs = append(p.allocs, alloc{gpa, n})
-		p.writes = append(p.writes, alloc{gpa, n})
+		p.writes = append(p.writes, add(gpa, n, FlagWrite)...)
 		p.room += n
-		add(gpa, n, FlagWrite)
 	}
 	if len(descs) == 0 {
 		p.free()

@@ -168,13 +168,15 @@ func (q *Queue) Pop(mem *Snapshot, c *Chain) (bool, error) {
 // table (which holds at least size entries), appending buffers to c. At most
 // maxLen buffer descriptors are followed, which also ends loops. Each
 // descriptor is read once, so the guest changing it meanwhile cannot make a
-// checked value differ from a used one.
+// checked value differ from a used one. An indirect table is translated
+// once and then walked as a slice.
 func walkChain(mem *Snapshot, table []byte, head uint16, maxLen int, c *Chain) error {
 	n := len(table) / DescSize
 	idx := int(head)
 	count := 0
 	indirect := false
 	writing := false
+	w := sgWalker{mem: mem, dst: &c.Readable}
 	for {
 		if idx >= n {
 			return fmt.Errorf("descriptor index %d out of range (table of %d)", idx, n)
@@ -206,23 +208,76 @@ func walkChain(mem *Snapshot, table []byte, head uint16, maxLen int, c *Chain) e
 		if count > maxLen {
 			return fmt.Errorf("chain longer than %d descriptors (loop?)", maxLen)
 		}
-		var err error
 		if flags&DescFlagWrite != 0 {
-			writing = true
-			c.Writable, err = mem.AppendSlices(c.Writable, addr, uint64(length))
-		} else {
-			if writing {
-				return errors.New("device-readable descriptor after a device-writable one")
+			if !writing {
+				writing = true
+				w.flush() // a writable buffer never merges into a readable one
+				w.dst = &c.Writable
 			}
-			c.Readable, err = mem.AppendSlices(c.Readable, addr, uint64(length))
+		} else if writing {
+			return errors.New("device-readable descriptor after a device-writable one")
 		}
-		if err != nil {
+		if err := w.add(addr, uint64(length)); err != nil {
 			return fmt.Errorf("descriptor %d: %w", idx, err)
 		}
 		if flags&DescFlagNext == 0 {
+			w.flush()
 			return nil
 		}
 		idx = int(next)
+	}
+}
+
+// sgWalker translates the buffers of one chain into host slices appended
+// to *dst. It remembers the region of the last translation (a chain's
+// buffers usually share one), so most descriptors cost one range check
+// instead of a region search, and it holds back the last slice until the
+// next buffer shows whether it continues it in the same region (the guest's
+// pages of one READ are often adjacent): adjacent buffers become one slice,
+// so fewer iovecs for the reply's preadv. Every buffer is still checked in
+// full against its region.
+type sgWalker struct {
+	mem *Snapshot
+	dst *[][]byte
+	hit *region // region of the last lookup
+	// The pending slice: pend.data[start:end], not yet appended; pend is
+	// nil when there is none.
+	pend       *region
+	start, end uint64
+}
+
+// add translates the n bytes at gpa, like Snapshot.AppendSlices, merging
+// with the pending slice when contiguous with it.
+func (w *sgWalker) add(gpa, n uint64) error {
+	if gpa+n < gpa {
+		return fmt.Errorf("gpa %#x len %#x overflows: %w", gpa, n, ErrOutOfRange)
+	}
+	for n > 0 {
+		r := w.hit
+		if r == nil || gpa < r.gpa || gpa-r.gpa >= r.size {
+			if r = w.mem.find(gpa); r == nil {
+				return fmt.Errorf("gpa %#x: %w", gpa, ErrOutOfRange)
+			}
+			w.hit = r
+		}
+		off := gpa - r.gpa
+		m := min(r.size-off, n)
+		if r != w.pend || off != w.end {
+			w.flush()
+			w.pend, w.start = r, off
+		}
+		w.end = off + m
+		gpa += m
+		n -= m
+	}
+	return nil
+}
+
+// flush appends the pending slice, if any.
+func (w *sgWalker) flush() {
+	if w.pend != nil {
+		*w.dst = append(*w.dst, w.pend.data[w.start:w.end:w.end])
+		w.pend = nil
 	}
 }
 

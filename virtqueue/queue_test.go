@@ -86,6 +86,26 @@ func TestPopChains(t *testing.T) {
 			r.setDesc(1, tDataBase+16, 20, DescFlagWrite, 0)
 		}, false, []int{10}, []int{20}, true},
 		{"straddles two regions", func(r *testRing) { r.setDesc(0, 0x1ff0, 0x20, DescFlagWrite, 0) }, false, nil, []int{0x10, 0x10}, true},
+		{"adjacent buffers merge", func(r *testRing) {
+			r.setDesc(0, tDataBase, 8, DescFlagNext, 1)
+			r.setDesc(1, tDataBase+8, 8, DescFlagNext, 2)
+			r.setDesc(2, tDataBase+16, 4, DescFlagNext|DescFlagWrite, 3)
+			r.setDesc(3, tDataBase+20, 4, DescFlagNext|DescFlagWrite, 4)
+			r.setDesc(4, tDataBase+40, 4, DescFlagWrite, 0)
+		}, false, []int{16}, []int{8, 4}, true},
+		{"zero-length buffer between adjacent ones", func(r *testRing) {
+			r.setDesc(0, tDataBase, 8, DescFlagNext|DescFlagWrite, 1)
+			r.setDesc(1, 0x9000, 0, DescFlagNext|DescFlagWrite, 2)
+			r.setDesc(2, tDataBase+8, 8, DescFlagWrite, 0)
+		}, false, nil, []int{16}, true},
+		{"same buffer twice is not merged", func(r *testRing) {
+			r.setDesc(0, tDataBase, 8, DescFlagNext|DescFlagWrite, 1)
+			r.setDesc(1, tDataBase, 8, DescFlagWrite, 0)
+		}, false, nil, []int{8, 8}, true},
+		{"adjacent across regions not merged", func(r *testRing) {
+			r.setDesc(0, 0x1ff0, 0x10, DescFlagNext|DescFlagWrite, 1)
+			r.setDesc(1, 0x2000, 0x10, DescFlagWrite, 0)
+		}, false, nil, []int{0x10, 0x10}, true},
 		{"outside memory", func(r *testRing) { r.setDesc(0, 0x9000, 1, 0, 0) }, true, nil, nil, true},
 		{"past the end of memory", func(r *testRing) { r.setDesc(0, 0x2ff0, 0x20, 0, 0) }, true, nil, nil, true},
 		{"addr+len overflows", func(r *testRing) { r.setDesc(0, ^uint64(0)-4, 16, 0, 0) }, true, nil, nil, true},
