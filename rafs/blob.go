@@ -50,15 +50,38 @@ type openBlob struct {
 	fd int // -1 when the backend is not a local file
 }
 
-// BlobInfo describes one blob of an image.
+// BlobInfo describes one blob of an image: its blob-table entry (v6, or
+// v5 with the extended table) and, for v6, its device-table slot. Fields a
+// format does not record are zero.
 type BlobInfo struct {
-	ID               string
-	Features         uint32
+	// ID names the blob for the backend. For a blob that carries the
+	// bootstrap inline (and for images opened from such a blob) it is the
+	// stem of the file the image was opened from, as nydusd resolves it.
+	ID       string
+	Features uint32
+	// Compression and Digest are the algorithms of the blob's chunks (v5:
+	// the image's super flags).
 	Compression      Compression
 	Digest           DigestAlgo
+	ChunkSize        uint32
 	ChunkCount       uint32
 	CompressedSize   uint64
 	UncompressedSize uint64
+	// TOCSize (the ToC with its tar header) and TOCDigest (sha256 of
+	// both) describe the blob's ToC; 0 when it has none. v6 only.
+	TOCSize   uint32
+	TOCDigest [32]byte
+	// The blob.meta chunk-info array: its compression, offset in the
+	// blob, and compressed and uncompressed sizes. v6 only.
+	CICompression      Compression
+	CIOffset           uint64
+	CICompressedSize   uint64
+	CIUncompressedSize uint64
+	// MappedBlockAddr and DeviceBlocks are the blob's v6 device slot:
+	// where its data image sits in the flat block-device view, and its
+	// size, in blocks.
+	MappedBlockAddr uint32
+	DeviceBlocks    uint32
 }
 
 // Blobs describes the image's blobs in blob-table order.
@@ -66,7 +89,10 @@ func (img *Image) Blobs() []BlobInfo {
 	out := make([]BlobInfo, len(img.blobs))
 	for i, b := range img.blobs {
 		out[i] = BlobInfo{ID: b.id, Features: b.features, Compression: b.compression, Digest: b.digestAlgo,
-			ChunkCount: b.chunkCount, CompressedSize: b.compressedSize, UncompressedSize: b.uncompSize}
+			ChunkSize: b.chunkSize, ChunkCount: b.chunkCount, CompressedSize: b.compressedSize,
+			UncompressedSize: b.uncompSize, TOCSize: b.tocSize, TOCDigest: b.tocDigest,
+			CICompression: b.ciCompressor, CIOffset: b.ciOffset, CICompressedSize: b.ciCSize,
+			CIUncompressedSize: b.ciUSize, MappedBlockAddr: b.mappedBlkaddr, DeviceBlocks: b.blocks}
 	}
 	return out
 }

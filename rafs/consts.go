@@ -26,6 +26,28 @@ const (
 	hashSuperFlags        = flagHashBlake3 | flagHashSHA256
 )
 
+// flagCompression is the compression algorithm super flags name (LZ4 when
+// none is set, as nydus reads v5 images).
+func flagCompression(f uint64) Compression {
+	switch {
+	case f&flagCompressNone != 0:
+		return CompressNone
+	case f&flagCompressGzip != 0:
+		return CompressGzip
+	case f&flagCompressZstd != 0:
+		return CompressZstd
+	}
+	return CompressLZ4
+}
+
+// flagDigest is the digest algorithm super flags name (BLAKE3 by default).
+func flagDigest(f uint64) DigestAlgo {
+	if f&flagHashSHA256 != 0 {
+		return DigestSHA256
+	}
+	return DigestBlake3
+}
+
 // Blob feature bits.
 const (
 	blobAligned        = 0x1

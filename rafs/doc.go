@@ -17,6 +17,16 @@
 //	fs := rafs.NewFS(img, rafs.FSOptions{})   // a fuse.RawFileSystem
 //	srv, err := rafs.Mount(fs, "/mnt", nil)   // or hand fs to fusewire
 //
+// # For builders
+//
+// A builder layering a new image on this one (rafs/builder with a parent
+// bootstrap) reads it through the same calls: Super for the image-wide
+// settings, Blobs for the blob table (and v6 device slots), Walk, Xattrs
+// and Readlink for the tree, and Chunks for each regular file's chunks
+// (blob index, compressed and uncompressed offset and size, compression,
+// ci index, digest). Like everything else they decode lazily and check
+// every value against the image.
+//
 // # What is supported
 //
 // v6: the EROFS superblock and RAFS extension, device and blob tables,

@@ -73,20 +73,7 @@ func openV5(d []byte) (*v5, error) {
 	if err := checkSuperFlags(m.flags, false); err != nil {
 		return nil, err
 	}
-	switch {
-	case m.flags&flagCompressNone != 0:
-		m.comp = CompressNone
-	case m.flags&flagCompressGzip != 0:
-		m.comp = CompressGzip
-	case m.flags&flagCompressZstd != 0:
-		m.comp = CompressZstd
-	default:
-		m.comp = CompressLZ4
-	}
-	m.dalgo = DigestBlake3
-	if m.flags&flagHashSHA256 != 0 {
-		m.dalgo = DigestSHA256
-	}
+	m.comp, m.dalgo = flagCompression(m.flags), flagDigest(m.flags)
 	if m.entries == 0 || m.count > uint64(m.entries) {
 		return nil, formatErr("v5: %d inodes in a table of %d entries", m.count, m.entries)
 	}
