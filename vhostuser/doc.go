@@ -33,10 +33,13 @@
 // never writes to the frontend). Rings start disabled once protocol
 // features are in play, until SET_VRING_ENABLE(1).
 //
-// Queues: queue 0 is hiprio and is served inline by its kick loop; queues
-// 1..N carry requests, each served by Options.Workers goroutines fed by
-// its kick loop, so requests of one queue complete out of order and a slow
-// one holds up only its worker. Queues run independently; the hot path
+// Queues: queue 0 is hiprio and is served inline by one goroutine; queues
+// 1..N carry requests, each served by Options.Workers goroutines taking
+// turns as leader: the leader waits for kicks and pops a chain, then
+// passes the lead to an idle goroutine and serves the chain itself, so the
+// goroutine the kick woke serves the request with no hand-off in between.
+// Requests of one queue complete out of order and a slow one holds up
+// only its goroutine. Queues run independently; the hot path
 // takes no lock shared between queues (the used ring has a per-queue
 // mutex). Each descriptor head has a reusable slot, so serving a request
 // allocates nothing in this package.

@@ -42,7 +42,8 @@ type Options struct {
 	// device reports fewer than two queues.
 	RequestQueues int
 	// Workers is the number of goroutines serving each request queue.
-	// 0 means DefaultWorkers; negative means serve inline in the kick loop.
+	// 0 means DefaultWorkers; negative means one goroutine that serves
+	// each request inline (a slow request then holds up its queue).
 	Workers int
 	// KeepListening makes Serve accept the next frontend after one
 	// disconnects instead of returning (virtiofsd returns).

@@ -59,8 +59,15 @@ type slot struct {
 	busy  atomic.Bool
 }
 
-// runner runs one started queue: a kick loop that pops chains, and for
-// request queues a bounded pool of workers that serve them.
+// runner runs one started queue with a pool of goroutines in a
+// leader/followers arrangement: the goroutine holding the lead token pops
+// chains (waiting for kicks when the ring is empty); as soon as it has one,
+// it passes the token to an idle follower and serves the chain itself. So
+// a request is served by the goroutine the kick woke, with no hand-off on
+// its path, and a slow request holds up only its own goroutine: the next
+// chain is popped by the next leader. When every goroutine is busy, chains
+// wait in the available ring until one finishes. Queue 0 (hiprio) and
+// Options.Workers < 0 use one goroutine, which serves inline.
 type runner struct {
 	v       *vring
 	index   int
@@ -70,14 +77,17 @@ type runner struct {
 	ctx     context.Context
 	log     *logrus.Entry
 	kick    *os.File
-	inline  bool
-	work    chan uint16
 	slots   []slot
-	scratch virtqueue.Chain
 	stop    atomic.Bool
-	done    chan struct{} // closed when the kick loop has returned
+	lead    chan struct{} // holds the lead token when no goroutine leads
+	quit    chan struct{} // closed when the queue stops
+	quitted sync.Once
 	workers sync.WaitGroup
-	kickBuf [8]byte
+
+	// Owned by the leader (the token orders successive leaders).
+	scratch  virtqueue.Chain
+	draining bool // kicks are disabled while popping
+	kickBuf  [8]byte
 }
 
 func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtqueue.GuestMemory, dev Device, workers int, log *logrus.Entry) *runner {
@@ -85,33 +95,32 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 		v: v, index: v.index, q: q, mem: mem, dev: dev, ctx: ctx, kick: v.kick,
 		log:   log.WithField("queue", v.index),
 		slots: make([]slot, q.Size()),
-		done:  make(chan struct{}),
+		lead:  make(chan struct{}, 1),
+		quit:  make(chan struct{}),
 	}
 	_ = r.kick.SetReadDeadline(time.Time{}) // a previous runner may have left one
-	r.inline = v.index == 0 || workers <= 0
-	if !r.inline {
-		r.work = make(chan uint16, q.Size())
-		for i := 0; i < workers; i++ {
-			r.workers.Add(1)
-			go r.worker()
-		}
+	if v.index == 0 || workers <= 0 {
+		workers = 1
 	}
-	go r.kickLoop()
+	r.lead <- struct{}{}
+	for i := 0; i < workers; i++ {
+		r.workers.Add(1)
+		go r.worker()
+	}
 	return r
 }
 
-// stopAndWait stops the kick loop, waits until every chain in flight is
+// stopAndWait stops the queue, waits until every chain in flight is
 // served and pushed, then unpins the ring. It reports whether it saw all
-// that happen: with wait false, or when the session's context ends first
-// (shutdown must not hang on a request stuck in the device), the rest
-// happens in the background (abort is the daemon shutting down), and guest memory stays mapped until the
-// request lets go of it.
+// that happen: with wait false, or when abort (the daemon shutting down)
+// is closed first (shutdown must not hang on a request stuck in the
+// device), the rest happens in the background, and guest memory stays
+// mapped until the request lets go of it.
 func (r *runner) stopAndWait(wait bool, abort <-chan struct{}) bool {
 	r.stop.Store(true)
 	_ = r.kick.SetReadDeadline(time.Unix(1, 0))
 	finished := make(chan struct{})
 	go func() {
-		<-r.done
 		r.workers.Wait()
 		r.q.Release()
 		close(finished)
@@ -127,48 +136,46 @@ func (r *runner) stopAndWait(wait bool, abort <-chan struct{}) bool {
 	}
 }
 
-func (r *runner) kickLoop() {
-	defer close(r.done)
-	if r.work != nil {
-		defer close(r.work)
-	}
+func (r *runner) worker() {
+	defer r.workers.Done()
 	// A fault in guest memory (a frontend shrinking a memory file under
-	// us) becomes a panic here, which stops this queue, not the daemon.
+	// us) becomes a panic, which stops this queue (next) or fails one
+	// request (handle), not the daemon.
 	debug.SetPanicOnFault(true)
-	defer func() {
-		if p := recover(); p != nil {
-			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
-		}
-	}()
 	for {
-		r.drain()
-		_, err := r.kick.Read(r.kickBuf[:])
-		if r.stop.Load() {
+		select {
+		case <-r.lead:
+		case <-r.quit:
 			return
 		}
-		if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
-			r.log.WithError(err).Error("kick eventfd read failed; queue stops")
+		head, ok := r.next()
+		if !ok {
+			r.quitted.Do(func() { close(r.quit) })
 			return
 		}
+		r.lead <- struct{}{} // never blocks: there is one token
+		r.serve(head)
 	}
 }
 
-// drain pops and dispatches every available chain, then re-enables kicks
-// and looks once more (the guest may have added chains in between).
-func (r *runner) drain() {
+// next pops the next chain to serve into its slot, waiting for kicks while
+// the ring is empty. Malformed chains are given back on the way. It
+// returns false when the queue stops. Only the leader calls it.
+func (r *runner) next() (head uint16, ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
+			ok = false
+		}
+	}()
 	for !r.stop.Load() {
-		r.q.DisableNotify()
-		for !r.stop.Load() {
-			snap := r.mem.Acquire()
-			ok, err := r.q.Pop(snap, &r.scratch)
-			if !ok {
-				snap.Release()
-				if err != nil {
-					r.log.WithError(err).Error("queue is broken; waiting for the next kick")
-					return
-				}
-				break
-			}
+		if !r.draining {
+			r.q.DisableNotify()
+			r.draining = true
+		}
+		snap := r.mem.Acquire()
+		got, err := r.q.Pop(snap, &r.scratch)
+		if got {
 			head := r.scratch.Head
 			var ce *virtqueue.ChainError
 			if errors.As(err, &ce) {
@@ -188,24 +195,25 @@ func (r *runner) drain() {
 			s.busy.Store(true)
 			s.chain, r.scratch = r.scratch, s.chain
 			s.snap = snap
-			if r.inline {
-				r.serve(head)
-			} else {
-				r.work <- head
-			}
+			return head, true
 		}
-		if !r.q.EnableNotify() {
-			return
+		snap.Release()
+		r.draining = false
+		if err != nil {
+			r.log.WithError(err).Error("queue is broken; waiting for the next kick")
+		} else if r.q.EnableNotify() {
+			continue // chains arrived meanwhile; no kick will come for them
+		}
+		_, err = r.kick.Read(r.kickBuf[:])
+		if r.stop.Load() {
+			break
+		}
+		if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+			r.log.WithError(err).Error("kick eventfd read failed; queue stops")
+			break
 		}
 	}
-}
-
-func (r *runner) worker() {
-	defer r.workers.Done()
-	debug.SetPanicOnFault(true) // see kickLoop; handle recovers
-	for head := range r.work {
-		r.serve(head)
-	}
+	return 0, false
 }
 
 // serve hands one chain to the device and completes it.
