@@ -272,25 +272,55 @@ func TestInlineWorkers(t *testing.T) {
 }
 
 func TestSlowRequestDoesNotBlockQueue(t *testing.T) {
-	s := startServer(t, vhostuser.Options{RequestQueues: 1, Workers: 4})
+	const workers = 4
+	s := startServer(t, vhostuser.Options{RequestQueues: 1, Workers: workers})
 	d := connect(t, s, testdriver.Options{RequestQueues: 1})
-	slow, err := d.Start(1, [][]byte{[]byte("Slow")}, []int{16}, testdriver.Layout{})
+	// workers-1 slow requests leave one goroutine to serve the others.
+	var slow []*testdriver.Pending
+	for i := 0; i < workers-1; i++ {
+		p, err := d.Start(1, [][]byte{[]byte(fmt.Sprintf("Slow %d", i))}, []int{16}, testdriver.Layout{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-s.dev.started
+		slow = append(slow, p)
+	}
+	for i := 0; i < 20; i++ {
+		wantEcho(t, d, 1, []byte(fmt.Sprintf("fast %d", i)), testdriver.Layout{})
+	}
+	// One more slow request takes the last goroutine: the next request
+	// waits in the ring until one is free again, and is served then.
+	p, err := d.Start(1, [][]byte{[]byte(fmt.Sprintf("Slow %d", workers-1))}, []int{16}, testdriver.Layout{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-s.dev.started
-	for i := 0; i < 20; i++ {
-		wantEcho(t, d, 1, []byte(fmt.Sprintf("fast %d", i)), testdriver.Layout{})
+	slow = append(slow, p)
+	queued, err := d.Start(1, [][]byte{[]byte("queued")}, []int{16}, testdriver.Layout{})
+	if err != nil {
+		t.Fatal(err)
 	}
 	select {
-	case <-slow.Done():
-		t.Fatal("slow request completed before release")
-	default:
+	case <-queued.Done():
+		t.Fatal("a request was served while every goroutine was busy")
+	case <-time.After(50 * time.Millisecond):
+	}
+	for _, p := range slow {
+		select {
+		case <-p.Done():
+			t.Fatal("slow request completed before release")
+		default:
+		}
 	}
 	close(s.dev.release)
-	got, err := slow.Wait()
-	if err != nil || string(got) != "\x01Slow" {
-		t.Fatalf("slow request: %q %v", got, err)
+	for i, p := range slow {
+		got, err := p.Wait()
+		if want := fmt.Sprintf("\x01Slow %d", i); err != nil || string(got) != want {
+			t.Fatalf("slow request: %q %v, want %q", got, err, want)
+		}
+	}
+	if got, err := queued.Wait(); err != nil || string(got) != "\x01queued" {
+		t.Fatalf("queued request: %q %v", got, err)
 	}
 }
 
