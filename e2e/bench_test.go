@@ -33,7 +33,10 @@ const (
 // does for a 1 MiB read: the request in one readable descriptor, OutHeader
 // in one writable descriptor, and the data in writable descriptors of
 // segment bytes (the guest's page-cache pages), optionally in an indirect
-// table. Each round trip only rewrites the offset.
+// table. The pages are adjacent in guest RAM in chain order (the daemon
+// merges them into one buffer), or laid out last to first (reversed), so
+// that no two consecutive ones are adjacent and each stays an iovec of its
+// own. Each round trip only rewrites the offset.
 type rawRead struct {
 	drv    *testdriver.Driver
 	c      *fuseclient.Client
@@ -42,10 +45,11 @@ type rawRead struct {
 	reqGPA uint64
 	data   uint64
 	descs  []testdriver.Desc
+	pages  []uint64 // guest-physical address of each data descriptor, in chain order
 	req    []byte
 }
 
-func newRawRead(b *testing.B, g *guest, c *fuseclient.Client, node, fh uint64, segment int, indirect bool) *rawRead {
+func newRawRead(b *testing.B, g *guest, c *fuseclient.Client, node, fh uint64, segment int, indirect, reversed bool) *rawRead {
 	r := &rawRead{drv: g.drv, c: c, node: node, fh: fh}
 	r.req = r.build(0)
 	var err error
@@ -65,7 +69,12 @@ func newRawRead(b *testing.B, g *guest, c *fuseclient.Client, node, fh uint64, s
 		{Addr: out, Len: uint32(outHeaderSize), Flags: testdriver.FlagWrite},
 	}
 	for off := 0; off < readSize; off += segment {
-		chain = append(chain, testdriver.Desc{Addr: r.data + uint64(off), Len: uint32(segment), Flags: testdriver.FlagWrite})
+		gpa := r.data + uint64(off)
+		if reversed {
+			gpa = r.data + uint64(readSize-segment-off)
+		}
+		r.pages = append(r.pages, gpa)
+		chain = append(chain, testdriver.Desc{Addr: gpa, Len: uint32(segment), Flags: testdriver.FlagWrite})
 	}
 	for i := range len(chain) - 1 {
 		chain[i].Flags |= testdriver.FlagNext
@@ -159,12 +168,15 @@ func BenchmarkSequentialRead(b *testing.B) {
 		name     string
 		segment  int
 		indirect bool
+		reversed bool
 		workers  int
 	}{
-		{"data=1x1MiB", readSize, false, 0},
-		{"data=256x4KiB-indirect", 4096, true, 0},
-		// Served in the kick loop: no hand-off to a worker goroutine.
-		{"data=256x4KiB-indirect/workers=inline", 4096, true, -1},
+		{"data=1x1MiB", readSize, false, false, 0},
+		{"data=256x4KiB-indirect", 4096, true, false, 0},
+		// One goroutine serving inline: no lead passing.
+		{"data=256x4KiB-indirect/workers=inline", 4096, true, false, -1},
+		// No two pages adjacent: 256 iovecs reach preadv.
+		{"data=256x4KiB-indirect-reversed", 4096, true, true, 0},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			st := &stageTimer{RawFileSystem: shareFS(b, filepath.Dir(path))}
@@ -190,13 +202,15 @@ func BenchmarkSequentialRead(b *testing.B) {
 			fd := int(f.Fd())
 			buf := make([]byte, readSize)
 			guestBuf := make([]byte, readSize)
-			rr := newRawRead(b, g, c, e.NodeId, op.Fh, tc.segment, tc.indirect)
+			rr := newRawRead(b, g, c, e.NodeId, op.Fh, tc.segment, tc.indirect, tc.reversed)
 
 			// Check the bytes once.
 			if err := rr.read(readSize); err != nil {
 				b.Fatal(err)
 			}
-			g.drv.ReadGuest(guestBuf, rr.data)
+			for i, gpa := range rr.pages {
+				g.drv.ReadGuest(guestBuf[i*tc.segment:(i+1)*tc.segment], gpa)
+			}
 			if _, err := unix.Pread(fd, buf, readSize); err != nil || !bytes.Equal(buf, guestBuf) {
 				b.Fatalf("guest RAM does not hold the file's bytes (%v)", err)
 			}
