@@ -1,0 +1,26 @@
+// Package api is nydusd's HTTP API on a unix socket, as far as Kata
+// Containers (the Go runtime and runtime-rs, shared_fs =
+// "virtio-fs-nydus") and nydusd's conventions need it:
+//
+//	GET    /api/v1/daemon             200 daemon info: version, id, supervisor, state "RUNNING", backend_collection
+//	PUT    /api/v1/daemon             {"log_level": "..."} → 204
+//	PUT    /api/v1/daemon/exit        204, then Options.Exit
+//	POST   /api/v1/mount?mountpoint=  {"fs_type","source","config"[,"prefetch_files"]} → 204
+//	PUT    /api/v1/mount?mountpoint=  remount a RAFS image with a new bootstrap/config → 204
+//	DELETE /api/v1/mount?mountpoint=  204
+//	GET    /api/v1/metrics[/...]      404 for an unknown id, else 501: no counters are kept yet
+//
+// Every response carries Content-Type: application/json and Server: Nydus
+// API. Errors are {"code":"UNDEFINED","message":"..."} with status 404
+// for an unknown route, 400 for a malformed request or a method the route
+// does not take, 501 for what is not supported, 500 for everything else
+// (an occupied mountpoint, an unknown one, a bad config).
+//
+// The mountpoint query value is percent-decoded (runtime-rs encodes '/' as
+// %2F; the Go runtime sends it raw), with '+' kept as is: Kata's container
+// ids may contain it and the Go runtime does not escape it.
+//
+// Mounts go into a vfs mount table; the filesystems are built by a
+// factory (Options.NewFS; DefaultNewFS makes passthrough shares and RAFS
+// images from nydusd v1/v2 configs, localfs backend only for now).
+package api

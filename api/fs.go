@@ -1,0 +1,139 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
+)
+
+// The filesystem types of a mount request (after normalizeFsType), and
+// the backend types the daemon info reports.
+const (
+	FsRafs        = "rafs"
+	FsPassthrough = "passthrough_fs"
+
+	BackendRafs        = "Rafs"
+	BackendPassthrough = "PassthroughFs"
+)
+
+func normalizeFsType(t string) (string, error) {
+	switch t {
+	case "rafs":
+		return FsRafs, nil
+	case "passthrough", "passthroughfs", "passthrough_fs":
+		return FsPassthrough, nil
+	}
+	return "", fmt.Errorf("only 'rafs' and 'passthrough_fs' are supported, but %q was specified", t)
+}
+
+// MountRequest is a mount request's body, with FsType normalized to
+// FsRafs or FsPassthrough.
+type MountRequest struct {
+	FsType        string
+	Source        string
+	Config        string
+	PrefetchFiles []string
+}
+
+// NewFS builds the filesystem a mount request asks for. An *Error or an
+// error wrapping ErrUnsupported or ErrBadRequest picks the status; any
+// other error is a 500.
+type NewFS func(req MountRequest) (vfs.Mount, error)
+
+// FSOptions configure DefaultNewFS.
+type FSOptions struct {
+	// RafsConfig serves a RAFS mount whose config is "" (nydusd's
+	// --config). Nil: such a mount fails.
+	RafsConfig *rafs.Config
+	// Passthrough is the template of passthrough mounts; Xattr is always
+	// on (nydusd's API mounts passthrough with xattr).
+	Passthrough passthrough.Options
+	// Logger for the filesystems; nil: logrus' standard logger.
+	Logger *logrus.Entry
+}
+
+// DefaultNewFS builds passthrough shares and RAFS images. A RAFS config is
+// a nydusd v1 or v2 JSON (or v2 TOML) string; only the localfs backend is
+// supported so far.
+func DefaultNewFS(o FSOptions) NewFS {
+	if o.Logger == nil {
+		o.Logger = logrus.NewEntry(logrus.StandardLogger())
+	}
+	return func(req MountRequest) (vfs.Mount, error) {
+		switch req.FsType {
+		case FsPassthrough:
+			po := o.Passthrough
+			po.Xattr = true
+			if po.Logger == nil {
+				po.Logger = o.Logger.WithField("layer", "passthrough")
+			}
+			fs, err := passthrough.New(req.Source, po)
+			if err != nil {
+				return vfs.Mount{}, err
+			}
+			return vfs.Mount{FS: fs, Type: BackendPassthrough}, nil
+		case FsRafs:
+			cfg := o.RafsConfig
+			if req.Config != "" {
+				var err error
+				if cfg, err = rafs.ParseConfig([]byte(req.Config)); err != nil {
+					return vfs.Mount{}, fmt.Errorf("rafs config: %w", err)
+				}
+			}
+			if cfg == nil {
+				return vfs.Mount{}, errors.New("rafs config: empty, and the daemon has no --config")
+			}
+			img, err := rafs.Open(req.Source, rafs.Options{Backend: cfg.Backend(), DigestValidate: cfg.DigestValidate,
+				Log: o.Logger.WithField("layer", "rafs").WithField("bootstrap", req.Source)})
+			if err != nil {
+				return vfs.Mount{}, fmt.Errorf("rafs: %w", err)
+			}
+			if len(req.PrefetchFiles) > 0 {
+				o.Logger.WithField("bootstrap", req.Source).Warn("prefetch_files: prefetching is not implemented yet, ignored")
+			}
+			return vfs.Mount{FS: rafs.NewFS(img, rafs.FSOptions{}), Type: BackendRafs,
+				Config: redact(req.Config), Close: img.Close}, nil
+		}
+		return vfs.Mount{}, fmt.Errorf("fs_type %q: %w", req.FsType, ErrUnsupported)
+	}
+}
+
+// secretKeys are config keys that the daemon info never shows.
+var secretKeys = map[string]bool{
+	"auth": true, "registry_token": true, "password": true, "token": true,
+	"access_key_secret": true, "secret_access_key": true, "session_token": true,
+}
+
+// redact returns a JSON config without its secrets, as the daemon info
+// reports it (nil for "" or a non-JSON config).
+func redact(config string) any {
+	var v any
+	if config == "" || json.Unmarshal([]byte(config), &v) != nil {
+		return nil
+	}
+	var walk func(any)
+	walk = func(v any) {
+		switch t := v.(type) {
+		case map[string]any:
+			for k, c := range t {
+				if secretKeys[k] {
+					delete(t, k)
+					continue
+				}
+				walk(c)
+			}
+		case []any:
+			for _, c := range t {
+				walk(c)
+			}
+		}
+	}
+	walk(v)
+	return v
+}
