@@ -217,8 +217,10 @@ func walkChain(mem *Snapshot, table []byte, head uint16, maxLen int, c *Chain) e
 		} else if writing {
 			return errors.New("device-readable descriptor after a device-writable one")
 		}
-		if err := w.add(addr, uint64(length)); err != nil {
-			return fmt.Errorf("descriptor %d: %w", idx, err)
+		if !w.extend(addr, uint64(length)) {
+			if err := w.add(addr, uint64(length)); err != nil {
+				return fmt.Errorf("descriptor %d: %w", idx, err)
+			}
 		}
 		if flags&DescFlagNext == 0 {
 			w.flush()
@@ -271,6 +273,17 @@ func (w *sgWalker) add(gpa, n uint64) error {
 		n -= m
 	}
 	return nil
+}
+
+// extend is add's fast path, small enough to inline: a buffer that
+// continues the pending slice inside its region only moves the slice's end.
+// It reports false, changing nothing, for any other buffer.
+func (w *sgWalker) extend(gpa, n uint64) bool {
+	if r := w.pend; r == nil || gpa != r.gpa+w.end || n > r.size-w.end {
+		return false
+	}
+	w.end += n
+	return true
 }
 
 // flush appends the pending slice, if any.
