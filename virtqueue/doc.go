@@ -19,7 +19,12 @@
 // Queue implements the split ring: Pop walks the next available chain
 // (following an indirect table, at most queue-size buffer descriptors, so
 // loops end), separating device-readable from device-writable buffers into
-// a Chain whose slices point straight into guest memory. A malformed chain
+// a Chain whose slices point straight into guest memory. The walk looks
+// up a region only when a buffer leaves the last one used, and buffers
+// that continue one another in the same region (the 4 KiB pages of a Linux
+// guest's READ buffer, when they are adjacent) become one slice, so the
+// reply's preadv gets one iovec instead of hundreds; a chain's buffer
+// boundaries carry no meaning in virtio-fs. A malformed chain
 // is consumed and reported as a *ChainError; the caller gives it back with
 // zero bytes written. Push is safe from many goroutines (a per-queue mutex
 // around the used ring) and reports whether the guest wants an interrupt,
