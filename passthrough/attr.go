@@ -1,8 +1,9 @@
 package passthrough
 
 import (
+	"bufio"
 	"errors"
-	"os"
+	"io"
 	"strconv"
 	"strings"
 	"syscall"
@@ -11,22 +12,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// processUmask reads the umask from /proc/self/status without changing it
-// (umask(2) can only read by writing, racing other threads' creations).
-func processUmask() uint32 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
-				if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
-					return uint32(m)
-				}
-			}
+// parseUmask finds the "Umask:" line of a /proc/PID/status.
+func parseUmask(r io.Reader) (uint32, bool) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Umask:"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			return uint32(m), err == nil
 		}
 	}
-	old := unix.Umask(0o022)
-	unix.Umask(old)
-	return uint32(old)
+	return 0, false
 }
 
 // restoreMode gives back the permission bits the daemon's umask took from
@@ -45,7 +40,7 @@ func (fs *FS) restoreMode(fd int, requested uint32) error {
 	if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
 		return nil
 	}
-	return chmodFd(&inode{mode: st.Mode & syscall.S_IFMT}, fd, st.Mode&07777|lost)
+	return fs.chmodFd(&inode{mode: st.Mode & syscall.S_IFMT}, fd, st.Mode&07777|lost)
 }
 
 func (fs *FS) attrOut(st *syscall.Stat_t, out *fuse.AttrOut) {
@@ -89,7 +84,7 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 	}
 	return fs.withFd(in.NodeId, func(n *inode, fd int) error {
 		if mode, ok := in.GetMode(); ok {
-			if err := chmodFd(n, fd, mode&07777); err != nil {
+			if err := fs.chmodFd(n, fd, mode&07777); err != nil {
 				return err
 			}
 		}
@@ -108,12 +103,12 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 			}
 		}
 		if size, ok := in.GetSize(); ok {
-			if err := truncate(n, fd, fh, int64(size)); err != nil {
+			if err := fs.truncate(n, fd, fh, int64(size)); err != nil {
 				return err
 			}
 		}
 		if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && n.isReg() {
-			if err := killPriv(fd); err != nil {
+			if err := fs.killPriv(fd); err != nil {
 				return err
 			}
 		}
@@ -122,7 +117,7 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 				setTime(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
 				setTime(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec),
 			}
-			if err := utimes(n, fd, ts); err != nil {
+			if err := fs.utimes(n, fd, ts); err != nil {
 				return err
 			}
 		}
@@ -146,17 +141,21 @@ func setTime(valid, set, now uint32, sec uint64, nsec uint32) unix.Timespec {
 }
 
 // chmodFd changes the mode of the inode open (O_PATH) at fd: fchmodat2 with
-// AT_EMPTY_PATH where the kernel has it, else through /proc/self/fd (our own
-// fd, never a guest name; symlink modes cannot change on Linux anyway).
-func chmodFd(n *inode, fd int, mode uint32) error {
-	err := unix.Fchmodat(fd, "", mode, unix.AT_EMPTY_PATH)
-	if err == nil || n.isLink() || !(errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
-		return err
+// AT_EMPTY_PATH where the kernel has it, else through our fd's entry in
+// /proc/self/fd (symlink modes cannot change on Linux anyway).
+func (fs *FS) chmodFd(n *inode, fd int, mode uint32) error {
+	if !fs.procFallbacks {
+		err := unix.Fchmodat(fd, "", mode, unix.AT_EMPTY_PATH)
+		if err == nil || n.isLink() || !(errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
+			return err
+		}
 	}
-	return unix.Fchmodat(unix.AT_FDCWD, procPath(fd), mode, 0)
+	return fs.proc.chmod(fd, mode)
 }
 
-func truncate(n *inode, fd int, fh *fileHandle, size int64) error {
+// truncate sets a size: on the guest's open file when it names one, else on
+// the regular file behind the node's O_PATH fd.
+func (fs *FS) truncate(n *inode, fd int, fh *fileHandle, size int64) error {
 	if fh != nil {
 		return unix.Ftruncate(fh.fd, size)
 	}
@@ -166,15 +165,19 @@ func truncate(n *inode, fd int, fh *fileHandle, size int64) error {
 	case !n.isReg():
 		return syscall.EINVAL
 	}
-	return unix.Truncate(procPath(fd), size)
+	return fs.proc.truncate(fd, size)
 }
 
-func utimes(n *inode, fd int, ts []unix.Timespec) error {
-	err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
-	if err == nil || n.isLink() || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT)) {
-		return err
+// utimes sets the times of the inode open (O_PATH) at fd: utimensat with
+// AT_EMPTY_PATH, else through our fd's entry in /proc/self/fd.
+func (fs *FS) utimes(n *inode, fd int, ts []unix.Timespec) error {
+	if !fs.procFallbacks {
+		err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+		if err == nil || n.isLink() || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT)) {
+			return err
+		}
 	}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, procPath(fd), ts, 0)
+	return fs.proc.utimes(fd, ts)
 }
 
 // StatFs reports the host filesystem holding the node.

@@ -12,10 +12,27 @@
 // directory is the shared directory. Symlinks are never followed by the
 // daemon: a symlink node used as a parent gives ENOTDIR, Create over a
 // symlink gives ELOOP, Open of anything but a regular file or a directory
-// gives EBADF (so a guest-made device node never opens a host device). The
-// daemon's own uses of /proc/self/fd/N (xattrs, fallbacks for chmod,
-// truncate and utimes, re-opening pinned inodes) name its own fds, never a
-// guest string.
+// gives EBADF (so a guest-made device node never opens a host device).
+//
+// # /proc/self/fd
+//
+// Some operations reach an inode through its fd's entry in /proc/self/fd:
+// re-opening pinned inodes, truncate, the chmod and utimes fallbacks for
+// kernels without the AT_EMPTY_PATH forms, xattrs. They never use that
+// path: they go relative to a directory fd of /proc/self/fd
+// (Options.ProcSelfFD, opened before the sandbox confines the daemon, or
+// opened at New), with our fd number as the only name: openat(procfd, "N"),
+// fchmodat, utimensat, open+ftruncate. So the daemon needs no /proc in its
+// root (chroot into the share, or a root that is the share), and nothing
+// in the share can stand in for procfs. New checks the fd is this
+// process's /proc/self/fd. Xattrs use getxattrat and its siblings on
+// (procfd, "N") where the kernel has them (Linux 6.13; x/sys numbers them
+// but has no wrappers, hence the raw calls); otherwise f*xattr on a fresh
+// read-only fd for regular files and directories, and for symlinks and
+// special files, which cannot be opened, the path calls with the relative
+// name "N" on one locked OS thread that unshared CLONE_FS and fchdir'd
+// into procfd, as virtiofsd does. The umask is read from this thread's
+// status file, also through procfd.
 //
 // # File descriptors
 //

@@ -111,7 +111,7 @@ func (fs *FS) hostOpenFlags(flags uint32) int {
 }
 
 // reopen opens the inode for I/O without any path walk: by file handle, or
-// through our own O_PATH fd in /proc/self/fd. Only regular files and
+// through our own O_PATH fd's entry in /proc/self/fd. Only regular files and
 // directories may be opened (as virtiofsd): a device node the guest made
 // must never make the daemon open a host device.
 func (fs *FS) reopen(n *inode, fd int, flags int) (int, error) {
@@ -121,7 +121,7 @@ func (fs *FS) reopen(n *inode, fd int, flags int) (int, error) {
 	if n.handle != nil {
 		return unix.OpenByHandleAt(n.mountFd, *n.handle, flags)
 	}
-	return unix.Open(procPath(fd), flags&^unix.O_NOFOLLOW, 0)
+	return fs.proc.open(fd, flags&^unix.O_NOFOLLOW)
 }
 
 // fileOpenFlags is the FOPEN_* answer for a file opened with host flags:
@@ -154,7 +154,7 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 			return err
 		}
 		if in.Mode&fuse.OPEN_KILL_SUIDGID != 0 && flags&unix.O_TRUNC != 0 {
-			if err := killPriv(ffd); err != nil {
+			if err := fs.killPriv(ffd); err != nil {
 				unix.Close(ffd)
 				return err
 			}
@@ -336,7 +336,7 @@ func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (u
 			data = skipBytes(data, n)
 		}
 		if in.WriteFlags&fuse.WRITE_KILL_SUIDGID != 0 {
-			return killPriv(h.fd)
+			return fs.killPriv(h.fd)
 		}
 		return nil
 	})
@@ -360,7 +360,7 @@ func skipBytes(iov [][]byte, n int) [][]byte {
 // killPriv clears set-user-ID, and set-group-ID when group execute is set,
 // on the inode open (possibly O_PATH) at fd, as the kernel does when an
 // unprivileged caller writes or truncates.
-func killPriv(fd int) error {
+func (fs *FS) killPriv(fd int) error {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return err
@@ -373,7 +373,7 @@ func killPriv(fd int) error {
 	if mode&kill == 0 {
 		return nil
 	}
-	return chmodFd(&inode{mode: st.Mode & syscall.S_IFMT}, fd, mode&^kill)
+	return fs.chmodFd(&inode{mode: st.Mode & syscall.S_IFMT}, fd, mode&^kill)
 }
 
 // Flush is called on every close of a guest fd: closing a dup makes the

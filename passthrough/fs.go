@@ -3,8 +3,6 @@ package passthrough
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,9 +24,12 @@ type FS struct {
 	timeout time.Duration
 
 	rootFd  int
-	umask   uint32 // the process umask at New, undone on created inodes
-	handles bool   // identify inodes by file handle
+	proc    *procFD // this process's /proc/self/fd, for fd-relative access
+	umask   uint32  // the process umask at New, undone on created inodes
+	handles bool    // identify inodes by file handle
 	creds   *credSwitcher
+
+	procFallbacks bool // tests: skip the AT_EMPTY_PATH forms for the procfd ones
 
 	mu     sync.RWMutex
 	nodes  map[uint64]*inode
@@ -66,9 +67,10 @@ func New(root string, opts Options) (*FS, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("passthrough: stat shared directory %s: %w", root, err)
 	}
-	if _, err := os.Stat("/proc/self/fd"); err != nil {
+	proc, err := newProcFD(opts.ProcSelfFD, fd)
+	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("passthrough: /proc must be mounted: %w", err)
+		return nil, err
 	}
 	fs := &FS{
 		RawFileSystem: fuse.NewDefaultRawFileSystem(),
@@ -77,6 +79,7 @@ func New(root string, opts Options) (*FS, error) {
 		root:          root,
 		timeout:       opts.Timeout(),
 		rootFd:        fd,
+		proc:          proc,
 		nodes:         map[uint64]*inode{},
 		byKey:         map[inodeKey]*inode{},
 		mounts:        map[int]int{},
@@ -97,6 +100,7 @@ func New(root string, opts Options) (*FS, error) {
 			rootNode.key = handleKey(mnt, h)
 		case opts.InodeFileHandles == HandlesMandatory:
 			unix.Close(fd)
+			proc.close()
 			return nil, fmt.Errorf("passthrough: file handles are mandatory but %s has none: %w", root, err)
 		default:
 			fs.log.WithError(err).Warn("no file handles on the shared directory; keeping one O_PATH fd per inode")
@@ -105,7 +109,7 @@ func New(root string, opts Options) (*FS, error) {
 	fs.nodes[rootNode.id] = rootNode
 	fs.byKey[rootNode.key] = rootNode
 	fs.creds = newCredSwitcher()
-	fs.umask = processUmask()
+	fs.umask = proc.processUmask()
 	return fs, nil
 }
 
@@ -142,6 +146,7 @@ func (fs *FS) Close() error {
 		}
 	}
 	fs.mounts = map[int]int{}
+	fs.proc.close()
 	return unix.Close(fs.rootFd)
 }
 
@@ -200,8 +205,6 @@ func status(err error) fuse.Status {
 func validName(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
 }
-
-func procPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 // node returns the inode for a node ID.
 func (fs *FS) node(id uint64) (*inode, fuse.Status) {
@@ -286,7 +289,7 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 			// regular file bind mount; anything else stays pinned.
 			mfd = -1
 			if n.isDir() || n.isReg() {
-				if d, err := unix.Open(procPath(fd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
+				if d, err := fs.proc.open(fd, unix.O_RDONLY|unix.O_NONBLOCK); err == nil {
 					mfd = d
 				}
 			}
@@ -311,7 +314,7 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 		pinned := fd
 		if !donate {
 			var err error
-			if pinned, err = unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0); err != nil {
+			if pinned, err = fs.proc.open(fd, unix.O_PATH); err != nil {
 				fs.mu.Unlock()
 				return nil, err
 			}

@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -49,6 +50,14 @@ type Options struct {
 	// FdCacheSize bounds the O_PATH fds kept open for inodes identified by
 	// file handle. 0 picks a quarter of RLIMIT_NOFILE (at least 64).
 	FdCacheSize int
+	// ProcSelfFD is a descriptor (O_PATH is enough) of this process's
+	// /proc/self/fd directory, opened while procfs was reachable; the
+	// filesystem reaches the inodes behind its own fds through it, never
+	// through the path "/proc/self/fd", so it works in a chroot or a root
+	// without /proc (sandbox.Result.ProcSelfFD). nil opens /proc/self/fd at
+	// New. The caller keeps ownership; it must stay open while the
+	// filesystem is in use.
+	ProcSelfFD *os.File
 	// Logger receives warnings; nil logs to logrus' standard logger.
 	Logger *logrus.Entry
 }

@@ -5,9 +5,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Extended attributes go through /proc/self/fd/N of the inode's own O_PATH
-// fd: the path names our fd, never a guest name, and reaches the inode
-// itself (a symlink's magic link is not followed further), without opening
+// Extended attributes are reached through the inode's own O_PATH fd, by its
+// entry "N" in /proc/self/fd relative to the procfs fd (procFD.xattr): the
+// name is our fd number, never a guest string, and the magic link lands on
+// the inode itself (a symlink is not followed further), without opening
 // device nodes or FIFOs. Without Options.Xattr every call answers ENOSYS,
 // which makes the guest kernel stop asking, as with virtiofsd.
 
@@ -19,7 +20,11 @@ func (fs *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, de
 	var sz int
 	s := fs.withFd(h.NodeId, func(n *inode, fd int) error {
 		var err error
-		sz, err = unix.Getxattr(procPath(fd), attr, dest)
+		sz, err = fs.proc.xattr(n, fd, xattrCall{
+			at:   func(dirfd int, name string) (int, error) { return getxattrat(dirfd, name, attr, dest) },
+			fd:   func(fd int) (int, error) { return unix.Fgetxattr(fd, attr, dest) },
+			path: func(name string) (int, error) { return unix.Getxattr(name, attr, dest) },
+		})
 		return err
 	})
 	return uint32(sz), s
@@ -33,7 +38,11 @@ func (fs *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (
 	var sz int
 	s := fs.withFd(h.NodeId, func(n *inode, fd int) error {
 		var err error
-		sz, err = unix.Listxattr(procPath(fd), dest)
+		sz, err = fs.proc.xattr(n, fd, xattrCall{
+			at:   func(dirfd int, name string) (int, error) { return listxattrat(dirfd, name, dest) },
+			fd:   func(fd int) (int, error) { return unix.Flistxattr(fd, dest) },
+			path: func(name string) (int, error) { return unix.Listxattr(name, dest) },
+		})
 		return err
 	})
 	return uint32(sz), s
@@ -47,8 +56,14 @@ func (fs *FS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string,
 	if fs.opts.ReadOnly {
 		return fuse.EROFS
 	}
+	flags := int(in.Flags)
 	return fs.withFd(in.NodeId, func(n *inode, fd int) error {
-		return unix.Setxattr(procPath(fd), attr, data, int(in.Flags))
+		_, err := fs.proc.xattr(n, fd, xattrCall{
+			at:   func(dirfd int, name string) (int, error) { return 0, setxattrat(dirfd, name, attr, data, flags) },
+			fd:   func(fd int) (int, error) { return 0, unix.Fsetxattr(fd, attr, data, flags) },
+			path: func(name string) (int, error) { return 0, unix.Setxattr(name, attr, data, flags) },
+		})
+		return err
 	})
 }
 
@@ -61,6 +76,11 @@ func (fs *FS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string)
 		return fuse.EROFS
 	}
 	return fs.withFd(h.NodeId, func(n *inode, fd int) error {
-		return unix.Removexattr(procPath(fd), attr)
+		_, err := fs.proc.xattr(n, fd, xattrCall{
+			at:   func(dirfd int, name string) (int, error) { return 0, removexattrat(dirfd, name, attr) },
+			fd:   func(fd int) (int, error) { return 0, unix.Fremovexattr(fd, attr) },
+			path: func(name string) (int, error) { return 0, unix.Removexattr(name, attr) },
+		})
+		return err
 	})
 }
