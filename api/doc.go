@@ -20,6 +20,11 @@
 // %2F; the Go runtime sends it raw), with '+' kept as is: Kata's container
 // ids may contain it and the Go runtime does not escape it.
 //
+// mounted_time is RFC 3339 (UTC, nanoseconds); no Kata client reads it.
+// Not served (404): /api/v1/daemon/{events,backend,start,fuse/...},
+// /api/v1/config and /api/v2: neither Kata runtime calls them (they serve
+// nydus-snapshotter's own fusedev/fscache daemons, upgrade and failover).
+//
 // Mounts go into a vfs mount table; the filesystems are built by a
 // factory (Options.NewFS; DefaultNewFS makes passthrough shares and RAFS
 // images from nydusd v1/v2 configs, localfs backend only for now).
