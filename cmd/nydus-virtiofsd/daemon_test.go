@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
@@ -191,6 +193,59 @@ func TestDaemonServesAndExitsOnDisconnect(t *testing.T) {
 	}
 }
 
+// TestDaemonChrootServesShare runs --sandbox=chroot (LXD's choice on old
+// kernels): the daemon's root is the share, with no /proc in it, and the
+// operations passthrough makes through /proc/self/fd (xattrs, truncate)
+// go through the fd the sandbox opened before the chroot.
+func TestDaemonChrootServesShare(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (chroot)")
+	}
+	bin := buildBinary(t)
+	dir := shareDir(t)
+	sock := filepath.Join(t.TempDir(), "vfs.sock")
+	d := startDaemon(t, bin, nil, "--socket-path="+sock, "--shared-dir="+dir, "--sandbox=chroot", "--xattr")
+	t.Cleanup(func() { os.Remove(sock) }) // the chrooted daemon cannot remove it
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", d.cmd.Process.Pid)); err != nil || root != dir {
+		t.Fatalf("daemon root %q %v, want %s", root, err, dir)
+	}
+	drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.QEMU})
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, d.log())
+	}
+	c := fuseOver(drv)
+	if _, err := c.Init(38, 0, 1<<17); err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Lookup(fuse.FUSE_ROOT_ID, "hello.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := fuse.SetXAttrIn{Size: 2}
+	if _, err := c.Call(21, e.NodeId, fuseclient.Bytes(&set)[40:48], []byte("user.k\x00ok"), 0, 0); err != nil {
+		t.Fatalf("SETXATTR: %v\n%s", err, d.log())
+	}
+	get := fuse.GetXAttrIn{Size: 16}
+	if b, err := c.Call(22, e.NodeId, fuseclient.Bytes(&get)[40:], []byte("user.k\x00"), 0, 16); err != nil || string(b) != "ok" {
+		t.Fatalf("GETXATTR: %q %v", b, err)
+	}
+	buf := make([]byte, 4)
+	if n, err := syscall.Getxattr(filepath.Join(dir, "hello.txt"), "user.k", buf); err != nil || string(buf[:n]) != "ok" {
+		t.Fatalf("xattr on the host: %q %v", buf[:max(n, 0)], err)
+	}
+	trunc := fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE, Size: 5}}
+	if _, err := c.Call(4, e.NodeId, fuseclient.Bytes(&trunc)[40:], nil, 0, int(unsafe.Sizeof(fuse.AttrOut{}))); err != nil {
+		t.Fatalf("SETATTR size: %v\n%s", err, d.log())
+	}
+	if got := readFile(t, c, "hello.txt"); got != "hello" {
+		t.Fatalf("read after truncate = %q", got)
+	}
+	drv.Close()
+	if code := d.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d after disconnect\n%s", code, d.log())
+	}
+}
+
 func TestDaemonSignals(t *testing.T) {
 	bin := buildBinary(t)
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
@@ -314,7 +369,6 @@ func TestDaemonBadCommandLines(t *testing.T) {
 		{[]string{"--shared-dir=/tmp"}, "--socket-path or --fd"},
 		{[]string{"--socket-path=/tmp/x.sock", "--cache=sometimes", "--shared-dir=/tmp"}, "--cache"},
 		{[]string{"--socket-path=/tmp/x.sock", "--shared-dir=/nonexistent/dir"}, "/nonexistent/dir"},
-		{[]string{"--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--sandbox=chroot"}, "chroot is not supported"},
 	}
 	for _, tc := range tests {
 		out, err := exec.Command(bin, tc.args...).CombinedOutput()

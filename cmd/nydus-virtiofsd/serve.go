@@ -40,14 +40,8 @@ func runDaemon(c daemonConfig) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	mode := sandbox.Mode(c.Sandbox)
-	switch {
-	case c.Bootstrap != "":
+	if c.Bootstrap != "" {
 		mode = sandbox.None // an image needs its bootstrap and blobs: only --shared-dir is sandboxed
-	case mode == sandbox.Chroot:
-		// passthrough reaches its own fds through /proc/self/fd, which a
-		// chroot into the share hides.
-		log.Error("--sandbox=chroot is not supported for --shared-dir yet; use --sandbox=namespace (the default) or --sandbox=none")
-		return 1
 	}
 	sb, err := sandbox.New(sandbox.Config{Mode: mode, SharedDir: c.SharedDir, Logger: log.WithField("layer", "sandbox")})
 	if err != nil {
@@ -83,7 +77,7 @@ func runDaemon(c daemonConfig) int {
 		c.SharedDir, c.SocketPath = box.SharedDir, ""
 	}
 
-	fs, mountOpts, err := buildFS(&c, log)
+	fs, mountOpts, err := buildFS(&c, box.ProcSelfFD, log)
 	if err != nil {
 		log.Error(err)
 		return 1
@@ -114,7 +108,9 @@ func runDaemon(c daemonConfig) int {
 
 // buildFS makes the filesystem the daemon serves: a passthrough share of a
 // host directory, or a RAFS image read from a local blob directory.
-func buildFS(c *daemonConfig, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
+// procSelfFD is the sandbox's fd of /proc/self/fd (nil: passthrough opens
+// it).
+func buildFS(c *daemonConfig, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
 	var mo fuse.MountOptions
 	if c.Bootstrap != "" {
 		blobDir := c.BlobDir
@@ -138,6 +134,7 @@ func buildFS(c *daemonConfig, log *logrus.Entry) (fuse.RawFileSystem, fuse.Mount
 		AllowDirectIO:     c.AllowDirectIO,
 		AnnounceSubmounts: c.AnnounceSubmounts,
 		InodeFileHandles:  c.InodeFileHandles,
+		ProcSelfFD:        procSelfFD,
 		Logger:            log.WithField("layer", "passthrough"),
 	}
 	fs, err := passthrough.New(c.SharedDir, popts)
