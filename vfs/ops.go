@@ -89,7 +89,9 @@ func (v *VFS) pseudoEntry(p *pnode, out *fuse.EntryOut) {
 }
 
 // mountRoot answers a lookup that crosses from the pseudo filesystem into
-// a mount with the mounted filesystem's root.
+// a mount with the mounted filesystem's root. The filesystem is asked for
+// its root's attributes only: a root is never forgotten (FORGETs of it are
+// passed on and ignored, as for the root of a filesystem served alone).
 func (v *VFS) mountRoot(cancel <-chan struct{}, m *mount, out *fuse.EntryOut) fuse.Status {
 	if !m.acquire() {
 		return gone
@@ -538,6 +540,7 @@ func (v *VFS) pseudoReadDir(cancel <-chan struct{}, p *pnode, off uint64, out *f
 	for i := off; i < n; i++ {
 		e := fuse.DirEntry{Mode: syscall.S_IFDIR, Off: i + 1}
 		var c *pnode
+		var root fuse.EntryOut // a mount point's root, looked up
 		switch i {
 		case 0:
 			e.Name, e.Ino = ".", p.ino
@@ -547,7 +550,10 @@ func (v *VFS) pseudoReadDir(cancel <-chan struct{}, p *pnode, off uint64, out *f
 			c = p.children[p.names[i-2]]
 			e.Name, e.Ino = c.name, c.ino
 			if c.mnt != nil {
-				e.Ino = c.mnt.fixIno(fuse.FUSE_ROOT_ID)
+				if !v.mountRoot(cancel, c.mnt, &root).Ok() {
+					continue // unmounted meanwhile
+				}
+				e.Ino = root.Ino
 			}
 		}
 		if !plus {
@@ -563,9 +569,7 @@ func (v *VFS) pseudoReadDir(cancel <-chan struct{}, p *pnode, off uint64, out *f
 		switch {
 		case c == nil: // "." and "..": the kernel takes no reference
 		case c.mnt != nil:
-			if !v.mountRoot(cancel, c.mnt, eo).Ok() {
-				*eo = fuse.EntryOut{}
-			}
+			*eo = root
 		default:
 			v.pseudoEntry(c, eo)
 		}
