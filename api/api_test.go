@@ -445,9 +445,9 @@ func TestRedact(t *testing.T) {
 			`{"backend":{"oss":{"access_key_id":"id"}},"version":2}`},
 	}
 	for _, tc := range tests {
-		b, err := json.Marshal(redact(tc.in))
+		b, err := json.Marshal(RedactConfig(tc.in))
 		if err != nil || string(b) != tc.want {
-			t.Errorf("redact(%s) = %s, %v; want %s", tc.in, b, err, tc.want)
+			t.Errorf("RedactConfig(%s) = %s, %v; want %s", tc.in, b, err, tc.want)
 		}
 	}
 }

@@ -98,7 +98,7 @@ func DefaultNewFS(o FSOptions) NewFS {
 				o.Logger.WithField("bootstrap", req.Source).Warn("prefetch_files: prefetching is not implemented yet, ignored")
 			}
 			return vfs.Mount{FS: rafs.NewFS(img, rafs.FSOptions{}), Type: BackendRafs,
-				Config: redact(req.Config), Close: img.Close}, nil
+				Config: RedactConfig(req.Config), Close: img.Close}, nil
 		}
 		return vfs.Mount{}, fmt.Errorf("fs_type %q: %w", req.FsType, ErrUnsupported)
 	}
@@ -110,9 +110,11 @@ var secretKeys = map[string]bool{
 	"access_key_secret": true, "secret_access_key": true, "session_token": true,
 }
 
-// redact returns a JSON config without its secrets, as the daemon info
-// reports it (nil for "" or a non-JSON config).
-func redact(config string) any {
+// RedactConfig returns a JSON config without its secrets, as the daemon
+// info reports it (nil for "" or a non-JSON config). Use it for the
+// Config of a mount made outside the API (nydusd's --bootstrap with
+// --config).
+func RedactConfig(config string) any {
 	var v any
 	if config == "" || json.Unmarshal([]byte(config), &v) != nil {
 		return nil
