@@ -25,6 +25,13 @@
 // segment names stay open for as long as the contract in fusewire says.
 // Requests for a node of a gone mount get ENOENT.
 //
+// Pseudo directories are made as mounts need them and removed when the
+// last mount beneath goes; their node ids are never reused. The guest may
+// cache them and mount-point entries for Options.EntryTimeout (1 s by
+// default). A filesystem's root is asked for its attributes only, never
+// looked up, so FORGETs of it are passed on and ignored, as for the root
+// of a filesystem served alone.
+//
 // Written by hand: go-fuse's own path-based mounting (fs.Inode submounts)
 // lives in its node API, not at the RawFileSystem level fusewire serves.
 package vfs
