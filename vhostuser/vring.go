@@ -150,12 +150,31 @@ func (r *runner) worker() {
 		}
 		head, ok := r.next()
 		if !ok {
-			r.quitted.Do(func() { close(r.quit) })
+			r.halt()
 			return
 		}
 		r.lead <- struct{}{} // never blocks: there is one token
-		r.serve(head)
+		if !r.serveOrStop(head) {
+			return
+		}
 	}
+}
+
+// halt makes every goroutine of the queue return once it is idle.
+func (r *runner) halt() { r.quitted.Do(func() { close(r.quit) }) }
+
+// serveOrStop serves head; a fault outside the device (in the used ring)
+// stops the queue instead of the daemon.
+func (r *runner) serveOrStop(head uint16) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
+			r.halt()
+			ok = false
+		}
+	}()
+	r.serve(head)
+	return true
 }
 
 // next pops the next chain to serve into its slot, waiting for kicks while
