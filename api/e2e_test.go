@@ -18,6 +18,7 @@ import (
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 )
@@ -126,6 +127,35 @@ func TestGuestKataSequence(t *testing.T) {
 	}
 	if b, err := read("/containers/hostname"); err != nil || string(b) != "sandbox\n" {
 		t.Fatalf("share after DELETE: %q, %v", b, err)
+	}
+	// BATCH_FORGET on hiprio, one entry per mount (the image's is stale):
+	// the share drops the file it was holding (three lookups: two reads
+	// and this one).
+	croot, err := c.Lookup(fuse.FUSE_ROOT_ID, "containers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Lookup(croot.NodeId, "hostname")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := d.v.FS("/containers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := fs.(*passthrough.FS)
+	if n, _ := pt.Inodes(); n != 2 {
+		t.Fatalf("share holds %d inodes before FORGET, want 2", n)
+	}
+	if err := c.BatchForget([][2]uint64{{e.NodeId, 3}, {1<<56 | 5, 1}, {2<<56 | 5, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n, _ := pt.Inodes(); n != 1; n, _ = pt.Inodes() {
+		if time.Now().After(deadline) {
+			t.Fatalf("share holds %d inodes after FORGET, want 1", n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if err := c.Destroy(); err != nil {
 		t.Fatal(err)
