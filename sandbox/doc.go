@@ -12,11 +12,11 @@
 //	res, err := sb.Enter(ctx, l)
 //	if res.Exited { return res.ExitCode } // namespace parent: child has run
 //	if res.Confined { socketPath = "" }   // that path now means a file in the share
-//	fs := passthrough.New(res.SharedDir, ...) // build the filesystem inside
+//	fs := passthrough.New(res.SharedDir, passthrough.Options{ProcSelfFD: res.ProcSelfFD, ...})
 //
 // Enter comes after everything outside the share is open (the listener,
-// syslog) and before the filesystem is made: in namespace mode the share is
-// a new mount in a new root, and only a filesystem opened there sees host
+// syslog) and before the filesystem is made: in namespace mode the share's
+// copy is the new root, and only a filesystem opened there sees host
 // mounts made later.
 //
 // # namespace (the default)
@@ -36,7 +36,7 @@
 // stderr.
 //
 // The child is pid 1 of its pid namespace, has only a loopback interface
-// (down), and builds its root:
+// (down), and, as virtiofsd, makes the share its root:
 //
 //  1. every mount becomes a slave (MS_REC|MS_SLAVE, as virtiofsd): nothing
 //     it mounts reaches the host, and host mounts made under a shared
@@ -44,32 +44,27 @@
 //  2. open_tree(OPEN_TREE_CLONE|AT_RECURSIVE) takes a detached copy of the
 //     share with its submounts (still a slave);
 //  3. a fresh procfs of the new pid namespace is mounted on /proc (some
-//     containers refuse it; the inherited /proc then serves);
-//  4. a small tmpfs, mounted over /proc, becomes the new root: /share is
-//     the share's copy, /proc/self/fd a read-only detached bind of the
-//     process's fd directory, and the tmpfs is remounted read-only;
-//  5. pivot_root(".", ".") and umount2(".", MNT_DETACH) drop the host tree.
+//     containers refuse it; the inherited /proc then serves) and
+//     /proc/self/fd is opened (O_PATH): Result.ProcSelfFD;
+//  4. the share's copy is attached over /proc (which, unlike the share's
+//     path, works when the share is "/" too) and entered;
+//  5. pivot_root(".", ".") and umount2(".", MNT_DETACH) drop the host tree,
+//     procfs included.
 //
-// The share is at /share rather than "/" (virtiofsd pivots into the share
-// itself and keeps an fd of /proc/self/fd) because passthrough names its
-// own fds as "/proc/self/fd/N" (xattrs, the chmod, truncate and utimes
-// fallbacks, re-opening inodes): with the share at "/" that path would
-// resolve inside the share, where a procfs would be visible to the guest
-// and a guest-made proc/self/fd/N would steer the daemon to another file.
-// Here the daemon reaches nothing but the share and its own fd directory.
-// Result.ProcSelfFD is also given, for fd-relative use.
+// The root is then exactly the share: the guest sees nothing extra, and
+// procfs is reachable only through Result.ProcSelfFD, which passthrough
+// uses for everything it does through /proc/self/fd (Options.ProcSelfFD).
 //
 // # chroot
 //
 // For containers without CAP_SYS_ADMIN: chroot(2) into the share in
 // process, then chdir("/"). Go makes its threads with CLONE_FS, so one
-// chroot moves every thread (a test checks each thread's root). There is
-// no /proc inside: passthrough's "/proc/self/fd/N" paths then resolve in
-// the share (see above) and must move to fd-relative use of
-// Result.ProcSelfFD (an O_PATH fd of /proc/self/fd opened before the
-// chroot) before chroot mode can serve a passthrough share safely. The
-// listener is set not to unlink its path on close, since the path would
-// then name a file in the share.
+// chroot moves every thread (a test checks each thread's root; the one
+// thread passthrough may later unshare CLONE_FS on, for xattrs of
+// symlinks on kernels before 6.13, copies that root). There is no /proc
+// inside: Result.ProcSelfFD, opened before the chroot, is the way to it.
+// The listener is set not to unlink its path on close, since the path
+// would then name a file in the share; the socket file stays behind.
 //
 // # none
 //

@@ -203,43 +203,42 @@ func readlinkat(dir int, name string) (string, error) {
 	return string(buf[:n]), nil
 }
 
-// procFdOps does what passthrough does through /proc/self/fd/N on an
-// O_PATH fd of file: open for writing, truncate, set and get an xattr and
-// chmod; and opens it again through the fd-relative ProcSelfFD.
+// procFdOps does what passthrough does through its fd of /proc/self/fd on
+// an O_PATH fd of file: open it again for writing, truncate, set and get
+// an xattr, chmod; all relative to procDir, the fd Enter handed over.
 func procFdOps(file string, procDir *os.File) (string, error) {
+	if procDir == nil {
+		return "", fmt.Errorf("no ProcSelfFD")
+	}
 	fd, err := unix.Open(file, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", err
 	}
 	defer unix.Close(fd)
-	p := "/proc/self/fd/" + strconv.Itoa(fd)
-	w, err := unix.Open(p, unix.O_WRONLY|unix.O_TRUNC|unix.O_CLOEXEC, 0)
+	dir, n := int(procDir.Fd()), strconv.Itoa(fd)
+	w, err := unix.Openat(dir, n, unix.O_WRONLY|unix.O_TRUNC|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", fmt.Errorf("open %s: %w", p, err)
+		return "", fmt.Errorf("openat ProcSelfFD %s: %w", n, err)
 	}
-	_, err = unix.Write(w, []byte("written via proc"))
-	unix.Close(w)
-	if err != nil {
+	defer unix.Close(w)
+	if _, err := unix.Write(w, []byte("written via proc")); err != nil {
 		return "", err
 	}
-	if err := unix.Truncate(p, 7); err != nil {
+	if err := unix.Ftruncate(w, 7); err != nil {
 		return "", fmt.Errorf("truncate: %w", err)
 	}
-	if err := unix.Setxattr(p, "user.sandbox", []byte("yes"), 0); err != nil {
+	if err := unix.Fsetxattr(w, "user.sandbox", []byte("yes"), 0); err != nil {
 		return "", fmt.Errorf("setxattr: %w", err)
 	}
 	buf := make([]byte, 16)
-	n, err := unix.Getxattr(p, "user.sandbox", buf)
+	k, err := unix.Fgetxattr(w, "user.sandbox", buf)
 	if err != nil {
 		return "", fmt.Errorf("getxattr: %w", err)
 	}
-	if err := unix.Fchmodat(unix.AT_FDCWD, p, 0o640, 0); err != nil {
+	if err := unix.Fchmodat(dir, n, 0o640, 0); err != nil {
 		return "", fmt.Errorf("chmod: %w", err)
 	}
-	if procDir == nil {
-		return "", fmt.Errorf("no ProcSelfFD")
-	}
-	r, err := unix.Openat(int(procDir.Fd()), strconv.Itoa(fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	r, err := unix.Openat(dir, n, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", fmt.Errorf("openat ProcSelfFD: %w", err)
 	}
@@ -249,7 +248,7 @@ func procFdOps(file string, procDir *os.File) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return string(buf[:n]) + " " + string(data[:m]), nil
+	return string(buf[:k]) + " " + string(data[:m]), nil
 }
 
 // proc is a helper process seen from the test.

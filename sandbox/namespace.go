@@ -134,18 +134,14 @@ func exitCode(ps *os.ProcessState) int {
 }
 
 // enterNamespaceRoot runs in the child, already in its own mount, pid and
-// net namespaces (so every thread sees the mounts below), and replaces the
-// root with a read-only tmpfs holding two things:
-//
-//	/share          the shared directory, bound recursively (a slave of the
-//	                host's mounts, so host submounts still arrive)
-//	/proc/self/fd   this process's fd directory, so the filesystem's
-//	                /proc/self/fd/N uses keep working
-//
-// The host's tree is then detached. The share is not "/" itself because
-// the filesystem names /proc/self/fd/N by absolute path: a procfs inside
-// the share would be visible to (and steerable by) the guest.
-func enterNamespaceRoot(shared string, log *logrus.Entry) error {
+// net namespaces (so every thread sees the mounts below), and makes the
+// shared directory the root, as virtiofsd does: a recursive copy of the
+// share (a slave of the host's mounts, so host submounts still arrive)
+// becomes "/" and the host's tree is detached. procfs stays reachable only
+// through the returned O_PATH fd of /proc/self/fd, opened before the
+// pivot; nothing of it is in the new root, so the guest sees nothing but
+// the share.
+func enterNamespaceRoot(shared string, log *logrus.Entry) (*os.File, error) {
 	wrap := func(what string, err error) error {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
 			return fmt.Errorf("sandbox namespace (%s): %s: %w: %s", shared, what, err, hint)
@@ -154,14 +150,14 @@ func enterNamespaceRoot(shared string, log *logrus.Entry) error {
 	}
 	// Our mount events stay here; the host's still reach us.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
-		return wrap("make mounts slave", err)
+		return nil, wrap("make mounts slave", err)
 	}
 	// A detached recursive copy of the share, taken before anything is
 	// mounted over its path (a bind made later would copy that too). Like a
 	// bind, the copy of a slave is a slave of the same master.
 	tree, err := unix.OpenTree(unix.AT_FDCWD, shared, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
-		return wrap("clone the shared directory's mount tree", err)
+		return nil, wrap("clone the shared directory's mount tree", err)
 	}
 	defer unix.Close(tree)
 
@@ -171,56 +167,38 @@ func enterNamespaceRoot(shared string, log *logrus.Entry) error {
 	if err := unix.Mount("proc", "/proc", "proc", flags, ""); err != nil {
 		log.WithError(err).Debug("sandbox: no fresh procfs; using the inherited /proc")
 	}
-	// Likewise a detached bind of our fd directory ("self" is resolved now,
-	// to this process, whose fd table all its threads share).
-	fdTree, err := unix.OpenTree(unix.AT_FDCWD, "/proc/self/fd", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	// "self" is resolved now, to this process, whose fd table all its
+	// threads share; the fd keeps the procfs mount alive once detached.
+	proc, err := openProcSelfFD()
 	if err != nil {
-		return wrap("clone /proc/self/fd", err)
+		return nil, wrap("procfs", err)
 	}
-	defer unix.Close(fdTree)
-
-	// The new root is a tmpfs mounted over /proc, which exists, is ours
-	// (the fresh procfs) and, unlike the share's path, works when the
-	// share is "/" too.
-	const root = "/proc"
-	if err := unix.Mount("tmpfs", root, "tmpfs", flags, "mode=0755,size=16k,nr_inodes=16"); err != nil {
-		return wrap("mount tmpfs root", err)
-	}
-	for _, d := range []string{ShareInRoot, "/proc", "/proc/self", "/proc/self/fd"} {
-		if err := unix.Mkdir(root+d, 0o755); err != nil {
-			return wrap("mkdir "+d, err)
-		}
-	}
-	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, root+ShareInRoot, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return wrap("mount the shared directory in the new root", err)
-	}
-	if err := unix.MoveMount(fdTree, "", unix.AT_FDCWD, root+"/proc/self/fd", unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return wrap("mount /proc/self/fd in the new root", err)
-	}
-	if err := unix.Mount("", root+"/proc/self/fd", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|flags, ""); err != nil {
-		return wrap("remount /proc/self/fd read-only", err)
-	}
-	if err := unix.Mount("", root, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|flags, ""); err != nil {
-		return wrap("remount root read-only", err)
+	fail := func(what string, err error) (*os.File, error) {
+		proc.Close()
+		return nil, wrap(what, err)
 	}
 
+	// The share's copy is attached over /proc, which exists, is ours (the
+	// fresh procfs) and, unlike the share's path, works when the share is
+	// "/" too; chdir into it lands on the copy, the topmost mount there.
+	const at = "/proc"
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, at, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fail("attach the shared directory's copy", err)
+	}
+	if err := unix.Chdir(at); err != nil {
+		return fail("chdir into the shared directory's copy", err)
+	}
 	// pivot_root(".", ".") stacks the old root on the new one; detaching
-	// "." then drops the whole host tree from this namespace.
-	if err := unix.Chdir(root); err != nil {
-		return wrap("chdir new root", err)
-	}
+	// "." then drops the whole host tree (and the procfs) from this
+	// namespace.
 	if err := unix.PivotRoot(".", "."); err != nil {
-		return wrap("pivot_root", err)
+		return fail("pivot_root", err)
 	}
 	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
-		return wrap("detach old root", err)
+		return fail("detach old root", err)
 	}
 	if err := unix.Chdir("/"); err != nil {
-		return wrap("chdir /", err)
+		return fail("chdir /", err)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(ShareInRoot, &st); err != nil {
-		return wrap("stat "+ShareInRoot+" in the new root", err)
-	}
-	return nil
+	return proc, nil
 }

@@ -21,17 +21,13 @@ type Mode string
 // The sandbox modes, as virtiofsd names them.
 const (
 	// Namespace re-executes the daemon in new mount, pid, net and ipc
-	// namespaces and pivots into a root holding only the share.
+	// namespaces and pivots into the share.
 	Namespace Mode = "namespace"
 	// Chroot chroots the daemon process into the shared directory.
 	Chroot Mode = "chroot"
 	// None leaves the process as it is.
 	None Mode = "none"
 )
-
-// ShareInRoot is where the shared directory is inside the namespace
-// sandbox's root.
-const ShareInRoot = "/share"
 
 // childEnv marks the re-executed child of namespace mode; its value is the
 // inherited listener's fd number.
@@ -75,16 +71,16 @@ type Result struct {
 	// run and exited, and the caller should exit with ExitCode.
 	Exited   bool
 	ExitCode int
-	// SharedDir is the path of the shared directory from now on: "/share"
-	// in namespace mode, "/" in chroot mode, the configured path in none.
+	// SharedDir is the path of the shared directory from now on: "/" in
+	// namespace and chroot modes, the configured path in none.
 	SharedDir string
 	// Confined is true when host paths no longer mean what they did: the
 	// caller must not remove its socket path or open any other host path.
 	Confined bool
 	// ProcSelfFD, when confined, is an O_PATH descriptor of this process's
-	// /proc/self/fd directory, opened where procfs is the real one, for
-	// fd-relative use (openat(ProcSelfFD, "N")). In chroot mode it is the
-	// only safe way to reach /proc/self/fd: the path would resolve in the
+	// /proc/self/fd directory, opened before confinement, for fd-relative
+	// use (openat(ProcSelfFD, "N"); passthrough.Options.ProcSelfFD). It is
+	// the only way to reach /proc/self/fd: the path would resolve in the
 	// share. The caller owns it.
 	ProcSelfFD *os.File
 }
@@ -185,15 +181,12 @@ func (s *Sandbox) Enter(ctx context.Context, l *net.UnixListener) (Result, error
 		s.log.Infof("sandbox: chrooted into %s", s.cfg.SharedDir)
 		return Result{SharedDir: "/", Confined: true, ProcSelfFD: proc}, nil
 	case s.child:
-		if err := enterNamespaceRoot(s.cfg.SharedDir, s.log); err != nil {
+		proc, err := enterNamespaceRoot(s.cfg.SharedDir, s.log)
+		if err != nil {
 			return Result{}, err
 		}
-		proc, err := openProcSelfFD()
-		if err != nil {
-			return Result{}, fmt.Errorf("sandbox namespace: %w", err)
-		}
-		s.log.Infof("sandbox: pid 1 of new namespaces, root holds %s as %s", s.cfg.SharedDir, ShareInRoot)
-		return Result{SharedDir: ShareInRoot, Confined: true, ProcSelfFD: proc}, nil
+		s.log.Infof("sandbox: pid 1 of new namespaces, root is %s", s.cfg.SharedDir)
+		return Result{SharedDir: "/", Confined: true, ProcSelfFD: proc}, nil
 	default:
 		if l == nil {
 			return Result{}, fmt.Errorf("sandbox namespace: no listener to pass to the child")

@@ -210,23 +210,28 @@ func TestNamespace(t *testing.T) {
 	if got := p.must("child"); got != "true" {
 		t.Errorf("Child() = %s in the sandboxed child", got)
 	}
-	if got := p.must("shareddir"); got != ShareInRoot {
-		t.Errorf("SharedDir = %q, want %q", got, ShareInRoot)
+	if got := p.must("shareddir"); got != "/" {
+		t.Errorf("SharedDir = %q, want /", got)
 	}
-	if got := p.must("ls /"); got != "proc share" {
-		t.Errorf("ls / = %q, want the share and /proc/self/fd only", got)
+	// The root is the share itself, with nothing added (no /proc).
+	if got, want := p.must("stat /"), statID(t, l.share); got != want {
+		t.Errorf("/ is %s, want the share %s", got, want)
 	}
-	checkUnreachable(t, p, l, ShareInRoot+"/inside")
-	if out, ok := p.ask("create /new"); ok || !strings.Contains(out, "read-only") {
-		t.Errorf("create in the sandbox's root: %v %s", ok, out)
+	if got := p.must("ls /"); got != "inside sub" {
+		t.Errorf("ls / = %q, want the share's entries only", got)
 	}
-	p.must("create " + ShareInRoot + "/new")
+	for _, path := range []string{"/proc", "/proc/self/fd", "/../proc"} {
+		if out, ok := p.ask("stat " + path); ok {
+			t.Errorf("stat %s in the sandbox: %s", path, out)
+		}
+	}
+	checkUnreachable(t, p, l, "/inside")
+	p.must("create /new")
 	if _, err := os.Stat(filepath.Join(l.share, "new")); err != nil {
-		t.Errorf("file created in /share not on the host: %v", err)
+		t.Errorf("file created in / not on the host: %v", err)
 	}
 
-	// Seen from the host: the child's root holds the share and nothing of
-	// the host.
+	// Seen from the host: the child's root is the share.
 	child := childOf(t, p.cmd.Pid)
 	root := "/proc/" + strconv.Itoa(child) + "/root"
 	ents, err := os.ReadDir(root)
@@ -237,25 +242,25 @@ func TestNamespace(t *testing.T) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if strings.Join(names, " ") != "proc share" {
+	if strings.Join(names, " ") != "inside new sub" {
 		t.Errorf("%s holds %v", root, names)
 	}
-	if got := statID(t, root+ShareInRoot+"/inside"); got != statID(t, l.inside) {
-		t.Errorf("%s/share/inside is %s, want %s", root, got, statID(t, l.inside))
+	if got := statID(t, root+"/inside"); got != statID(t, l.inside) {
+		t.Errorf("%s/inside is %s, want %s", root, got, statID(t, l.inside))
 	}
 	if _, err := os.Stat(root + l.outside); err == nil {
 		t.Errorf("%s%s exists", root, l.outside)
 	}
 
-	// The /proc/self/fd/N uses of passthrough, and the fd-relative ProcSelfFD.
-	if got := p.must("procfd " + ShareInRoot + "/inside"); got != "yes written" {
+	// What passthrough does through ProcSelfFD.
+	if got := p.must("procfd /inside"); got != "yes written" {
 		t.Errorf("procfd = %q", got)
 	}
 	if b, _ := os.ReadFile(l.inside); string(b) != "written" {
 		t.Errorf("inside after procfd = %q, want %q", b, "written")
 	}
 	if fi, _ := os.Stat(l.inside); fi.Mode().Perm() != 0o640 {
-		t.Errorf("inside mode %v after chmod through /proc/self/fd", fi.Mode())
+		t.Errorf("inside mode %v after chmod through ProcSelfFD", fi.Mode())
 	}
 
 	// A mount made on the host after the sandbox started reaches it.
@@ -267,8 +272,8 @@ func TestNamespace(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(sub, "late"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.must("ls " + ShareInRoot + "/sub"); got != "late" {
-		t.Errorf("host submount not propagated: ls /share/sub = %q", got)
+	if got := p.must("ls /sub"); got != "late" {
+		t.Errorf("host submount not propagated: ls /sub = %q", got)
 	}
 
 	// The frontend disconnects: the child exits 0 and so does the parent.
@@ -317,19 +322,19 @@ func TestNamespaceKataLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Unmount(c1, unix.MNT_DETACH)
-	if got := p.must("ls " + ShareInRoot + "/c1"); got != "rootfs-file" {
-		t.Errorf("container bind made after start not seen: ls /share/c1 = %q", got)
+	if got := p.must("ls /c1"); got != "rootfs-file" {
+		t.Errorf("container bind made after start not seen: ls /c1 = %q", got)
 	}
-	if got, want := p.must("stat "+ShareInRoot+"/c1/rootfs-file"), statID(t, filepath.Join(src, "rootfs-file")); got != want {
-		t.Errorf("/share/c1/rootfs-file is %s, want %s", got, want)
+	if got, want := p.must("stat /c1/rootfs-file"), statID(t, filepath.Join(src, "rootfs-file")); got != want {
+		t.Errorf("/c1/rootfs-file is %s, want %s", got, want)
 	}
 	// The share stays read-only, as the host made it; the container's
 	// bind under it is writable.
-	if out, ok := p.ask("create " + ShareInRoot + "/new"); ok || !strings.Contains(out, "read-only") {
+	if out, ok := p.ask("create /new"); ok || !strings.Contains(out, "read-only") {
 		t.Errorf("create in the read-only share: %v %s", ok, out)
 	}
-	if out, ok := p.ask("procfd " + ShareInRoot + "/c1/rootfs-file"); !ok {
-		t.Errorf("write through /proc/self/fd into the container bind: %s", out)
+	if out, ok := p.ask("procfd /c1/rootfs-file"); !ok {
+		t.Errorf("write through ProcSelfFD into the container bind: %s", out)
 	}
 	p.conn.Close()
 	if c := p.waitExit(2 * time.Second); c != 0 {
@@ -344,11 +349,11 @@ func TestNamespaceHostRoot(t *testing.T) {
 	l := newLayout(t)
 	p := startHelper(t, testBinary(t), Namespace, "/", l.sock, nil)
 	p.waitReady()
-	if got, want := p.must("stat "+ShareInRoot+l.outside), statID(t, l.outside); got != want {
-		t.Errorf("stat /share%s = %s, want %s", l.outside, got, want)
+	if got, want := p.must("stat "+l.outside), statID(t, l.outside); got != want {
+		t.Errorf("stat %s = %s, want %s", l.outside, got, want)
 	}
-	if got := p.must("ls /"); got != "proc share" {
-		t.Errorf("ls / = %q", got)
+	if got, want := p.must("stat /"), statID(t, "/"); got != want {
+		t.Errorf("/ is %s, want the host's / %s", got, want)
 	}
 	p.conn.Close()
 	if c := p.waitExit(2 * time.Second); c != 0 {
@@ -451,6 +456,9 @@ func TestChroot(t *testing.T) {
 		t.Errorf("/ is %s, want the share %s", got, want)
 	}
 	checkUnreachable(t, p, l, "/inside")
+	if got := p.must("procfd /inside"); got != "yes written" {
+		t.Errorf("procfd = %q", got)
+	}
 	// Every thread shares the root (Go threads are made with CLONE_FS).
 	roots := strings.Fields(p.must("roots"))
 	if len(roots) < 2 {

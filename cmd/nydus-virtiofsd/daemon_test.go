@@ -193,20 +193,27 @@ func TestDaemonServesAndExitsOnDisconnect(t *testing.T) {
 	}
 }
 
-// TestDaemonChrootServesShare runs --sandbox=chroot (LXD's choice on old
-// kernels): the daemon's root is the share, with no /proc in it, and the
-// operations passthrough makes through /proc/self/fd (xattrs, truncate)
-// go through the fd the sandbox opened before the chroot.
-func TestDaemonChrootServesShare(t *testing.T) {
+// TestDaemonSandboxServesShare runs the confining sandboxes: chroot
+// (LXD's choice on old kernels) and namespace (the default). The daemon's
+// root is the share, with no /proc in it, and what passthrough does
+// through /proc/self/fd (xattrs, truncate) goes through the fd the sandbox
+// opened before confinement.
+func TestDaemonSandboxServesShare(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (chroot)")
+		t.Skip("needs root (chroot, namespaces)")
 	}
 	bin := buildBinary(t)
+	for _, mode := range []string{"chroot", "namespace"} {
+		t.Run(mode, func(t *testing.T) { sandboxServesShare(t, bin, mode) })
+	}
+}
+
+func sandboxServesShare(t *testing.T, bin, mode string) {
 	dir := shareDir(t)
 	sock := filepath.Join(t.TempDir(), "vfs.sock")
-	d := startDaemon(t, bin, nil, "--socket-path="+sock, "--shared-dir="+dir, "--sandbox=chroot", "--xattr")
-	t.Cleanup(func() { os.Remove(sock) }) // the chrooted daemon cannot remove it
-	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", d.cmd.Process.Pid)); err != nil || root != dir {
+	d := startDaemon(t, bin, nil, "--socket-path="+sock, "--shared-dir="+dir, "--sandbox="+mode, "--xattr")
+	t.Cleanup(func() { os.Remove(sock) }) // a chrooted daemon cannot remove it
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", d.cmd.Process.Pid)); mode == "chroot" && (err != nil || root != dir) {
 		t.Fatalf("daemon root %q %v, want %s", root, err, dir)
 	}
 	drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.QEMU})
