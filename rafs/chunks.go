@@ -16,8 +16,9 @@ type SuperInfo struct {
 	// v5 has no per-blob algorithms: they apply to every blob.
 	Compression Compression
 	Digest      DigestAlgo
-	// ExplicitUIDGID is set when the image records owners; without it
-	// every inode is reported with Options.UID/GID.
+	// ExplicitUIDGID is set when the image's owners are to be used;
+	// without it every inode is reported with Options.UID/GID (unless
+	// Options.RecordedOwners).
 	ExplicitUIDGID bool
 	// Tarfs images keep chunk data raw in tar blobs, at 512-byte blocks.
 	Tarfs bool
@@ -29,7 +30,7 @@ type SuperInfo struct {
 func (img *Image) Super() SuperInfo {
 	flags := img.f.superFlags()
 	s := SuperInfo{Version: img.f.version(), Flags: flags, Compression: flagCompression(flags),
-		Digest: flagDigest(flags), ExplicitUIDGID: img.explicitIDs, Tarfs: flags&flagTarfs != 0}
+		Digest: flagDigest(flags), ExplicitUIDGID: flags&flagExplicitUIDGID != 0, Tarfs: flags&flagTarfs != 0}
 	switch m := img.f.(type) {
 	case *v5:
 		s.ChunkSize = uint32(m.chunkSize)

@@ -34,6 +34,11 @@ type Options struct {
 	// UID and GID are reported for every inode when the image lacks
 	// EXPLICIT_UID_GID. Nil means the daemon's effective ids, as nydusd.
 	UID, GID *uint32
+	// RecordedOwners reports the uid/gid each inode records even when the
+	// image lacks EXPLICIT_UID_GID (UID and GID are then unused). Builders
+	// layering on an image want them, as nydus-image does; a daemon
+	// serving the image does not.
+	RecordedOwners bool
 	// AllowPlainEROFS accepts EROFS images that are not RAFS (no RAFS v6
 	// compat bit), such as mkfs.erofs output with chunk-based files.
 	AllowPlainEROFS bool
@@ -235,7 +240,7 @@ func open(data []byte, name string, opts Options) (*Image, error) {
 		return fail(err)
 	}
 	flags := img.f.superFlags()
-	img.explicitIDs = flags&flagExplicitUIDGID != 0
+	img.explicitIDs = flags&flagExplicitUIDGID != 0 || opts.RecordedOwners
 	img.uid, img.gid = uint32(os.Geteuid()), uint32(os.Getegid())
 	if opts.UID != nil {
 		img.uid = *opts.UID

@@ -17,7 +17,14 @@ import (
 const (
 	blobFeatAligned       = 0x0000_0001
 	blobFeatInlinedFsMeta = 0x0000_0002
+	blobFeatZran          = 0x0000_0008
+	blobFeatSeparate      = 0x0000_0010
 	blobFeatInlinedDigest = 0x0000_0020
+	blobFeatTarfs         = 0x0000_0040
+	blobFeatBatch         = 0x0000_0080
+	blobFeatEncrypted     = 0x0000_0100
+	blobFeatExternal      = 0x0000_0800
+	blobFeatV5NoExtTable  = 0x8000_0000 // the reader's mark for a v5 blob without an extended entry
 	blobFeatHasTarHeader  = 0x1000_0000
 	blobFeatHasTOC        = 0x2000_0000
 	blobFeatCapTarTOC     = 0x4000_0000
@@ -49,8 +56,6 @@ type blobInfo struct {
 	CICompressedSize uint64
 	CIUncompressed   uint64
 	TOCDigest        [32]byte
-	// Raw is the parent's 256-byte v6 table entry, reused verbatim.
-	Raw []byte
 }
 
 // blobWriter writes a native RAFS v6 blob (rafs-format.md §3.2) to a

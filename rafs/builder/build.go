@@ -39,9 +39,6 @@ func Build(ctx context.Context, source, bootstrapPath, blobDir string, opts Opti
 	if err := opts.normalize(); err != nil {
 		return nil, err
 	}
-	if opts.FsVersion == 5 && opts.ParentBootstrap != "" {
-		return nil, fmt.Errorf("layered RAFS v5 builds (--parent-bootstrap with --fs-version 5) are not supported")
-	}
 	if opts.FsVersion == 5 && opts.BlobInlineMeta {
 		return nil, fmt.Errorf("--blob-inline-meta needs RAFS v6")
 	}
@@ -101,20 +98,11 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	dedup := map[[32]byte]chunkRef{}
 	lower := &inode{Mode: modeDir | 0o755}
 	if opts.ParentBootstrap != "" {
-		parent, err := loadParent(opts.ParentBootstrap)
+		parent, err := loadParent(b.ctx, opts.ParentBootstrap, opts)
 		if err != nil {
 			return nil, err
 		}
-		if parent.chunkSize != opts.ChunkSize {
-			return nil, fmt.Errorf("chunk size %#x differs from the parent's %#x", opts.ChunkSize, parent.chunkSize)
-		}
-		if parent.flags&(flagBlake3|flagSHA256) != digesterFlag(opts.Digester) {
-			return nil, fmt.Errorf("digester %s differs from the parent's", opts.Digester)
-		}
 		lower, blobs, dedup = parent.root, parent.blobs, parent.chunks
-		if len(blobs) >= 255 {
-			return nil, fmt.Errorf("the parent already has %d blobs; RAFS v6 chunk addresses allow 255", len(blobs))
-		}
 	}
 
 	blobTmpDir := b.blobDir
@@ -155,22 +143,10 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	if err := resolveLinks(root); err != nil {
 		return nil, err
 	}
-	inodes := orderInodes(root)
+	img := newImage(root, blobs, opts)
 	res := &Result{BootstrapPath: bootstrapPath}
-	res.Stats = Stats{Inodes: len(inodes), BytesIn: ck.bytesIn.Load(), NewChunks: ck.newChunks.Load(),
+	res.Stats = Stats{Inodes: len(img.inodes), BytesIn: ck.bytesIn.Load(), NewChunks: ck.newChunks.Load(),
 		DedupChunks: ck.dupChunks.Load(), NewBlobBytes: ck.newBytes.Load()}
-
-	img := &image{root: root, inodes: inodes, parents: parentsOf(root), blobs: blobs, chunkSize: opts.ChunkSize}
-	img.flags = compressorFlag(opts.Compressor) | digesterFlag(opts.Digester) | superFlagExplicitUIDGID
-	if opts.FsVersion == 6 {
-		img.flags |= superFlagInlinedDigest
-	}
-	for _, n := range inodes {
-		if len(n.Xattrs) > 0 {
-			img.flags |= superFlagHasXattr
-			break
-		}
-	}
 	if img.prefetch, err = resolvePrefetch(root, opts.PrefetchFiles); err != nil {
 		return nil, err
 	}
@@ -240,6 +216,23 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 		return nil, fmt.Errorf("write bootstrap: %w", err)
 	}
 	return res, nil
+}
+
+// newImage lays out the merged tree for a bootstrap writer.
+func newImage(root *inode, blobs []blobInfo, opts *Options) *image {
+	inodes := orderInodes(root)
+	img := &image{root: root, inodes: inodes, parents: parentsOf(root), blobs: blobs, chunkSize: opts.ChunkSize}
+	img.flags = compressorFlag(opts.Compressor) | digesterFlag(opts.Digester) | superFlagExplicitUIDGID
+	if opts.FsVersion == 6 {
+		img.flags |= superFlagInlinedDigest
+	}
+	for _, n := range inodes {
+		if len(n.Xattrs) > 0 {
+			img.flags |= superFlagHasXattr
+			break
+		}
+	}
+	return img
 }
 
 // loadSource reads the source into a layer tree. Tar data is chunked while

@@ -38,7 +38,15 @@
 // applied onto the parent bootstrap's tree, and chunks
 // already stored in the parent's blobs are referenced instead of stored
 // again. The merged tree is written as a whole; the parent's blobs stay in
-// the blob table before the new one.
+// the blob table before the new one. The parent is read through the rafs
+// reader (Super, Blobs, Walk, Chunks), from its bootstrap alone, so any
+// image the reader opens can be a parent, v6 or v5. As nydus-image
+// requires, the layer must have the parent's RAFS version, chunk size and
+// digester (and, in v5, where the super flags name one compressor for all
+// blobs, its compressor); the owners a parent records are kept even when
+// it lacks EXPLICIT_UID_GID. Parents whose blobs are ZRAN, batch,
+// encrypted, separate-meta, external or carry an inline bootstrap are
+// refused.
 //
 // Builds are reproducible: entries are sorted, chunks are hashed and
 // compressed on several goroutines but placed in a fixed order (the order
@@ -47,11 +55,9 @@
 // renamed into place only when the whole build succeeded.
 //
 // Hand-written parts, and why: no Go library writes RAFS or EROFS, so the
-// on-disk structures follow shared/docs/rafs-format.md. Parent bootstraps
-// are read by a small decoder here (parent.go) rather than the rafs reader,
-// because a layered build needs the raw blob-table entries and every file's
-// chunk list, which a reader serving files has no reason to expose; tests
-// still read every build back through the rafs reader. Compression uses
+// on-disk structures follow shared/docs/rafs-format.md. Nothing here
+// parses RAFS: parent bootstraps and ExportBlock's input are read with the
+// rafs reader, and tests read every build back through it. Compression uses
 // pierrec/lz4/v4 (raw blocks) and klauspost/compress/zstd, digests
 // lukechampine.com/blake3 and crypto/sha256, tar parsing archive/tar.
 package builder

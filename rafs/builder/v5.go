@@ -144,6 +144,7 @@ func writeV5(img *image, digester string) ([]byte, error) {
 	for i, b := range img.blobs {
 		e := buf[extOff+uint64(v5ExtBlobSize*i):]
 		le.PutUint32(e[0:], b.ChunkCount)
+		le.PutUint32(e[4:], b.Features&^blobFeatV5NoExtTable)
 		le.PutUint64(e[8:], b.UncompressedSize)
 		le.PutUint64(e[16:], b.CompressedSize)
 	}

@@ -360,11 +360,6 @@ func encodeChunkInfo(e []byte, c chunkRef, fileOff uint64) {
 }
 
 func encodeV6BlobEntry(e []byte, index int, chunkSize uint32, b blobInfo) {
-	if b.Raw != nil {
-		copy(e, b.Raw)
-		binary.LittleEndian.PutUint32(e[64:], uint32(index))
-		return
-	}
 	le := binary.LittleEndian
 	copy(e[0:64], b.ID)
 	le.PutUint32(e[64:], uint32(index))
