@@ -215,6 +215,35 @@ func logDir(t testing.TB) string {
 	return t.TempDir()
 }
 
+// TestGuestImageStyle runs ReadOnlyCheck the way an image backend is
+// wired (a Template with Vars and no SharedDir), through the C virtiofsd.
+func TestGuestImageStyle(t *testing.T) {
+	env := setupGuests(t)
+	src := t.TempDir()
+	if err := MakeSpecialTree(src, 4); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := check.Build(src, check.ManifestOptions{Hash: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := Template("c-image-style", []string{CVirtiofsdPath, "--socket-path={socket}", "-o", "source={image}", "-o", "cache=always"})
+	res, err := ReadOnlyCheck{
+		Guest: env.guest, Backend: b,
+		Serve:   BackendConfig{Vars: map[string]string{"image": src}},
+		Want:    want,
+		Compare: check.CompareOptions{IgnoreDirNlink: true},
+		LogDir:  logDir(t),
+		Timeout: 120 * time.Second,
+	}.Run(context.Background())
+	if res != nil {
+		logRun(t, res)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestGuestFaults: a backend killed while the guest reads, and a guest
 // that outlives its timeout. Run must stop QEMU within seconds (not wait
 // for the guest's hung FUSE requests), report it, and leave none of the
