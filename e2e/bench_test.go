@@ -153,11 +153,13 @@ func serveDir(b *testing.B, dir string, queues int) (*daemon, fuse.RawFileSystem
 // file into a 1 MiB buffer, sweeping the same 64 MiB half a file apart. It
 // reports both throughputs (from the median time of one 1 MiB read) and
 // their ratio (target ≥ 0.8). The data descriptors are one 1 MiB buffer, or
-// 4 KiB pages in an indirect table as a Linux guest sends them.
+// 4 KiB pages in an indirect table as a Linux guest sends them, adjacent in
+// guest RAM or reversed (see rawRead).
 //
 // It also splits the READ's median time into stages, timed from inside
-// the daemon (stageTimer): in (publish and kick, the kick loop waking, pop,
-// hand-off to a worker, up to fusewire's HandleChain), parse (HandleChain
+// the daemon (stageTimer): in (publish and kick, the queue's leading
+// goroutine waking, pop, passing the lead on, up to fusewire's
+// HandleChain), parse (HandleChain
 // to the filesystem's Read), copy (Read to the result's Done, which
 // fusewire calls right after its preadv), reply (Done to the end of
 // HandleChain) and out (push, call, the driver's reaper waking and the
