@@ -26,8 +26,11 @@ type daemonConfig struct {
 	RequestQueues     int    // request queues besides hiprio
 	KeepListening     bool
 
-	APISock    string // nydusd's --apisock
-	ConfigFile string // nydusd's --config
+	Nydusd            bool   // nydusd's command line: serve a mount table
+	APISock           string // nydusd's --apisock
+	ConfigFile        string // nydusd's --config
+	VirtualMountpoint string // nydusd's --virtual-mountpoint (default /)
+	ID, Supervisor    string // nydusd's --id and --supervisor, reported by the API
 
 	LogLevel string
 	Syslog   bool
@@ -262,12 +265,17 @@ func parseArgs(c *daemonConfig, specs map[string]flagSpec, short map[string]stri
 // accepted too.
 func parseNydusdVirtiofs(args []string) (daemonConfig, error) {
 	c := defaultConfig()
+	c.Nydusd = true
+	c.VirtualMountpoint = "/"
 	c.Sandbox = "none" // nydusd has no sandbox; Kata mounts host paths into it later
 	specs := virtiofsdFlags()
 	specs["sock"] = specs["socket-path"]
 	specs["apisock"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.APISock })}
 	specs["config"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.ConfigFile })}
-	for _, name := range []string{"id", "supervisor", "log-file", "log-rotation-size", "prefetch-files", "virtual-mountpoint"} {
+	specs["id"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.ID })}
+	specs["supervisor"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.Supervisor })}
+	specs["virtual-mountpoint"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.VirtualMountpoint })}
+	for _, name := range []string{"log-file", "log-rotation-size", "prefetch-files"} {
 		specs[name] = flagSpec{valueFlag, nil}
 	}
 	specs["hybrid-mode"] = flagSpec{boolFlag, func(*daemonConfig, string) error { return nil }}
@@ -345,7 +353,7 @@ func (c *daemonConfig) validate() error {
 		return fmt.Errorf("one of --socket-path or --fd is required")
 	case c.SocketPath != "" && c.FD >= 0:
 		return fmt.Errorf("--socket-path and --fd are mutually exclusive")
-	case c.SharedDir == "" && c.Bootstrap == "":
+	case c.SharedDir == "" && c.Bootstrap == "" && c.APISock == "":
 		return fmt.Errorf("--shared-dir (or --bootstrap with --blob-dir) is required")
 	case c.SharedDir != "" && c.Bootstrap != "":
 		return fmt.Errorf("--shared-dir and --bootstrap are mutually exclusive")

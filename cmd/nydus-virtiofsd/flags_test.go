@@ -154,9 +154,10 @@ func TestParseNydusdVirtiofs(t *testing.T) {
 		},
 		{
 			name: "short options and an image",
-			args: "-A api.sock -l warn --sock s -B /img/boot -D /img/blobs -C /etc/nydusd.json --prefetch-files /usr/bin",
+			args: "-A api.sock -l warn --sock s -B /img/boot -D /img/blobs -C /etc/nydusd.json --prefetch-files /usr/bin -m /sub --id d1 --supervisor /run/sv.sock",
 			want: func(c *daemonConfig) {
 				c.APISock, c.LogLevel, c.SocketPath, c.Bootstrap, c.BlobDir, c.ConfigFile = "api.sock", "warn", "s", "/img/boot", "/img/blobs", "/etc/nydusd.json"
+				c.VirtualMountpoint, c.ID, c.Supervisor = "/sub", "d1", "/run/sv.sock"
 			},
 			warn: 1,
 		},
@@ -168,7 +169,7 @@ func TestParseNydusdVirtiofs(t *testing.T) {
 				t.Fatalf("parse: %v", err)
 			}
 			want := defaultConfig()
-			want.Sandbox = "none"
+			want.Sandbox, want.Nydusd, want.VirtualMountpoint = "none", true, "/"
 			tc.want(&want)
 			if len(got.Warnings) != tc.warn {
 				t.Errorf("warnings = %q, want %d", got.Warnings, tc.warn)

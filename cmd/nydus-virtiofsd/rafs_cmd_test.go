@@ -14,17 +14,6 @@ import (
 
 const fixtures = "../../rafs/testdata/fixtures/nydus"
 
-// buildBinary builds the command once per test into a temporary dir.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "nydus-virtiofsd")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 func TestRafsSubcommands(t *testing.T) {
 	bin := buildBinary(t)
 	v6 := filepath.Join(fixtures, "v6-2.2")

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -77,11 +78,15 @@ func runDaemon(c daemonConfig) int {
 		c.SharedDir, c.SocketPath = box.SharedDir, ""
 	}
 
-	fs, mountOpts, err := buildFS(&c, box.ProcSelfFD, log)
+	fs, mountOpts, cleanup, err := buildRoot(ctx, &c, box.ProcSelfFD, log, stop)
 	if err != nil {
 		log.Error(err)
 		return 1
 	}
+	defer func() {
+		stop()
+		cleanup()
+	}()
 	dev := fusewire.NewDevice(fs, fusewire.Options{
 		RequestQueues:     c.RequestQueues,
 		AnnounceSubmounts: c.AnnounceSubmounts,
@@ -106,20 +111,46 @@ func runDaemon(c daemonConfig) int {
 	return 0
 }
 
-// buildFS makes the filesystem the daemon serves: a passthrough share of a
-// host directory, or a RAFS image read from a local blob directory.
-// procSelfFD is the sandbox's fd of /proc/self/fd (nil: passthrough opens
-// it).
-func buildFS(c *daemonConfig, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
+// buildRoot makes the filesystem the device serves and what releases it:
+// with virtiofsd's command line the share or image itself, with nydusd's a
+// mount table (and its HTTP API). exit stops the daemon.
+func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func()) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
+	if c.Nydusd {
+		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit)
+		return fs, fuse.MountOptions{}, cleanup, err
+	}
+	var rc *rafs.Config
+	if c.ConfigFile != "" {
+		var err error
+		if rc, err = rafs.LoadConfig(c.ConfigFile); err != nil {
+			return nil, fuse.MountOptions{}, nil, fmt.Errorf("--config: %w", err)
+		}
+	}
+	fs, mo, err := buildFS(c, rc, procSelfFD, log)
+	return fs, mo, func() {}, err
+}
+
+// buildFS makes a filesystem to serve: a passthrough share of a host
+// directory, or a RAFS image whose blobs come from --blob-dir, else from
+// the backend of the nydusd configuration rc, else from the image's own
+// directory. procSelfFD is the sandbox's fd of /proc/self/fd (nil:
+// passthrough opens it).
+func buildFS(c *daemonConfig, rc *rafs.Config, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
 	var mo fuse.MountOptions
 	if c.Bootstrap != "" {
-		blobDir := c.BlobDir
-		if blobDir == "" {
-			blobDir = "."
+		var be backend.Backend
+		switch {
+		case c.BlobDir != "":
+			be = backend.NewLocalFS(c.BlobDir)
+		case rc != nil:
+			be = rc.Backend()
+		default:
+			be = backend.NewLocalFS(filepath.Dir(c.Bootstrap))
 		}
 		img, err := rafs.Open(c.Bootstrap, rafs.Options{
-			Backend: backend.NewLocalFS(blobDir),
-			Log:     log.WithField("layer", "rafs"),
+			Backend:        be,
+			DigestValidate: rc != nil && rc.DigestValidate,
+			Log:            log.WithField("layer", "rafs"),
 		})
 		if err != nil {
 			return nil, mo, fmt.Errorf("open image: %w", err)

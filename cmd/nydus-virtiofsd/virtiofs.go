@@ -1,20 +1,16 @@
 package main
 
-const nydusdUsage = `Usage: nydus-virtiofsd virtiofs --sock PATH [--apisock PATH] [--log-level LEVEL]
+const nydusdUsage = `Usage: nydus-virtiofsd virtiofs --sock PATH [--apisock PATH] [--log-level LEVEL] [--config FILE]
                                 [--bootstrap FILE [--localfs-dir DIR] | --shared-dir DIR]
+                                [--virtual-mountpoint PATH] [--id ID --supervisor PATH]
 
-nydusd's virtiofs mode: serve a RAFS image or a host directory over vhost-user.
+nydusd's virtiofs mode: a mount table served over vhost-user. --shared-dir or
+--bootstrap is mounted at --virtual-mountpoint (default /); with --apisock,
+nydusd's HTTP API mounts and unmounts more (what Kata's virtio-fs-nydus does).
 --hybrid-mode is accepted. virtiofsd's options are accepted too.
 `
 
 // runVirtiofs runs the daemon with nydusd's virtiofs command line.
 func runVirtiofs(args []string) int {
-	return runParsed("nydus-virtiofsd virtiofs", parseNydusdVirtiofs, nydusdUsage, args, func(c *daemonConfig) {
-		if c.APISock != "" {
-			c.Warnings = append(c.Warnings, "--apisock: the nydusd HTTP API is not implemented yet")
-		}
-		if c.ConfigFile != "" {
-			c.Warnings = append(c.Warnings, "--config: nydusd configuration files are not read in virtiofs mode yet")
-		}
-	})
+	return runParsed("nydus-virtiofsd virtiofs", parseNydusdVirtiofs, nydusdUsage, args, nil)
 }

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/api"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
+)
+
+// buildTable makes nydusd's virtiofs root: a mount table holding the
+// --shared-dir or --bootstrap filesystem at --virtual-mountpoint (when
+// given), and, with --apisock, nydusd's HTTP API serving mounts into it
+// until ctx ends. exit is what PUT /api/v1/daemon/exit calls. The returned
+// cleanup closes the API socket and the table.
+func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func()) (fuse.RawFileSystem, func(), error) {
+	var rafsConfig *rafs.Config
+	if c.ConfigFile != "" {
+		rc, err := rafs.LoadConfig(c.ConfigFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--config: %w", err)
+		}
+		rafsConfig = rc
+	}
+	table := vfs.New(vfs.Options{Logger: log.WithField("layer", "vfs")})
+	cleanup := func() { table.Close() }
+	if c.SharedDir != "" || c.Bootstrap != "" {
+		fs, _, err := buildFS(c, rafsConfig, procSelfFD, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		typ := api.BackendPassthrough
+		if c.Bootstrap != "" {
+			typ = api.BackendRafs
+		}
+		if err := table.Mount(c.VirtualMountpoint, vfs.Mount{FS: fs, Type: typ}); err != nil {
+			table.Close()
+			return nil, nil, fmt.Errorf("mount at %s: %w", c.VirtualMountpoint, err)
+		}
+	}
+	if c.APISock == "" {
+		return table, cleanup, nil
+	}
+	srv, err := api.New(api.Options{
+		VFS:        table,
+		ID:         c.ID,
+		Supervisor: c.Supervisor,
+		Version: api.Version{
+			PackageVer: version,
+			GitCommit:  gitCommit(),
+			BuildTime:  "unknown",
+			Profile:    "release",
+			Rustc:      runtime.Version(),
+		},
+		NewFS: api.DefaultNewFS(api.FSOptions{
+			RafsConfig:  rafsConfig,
+			Passthrough: passthrough.Options{Cache: c.Cache, ProcSelfFD: procSelfFD, AnnounceSubmounts: c.AnnounceSubmounts},
+			Logger:      log,
+		}),
+		Exit:   exit,
+		Logger: log.WithField("layer", "api"),
+	})
+	if err != nil {
+		table.Close()
+		return nil, nil, fmt.Errorf("api: %w", err)
+	}
+	l, err := api.Listen(c.APISock)
+	if err != nil {
+		table.Close()
+		return nil, nil, fmt.Errorf("--apisock %s: %w", c.APISock, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx, l); err != nil {
+			log.WithError(err).Error("api server stopped")
+		}
+	}()
+	apiSock := c.APISock
+	return table, func() {
+		<-done // Serve returns once ctx ends
+		os.Remove(apiSock)
+		table.Close()
+	}, nil
+}
+
+// gitCommit is the commit the binary was built from, when Go recorded it.
+func gitCommit() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
+}
