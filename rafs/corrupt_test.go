@@ -42,8 +42,9 @@ func exercise(data []byte, be backend.Backend) error {
 		return err
 	}
 	defer img.Close()
+	_, _ = img.Super(), img.Blobs()
 	buf := make([]byte, 4096)
-	count, reads := 0, 0
+	count, reads, chunks := 0, 0, 0
 	read := map[uint64]bool{}
 	return img.Walk(func(p string, n *Inode) error {
 		if count++; count > 5000 {
@@ -71,6 +72,13 @@ func exercise(data []byte, be backend.Backend) error {
 					return err
 				}
 			}
+			// And the chunk list a builder would read (a bounded number).
+			return img.Chunks(context.Background(), n.Ino, func(Chunk) error {
+				if chunks++; chunks > 10000 {
+					return errors.New("too many chunks")
+				}
+				return nil
+			})
 		}
 		return nil
 	})

@@ -2,8 +2,10 @@ package builder
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"io"
 	"os"
 	"path/filepath"
@@ -181,4 +183,36 @@ func TestParentMismatch(t *testing.T) {
 	out := t.TempDir()
 	_, err = Build(context.Background(), src, filepath.Join(out, "top.boot"), out, Options{ParentBootstrap: v6, Compressor: CompressZstd})
 	must(t, err)
+}
+
+// TestParentBlobEntriesVerbatim: the parent's v6 blob-table entries are
+// rebuilt from what the reader reports; they must come out byte for byte
+// as the parent has them (nydus 2.2's and the snapshotter's images, and
+// ours), but for the blob index.
+func TestParentBlobEntriesVerbatim(t *testing.T) {
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "f"), []byte("data"), 0o644))
+	ours, _, err := BuildDir(src, t.TempDir(), Options{Compressor: CompressZstd})
+	must(t, err)
+	for _, p := range []string{snapshotterBootstrap(t, 6), filepath.Join(fixtureDir, "nydus/v6-2.2/rafs-v6-2.2.boot"), ours} {
+		boot, err := os.ReadFile(p)
+		must(t, err)
+		img, err := rafs.OpenBytes(boot, p, rafs.Options{})
+		must(t, err)
+		s := img.Super()
+		opts := Options{ChunkSize: s.ChunkSize}
+		must(t, opts.normalize())
+		pi, err := parentFrom(context.Background(), img, &opts)
+		img.Close()
+		must(t, err)
+		ext := boot[erofsSBOffset+128:]
+		table := boot[binary.LittleEndian.Uint64(ext[8:]):][:v6BlobEntrySize*len(pi.blobs)]
+		for i, b := range pi.blobs {
+			e := make([]byte, v6BlobEntrySize)
+			encodeV6BlobEntry(e, i, s.ChunkSize, b)
+			if want := table[i*v6BlobEntrySize:][:v6BlobEntrySize]; !bytes.Equal(e, want) {
+				t.Errorf("%s blob %d:\n got %x\nwant %x", p, i, e, want)
+			}
+		}
+	}
 }
