@@ -114,6 +114,11 @@ func TestChunksOfBuiltImages(t *testing.T) {
 			if s := img.Super(); s.Version != version || !s.ExplicitUIDGID {
 				t.Errorf("super %+v", s)
 			}
+			// Check verifies v5 inode digests over the merged tree, and
+			// every chunk of both blobs against its digest.
+			if r, err := img.Check(context.Background(), rafs.CheckOptions{}); err != nil || r.Files != 6 || r.ChunksVerified == 0 || len(r.MissingBlobs) != 0 {
+				t.Errorf("check: %+v, %v", r, err)
+			}
 			cs := chunksByPath(t, img)
 			if len(cs["/empty"]) != 0 || len(cs["/small"]) != 1 || len(cs["/big"]) < 4 {
 				t.Errorf("chunk counts: empty %d, small %d, big %d", len(cs["/empty"]), len(cs["/small"]), len(cs["/big"]))
