@@ -32,8 +32,8 @@ A virtio-fs vhost-user daemon with virtiofsd's command line.
   --keep-listening          accept a new frontend after one disconnects
   --log-level=LEVEL         error|warn|info|debug|trace|off (default info)
   --syslog                  log to syslog
-  --sandbox=MODE            namespace (default: own mount/pid/net namespaces, only the share visible)
-                            or none; chroot is not supported for shares yet. Images are not sandboxed.
+  --sandbox=MODE            namespace (default: own mount/pid/net/ipc namespaces, root is the share),
+                            chroot (into the share) or none. Images are not sandboxed.
   --print-capabilities      print the vhost-user backend capabilities and exit
   -o opt[,opt...]           the C virtiofsd's options: source=, cache=, xattr, log_level=, sandbox=
   -V, --version             print the version and exit
