@@ -324,21 +324,95 @@ func FuzzWalkChain(f *testing.F) {
 					t.Fatal("buffer outside guest memory")
 				}
 			}
+			// Merging neither drops, duplicates nor reorders bytes, and
+			// merges every pair it may.
+			rd, wr := refChain(t, s, c.Head)
+			if !sameSlices(c.Readable, coalesce(rd, r.bufs)) || !sameSlices(c.Writable, coalesce(wr, r.bufs)) {
+				t.Fatalf("chain %d: buffers differ from one translation per descriptor", c.Head)
+			}
 			r.q.Push(c.Head, 0)
 		}
 	})
 }
 
 func inside(b []byte, regions [][]byte) bool {
-	if len(b) == 0 {
-		return true
-	}
-	p := uintptr(unsafe.Pointer(&b[0]))
+	return len(b) == 0 || insideRange(uintptr(unsafe.Pointer(&b[0])), len(b), regions)
+}
+
+// insideRange reports whether the n bytes at p lie inside one region.
+func insideRange(p uintptr, n int, regions [][]byte) bool {
 	for _, r := range regions {
 		lo := uintptr(unsafe.Pointer(&r[0]))
-		if p >= lo && p+uintptr(len(b)) <= lo+uintptr(len(r)) {
+		if p >= lo && p+uintptr(n) <= lo+uintptr(len(r)) {
 			return true
 		}
 	}
 	return false
+}
+
+// refChain walks the chain at head of the test ring naively, one
+// AppendSlices per descriptor and no merging across descriptors, for a
+// chain Pop accepted.
+func refChain(t *testing.T, s *Snapshot, head uint16) (rd, wr [][]byte) {
+	table, err := s.Slice(tDesc, DescSize*tSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := int(head)
+	for steps := 0; steps <= 2*tSize; steps++ {
+		d := table[DescSize*idx:]
+		addr, n := binary.LittleEndian.Uint64(d), binary.LittleEndian.Uint32(d[8:])
+		flags, next := binary.LittleEndian.Uint16(d[12:]), binary.LittleEndian.Uint16(d[14:])
+		switch {
+		case flags&DescFlagIndirect != 0:
+			if table, err = s.Slice(addr, uint64(n)); err != nil {
+				t.Fatal(err)
+			}
+			idx = 0
+			continue
+		case flags&DescFlagWrite != 0:
+			wr, err = s.AppendSlices(wr, addr, uint64(n))
+		default:
+			rd, err = s.AppendSlices(rd, addr, uint64(n))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if flags&DescFlagNext == 0 {
+			return rd, wr
+		}
+		idx = int(next)
+	}
+	t.Fatal("reference walk did not end")
+	return nil, nil
+}
+
+// coalesce joins consecutive slices that continue one another inside one
+// region.
+func coalesce(bs [][]byte, regions [][]byte) [][]byte {
+	var out [][]byte
+	for _, b := range bs {
+		if k := len(out) - 1; k >= 0 && len(out[k]) > 0 && len(b) > 0 {
+			p := uintptr(unsafe.Pointer(&out[k][0]))
+			if p+uintptr(len(out[k])) == uintptr(unsafe.Pointer(&b[0])) && insideRange(p, len(out[k])+len(b), regions) {
+				out[k] = unsafe.Slice(&out[k][0], len(out[k])+len(b))
+				continue
+			}
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// sameSlices reports whether a and b are the same memory, slice by slice.
+func sameSlices(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if len(a[i]) != len(b[i]) || len(a[i]) > 0 && &a[i][0] != &b[i][0] {
+			return false
+		}
+	}
+	return true
 }
