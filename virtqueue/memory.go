@@ -95,10 +95,21 @@ func (s *Snapshot) Slice(gpa, n uint64) ([]byte, error) {
 // one slice per region. Zero-length ranges append nothing. Overflow of
 // gpa+n and any gap are errors.
 func (s *Snapshot) AppendSlices(dst [][]byte, gpa, n uint64) ([][]byte, error) {
-	w := sgWalker{mem: s, dst: &dst}
-	err := w.add(gpa, n)
-	w.flush()
-	return dst, err
+	if gpa+n < gpa {
+		return dst, fmt.Errorf("gpa %#x len %#x overflows: %w", gpa, n, ErrOutOfRange)
+	}
+	for n > 0 {
+		r := s.find(gpa)
+		if r == nil {
+			return dst, fmt.Errorf("gpa %#x: %w", gpa, ErrOutOfRange)
+		}
+		off := gpa - r.gpa
+		m := min(r.size-off, n)
+		dst = append(dst, r.data[off:off+m:off+m])
+		gpa += m
+		n -= m
+	}
+	return dst, nil
 }
 
 // userRegion returns the region containing frontend user address uva and
