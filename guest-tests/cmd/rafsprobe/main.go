@@ -1,0 +1,178 @@
+// Command rafsprobe runs inside a guest-tests guest, started by a KindExec
+// step from the tree being served (so the harness's initramfs stays as it
+// is). It does what the harness's step kinds do not:
+//
+//	rafsprobe reread FILE N     drop the caches, then read FILE N times
+//	                            (open, 1 MiB reads, close) and print one
+//	                            "NVFS-REREAD {json}" line per read
+//	rafsprobe erofs FILE DIR    every write-type operation on an existing
+//	                            file FILE and an empty directory DIR must
+//	                            fail with EROFS (on a mount that is not
+//	                            "ro", so the answer comes from the daemon)
+//
+// It exits non-zero on any failure. Build it with CGO_ENABLED=0.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/guest-tests/check"
+)
+
+// MarkReread prefixes the reread lines on the console.
+const MarkReread = "NVFS-REREAD "
+
+// Read is one read of the whole file.
+type Read struct {
+	N     int     `json:"n"` // 1 = first (cold) read
+	Bytes int64   `json:"bytes"`
+	Secs  float64 `json:"secs"`
+	MBps  float64 `json:"MBps"` // 10^6 bytes per second
+}
+
+func main() {
+	var err error
+	switch {
+	case len(os.Args) == 4 && os.Args[1] == "reread":
+		err = reread(os.Args[2], os.Args[3])
+	case len(os.Args) == 4 && os.Args[1] == "erofs":
+		err = erofs(os.Args[2], os.Args[3])
+	default:
+		err = errors.New("usage: rafsprobe reread FILE N | rafsprobe erofs FILE DIR")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rafsprobe:", err)
+		os.Exit(1)
+	}
+}
+
+func reread(file, count string) error {
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 1 {
+		return fmt.Errorf("reread: bad count %q", count)
+	}
+	if err := check.DropCaches(); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	var size int64 = -1
+	for i := 1; i <= n; i++ {
+		t0 := time.Now()
+		got, err := readAll(file, buf)
+		secs := time.Since(t0).Seconds()
+		if err != nil {
+			return fmt.Errorf("reread %s (read %d): %w", file, i, err)
+		}
+		if size >= 0 && got != size {
+			return fmt.Errorf("reread %s: read %d gave %d bytes, the first %d", file, i, got, size)
+		}
+		size = got
+		line, _ := json.Marshal(Read{N: i, Bytes: got, Secs: secs, MBps: float64(got) / secs / 1e6})
+		fmt.Printf("%s%s\n", MarkReread, line)
+	}
+	return nil
+}
+
+// readAll opens, reads to the end and closes: the close matters, since
+// what survives it in the page cache is what the benchmark measures.
+func readAll(p string, buf []byte) (int64, error) {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	var total int64
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, nil
+		}
+		total += int64(n)
+	}
+}
+
+func erofs(file, dir string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(file, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("erofs: %s must be an existing regular file (%v)", file, err)
+	}
+	if err := unix.Lstat(dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("erofs: %s must be an existing directory (%v)", dir, err)
+	}
+	parent := filepath.Dir(file)
+	openFlags := func(flags int) func() error {
+		return func() error {
+			fd, err := unix.Open(file, flags|unix.O_CLOEXEC, 0)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}
+	}
+	ops := []struct {
+		what string
+		do   func() error
+	}{
+		{"open O_WRONLY", openFlags(unix.O_WRONLY)},
+		{"open O_RDWR", openFlags(unix.O_RDWR)},
+		{"open O_RDONLY|O_TRUNC", openFlags(unix.O_RDONLY | unix.O_TRUNC)},
+		{"open O_WRONLY|O_APPEND", openFlags(unix.O_WRONLY | unix.O_APPEND)},
+		{"truncate", func() error { return unix.Truncate(file, 0) }},
+		{"chmod", func() error { return unix.Chmod(file, 0o600) }},
+		{"chown", func() error { return unix.Chown(file, 4242, 4242) }},
+		{"utimes", func() error {
+			return unix.UtimesNano(file, []unix.Timespec{{Sec: 1}, {Sec: 1}})
+		}},
+		{"setxattr", func() error { return unix.Setxattr(file, "user.nvfs.ro", []byte("x"), 0) }},
+		{"removexattr", func() error { return unix.Removexattr(file, "user.nvfs.ro") }},
+		{"unlink", func() error { return unix.Unlink(file) }},
+		{"rename", func() error { return unix.Rename(file, file+".renamed") }},
+		{"rename into a directory", func() error { return unix.Rename(file, filepath.Join(dir, "moved")) }},
+		{"link", func() error { return unix.Link(file, filepath.Join(parent, "nvfs-ro-hardlink")) }},
+		{"mknod fifo", func() error { return unix.Mknod(filepath.Join(dir, "nvfs-ro-fifo"), unix.S_IFIFO|0o644, 0) }},
+		{"create", func() error {
+			fd, err := unix.Open(filepath.Join(dir, "nvfs-ro-new"), unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}},
+		{"mkdir", func() error { return unix.Mkdir(filepath.Join(dir, "nvfs-ro-dir"), 0o755) }},
+		{"symlink", func() error { return unix.Symlink("x", filepath.Join(dir, "nvfs-ro-link")) }},
+		{"rmdir", func() error { return unix.Rmdir(dir) }},
+		{"chmod dir", func() error { return unix.Chmod(dir, 0o700) }},
+	}
+	var e check.Errs
+	for _, op := range ops {
+		if err := op.do(); !errors.Is(err, unix.EROFS) {
+			e.Addf("%s: %v, want EROFS", op.what, err)
+		}
+	}
+	// nothing may have changed
+	var after unix.Stat_t
+	if err := unix.Lstat(file, &after); err != nil {
+		e.Addf("%s is gone after the refused writes: %v", file, err)
+	}
+	if e.Empty() {
+		fmt.Printf("rafsprobe: %d write operations refused with EROFS\n", len(ops))
+		return nil
+	}
+	for _, s := range e.Strings() {
+		fmt.Println("rafsprobe:", s)
+	}
+	return errors.New("writes not refused with EROFS")
+}
