@@ -134,7 +134,7 @@ type rafsImage struct {
 	bootstrap, blobDir string
 	want               *check.Manifest
 	xattrs             bool // compare user.* xattrs
-	probe              bool // the tree has the probe at its root, hello.txt and an empty "sticky" directory
+	probe              bool // the tree has the probe at its root, hello.txt, big.bin and an empty "sticky" directory
 }
 
 // v6Fixture is nydus's rafs-v6-2.2 image (zstd chunks, blake3, a blob with
@@ -350,7 +350,8 @@ func builtImage(t *testing.T, src string, want *check.Manifest, opts builder.Opt
 
 // steps are the guest's checks of one image in one boot: the manifest with
 // every byte, the harness's EROFS probe and, when the tree has it, the
-// probe's longer list of refused writes.
+// probe's longer list of refused writes and its check that a file's pages
+// stay in the guest's page cache across close and reopen.
 func (img rafsImage) steps() []check.Step {
 	steps := []check.Step{
 		{Name: "manifest", Kind: check.KindManifest, Manifest: img.want,
@@ -360,7 +361,9 @@ func (img rafsImage) steps() []check.Step {
 	}
 	if img.probe {
 		steps = append(steps, check.Step{Name: "erofs", Kind: check.KindExec,
-			Argv: []string{guestMount + "/" + probeName, "erofs", guestMount + "/hello.txt", guestMount + "/sticky"}})
+			Argv: []string{guestMount + "/" + probeName, "erofs", guestMount + "/hello.txt", guestMount + "/sticky"}},
+			check.Step{Name: "keepcache", Kind: check.KindExec,
+				Argv: []string{guestMount + "/" + probeName, "keepcache", guestMount + "/big.bin", "kept"}})
 	}
 	return steps
 }

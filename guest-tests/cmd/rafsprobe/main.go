@@ -9,6 +9,12 @@
 //	                            file FILE and an empty directory DIR must
 //	                            fail with EROFS (on a mount that is not
 //	                            "ro", so the answer comes from the daemon)
+//	rafsprobe keepcache FILE kept|dropped
+//	                            drop the caches, read FILE, close it, open
+//	                            it again and count its pages in the page
+//	                            cache (mincore): all of them must be there
+//	                            ("kept": the daemon answered OPEN with
+//	                            FOPEN_KEEP_CACHE) or none ("dropped")
 //
 // It exits non-zero on any failure. Build it with CGO_ENABLED=0.
 package main
@@ -21,6 +27,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -45,8 +52,10 @@ func main() {
 		err = reread(os.Args[2], os.Args[3])
 	case len(os.Args) == 4 && os.Args[1] == "erofs":
 		err = erofs(os.Args[2], os.Args[3])
+	case len(os.Args) == 4 && os.Args[1] == "keepcache":
+		err = keepCache(os.Args[2], os.Args[3])
 	default:
-		err = errors.New("usage: rafsprobe reread FILE N | rafsprobe erofs FILE DIR")
+		err = errors.New("usage: rafsprobe reread FILE N | erofs FILE DIR | keepcache FILE kept|dropped")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rafsprobe:", err)
@@ -175,4 +184,48 @@ func erofs(file, dir string) error {
 		fmt.Println("rafsprobe:", s)
 	}
 	return errors.New("writes not refused with EROFS")
+}
+
+func keepCache(file, want string) error {
+	if want != "kept" && want != "dropped" {
+		return fmt.Errorf("keepcache: want kept or dropped, not %q", want)
+	}
+	if err := check.DropCaches(); err != nil {
+		return err
+	}
+	size, err := readAll(file, make([]byte, 1<<20))
+	if err != nil {
+		return fmt.Errorf("keepcache: first read: %w", err)
+	}
+	if size == 0 {
+		return fmt.Errorf("keepcache: %s is empty", file)
+	}
+	fd, err := unix.Open(file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("keepcache: reopen: %w", err)
+	}
+	defer unix.Close(fd)
+	m, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("keepcache: mmap: %w", err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	// x/sys/unix has no wrapper for mincore(2)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)),
+		uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		return fmt.Errorf("keepcache: mincore: %w", e)
+	}
+	resident := 0
+	for _, v := range vec {
+		resident += int(v & 1)
+	}
+	fmt.Printf("rafsprobe: %s: %d of %d pages still cached after close and reopen\n", file, resident, len(vec))
+	switch {
+	case want == "kept" && resident != len(vec):
+		return fmt.Errorf("keepcache: %d of %d pages cached after reopen, want all (FOPEN_KEEP_CACHE)", resident, len(vec))
+	case want == "dropped" && resident != 0:
+		return fmt.Errorf("keepcache: %d of %d pages cached after reopen, want none", resident, len(vec))
+	}
+	return nil
 }
