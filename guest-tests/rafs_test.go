@@ -129,12 +129,47 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	return os.Chmod(dst, mode)
 }
 
+// treeAttrs gives, as rafsprobe's attrs argument, every entry's mtime
+// (with nanoseconds) and the device number of every device under src.
+func treeAttrs(t *testing.T, src string) string {
+	t.Helper()
+	m := map[string]map[string]any{}
+	err := filepath.Walk(src, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		a := map[string]any{"s": st.Mtim.Sec, "ns": st.Mtim.Nsec}
+		if f := st.Mode & unix.S_IFMT; f == unix.S_IFCHR || f == unix.S_IFBLK {
+			a["rdev"] = st.Rdev
+		}
+		m[rel] = a
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // rafsImage is one image and what the guest must see in it.
 type rafsImage struct {
 	bootstrap, blobDir string
 	want               *check.Manifest
-	xattrs             bool // compare user.* xattrs
-	probe              bool // the tree has the probe at its root, hello.txt, big.bin and an empty "sticky" directory
+	xattrs             bool   // compare user.* xattrs
+	probe              bool   // the tree has the probe at its root, hello.txt, big.bin and an empty "sticky" directory
+	attrs              string // rafsprobe attrs JSON: mtimes and device numbers ("" = none)
 }
 
 // v6Fixture is nydus's rafs-v6-2.2 image (zstd chunks, blake3, a blob with
@@ -345,13 +380,14 @@ func builtImage(t *testing.T, src string, want *check.Manifest, opts builder.Opt
 		// served from the blob alone: --bootstrap names the blob
 		boot = filepath.Join(out, blobID)
 	}
-	return rafsImage{bootstrap: boot, blobDir: out, want: want, xattrs: true, probe: true}
+	return rafsImage{bootstrap: boot, blobDir: out, want: want, xattrs: true, probe: true, attrs: treeAttrs(t, src)}
 }
 
 // steps are the guest's checks of one image in one boot: the manifest with
 // every byte, the harness's EROFS probe and, when the tree has it, the
-// probe's longer list of refused writes and its check that a file's pages
-// stay in the guest's page cache across close and reopen.
+// probe's longer list of refused writes, its check that a file's pages
+// stay in the guest's page cache across close and reopen, and its check of
+// every mtime and device number.
 func (img rafsImage) steps() []check.Step {
 	steps := []check.Step{
 		{Name: "manifest", Kind: check.KindManifest, Manifest: img.want,
@@ -364,6 +400,10 @@ func (img rafsImage) steps() []check.Step {
 			Argv: []string{guestMount + "/" + probeName, "erofs", guestMount + "/hello.txt", guestMount + "/sticky"}},
 			check.Step{Name: "keepcache", Kind: check.KindExec,
 				Argv: []string{guestMount + "/" + probeName, "keepcache", guestMount + "/big.bin", "kept"}})
+	}
+	if img.attrs != "" {
+		steps = append(steps, check.Step{Name: "attrs", Kind: check.KindExec,
+			Argv: []string{guestMount + "/" + probeName, "attrs", guestMount, img.attrs}})
 	}
 	return steps
 }

@@ -9,6 +9,9 @@
 //	                            file FILE and an empty directory DIR must
 //	                            fail with EROFS (on a mount that is not
 //	                            "ro", so the answer comes from the daemon)
+//	rafsprobe attrs ROOT JSON   every path in JSON (relative to ROOT) must
+//	                            have that mtime (s, ns) and, for devices,
+//	                            that rdev: what the manifest does not compare
 //	rafsprobe keepcache FILE kept|dropped
 //	                            drop the caches, read FILE, close it, open
 //	                            it again and count its pages in the page
@@ -52,10 +55,12 @@ func main() {
 		err = reread(os.Args[2], os.Args[3])
 	case len(os.Args) == 4 && os.Args[1] == "erofs":
 		err = erofs(os.Args[2], os.Args[3])
+	case len(os.Args) == 4 && os.Args[1] == "attrs":
+		err = attrs(os.Args[2], os.Args[3])
 	case len(os.Args) == 4 && os.Args[1] == "keepcache":
 		err = keepCache(os.Args[2], os.Args[3])
 	default:
-		err = errors.New("usage: rafsprobe reread FILE N | erofs FILE DIR | keepcache FILE kept|dropped")
+		err = errors.New("usage: rafsprobe reread FILE N | erofs FILE DIR | attrs ROOT JSON | keepcache FILE kept|dropped")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rafsprobe:", err)
@@ -227,5 +232,41 @@ func keepCache(file, want string) error {
 	case want == "dropped" && resident != 0:
 		return fmt.Errorf("keepcache: %d of %d pages cached after reopen, want none", resident, len(vec))
 	}
+	return nil
+}
+
+// Attr is what attrs checks of one path.
+type Attr struct {
+	MtimeSec  int64  `json:"s"`
+	MtimeNsec int64  `json:"ns"`
+	Rdev      uint64 `json:"rdev,omitempty"` // devices only
+}
+
+func attrs(root, js string) error {
+	var want map[string]Attr
+	if err := json.Unmarshal([]byte(js), &want); err != nil {
+		return fmt.Errorf("attrs: %w", err)
+	}
+	var e check.Errs
+	for p, w := range want {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(root, p), &st); err != nil {
+			e.Addf("%s: %v", p, err)
+			continue
+		}
+		if st.Mtim.Sec != w.MtimeSec || st.Mtim.Nsec != w.MtimeNsec {
+			e.Addf("%s: mtime %d.%09d, want %d.%09d", p, st.Mtim.Sec, st.Mtim.Nsec, w.MtimeSec, w.MtimeNsec)
+		}
+		if w.Rdev != 0 && st.Rdev != w.Rdev {
+			e.Addf("%s: rdev %d:%d, want %d:%d", p, unix.Major(st.Rdev), unix.Minor(st.Rdev), unix.Major(w.Rdev), unix.Minor(w.Rdev))
+		}
+	}
+	if !e.Empty() {
+		for _, s := range e.Strings() {
+			fmt.Println("rafsprobe:", s)
+		}
+		return errors.New("attrs differ")
+	}
+	fmt.Printf("rafsprobe: mtimes and device numbers of %d entries match\n", len(want))
 	return nil
 }
