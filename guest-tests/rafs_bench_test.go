@@ -107,7 +107,10 @@ func (c *rereadCollector) finish() ([]rereadLine, error) {
 // re-read (*_reread_med_MB/s), and x_vs_c_auto, the median of the
 // iterations' rafs/c_auto second-read ratios (target ≥ 3).
 //
-//	go test ./guest-tests/ -run '^$' -bench GuestRAFSReread -benchtime 3x
+// Use -benchtime 1x with -count N for N pairs (-benchtime Nx first runs
+// one extra pair with b.N = 1):
+//
+//	go test ./guest-tests/ -run '^$' -bench GuestRAFSReread -benchtime 1x -count 5
 func BenchmarkGuestRAFSReread(b *testing.B) {
 	env := setupGuests(b)
 	daemon, probe := rafsTools(b)
