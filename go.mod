@@ -4,14 +4,12 @@ go 1.26.0
 
 require (
 	github.com/hanwen/go-fuse/v2 v2.12.1
+	github.com/klauspost/compress v1.20.3
+	github.com/pelletier/go-toml/v2 v2.4.3
+	github.com/pierrec/lz4/v4 v4.1.33
+	github.com/sirupsen/logrus v1.10.2
 	golang.org/x/sys v0.49.0
+	lukechampine.com/blake3 v1.4.1
 )
 
-require (
-	github.com/klauspost/compress v1.20.3 // indirect
-	github.com/klauspost/cpuid/v2 v2.0.9 // indirect
-	github.com/pelletier/go-toml/v2 v2.4.3 // indirect
-	github.com/pierrec/lz4/v4 v4.1.33 // indirect
-	github.com/sirupsen/logrus v1.10.2 // indirect
-	lukechampine.com/blake3 v1.4.1 // indirect
-)
+require github.com/klauspost/cpuid/v2 v2.0.9 // indirect
