@@ -20,6 +20,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/guest-tests/check"
 )
 
 // Guest is a bootable guest: an uncompressed kernel (booted through its PVH
@@ -462,11 +464,11 @@ func moduleDepends(ko string) ([]string, error) {
 	return nil, nil
 }
 
-// goBuild builds pkg (relative to root) into out; static means CGO_ENABLED=0
-// and stripped (the guest's /init).
+// goBuild builds pkg (relative to root) into out; guest means a binary for
+// the guest: CGO_ENABLED=0, stripped, with check.GuestTag (raw system calls).
 // The binary is built beside out and renamed over it: a running copy (a
 // daemon another test started) keeps its inode.
-func goBuild(ctx context.Context, root, pkg, out string, static bool) error {
+func goBuild(ctx context.Context, root, pkg, out string, guest bool) error {
 	tmpDir, err := os.MkdirTemp(filepath.Dir(out), "build.tmp.")
 	if err != nil {
 		return err
@@ -474,13 +476,13 @@ func goBuild(ctx context.Context, root, pkg, out string, static bool) error {
 	defer os.RemoveAll(tmpDir)
 	tmp := filepath.Join(tmpDir, filepath.Base(out))
 	args := []string{"build", "-o", tmp}
-	if static {
-		args = append(args, "-trimpath", "-ldflags=-s -w")
+	if guest {
+		args = append(args, "-trimpath", "-ldflags=-s -w", "-tags="+check.GuestTag)
 	}
 	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
 	cmd.Dir = root
 	cmd.Env = os.Environ()
-	if static {
+	if guest {
 		cmd.Env = append(cmd.Env, "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	}
 	if b, err := cmd.CombinedOutput(); err != nil {

@@ -261,10 +261,8 @@ func entryOf(m *check.Manifest, p string) *check.Entry {
 
 // hostManifest mounts an image on the host with the daemon's `fuse`
 // subcommand (the kernel's FUSE client over our reader) and builds its
-// manifest with checksums. The mount runs in a child process: check.Build
-// walks with raw system calls, which would deadlock against a FUSE server
-// in the same process (a thread blocked in a raw syscall on the mount keeps
-// its P, and the server's goroutines cannot run through a GC stop).
+// manifest with checksums (so that the daemon's fuse command line is
+// exercised too; check.Build would also work on an in-process mount).
 func hostManifest(t *testing.T, daemon, bootstrap, blobDir string) *check.Manifest {
 	t.Helper()
 	mnt := t.TempDir()

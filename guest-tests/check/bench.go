@@ -46,7 +46,7 @@ func SeqRead(file string, reps int) (map[string]float64, error) {
 			return nil, err
 		}
 		t0 := time.Now()
-		n, err := rawReadFile(file, buf, func([]byte) {})
+		n, err := sysReadFile(file, buf, func([]byte) {})
 		d := time.Since(t0).Seconds()
 		if err != nil {
 			return nil, fmt.Errorf("seqread %s: %w", file, err)
@@ -93,7 +93,7 @@ func StatWalk(dir string, reps int) (map[string]float64, error) {
 		var st unix.Stat_t
 		t0 := time.Now()
 		for _, p := range paths {
-			if err := rawLstat(filepath.Join(dir, p), &st); err != nil {
+			if err := sysLstat(filepath.Join(dir, p), &st); err != nil {
 				return nil, fmt.Errorf("statwalk: lstat %s: %w", p, err)
 			}
 		}
@@ -112,7 +112,7 @@ func StatWalk(dir string, reps int) (map[string]float64, error) {
 func walkCount(root, rel string, files *[]string) (int, error) {
 	var st unix.Stat_t
 	full := filepath.Join(root, rel)
-	if err := rawLstat(full, &st); err != nil {
+	if err := sysLstat(full, &st); err != nil {
 		return 0, fmt.Errorf("lstat %s: %w", rel, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
@@ -121,7 +121,7 @@ func walkCount(root, rel string, files *[]string) (int, error) {
 	}
 	n := 1
 	var childErr error
-	err := rawWalkDir(full, func(name string) error {
+	err := sysWalkDir(full, func(name string) error {
 		var c int
 		c, childErr = walkCount(root, path.Join(rel, name), files)
 		n += c

@@ -11,4 +11,13 @@
 // expected state) and once by the guest through the backend; the host then
 // compares the two trees. Everything here builds with CGO_ENABLED=0 and uses
 // only the standard library and golang.org/x/sys/unix.
+//
+// System calls: the walks and reads (Build, SeqRead, StatWalk, Reread) use
+// raw system calls only in the guest, where guestinit is built with the
+// GuestTag build tag; everywhere else they use ordinary ones. The rule:
+// never a raw call that can block on a FUSE mount in a process that may
+// also serve it (a host test mounting an image with go-fuse), since the
+// blocked thread keeps its P and the server can no longer run (sys.go says
+// why the guest wants them anyway). TestBuildInProcessFUSE holds the host
+// build to it.
 package check

@@ -81,7 +81,7 @@ func Build(root string, opt ManifestOptions) (*Manifest, Stats, error) {
 	walk = func(rel string) error {
 		full := filepath.Join(root, filepath.FromSlash(rel))
 		var s unix.Stat_t
-		if err := rawLstat(full, &s); err != nil {
+		if err := sysLstat(full, &s); err != nil {
 			return fmt.Errorf("lstat %s: %w", rel, err)
 		}
 		e := Entry{Path: rel, Mode: s.Mode & 07777, UID: s.Uid, GID: s.Gid, Nlink: uint64(s.Nlink)}
@@ -135,7 +135,7 @@ func Build(root string, opt ManifestOptions) (*Manifest, Stats, error) {
 			return nil
 		}
 		var childErr error
-		err := rawWalkDir(full, func(n string) error {
+		err := sysWalkDir(full, func(n string) error {
 			childErr = walk(path.Join(rel, n))
 			return childErr
 		})
@@ -186,7 +186,7 @@ func relinkSorted(m *Manifest) {
 // SHA-NI/AVX2), which dominated the guest check of the 64 MiB file.
 func hashFile(p string, buf []byte) (string, int64, error) {
 	h := md5.New()
-	n, err := rawReadFile(p, buf, func(b []byte) { h.Write(b) })
+	n, err := sysReadFile(p, buf, func(b []byte) { h.Write(b) })
 	if err != nil {
 		return "", n, err
 	}

@@ -202,15 +202,15 @@ func TestWalkDirMatchesReadDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := map[string]bool{}
-	if err := rawWalkDir(d, func(n string) error { seen[n] = true; return nil }); err != nil {
+	if err := sysWalkDir(d, func(n string) error { seen[n] = true; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if len(seen) != len(want) {
-		t.Fatalf("rawWalkDir saw %d names, ReadDir %d", len(seen), len(want))
+		t.Fatalf("sysWalkDir saw %d names, ReadDir %d", len(seen), len(want))
 	}
 	for _, e := range want {
 		if !seen[e.Name()] {
-			t.Fatalf("rawWalkDir missed %q", e.Name())
+			t.Fatalf("sysWalkDir missed %q", e.Name())
 		}
 	}
 	if got := parseDirents([]byte{1, 2, 3}, nil); len(got) != 0 {
