@@ -2,6 +2,9 @@ package guesttests
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -204,15 +207,53 @@ func TestGuest(t *testing.T) {
 // test's temporary directory and failures print their tails.
 const EnvArtifacts = "NVFS_ARTIFACTS"
 
+// logDir returns a new directory for one boot's logs: under
+// NVFS_ARTIFACTS, the test's name with the first free "-N" suffix (a
+// benchmark or test that boots several times, or runs with -count, keeps
+// every boot); otherwise a temporary directory.
 func logDir(t testing.TB) string {
-	if d := os.Getenv(EnvArtifacts); d != "" {
-		p := filepath.Join(d, strings.ReplaceAll(t.Name(), "/", "_"))
-		if err := os.MkdirAll(p, 0o755); err != nil {
+	d := os.Getenv(EnvArtifacts)
+	if d == "" {
+		return t.TempDir()
+	}
+	p, err := newNumberedDir(d, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// newNumberedDir creates parent/name-N for the smallest N from 1 that does
+// not exist yet (mkdir is the atomic claim, so parallel callers never share).
+func newNumberedDir(parent, name string) (string, error) {
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", err
+	}
+	for n := 1; ; n++ {
+		p := filepath.Join(parent, fmt.Sprintf("%s-%d", name, n))
+		err := os.Mkdir(p, 0o755)
+		if err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("log dir: %w", err)
+		}
+	}
+}
+
+func TestNewNumberedDir(t *testing.T) {
+	parent := filepath.Join(t.TempDir(), "art")
+	var got []string
+	for range 3 {
+		p, err := newNumberedDir(parent, "TestX_sub")
+		if err != nil {
 			t.Fatal(err)
 		}
-		return p
+		got = append(got, filepath.Base(p))
 	}
-	return t.TempDir()
+	if want := "[TestX_sub-1 TestX_sub-2 TestX_sub-3]"; fmt.Sprint(got) != want {
+		t.Fatalf("dirs %v, want %s", got, want)
+	}
 }
 
 // TestGuestImageStyle runs ReadOnlyCheck the way an image backend is
