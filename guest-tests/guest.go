@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
@@ -532,6 +533,9 @@ func writeInitramfs(cacheDir, initBin, modDir string, mods []string, withBusybox
 	}
 	img := filepath.Join(cacheDir, "initramfs-"+hex.EncodeToString(h.Sum(nil))[:16]+".img")
 	if _, err := os.Stat(img); err == nil {
+		// in use again: not stale (see below)
+		now := time.Now()
+		_ = os.Chtimes(img, now, now)
 		return img, nil
 	}
 	var buf bytes.Buffer
@@ -558,14 +562,25 @@ func writeInitramfs(cacheDir, initBin, modDir string, mods []string, withBusybox
 	if err := writeFileAtomic(img, buf.Bytes(), 0o644); err != nil {
 		return "", err
 	}
-	// older initramfs images (of older guestinit builds) are stale
+	removeStaleInitramfs(cacheDir, img, time.Now().Add(-staleInitramfs))
+	return img, nil
+}
+
+// staleInitramfs is how long an initramfs image other than the newest is
+// kept after it was last written or reused: another test process (one
+// started from another state of the tree, or with Busybox) may still be
+// booting it, so images are not removed as soon as a newer one appears.
+const staleInitramfs = 2 * time.Hour
+
+// removeStaleInitramfs removes the initramfs images in cacheDir, other than
+// keep, last written or reused before cutoff.
+func removeStaleInitramfs(cacheDir, keep string, cutoff time.Time) {
 	old, _ := filepath.Glob(filepath.Join(cacheDir, "initramfs-*.img"))
 	for _, o := range old {
-		if o != img {
+		if st, err := os.Stat(o); err == nil && o != keep && st.ModTime().Before(cutoff) {
 			_ = os.Remove(o)
 		}
 	}
-	return img, nil
 }
 
 // staticBusybox returns the host's busybox if it is statically linked.
