@@ -809,3 +809,33 @@ func TestServeFromInheritedFD(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A burst of chains published faster than the daemon wakes reaches it with
+// one kick (the driver honours kick suppression): each must still start on
+// a goroutine of its own while the ones before it are stuck in the device.
+func TestBurstOfSlowRequestsEachStarts(t *testing.T) {
+	const workers = 4
+	s := startServer(t, vhostuser.Options{RequestQueues: 1, Workers: workers})
+	d := connect(t, s, testdriver.Options{RequestQueues: 1})
+	var slow []*testdriver.Pending
+	for i := 0; i < workers; i++ {
+		p, err := d.Start(1, [][]byte{[]byte(fmt.Sprintf("Slow %d", i))}, []int{16}, testdriver.Layout{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow = append(slow, p)
+	}
+	for i := 0; i < workers; i++ {
+		select {
+		case <-s.dev.started:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d slow requests started", i, workers)
+		}
+	}
+	close(s.dev.release)
+	for i, p := range slow {
+		if got, err := p.Wait(); err != nil || string(got) != fmt.Sprintf("\x01Slow %d", i) {
+			t.Fatalf("slow request %d: %q %v", i, got, err)
+		}
+	}
+}
