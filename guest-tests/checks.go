@@ -42,9 +42,10 @@ func Verify(res *RunResult, steps []check.Step) error {
 
 // ReadOnlyCheck is the image check: the guest mounts what backend serves
 // with "ro", compares every entry (and, when want has checksums, every
-// byte) with want, and checks that writes fail with EROFS. serve says how
-// to start the backend (for an image: Vars such as bootstrap/blob dir
-// for a Template backend, no SharedDir).
+// byte) with want, and checks that writes fail with EROFS (check.ReadOnlyOps
+// on want's ReadOnlyTargets). serve says how to start the backend (for an
+// image: Vars such as bootstrap/blob dir for a Template backend, no
+// SharedDir).
 type ReadOnlyCheck struct {
 	Guest   *Guest
 	Backend Backend
@@ -53,6 +54,13 @@ type ReadOnlyCheck struct {
 	Compare check.CompareOptions
 	LogDir  string
 	Timeout time.Duration
+}
+
+// readOnlyStep is the EROFS step on the targets want offers (an empty
+// directory and a regular file when it has them).
+func readOnlyStep(want *check.Manifest) check.Step {
+	dir, file := want.ReadOnlyTargets()
+	return check.Step{Name: "readonly", Kind: check.KindReadOnly, Dir: dir, File: file}
 }
 
 // Run boots the guest and returns the run and Verify's verdict.
@@ -67,7 +75,7 @@ func (c ReadOnlyCheck) Run(ctx context.Context) (*RunResult, error) {
 	steps := []check.Step{
 		{Name: "manifest", Kind: check.KindManifest, Manifest: c.Want, Compare: c.Compare,
 			Build: check.ManifestOptions{Hash: hash, Xattrs: c.Compare.Xattrs}},
-		{Name: "readonly", Kind: check.KindReadOnly},
+		readOnlyStep(c.Want),
 	}
 	res, err := Run(ctx, RunOptions{
 		Guest: c.Guest, Backend: c.Backend, Serve: c.Serve,

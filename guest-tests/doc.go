@@ -16,7 +16,8 @@
 // reference; GoDaemon is nydus-virtiofsd; Template runs any command line
 // with {socket}/{share}/{cache}/{NAME} placeholders (image backends).
 // NVFS_BACKENDS=c,go picks backends (default: those whose probe passes;
-// named ones must pass). NVFS_ARTIFACTS=DIR keeps every run's logs, one numbered directory per boot (Test_sub-1, -2, ...).
+// named ones must pass). NVFS_ARTIFACTS=DIR keeps every run's logs, one
+// numbered directory per boot (DIR/<test>-1, -2, ...).
 //
 // Run starts the backend in its own process group, waits for its socket,
 // boots QEMU with a timeout, parses the console, and kills only the groups

@@ -145,10 +145,12 @@ func TestGuest(t *testing.T) {
 				t.Fatal(err)
 			}
 			withX := check.CompareOptions{Xattrs: true}
+			// the guest and the host mutate at different times
+			mutCmp := check.CompareOptions{Xattrs: true, IgnoreMtime: true}
 			steps := []check.Step{
 				{Name: "tree", Kind: check.KindManifest, Dir: "tree", Manifest: wantTree, Build: full, Compare: withX},
 				{Name: "find-stat-10k", Kind: check.KindManifest, Dir: "many", Manifest: wantMany},
-				{Name: "mutate", Kind: check.KindMutate, Dir: "mut", Manifest: wantMut, Build: full, Compare: withX},
+				{Name: "mutate", Kind: check.KindMutate, Dir: "mut", Manifest: wantMut, Build: full, Compare: mutCmp},
 				{Name: "xattr", Kind: check.KindXattr, Dir: "xattr"},
 			}
 			res, err := Run(context.Background(), RunOptions{
@@ -170,7 +172,7 @@ func TestGuest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := check.Compare(wantMut, gotMut, withX); len(d) > 0 {
+			if d := check.Compare(wantMut, gotMut, mutCmp); len(d) > 0 {
 				t.Errorf("host view of the guest's mutations differs from the reference:\n%v", d)
 			}
 			if d := check.CheckXattrsOnHost(filepath.Join(share, "xattr")); len(d) > 0 {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -163,4 +164,86 @@ func Demo(w io.Writer, dir, file string) error {
 	}
 	fmt.Fprintf(w, "content of %s (%d bytes shown):\n%s\n", file, n, b[:n])
 	return nil
+}
+
+// Page-cache expectations of a Reread step (Step.Cache).
+const (
+	CacheKept    = "kept"    // every page survives close and reopen (FOPEN_KEEP_CACHE)
+	CacheDropped = "dropped" // none does (the backend's open invalidates them)
+)
+
+// Reread drops the caches, then reads file reps times (at least 2), each
+// time opening it, reading to the end with 1 MiB reads and closing it.
+// Between the first and the second read it reopens the file and counts its
+// pages in the page cache (mincore): what survived the close. Metrics:
+// bytes, MBps_N per read (10^6 bytes/s), cold_MBps (the first), reread_MBps
+// (the second), pages and resident (pages cached after the reopen). With
+// want CacheKept or CacheDropped, other residency is an error.
+func Reread(file string, reps int, want string) (map[string]float64, error) {
+	if want != "" && want != CacheKept && want != CacheDropped {
+		return nil, fmt.Errorf("reread: cache %q, want %q, %q or none", want, CacheKept, CacheDropped)
+	}
+	if err := DropCaches(); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 1<<20)
+	m := map[string]float64{}
+	var size int64 = -1
+	for i := 1; i <= max(reps, 2); i++ {
+		t0 := time.Now()
+		n, err := sysReadFile(file, buf, func([]byte) {})
+		d := time.Since(t0).Seconds()
+		if err != nil {
+			return m, fmt.Errorf("reread %s (read %d): %w", file, i, err)
+		}
+		if size >= 0 && n != size {
+			return m, fmt.Errorf("reread %s: read %d gave %d bytes, the first %d", file, i, n, size)
+		}
+		size = n
+		m[fmt.Sprintf("MBps_%d", i)] = float64(n) / d / 1e6
+		if i > 1 {
+			continue
+		}
+		if n == 0 {
+			return m, fmt.Errorf("reread: %s is empty", file)
+		}
+		resident, pages, err := cachedPages(file, n)
+		if err != nil {
+			return m, fmt.Errorf("reread %s: %w", file, err)
+		}
+		m["resident"], m["pages"] = float64(resident), float64(pages)
+	}
+	m["bytes"], m["cold_MBps"], m["reread_MBps"] = float64(size), m["MBps_1"], m["MBps_2"]
+	switch resident, pages := m["resident"], m["pages"]; {
+	case want == CacheKept && resident != pages:
+		return m, fmt.Errorf("reread %s: %.0f of %.0f pages cached after close and reopen, want all", file, resident, pages)
+	case want == CacheDropped && resident != 0:
+		return m, fmt.Errorf("reread %s: %.0f of %.0f pages cached after close and reopen, want none", file, resident, pages)
+	}
+	return m, nil
+}
+
+// cachedPages opens p, maps its first size bytes and counts the pages in
+// the page cache (mincore, which faults nothing in).
+func cachedPages(p string, size int64) (resident, pages int, err error) {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reopen: %w", err)
+	}
+	defer unix.Close(fd)
+	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return 0, 0, fmt.Errorf("mmap: %w", err)
+	}
+	defer unix.Munmap(mem)
+	vec := make([]byte, (len(mem)+os.Getpagesize()-1)/os.Getpagesize())
+	// x/sys/unix has no mincore(2) wrapper
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)),
+		uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		return 0, 0, fmt.Errorf("mincore: %w", e)
+	}
+	for _, v := range vec {
+		resident += int(v & 1)
+	}
+	return resident, len(vec), nil
 }

@@ -6,7 +6,8 @@
 // The same code runs on both sides: the host builds a manifest of the tree it
 // shares and the guest builds one of what it sees through virtio-fs, and the
 // two are compared field by field (type, mode, uid/gid, size, link count,
-// checksum, symlink target, hard-link identity, user.* xattrs). The
+// mtime with nanoseconds, device number, checksum, symlink target,
+// hard-link identity, user.* xattrs). The
 // mutations are applied once on the host to a reference copy (giving the
 // expected state) and once by the guest through the backend; the host then
 // compares the two trees. Everything here builds with CGO_ENABLED=0 and uses

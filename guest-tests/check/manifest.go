@@ -41,6 +41,8 @@ type Entry struct {
 	GID    uint32            `json:"g"`           // group
 	Size   int64             `json:"s,omitempty"` // files and symlinks
 	Nlink  uint64            `json:"n"`           // link count
+	Mtime  int64             `json:"mt"`          // st_mtime in nanoseconds since the epoch
+	Rdev   uint64            `json:"r,omitempty"` // st_rdev of a character or block device
 	Sum    string            `json:"h,omitempty"` // md5 of a file's content (when hashed)
 	Target string            `json:"l,omitempty"` // symlink target
 	LinkOf string            `json:"k,omitempty"` // first path (in order) with the same inode
@@ -58,6 +60,7 @@ type CompareOptions struct {
 	IgnoreDirNlink bool `json:"ignore_dir_nlink,omitempty"` // directory link counts
 	IgnoreOwner    bool `json:"ignore_owner,omitempty"`     // uid/gid
 	IgnoreRoot     bool `json:"ignore_root,omitempty"`      // the "." entry
+	IgnoreMtime    bool `json:"ignore_mtime,omitempty"`     // mtimes (not preserved, or changed on purpose)
 	Xattrs         bool `json:"xattrs,omitempty"`           // compare user.* xattrs
 }
 
@@ -84,7 +87,8 @@ func Build(root string, opt ManifestOptions) (*Manifest, Stats, error) {
 		if err := sysLstat(full, &s); err != nil {
 			return fmt.Errorf("lstat %s: %w", rel, err)
 		}
-		e := Entry{Path: rel, Mode: s.Mode & 07777, UID: s.Uid, GID: s.Gid, Nlink: uint64(s.Nlink)}
+		e := Entry{Path: rel, Mode: s.Mode & 07777, UID: s.Uid, GID: s.Gid, Nlink: uint64(s.Nlink),
+			Mtime: s.Mtim.Nano()}
 		st.Entries++
 		switch s.Mode & unix.S_IFMT {
 		case unix.S_IFREG:
@@ -117,9 +121,9 @@ func Build(root string, opt ManifestOptions) (*Manifest, Stats, error) {
 		case unix.S_IFIFO:
 			e.Type = TypeFIFO
 		case unix.S_IFCHR:
-			e.Type = TypeChar
+			e.Type, e.Rdev = TypeChar, s.Rdev
 		case unix.S_IFBLK:
-			e.Type = TypeBlock
+			e.Type, e.Rdev = TypeBlock, s.Rdev
 		case unix.S_IFSOCK:
 			e.Type = TypeSocket
 		}
@@ -289,6 +293,12 @@ func compareEntry(e *Errs, w, g *Entry, opt CompareOptions) {
 	if w.Nlink != g.Nlink && !(w.Type == TypeDir && opt.IgnoreDirNlink) {
 		e.Addf("%s: nlink %d, want %d", p, g.Nlink, w.Nlink)
 	}
+	if !opt.IgnoreMtime && w.Mtime != g.Mtime {
+		e.Addf("%s: mtime %s, want %s", p, fmtNanos(g.Mtime), fmtNanos(w.Mtime))
+	}
+	if w.Rdev != g.Rdev {
+		e.Addf("%s: device %d:%d, want %d:%d", p, unix.Major(g.Rdev), unix.Minor(g.Rdev), unix.Major(w.Rdev), unix.Minor(w.Rdev))
+	}
 	if w.Sum != "" && w.Sum != g.Sum {
 		e.Addf("%s: md5 %s, want %s", p, g.Sum, w.Sum)
 	}
@@ -301,6 +311,11 @@ func compareEntry(e *Errs, w, g *Entry, opt CompareOptions) {
 	if opt.Xattrs && !equalXattrs(w.Xattrs, g.Xattrs) {
 		e.Addf("%s: xattrs %v, want %v", p, g.Xattrs, w.Xattrs)
 	}
+}
+
+// fmtNanos shows a time in nanoseconds since the epoch as seconds.nanoseconds.
+func fmtNanos(ns int64) string {
+	return fmt.Sprintf("%d.%09d", ns/1e9, ns%1e9)
 }
 
 func equalXattrs(a, b map[string]string) bool {

@@ -66,6 +66,8 @@ func TestCompareDetects(t *testing.T) {
 			return os.WriteFile(filepath.Join(d, "h2"), []byte("linked"), 0o644)
 		}, "h1: nlink 1, want 2"},
 		{"xattr", func(d string) error { return unix.Setxattr(filepath.Join(d, "f"), "user.k", []byte("w"), 0) }, "f: xattrs"},
+		{"mtime by 1ns", func(d string) error { return bumpMtime(filepath.Join(d, "sub", "g"), 1) }, "sub/g: mtime"},
+		{"symlink mtime", func(d string) error { return bumpMtime(filepath.Join(d, "l"), 1e9) }, "l: mtime"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -95,6 +97,77 @@ func TestCompareDetects(t *testing.T) {
 			}
 			t.Fatalf("differences %q do not mention %q", diffs, tt.want)
 		})
+	}
+}
+
+// bumpMtime moves the mtime of p (not following a symlink) by delta ns.
+func bumpMtime(p string, delta int64) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return err
+	}
+	ts := []unix.Timespec{st.Atim, unix.NsecToTimespec(st.Mtim.Nano() + delta)}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+func TestCompareIgnoreMtime(t *testing.T) {
+	d := smallTree(t)
+	want, _, err := Build(d, ManifestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bumpMtime(filepath.Join(d, "f"), 12345); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := Build(d, ManifestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diffs := Compare(want, got, CompareOptions{}); len(diffs) != 1 || !strings.Contains(diffs[0], "f: mtime") {
+		t.Fatalf("differences %q, want one mtime of f", diffs)
+	}
+	if diffs := Compare(want, got, CompareOptions{IgnoreMtime: true}); len(diffs) != 0 {
+		t.Fatalf("IgnoreMtime: differences %q", diffs)
+	}
+}
+
+// TestCompareDevices: device numbers are recorded and compared.
+func TestCompareDevices(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mknod of devices needs root")
+	}
+	d := t.TempDir()
+	mk := func(typ uint32, minor uint32) {
+		t.Helper()
+		p := filepath.Join(d, "dev")
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if err := unix.Mknod(p, typ|0o600, int(unix.Mkdev(7, minor))); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.UtimesNano(p, []unix.Timespec{{Sec: 1}, {Sec: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.UtimesNano(d, []unix.Timespec{{Sec: 1}, {Sec: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk(unix.S_IFBLK, 3)
+	want, _, err := Build(d, ManifestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := want.Entries[1]; e.Type != TypeBlock || e.Rdev != unix.Mkdev(7, 3) {
+		t.Fatalf("entry %+v, want block device 7:3", e)
+	}
+	mk(unix.S_IFBLK, 4)
+	got, _, err := Build(d, ManifestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diffs := Compare(want, got, CompareOptions{}); len(diffs) != 1 || diffs[0] != "dev: device 7:4, want 7:3" {
+		t.Fatalf("differences %q, want one device number", diffs)
 	}
 }
 
@@ -146,7 +219,7 @@ func TestMutateMatchesReference(t *testing.T) {
 		}
 		ms = append(ms, m)
 	}
-	if d := Compare(ms[0], ms[1], CompareOptions{Xattrs: true}); len(d) > 0 {
+	if d := Compare(ms[0], ms[1], CompareOptions{Xattrs: true, IgnoreMtime: true}); len(d) > 0 {
 		t.Fatalf("two applications differ: %v", d)
 	}
 	base := t.TempDir()

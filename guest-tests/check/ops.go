@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -238,18 +239,140 @@ func listXattrs(p string) ([]string, error) {
 	return names, nil
 }
 
-// ReadOnlyOps checks that writes into dir fail with EROFS.
-func ReadOnlyOps(dir string) []string {
+// ReadOnlyOps checks that every kind of write fails with EROFS: creating
+// in dir (file, directory, symlink, FIFO), chmod and rmdir of dir (rmdir
+// only when dir is not a mount point) and, when file is set (an existing
+// regular file), opening it for writing or truncating, truncate, chmod,
+// chown, utimes, setxattr, removexattr, unlink, rename (in place and into
+// dir) and link. On a mount that is not "ro" the answers come from the
+// backend. Nothing may have changed afterwards.
+func ReadOnlyOps(dir, file string) []string {
 	var e Errs
-	try := func(what string, err error) {
-		if !errors.Is(err, unix.EROFS) {
-			e.Addf("%s on a read-only mount: %v, want EROFS", what, err)
+	var dirBefore, fileBefore unix.Stat_t
+	if err := unix.Lstat(dir, &dirBefore); err != nil || dirBefore.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return []string{fmt.Sprintf("readonly: %s must be an existing directory (%v)", dir, err)}
+	}
+	ops := dirWriteOps(dir)
+	if file != "" {
+		if err := unix.Lstat(file, &fileBefore); err != nil || fileBefore.Mode&unix.S_IFMT != unix.S_IFREG {
+			return []string{fmt.Sprintf("readonly: %s must be an existing regular file (%v)", file, err)}
+		}
+		ops = append(fileWriteOps(file, dir), ops...)
+	}
+	for _, op := range ops {
+		if err := op.do(); !errors.Is(err, unix.EROFS) {
+			e.Addf("%s on a read-only share: %v, want EROFS", op.what, err)
 		}
 	}
-	_, err := os.OpenFile(filepath.Join(dir, "nvfs-ro-probe"), os.O_WRONLY|os.O_CREATE, 0o644)
-	try("create", err)
-	try("mkdir", os.Mkdir(filepath.Join(dir, "nvfs-ro-dir"), 0o755))
-	try("symlink", os.Symlink("x", filepath.Join(dir, "nvfs-ro-link")))
-	try("chmod", os.Chmod(dir, 0o700))
+	unchanged := func(p string, before *unix.Stat_t) {
+		var after unix.Stat_t
+		switch err := unix.Lstat(p, &after); {
+		case err != nil:
+			e.Addf("%s after the refused writes: %v", p, err)
+		case after.Mode != before.Mode || after.Size != before.Size || after.Nlink != before.Nlink ||
+			after.Uid != before.Uid || after.Gid != before.Gid || after.Mtim != before.Mtim:
+			e.Addf("%s changed under the refused writes", p)
+		}
+	}
+	unchanged(dir, &dirBefore)
+	if file != "" {
+		unchanged(file, &fileBefore)
+	}
 	return e.Strings()
+}
+
+// writeOp is one write ReadOnlyOps tries.
+type writeOp struct {
+	what string
+	do   func() error
+}
+
+// openClose opens p with flags (and perm when creating) and closes it.
+func openClose(p string, flags int, perm uint32) error {
+	fd, err := unix.Open(p, flags|unix.O_CLOEXEC, perm)
+	if err == nil {
+		unix.Close(fd)
+	}
+	return err
+}
+
+func fileWriteOps(file, dir string) []writeOp {
+	open := func(flags int) func() error { return func() error { return openClose(file, flags, 0) } }
+	return []writeOp{
+		{"open O_WRONLY", open(unix.O_WRONLY)},
+		{"open O_RDWR", open(unix.O_RDWR)},
+		{"open O_RDONLY|O_TRUNC", open(unix.O_RDONLY | unix.O_TRUNC)},
+		{"open O_WRONLY|O_APPEND", open(unix.O_WRONLY | unix.O_APPEND)},
+		{"truncate", func() error { return unix.Truncate(file, 0) }},
+		{"chmod", func() error { return unix.Chmod(file, 0o600) }},
+		{"chown", func() error { return unix.Chown(file, 4242, 4242) }},
+		{"utimes", func() error { return unix.UtimesNano(file, []unix.Timespec{{Sec: 1}, {Sec: 1}}) }},
+		{"setxattr", func() error { return unix.Setxattr(file, "user.nvfs.ro", []byte("x"), 0) }},
+		{"removexattr", func() error { return unix.Removexattr(file, "user.nvfs.ro") }},
+		{"unlink", func() error { return unix.Unlink(file) }},
+		{"rename", func() error { return unix.Rename(file, file+".renamed") }},
+		{"rename into a directory", func() error { return unix.Rename(file, filepath.Join(dir, "nvfs-ro-moved")) }},
+		{"link", func() error { return unix.Link(file, filepath.Join(filepath.Dir(file), "nvfs-ro-hardlink")) }},
+	}
+}
+
+func dirWriteOps(dir string) []writeOp {
+	ops := []writeOp{
+		{"create", func() error {
+			return openClose(filepath.Join(dir, "nvfs-ro-new"), unix.O_CREAT|unix.O_WRONLY, 0o644)
+		}},
+		{"mknod fifo", func() error { return unix.Mknod(filepath.Join(dir, "nvfs-ro-fifo"), unix.S_IFIFO|0o644, 0) }},
+		{"mkdir", func() error { return unix.Mkdir(filepath.Join(dir, "nvfs-ro-dir"), 0o755) }},
+		{"symlink", func() error { return unix.Symlink("x", filepath.Join(dir, "nvfs-ro-link")) }},
+		{"chmod dir", func() error { return unix.Chmod(dir, 0o700) }},
+	}
+	if !isMountRoot(dir) {
+		// rmdir of a mount point is EBUSY whatever the share says
+		ops = append(ops, writeOp{"rmdir", func() error { return unix.Rmdir(dir) }})
+	}
+	return ops
+}
+
+// isMountRoot reports whether dir is the root of a mount (statx's
+// STATX_ATTR_MOUNT_ROOT, Linux 5.8; before that, a device change).
+func isMountRoot(dir string) bool {
+	var stx unix.Statx_t
+	if unix.Statx(unix.AT_FDCWD, dir, unix.AT_SYMLINK_NOFOLLOW, 0, &stx) == nil &&
+		stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+		return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+	}
+	var st, parent unix.Stat_t
+	return unix.Lstat(dir, &st) != nil || unix.Lstat(filepath.Join(dir, ".."), &parent) != nil || st.Dev != parent.Dev
+}
+
+// ReadOnlyTargets picks, from a manifest of a read-only tree, what
+// ReadOnlyOps works on: the first empty directory (else the root ".") and
+// the first non-empty regular file with one link (else any regular file,
+// else none).
+func (m *Manifest) ReadOnlyTargets() (dir, file string) {
+	dir = "."
+	children := map[string]int{}
+	for _, e := range m.Entries {
+		if e.Path != "." {
+			children[path.Dir(e.Path)]++
+		}
+	}
+	for _, e := range m.Entries {
+		if e.Type == TypeDir && e.Path != "." && children[e.Path] == 0 {
+			dir = e.Path
+			break
+		}
+	}
+	for _, e := range m.Entries {
+		if e.Type != TypeFile {
+			continue
+		}
+		if file == "" {
+			file = e.Path
+		}
+		if e.Nlink == 1 && e.Size > 0 {
+			return dir, e.Path
+		}
+	}
+	return dir, file
 }

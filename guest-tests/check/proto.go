@@ -24,7 +24,8 @@ const (
 	KindManifest = "manifest" // build a manifest of Dir and compare it with Manifest
 	KindMutate   = "mutate"   // apply Mutate to Dir, then compare Dir with Manifest (if set)
 	KindXattr    = "xattr"    // run XattrOps on Dir
-	KindReadOnly = "readonly" // every write into Dir must fail with EROFS
+	KindReadOnly = "readonly" // every write into Dir (and to File, if set) must fail with EROFS
+	KindReread   = "reread"   // cold read of File, then Reps-1 re-reads; pages kept across close (Cache)
 	KindSeqRead  = "seqread"  // benchmark: cold sequential read of File, Reps times
 	KindStatWalk = "statwalk" // benchmark: cold readdir+lstat walk and lstat-by-path of Dir
 	KindDemo     = "demo"     // print a listing of Dir and the content of File
@@ -57,6 +58,7 @@ type Step struct {
 	Build    ManifestOptions `json:"build,omitempty"`
 	Reps     int             `json:"reps,omitempty"`
 	Argv     []string        `json:"argv,omitempty"`
+	Cache    string          `json:"cache,omitempty"` // KindReread: CacheKept, CacheDropped or "" (no check)
 }
 
 // Result is what the guest reports for one step.

@@ -214,7 +214,17 @@ func runStep(mnt string, st check.Step) (r check.Result) {
 	case check.KindXattr:
 		r.Errors = check.XattrOps(dir)
 	case check.KindReadOnly:
-		r.Errors = check.ReadOnlyOps(dir)
+		file := ""
+		if st.File != "" {
+			file = filepath.Join(mnt, st.File)
+		}
+		r.Errors = check.ReadOnlyOps(dir, file)
+	case check.KindReread:
+		m, err := check.Reread(filepath.Join(mnt, st.File), st.Reps, st.Cache)
+		r.Metrics = m
+		if err != nil {
+			r.Errors = []string{err.Error()}
+		}
 	case check.KindSeqRead:
 		m, err := check.SeqRead(filepath.Join(mnt, st.File), st.Reps)
 		r.Metrics = m
