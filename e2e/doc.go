@@ -2,8 +2,8 @@
 // daemon path, with no VMM: testdriver (a fake VMM with guest RAM in memfds
 // and split rings) connects to vhostuser.Serve on a unix socket, which hands
 // descriptor chains to fusewire.Device, which serves a real filesystem
-// (passthrough over a temporary directory, or a RAFS image from the shared
-// fixtures).
+// (passthrough over a temporary directory, or a real RAFS image from
+// rafs/testdata/fixtures).
 //
 // The tests replay both the QEMU and the cloud-hypervisor vhost-user
 // conversations, send FUSE requests built by fusewire/fuseclient through
@@ -17,9 +17,6 @@
 // that READ of passthrough files and uncompressed RAFS data takes the
 // zero-copy path (fusewire.SegmentedResult copied with preadv into guest
 // memory; a wrapping RawFileSystem counts the result kinds).
-//
-// The RAFS fixtures are found at <module root>/../shared/fixtures/rafs;
-// tests that need them skip when that directory is absent.
 //
 // The benchmarks (go test ./e2e -run '^$' -bench .) compare, in the same
 // run, sequential 1 MiB READs through the whole path with plain pread

@@ -304,28 +304,6 @@ func (r *readCounter) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) 
 	return res, st
 }
 
-// sharedDir returns <module root>/../shared, or skips the test when it is
-// absent.
-func sharedDir(t testing.TB) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := wd
-	for {
-		if _, err := os.Stat(filepath.Join(root, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(root)
-		if parent == root {
-			t.Skipf("RAFS fixtures not found: no go.mod above %s to find <module root>/../shared from", wd)
-		}
-		root = parent
-	}
-	dir := filepath.Join(filepath.Dir(root), "shared")
-	if _, err := os.Stat(filepath.Join(dir, "fixtures", "rafs", "PROVENANCE.md")); err != nil {
-		t.Skipf("RAFS fixtures not found at %s (the shared directory beside the clone): %v", dir, err)
-	}
-	return dir
-}
+// fixturesDir is where the repository keeps the real RAFS images (copied
+// unmodified from the shared fixtures; see its PROVENANCE.md).
+const fixturesDir = "../rafs/testdata/fixtures"

@@ -88,7 +88,7 @@ func resultMD5s(t testing.TB, p string) map[string]string {
 // serveFixture opens a fixture image and serves it.
 func serveFixture(t testing.TB, fx rafsFixture, queues int) (*daemon, *readCounter, map[string]string) {
 	t.Helper()
-	base := filepath.Join(sharedDir(t), "fixtures", "rafs")
+	base := fixturesDir
 	img, err := rafs.Open(filepath.Join(base, fx.boot), rafs.Options{Backend: backend.NewLocalFS(filepath.Join(base, fx.blobDir)), Log: quietLogger()})
 	if err != nil {
 		t.Fatalf("open %s: %v", fx.boot, err)
