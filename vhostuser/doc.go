@@ -33,22 +33,16 @@
 // never writes to the frontend). Rings start disabled once protocol
 // features are in play, until SET_VRING_ENABLE(1).
 //
-// Queues: queue 0 is hiprio and is served by one goroutine; queues 1..N
-// carry requests, each served by Options.Workers goroutines. An idle
-// goroutine sleeps in epoll_wait(2) on the queue's own epoll instance,
-// which holds the kick eventfd edge-triggered: each kick wakes one
-// sleeping thread, which pops the chain and serves it itself, with no Go
-// runtime poller and no hand-off to another goroutine or thread on the
-// request's path (the guest's round trip is what a TCG guest waits on).
-// Whoever pops a chain re-arms the guest's kick before serving it, so the
-// next chain wakes another goroutine: requests of one queue complete out
-// of order and a slow one holds up only its goroutine. Kick and call
-// eventfds stay out of the runtime poller (they are shared with the
-// frontend, and every signal or read by it would wake the poller's
-// thread); the call is one write(2). Queues run independently; the hot
-// path takes no lock shared between queues (popping and the used ring
-// each have a per-queue mutex). Each descriptor head has a reusable slot,
-// so serving a request allocates nothing in this package.
+// Queues: queue 0 is hiprio and is served inline by one goroutine; queues
+// 1..N carry requests, each served by Options.Workers goroutines taking
+// turns as leader: the leader waits for kicks and pops a chain, then
+// passes the lead to an idle goroutine and serves the chain itself, so the
+// goroutine the kick woke serves the request with no hand-off in between.
+// Requests of one queue complete out of order and a slow one holds up
+// only its goroutine. Queues run independently; the hot path
+// takes no lock shared between queues (the used ring has a per-queue
+// mutex). Each descriptor head has a reusable slot, so serving a request
+// allocates nothing in this package.
 //
 // Written by hand: go-fuse's vhost-user code is internal and misses
 // SET_MEM_TABLE and GET_VRING_BASE, which cloud-hypervisor and VM stop

@@ -112,40 +112,21 @@ func (s *session) dispatch(m *Message) error {
 	return nil
 }
 
-// takeRawFd removes the single fd a message must carry (or none with the
-// VringFdNoFd flag: then it returns -1).
-func takeRawFd(m *Message, want bool) (int, error) {
+// takeFd removes the single fd a message must carry (or none with the
+// VringFdNoFd flag) and wraps it.
+func takeFd(m *Message, want bool, name string) (*os.File, error) {
 	if !want {
 		if len(m.Fds) != 0 {
-			return -1, fmt.Errorf("%s: unexpected fd: %w", RequestName(m.Request), ErrMalformed)
+			return nil, fmt.Errorf("%s: unexpected fd: %w", RequestName(m.Request), ErrMalformed)
 		}
-		return -1, nil
+		return nil, nil
 	}
 	if len(m.Fds) != 1 {
-		return -1, fmt.Errorf("%s: %d fds, want 1: %w", RequestName(m.Request), len(m.Fds), ErrMalformed)
+		return nil, fmt.Errorf("%s: %d fds, want 1: %w", RequestName(m.Request), len(m.Fds), ErrMalformed)
 	}
 	fd := m.Fds[0]
 	m.Fds = nil
-	return fd, nil
-}
-
-// takeFd is takeRawFd wrapping the fd in a file.
-func takeFd(m *Message, want bool, name string) (*os.File, error) {
-	fd, err := takeRawFd(m, want)
-	if fd < 0 {
-		return nil, err
-	}
 	return os.NewFile(uintptr(fd), name), nil
-}
-
-// takeEventFD is takeRawFd for a kick, call or err eventfd, which stays
-// out of the runtime poller (see eventFD).
-func takeEventFD(m *Message, want bool) (*eventFD, error) {
-	fd, err := takeRawFd(m, want)
-	if fd < 0 {
-		return nil, err
-	}
-	return newEventFD(fd), nil
 }
 
 func (s *session) vring(idx uint32) (*vring, error) {
@@ -335,7 +316,7 @@ func (s *session) setVringFd(m *Message) error {
 	if err != nil {
 		return err
 	}
-	f, err := takeEventFD(m, u&VringFdNoFd == 0)
+	f, err := takeFd(m, u&VringFdNoFd == 0, RequestName(m.Request))
 	if err != nil {
 		return err
 	}
@@ -351,13 +332,18 @@ func (s *session) setVringFd(m *Message) error {
 			s.log.WithField("queue", v.index).Warn("SET_VRING_KICK without an fd: queue will not run")
 			return nil
 		}
-		// The runner polls the kick eventfd and reads it without
-		// blocking, whatever mode the frontend created it in.
-		if err := unix.SetNonblock(f.fd, true); err != nil {
+		// The kick loop reads through the runtime poller so that stopping
+		// it is only a read deadline away.
+		if err := unix.SetNonblock(int(f.Fd()), true); err != nil {
 			f.Close()
 			return failed("kick fd: %v", err)
 		}
-		v.kick = f
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		f.Close()
+		if err != nil {
+			return failed("kick fd: %v", err)
+		}
+		v.kick = os.NewFile(uintptr(fd), "kick")
 		return s.startReady()
 	case ReqSetVringCall:
 		v.setCall(f)
@@ -394,11 +380,7 @@ func (s *session) startReady() error {
 		if err != nil {
 			return failed("starting queue %d: %v", v.index, err)
 		}
-		v.run, err = startRunner(s.ctx, v, q, s.mem, s.dev, s.opts.Workers, s.log)
-		if err != nil {
-			q.Release()
-			return failed("starting queue %d: %v", v.index, err)
-		}
+		v.run = startRunner(s.ctx, v, q, s.mem, s.dev, s.opts.Workers, s.log)
 		s.log.WithFields(logrus.Fields{"queue": v.index, "size": v.size, "base": v.base}).Debug("queue started")
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -24,22 +25,22 @@ type vring struct {
 	addrSet bool
 	base    uint16
 	enabled bool
-	kick    *eventFD
-	errFd   *eventFD
-	call    atomic.Pointer[eventFD]
+	kick    *os.File
+	errFd   *os.File
+	call    atomic.Pointer[os.File]
 	run     *runner
 }
 
 // setCall installs a new call eventfd (nil for none) and closes the old
-// one. A worker still holding the old one gets os.ErrClosed from its
-// signal, never a reused fd number. The new eventfd is signalled once: a
+// one. A worker still holding the old *os.File gets os.ErrClosed from its
+// write, never a reused fd number. The new eventfd is signalled once: a
 // completion pushed while the old one was installed (QEMU swaps call fds
 // after enabling the rings) must not leave the guest waiting. A spurious
 // interrupt costs the guest one look at its used ring.
-func (v *vring) setCall(e *eventFD) {
-	old := v.call.Swap(e)
-	if e != nil {
-		_ = e.signal()
+func (v *vring) setCall(f *os.File) {
+	old := v.call.Swap(f)
+	if f != nil {
+		_, _ = f.Write(eventOne[:])
 	}
 	if old != nil {
 		old.Close()
@@ -48,60 +49,6 @@ func (v *vring) setCall(e *eventFD) {
 
 // eventOne is the 8-byte little-endian 1 written to an eventfd.
 var eventOne = [8]byte{1}
-
-// eventFD is a kick or call eventfd from the frontend, used with plain
-// read(2), write(2) and poll(2) and never registered with the Go runtime's
-// poller: an *os.File over a non-blocking eventfd is, and then every
-// signal and every read by the other side wakes the thread sleeping in
-// the poller for nothing (the fd is shared with the frontend, so its mode
-// stays as the frontend set it). signal and Close may race: close waits
-// for signals in progress, and a later signal gets os.ErrClosed.
-type eventFD struct {
-	mu sync.RWMutex // held for reading while fd is used, for writing to close it
-	fd int          // -1 once closed
-}
-
-func newEventFD(fd int) *eventFD { return &eventFD{fd: fd} }
-
-// signal adds 1 to the eventfd. A full counter (EAGAIN) already means
-// "signalled".
-func (e *eventFD) signal() error {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	if e.fd < 0 {
-		return os.ErrClosed
-	}
-	for {
-		_, err := unix.Write(e.fd, eventOne[:])
-		switch err {
-		case unix.EINTR:
-			continue
-		case nil, unix.EAGAIN:
-			return nil
-		}
-		return fmt.Errorf("eventfd write: %w", err)
-	}
-}
-
-// dup returns a new close-on-exec descriptor for the same eventfd.
-func (e *eventFD) dup() (int, error) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	if e.fd < 0 {
-		return -1, os.ErrClosed
-	}
-	return unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
-}
-
-// Close closes the descriptor; later calls do nothing.
-func (e *eventFD) Close() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.fd >= 0 {
-		unix.Close(e.fd)
-		e.fd = -1
-	}
-}
 
 // slot is the per-descriptor-head state of a running queue: a head is in
 // flight at most once, so its Chain's slices are reused request after
@@ -112,22 +59,15 @@ type slot struct {
 	busy  atomic.Bool
 }
 
-// runner runs one started queue with a pool of goroutines, each on its own
-// OS thread while it waits: an idle goroutine sleeps in epoll_wait(2) on
-// an epoll instance of the queue holding the kick eventfd, edge-triggered,
-// so the kernel wakes exactly one sleeper per kick (waiters of one epoll
-// instance are exclusive). The thread woken pops the chain and serves it
-// itself: no Go runtime poller, no hand-off to another goroutine, no
-// second thread woken per request. Popping is serialised by a mutex; the
-// goroutine that pops a chain re-arms the guest's kick (EVENT_IDX
-// avail_event, or the NO_NOTIFY flag) before serving it, so the next chain
-// kicks and wakes another sleeper: a slow request holds up only its own
-// goroutine. A chain the guest published before the re-arm sent no kick;
-// the popper then kicks the eventfd itself, waking another goroutine for
-// it. A goroutine that finishes a chain looks at the ring before sleeping
-// again. When every goroutine is busy, chains wait in the available ring
-// until one finishes. Queue 0 (hiprio) and Options.Workers < 0 use one
-// goroutine.
+// runner runs one started queue with a pool of goroutines in a
+// leader/followers arrangement: the goroutine holding the lead token pops
+// chains (waiting for kicks when the ring is empty); as soon as it has one,
+// it passes the token to an idle follower and serves the chain itself. So
+// a request is served by the goroutine the kick woke, with no hand-off on
+// its path, and a slow request holds up only its own goroutine: the next
+// chain is popped by the next leader. When every goroutine is busy, chains
+// wait in the available ring until one finishes. Queue 0 (hiprio) and
+// Options.Workers < 0 use one goroutine, which serves inline.
 type runner struct {
 	v       *vring
 	index   int
@@ -136,77 +76,38 @@ type runner struct {
 	dev     Device
 	ctx     context.Context
 	log     *logrus.Entry
+	kick    *os.File
 	slots   []slot
 	stop    atomic.Bool
+	lead    chan struct{} // holds the lead token when no goroutine leads
+	quit    chan struct{} // closed when the queue stops
+	quitted sync.Once
 	workers sync.WaitGroup
 
-	// kickFd is the runner's own descriptor of the kick eventfd, stopFd
-	// an eventfd signalled (and left signalled) to stop, epFd the epoll
-	// instance watching both. All are closed once every goroutine of the
-	// queue has returned, so no wait can reach a reused fd number.
-	kickFd, stopFd, epFd int
-
-	popMu   sync.Mutex // serialises Pop and the notify state
-	scratch virtqueue.Chain
+	// Owned by the leader (the token orders successive leaders).
+	scratch  virtqueue.Chain
+	draining bool // kicks are disabled while popping
+	kickBuf  [8]byte
 }
 
-// epoll user data of the runner's two descriptors.
-const (
-	epKick = 1
-	epStop = 2
-)
-
-// startRunner starts serving q. On error nothing is left running and q is
-// still the caller's.
-func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtqueue.GuestMemory, dev Device, workers int, log *logrus.Entry) (*runner, error) {
+func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtqueue.GuestMemory, dev Device, workers int, log *logrus.Entry) *runner {
 	r := &runner{
-		v: v, index: v.index, q: q, mem: mem, dev: dev, ctx: ctx,
-		log:    log.WithField("queue", v.index),
-		slots:  make([]slot, q.Size()),
-		kickFd: -1, stopFd: -1, epFd: -1,
+		v: v, index: v.index, q: q, mem: mem, dev: dev, ctx: ctx, kick: v.kick,
+		log:   log.WithField("queue", v.index),
+		slots: make([]slot, q.Size()),
+		lead:  make(chan struct{}, 1),
+		quit:  make(chan struct{}),
 	}
-	if err := r.openFds(); err != nil {
-		r.closeFds()
-		return nil, err
-	}
+	_ = r.kick.SetReadDeadline(time.Time{}) // a previous runner may have left one
 	if v.index == 0 || workers <= 0 {
 		workers = 1
 	}
+	r.lead <- struct{}{}
 	for i := 0; i < workers; i++ {
 		r.workers.Add(1)
 		go r.worker()
 	}
-	return r, nil
-}
-
-func (r *runner) openFds() (err error) {
-	if r.kickFd, err = r.v.kick.dup(); err != nil {
-		return fmt.Errorf("kick eventfd: %w", err)
-	}
-	if r.stopFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
-		return fmt.Errorf("stop eventfd: %w", err)
-	}
-	if r.epFd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		return fmt.Errorf("epoll: %w", err)
-	}
-	kick := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: epKick}
-	if err := unix.EpollCtl(r.epFd, unix.EPOLL_CTL_ADD, r.kickFd, &kick); err != nil {
-		return fmt.Errorf("epoll add kick eventfd: %w", err)
-	}
-	// Level-triggered: once stopping, every sleeper wakes and sees it.
-	stop := unix.EpollEvent{Events: unix.EPOLLIN, Fd: epStop}
-	if err := unix.EpollCtl(r.epFd, unix.EPOLL_CTL_ADD, r.stopFd, &stop); err != nil {
-		return fmt.Errorf("epoll add stop eventfd: %w", err)
-	}
-	return nil
-}
-
-func (r *runner) closeFds() {
-	for _, fd := range []int{r.epFd, r.stopFd, r.kickFd} {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
-	}
+	return r
 }
 
 // stopAndWait stops the queue, waits until every chain in flight is
@@ -216,12 +117,12 @@ func (r *runner) closeFds() {
 // device), the rest happens in the background, and guest memory stays
 // mapped until the request lets go of it.
 func (r *runner) stopAndWait(wait bool, abort <-chan struct{}) bool {
-	r.halt()
+	r.stop.Store(true)
+	_ = r.kick.SetReadDeadline(time.Unix(1, 0))
 	finished := make(chan struct{})
 	go func() {
 		r.workers.Wait()
 		r.q.Release()
-		r.closeFds()
 		close(finished)
 	}()
 	if !wait {
@@ -235,66 +136,32 @@ func (r *runner) stopAndWait(wait bool, abort <-chan struct{}) bool {
 	}
 }
 
-// halt makes every goroutine of the queue return once it is idle.
-func (r *runner) halt() {
-	if r.stop.Swap(true) {
-		return
-	}
-	if _, err := unix.Write(r.stopFd, eventOne[:]); err != nil {
-		r.log.WithError(err).Error("signalling the stop eventfd failed")
-	}
-}
-
 func (r *runner) worker() {
 	defer r.workers.Done()
 	// A fault in guest memory (a frontend shrinking a memory file under
 	// us) becomes a panic, which stops this queue (next) or fails one
 	// request (handle), not the daemon.
 	debug.SetPanicOnFault(true)
-	var events [2]unix.EpollEvent
-	var count [8]byte // kick counts, not looked at
-	for !r.stop.Load() {
-		head, got, ok := r.next()
+	for {
+		select {
+		case <-r.lead:
+		case <-r.quit:
+			return
+		}
+		head, ok := r.next()
 		if !ok {
 			r.halt()
 			return
 		}
-		if got {
-			if !r.serveOrStop(head) {
-				return
-			}
-			continue
-		}
-		if err := r.wait(events[:], count[:]); err != nil {
-			r.log.WithError(err).Error("waiting for a kick failed; queue stops")
-			r.halt()
+		r.lead <- struct{}{} // never blocks: there is one token
+		if !r.serveOrStop(head) {
 			return
 		}
 	}
 }
 
-// wait sleeps until a kick (consuming it) or a stop.
-func (r *runner) wait(events []unix.EpollEvent, count []byte) error {
-	for {
-		n, err := unix.EpollWait(r.epFd, events, -1)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("epoll_wait: %w", err)
-		}
-		for _, ev := range events[:n] {
-			if ev.Fd == epKick {
-				// Non-blocking (the session made it so): EAGAIN means
-				// another goroutine took the count.
-				if _, err := unix.Read(r.kickFd, count); err != nil && err != unix.EAGAIN && err != unix.EINTR {
-					return fmt.Errorf("kick eventfd read: %w", err)
-				}
-			}
-		}
-		return nil
-	}
-}
+// halt makes every goroutine of the queue return once it is idle.
+func (r *runner) halt() { r.quitted.Do(func() { close(r.quit) }) }
 
 // serveOrStop serves head; a fault outside the device (in the used ring)
 // stops the queue instead of the daemon.
@@ -310,67 +177,62 @@ func (r *runner) serveOrStop(head uint16) (ok bool) {
 	return true
 }
 
-// next pops the next chain to serve into its slot, giving malformed
-// chains back on the way. got is false when the ring is empty (the guest
-// will kick for the next chain); ok is false after a fault in the ring.
-// Before returning a chain it re-arms the kick, and if more chains are
-// waiting (published while the kick was not armed) kicks the eventfd so
-// that another goroutine takes them.
-func (r *runner) next() (head uint16, got, ok bool) {
+// next pops the next chain to serve into its slot, waiting for kicks while
+// the ring is empty. Malformed chains are given back on the way. It
+// returns false when the queue stops. Only the leader calls it.
+func (r *runner) next() (head uint16, ok bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
-			r.popMu.Unlock()
-			got, ok = false, false
+			ok = false
 		}
 	}()
-	r.popMu.Lock()
-	for {
+	for !r.stop.Load() {
+		if !r.draining {
+			r.q.DisableNotify()
+			r.draining = true
+		}
 		snap := r.mem.Acquire()
-		popped, err := r.q.Pop(snap, &r.scratch)
-		if !popped {
-			snap.Release()
-			if err != nil {
-				r.log.WithError(err).Error("queue is broken; waiting for the next kick")
-				r.q.EnableNotify()
-				r.popMu.Unlock()
-				return 0, false, true
+		got, err := r.q.Pop(snap, &r.scratch)
+		if got {
+			head := r.scratch.Head
+			var ce *virtqueue.ChainError
+			if errors.As(err, &ce) {
+				snap.Release()
+				r.log.WithError(err).Warn("dropping malformed descriptor chain")
+				if ce.Returnable && !r.slots[head].busy.Load() {
+					r.push(head, 0)
+				}
+				continue
 			}
-			if r.q.EnableNotify() {
-				continue // published meanwhile; no kick will come for it
+			s := &r.slots[head]
+			if s.busy.Load() {
+				snap.Release()
+				r.log.WithField("head", head).Warn("guest re-submitted a chain still in flight; ignoring it")
+				continue
 			}
-			r.popMu.Unlock()
-			return 0, false, true
+			s.busy.Store(true)
+			s.chain, r.scratch = r.scratch, s.chain
+			s.snap = snap
+			return head, true
 		}
-		head := r.scratch.Head
-		var ce *virtqueue.ChainError
-		if errors.As(err, &ce) {
-			snap.Release()
-			r.log.WithError(err).Warn("dropping malformed descriptor chain")
-			if ce.Returnable && !r.slots[head].busy.Load() {
-				r.push(head, 0)
-			}
-			continue
+		snap.Release()
+		r.draining = false
+		if err != nil {
+			r.log.WithError(err).Error("queue is broken; waiting for the next kick")
+		} else if r.q.EnableNotify() {
+			continue // chains arrived meanwhile; no kick will come for them
 		}
-		s := &r.slots[head]
-		if s.busy.Load() {
-			snap.Release()
-			r.log.WithField("head", head).Warn("guest re-submitted a chain still in flight; ignoring it")
-			continue
+		_, err = r.kick.Read(r.kickBuf[:])
+		if r.stop.Load() {
+			break
 		}
-		s.busy.Store(true)
-		s.chain, r.scratch = r.scratch, s.chain
-		s.snap = snap
-		if r.q.EnableNotify() {
-			// More chains are waiting and sent no kick: wake another
-			// goroutine for them (or this one, once it is done).
-			if _, err := unix.Write(r.kickFd, eventOne[:]); err != nil && err != unix.EAGAIN {
-				r.log.WithError(err).Warn("self-kick failed")
-			}
+		if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+			r.log.WithError(err).Error("kick eventfd read failed; queue stops")
+			break
 		}
-		r.popMu.Unlock()
-		return head, true, true
 	}
+	return 0, false
 }
 
 // serve hands one chain to the device and completes it.
@@ -399,8 +261,8 @@ func (r *runner) handle(s *slot) (n uint32) {
 
 func (r *runner) push(head uint16, n uint32) {
 	if r.q.Push(head, n) {
-		if e := r.v.call.Load(); e != nil {
-			if err := e.signal(); err != nil && !errors.Is(err, os.ErrClosed) {
+		if f := r.v.call.Load(); f != nil {
+			if _, err := f.Write(eventOne[:]); err != nil && !errors.Is(err, os.ErrClosed) {
 				r.log.WithError(err).Warn("signalling the call eventfd failed")
 			}
 		}
