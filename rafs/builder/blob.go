@@ -336,7 +336,11 @@ func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInf
 			return blobInfo{}, nil, err
 		}
 		// The bootstrap records the blob's final size, which depends on the
-		// compressed bootstrap: iterate to the fixed point.
+		// compressed bootstrap. Iterating to a fixed point can oscillate (a
+		// different size field compresses one byte longer or shorter), so the
+		// recorded size only grows, and a compressed bootstrap that comes out
+		// short is padded to it with a zstd skippable frame, which every zstd
+		// decoder steps over.
 		self := info
 		self.ID = inlinePlaceholderID
 		self.TOCSize = uint32(len(b.toc) + tocEntrySize + tarBlock) // + image.boot
@@ -347,13 +351,22 @@ func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInf
 			}
 			z = c.zenc.EncodeAll(boot, nil)
 			size := b.off + uint64(len(z)) + tarBlock + uint64(self.TOCSize)
+			if size < self.CompressedSize && self.CompressedSize-size >= skippableFrameMin {
+				z = appendSkippableFrame(z, int(self.CompressedSize-size))
+				size = self.CompressedSize
+			}
 			if size == self.CompressedSize {
 				break
 			}
-			if i == 8 {
+			if i == 16 {
 				return blobInfo{}, nil, fmt.Errorf("inline bootstrap: blob size does not settle")
 			}
-			self.CompressedSize = size
+			if size > self.CompressedSize {
+				self.CompressedSize = size
+			} else {
+				// Short by less than a skippable frame: leave room for one.
+				self.CompressedSize += 2 * skippableFrameMin
+			}
 		}
 		bootOff := b.off
 		bootDigest := sha256.Sum256(boot)
@@ -376,4 +389,16 @@ func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInf
 	info.ID = hex.EncodeToString(b.idHash.Sum(nil))
 	info.CompressedSize = b.off
 	return info, boot, nil
+}
+
+// skippableFrameMin is the size of an empty zstd skippable frame: a 4-byte
+// magic and a 4-byte length.
+const skippableFrameMin = 8
+
+// appendSkippableFrame appends a zstd skippable frame of n bytes in all
+// (n >= skippableFrameMin) to z.
+func appendSkippableFrame(z []byte, n int) []byte {
+	z = binary.LittleEndian.AppendUint32(z, 0x184D2A50)
+	z = binary.LittleEndian.AppendUint32(z, uint32(n-skippableFrameMin))
+	return append(z, make([]byte, n-skippableFrameMin)...)
 }

@@ -1,8 +1,12 @@
 package builder
 
 import (
+	"bytes"
+	"fmt"
+
 	"context"
 	"encoding/binary"
+	"github.com/klauspost/compress/zstd"
 	"os"
 	"path/filepath"
 	"testing"
@@ -95,5 +99,58 @@ func TestWhiteoutSpecNone(t *testing.T) {
 	compareTrees(t, want, scanImage(t, boot, out))
 	if _, _, err := BuildDir(src, out, Options{WhiteoutSpec: "aufs"}); err == nil {
 		t.Error("an unknown whiteout spec was accepted")
+	}
+}
+
+// TestBlobInlineMetaSettles builds inline-meta blobs over many slightly
+// different trees. The bootstrap records the blob's size while being
+// compressed into that blob, so some inputs made a naive fixed-point
+// iteration oscillate forever; every build must settle and read back.
+func TestBlobInlineMetaSettles(t *testing.T) {
+	for i := 0; i < 40; i++ {
+		src := filepath.Join(t.TempDir(), "src")
+		if err := os.MkdirAll(filepath.Join(src, "d"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for j := 0; j <= i%7; j++ {
+			data := make([]byte, 100*i+37*j+1)
+			for k := range data {
+				data[k] = byte(k*j + i)
+			}
+			if err := os.WriteFile(filepath.Join(src, "d", fmt.Sprintf("f%02d-%d", i, j)), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := scanTree(t, src)
+		comp := CompressNone
+		if i%2 == 1 {
+			comp = CompressZstd
+		}
+		out := t.TempDir()
+		res, err := Build(context.Background(), src, filepath.Join(out, "boot"), out, Options{BlobInlineMeta: true, Compressor: comp})
+		if err != nil {
+			t.Fatalf("tree %d: %v", i, err)
+		}
+		compareTrees(t, want, scanImage(t, res.BlobPath, out))
+	}
+}
+
+func TestSkippableFramePadding(t *testing.T) {
+	c, err := newCompressor(CompressZstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Repeat([]byte("bootstrap "), 500)
+	for _, pad := range []int{skippableFrameMin, 9, 4096} {
+		z := appendSkippableFrame(c.zenc.EncodeAll(want, nil), pad)
+		got, err := zstd.NewReader(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := got.DecodeAll(z, nil)
+		got.Close()
+		if err != nil || !bytes.Equal(out, want) {
+			t.Fatalf("pad %d: decode = %d bytes, %v", pad, len(out), err)
+		}
 	}
 }
