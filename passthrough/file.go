@@ -187,24 +187,29 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 		if err == unix.EEXIST && in.Flags&unix.O_EXCL == 0 {
 			return fs.openExisting(pfd, name, flags, out)
 		}
-		if err == nil {
-			err = fs.restoreMode(ffd, in.Mode)
-			if err != nil {
-				unix.Close(ffd)
-			}
-		}
 		if err != nil {
 			return err
 		}
-		n, err := fs.intern(ffd, false, &out.EntryOut)
-		if err != nil {
-			unix.Close(ffd)
-			return err
-		}
-		out.Fh = fs.addFile(ffd, n)
-		out.OpenFlags = fs.fileOpenFlags(flags)
-		return nil
+		return fs.adoptCreated(ffd, in.Mode, flags, out)
 	})
+}
+
+// adoptCreated finishes a file the guest created: it gives back the mode
+// bits the daemon's umask took, interns the inode and opens a handle on
+// ffd. It closes ffd on failure.
+func (fs *FS) adoptCreated(ffd int, mode uint32, flags int, out *fuse.CreateOut) error {
+	if err := fs.restoreMode(ffd, mode); err != nil {
+		unix.Close(ffd)
+		return err
+	}
+	n, err := fs.intern(ffd, false, &out.EntryOut)
+	if err != nil {
+		unix.Close(ffd)
+		return err
+	}
+	out.Fh = fs.addFile(ffd, n)
+	out.OpenFlags = fs.fileOpenFlags(flags)
+	return nil
 }
 
 // Tmpfile makes an unnamed file in the directory (O_TMPFILE) as the
@@ -231,22 +236,10 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 			})
 			return err
 		})
-		if err == nil {
-			if err = fs.restoreMode(ffd, in.Mode); err != nil {
-				unix.Close(ffd)
-			}
-		}
 		if err != nil {
 			return err
 		}
-		n, err := fs.intern(ffd, false, &out.EntryOut)
-		if err != nil {
-			unix.Close(ffd)
-			return err
-		}
-		out.Fh = fs.addFile(ffd, n)
-		out.OpenFlags = fs.fileOpenFlags(flags)
-		return nil
+		return fs.adoptCreated(ffd, in.Mode, flags, out)
 	})
 }
 
