@@ -109,6 +109,21 @@ func fuseOver(drv *testdriver.Driver) *fuseclient.Client {
 	return c
 }
 
+// connectFUSE connects a test driver to the daemon's socket in the given
+// frontend order and sends FUSE INIT through it.
+func connectFUSE(t *testing.T, d *daemon, sock string, seq testdriver.Sequence) (*testdriver.Driver, *fuseclient.Client) {
+	t.Helper()
+	drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: seq})
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, d.log())
+	}
+	c := fuseOver(drv)
+	if _, err := c.Init(38, 0, 1<<17); err != nil {
+		t.Fatalf("init: %v\n%s", err, d.log())
+	}
+	return drv, c
+}
+
 // shareDir makes a small directory to share.
 func shareDir(t *testing.T) string {
 	t.Helper()
@@ -168,14 +183,7 @@ func TestDaemonServesAndExitsOnDisconnect(t *testing.T) {
 			if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 				t.Fatalf("socket: %v, mode %v; want 0600", err, fi.Mode())
 			}
-			drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: sh.seq})
-			if err != nil {
-				t.Fatalf("connect: %v\n%s", err, d.log())
-			}
-			c := fuseOver(drv)
-			if _, err := c.Init(38, 0, 1<<17); err != nil {
-				t.Fatalf("init: %v", err)
-			}
+			drv, c := connectFUSE(t, d, sock, sh.seq)
 			if got := readFile(t, c, "hello.txt"); got != "hello, guest\n" {
 				t.Fatalf("read = %q", got)
 			}
@@ -216,14 +224,7 @@ func sandboxServesShare(t *testing.T, bin, mode string) {
 	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", d.cmd.Process.Pid)); mode == "chroot" && (err != nil || root != dir) {
 		t.Fatalf("daemon root %q %v, want %s", root, err, dir)
 	}
-	drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.QEMU})
-	if err != nil {
-		t.Fatalf("connect: %v\n%s", err, d.log())
-	}
-	c := fuseOver(drv)
-	if _, err := c.Init(38, 0, 1<<17); err != nil {
-		t.Fatal(err)
-	}
+	drv, c := connectFUSE(t, d, sock, testdriver.QEMU)
 	e, err := c.Lookup(fuse.FUSE_ROOT_ID, "hello.txt")
 	if err != nil {
 		t.Fatal(err)
@@ -261,14 +262,8 @@ func TestDaemonSignals(t *testing.T) {
 			d := startDaemon(t, bin, nil, "--socket-path="+sock, "--shared-dir="+shareDir(t))
 			// A frontend is connected and idle: the signal must still end
 			// the daemon promptly.
-			drv, err := testdriver.Connect(sock, testdriver.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			drv, _ := connectFUSE(t, d, sock, testdriver.QEMU)
 			defer drv.Close()
-			if _, err := fuseOver(drv).Init(38, 0, 1<<17); err != nil {
-				t.Fatal(err)
-			}
 			d.cmd.Process.Signal(sig)
 			if code := d.wait(t, time.Second); code != 0 {
 				t.Fatalf("exit code %d after %v\n%s", code, sig, d.log())
@@ -294,14 +289,7 @@ func TestDaemonInheritedFD(t *testing.T) {
 	l.Close()
 	d := startDaemon(t, bin, []*os.File{f}, "--syslog", "--cache=auto", "--shared-dir="+shareDir(t), "--fd=3", "--thread-pool-size=1", "--announce-submounts", "--xattr")
 	f.Close()
-	drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.CloudHypervisor})
-	if err != nil {
-		t.Fatalf("connect: %v\n%s", err, d.log())
-	}
-	c := fuseOver(drv)
-	if _, err := c.Init(38, 0, 1<<17); err != nil {
-		t.Fatal(err)
-	}
+	drv, c := connectFUSE(t, d, sock, testdriver.CloudHypervisor)
 	if got := readFile(t, c, "hello.txt"); got != "hello, guest\n" {
 		t.Fatalf("read = %q", got)
 	}
@@ -316,14 +304,7 @@ func TestDaemonKeepListening(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "vfs.sock")
 	d := startDaemon(t, bin, nil, "--socket-path="+sock, "--shared-dir="+shareDir(t), "--keep-listening")
 	for i := 0; i < 2; i++ {
-		drv, err := testdriver.Connect(sock, testdriver.Options{})
-		if err != nil {
-			t.Fatalf("connect %d: %v\n%s", i, err, d.log())
-		}
-		c := fuseOver(drv)
-		if _, err := c.Init(38, 0, 1<<17); err != nil {
-			t.Fatal(err)
-		}
+		drv, c := connectFUSE(t, d, sock, testdriver.QEMU)
 		if got := readFile(t, c, "hello.txt"); got != "hello, guest\n" {
 			t.Fatalf("frontend %d read = %q", i, got)
 		}
@@ -341,15 +322,8 @@ func TestDaemonServesRAFSImage(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "vfs.sock")
 	d := startDaemon(t, bin, nil, "--socket-path="+sock,
 		"--bootstrap="+filepath.Join(v5, "sha256-nocompress-repeatable"), "--blob-dir="+filepath.Join(v5, "blobs"))
-	drv, err := testdriver.Connect(sock, testdriver.Options{})
-	if err != nil {
-		t.Fatalf("connect: %v\n%s", err, d.log())
-	}
+	drv, c := connectFUSE(t, d, sock, testdriver.QEMU)
 	defer drv.Close()
-	c := fuseOver(drv)
-	if _, err := c.Init(38, 0, 1<<17); err != nil {
-		t.Fatal(err)
-	}
 	e, err := c.Lookup(fuse.FUSE_ROOT_ID, "hardlink-test")
 	if err != nil {
 		t.Fatal(err)

@@ -127,14 +127,7 @@ func TestKataNydusSequence(t *testing.T) {
 		t.Fatalf("mount rafs = %d %s", code, body)
 	}
 
-	drv, err := testdriver.Connect(vsock, testdriver.Options{})
-	if err != nil {
-		t.Fatalf("connect: %v\n%s", err, d.log())
-	}
-	c := fuseOver(drv)
-	if _, err := c.Init(38, 0, 1<<17); err != nil {
-		t.Fatal(err)
-	}
+	drv, c := connectFUSE(t, d, vsock, testdriver.QEMU)
 	if got := string(readAll(t, c, lookupPath(t, c, "containers/hello.txt"))); got != "hello, guest\n" {
 		t.Fatalf("containers/hello.txt = %q", got)
 	}
@@ -180,15 +173,8 @@ func TestNydusdImageRoot(t *testing.T) {
 	}
 	vsock := filepath.Join(dir, "vfs.sock")
 	d := startDaemon(t, bin, nil, "virtiofs", "--sock", vsock, "--bootstrap", filepath.Join(v6, "rafs-v6-2.2.boot"), "--config", cfgPath)
-	drv, err := testdriver.Connect(vsock, testdriver.Options{Sequence: testdriver.CloudHypervisor})
-	if err != nil {
-		t.Fatalf("connect: %v\n%s", err, d.log())
-	}
+	drv, c := connectFUSE(t, d, vsock, testdriver.CloudHypervisor)
 	defer drv.Close()
-	c := fuseOver(drv)
-	if _, err := c.Init(38, 0, 1<<17); err != nil {
-		t.Fatal(err)
-	}
 	sum := md5.Sum(readAll(t, c, lookupPath(t, c, "lib.rs")))
 	if got := hex.EncodeToString(sum[:]); got != "4709cf8873e419ecedc7d43fdee4a75f" {
 		t.Fatalf("md5 of lib.rs = %s", got)
