@@ -3,7 +3,7 @@
 # Needs root (as CI and the developers' machines are); otherwise it only says
 # what is missing, and the tests that need those tools skip with a reason.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr)
+pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do
 	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
