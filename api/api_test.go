@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
@@ -388,10 +390,10 @@ func TestRemount(t *testing.T) {
 // mounts through the host kernel's FUSE client.
 func TestKernelKataLayout(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("kernel FUSE mount needs root (DirectMount)")
+		testenv.Skip(t, "kernel FUSE mount needs root (DirectMount)")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		testenv.Skip(t, "no /dev/fuse")
 	}
 	d := startDaemon(t)
 	mnt := t.TempDir()

@@ -17,9 +17,9 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 )
 

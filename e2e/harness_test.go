@@ -18,8 +18,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 )
 

@@ -8,8 +8,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 )
 
 const (

@@ -16,9 +16,9 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
 )
 
 // rafsFixture is an image of the shared fixtures with the md5 of every

@@ -15,9 +15,11 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
@@ -598,7 +600,7 @@ func TestXattrs(t *testing.T) {
 	e := newEnv(t, nil, Options{}, true)
 	e.writeFile(t, "f", nil)
 	if err := syscall.Setxattr(filepath.Join(e.dir, "f"), "user.probe", []byte("1"), 0); err != nil {
-		t.Skipf("no user xattrs here: %v", err)
+		testenv.Skipf(t, "no user xattrs here: %v", err)
 	}
 	ent, err := e.client.Lookup(1, "f")
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 )
 
 func TestTemplate(t *testing.T) {
@@ -85,7 +87,7 @@ func TestProbeFakeBackends(t *testing.T) {
 	}
 	ok := Template("listens", []string{"/bin/sh", "-c", "exec python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); time.sleep(30)' {socket}"})
 	if _, err := lookPython(); err != nil {
-		t.Skip(err)
+		testenv.Skip(t, err)
 	}
 	if err := probeServes(context.Background(), ok); err != nil {
 		t.Fatalf("probe of a listening backend: %v", err)

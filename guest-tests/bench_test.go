@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/guest-tests/check"
 )
 
@@ -73,7 +75,7 @@ func BenchmarkGuest(b *testing.B) {
 				if s.Requested {
 					b.Fatalf("backend %s cannot serve: %v", s.Backend.Name, s.Unavailable)
 				}
-				b.Skipf("backend %s cannot serve yet: %v", s.Backend.Name, s.Unavailable)
+				testenv.Skipf(b, "backend %s cannot serve yet: %v", s.Backend.Name, s.Unavailable)
 			}
 			var seq, walk, stat []float64
 			for i := 0; i < b.N; i++ {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -16,7 +18,7 @@ import (
 func TestCPIOReadByBusybox(t *testing.T) {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
-		t.Skip("no busybox (apt-get install busybox-static)")
+		testenv.Skip(t, "no busybox (apt-get install busybox-static)")
 	}
 	var buf bytes.Buffer
 	c := newCPIOWriter(&buf)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -34,7 +36,7 @@ func setupGuests(t testing.TB) *testEnv {
 	defer cancel()
 	log := logrus.StandardLogger()
 	if err := EnsureHost(ctx, log); err != nil {
-		t.Skipf("guest tests cannot run here: %v", err)
+		testenv.Skipf(t, "guest tests cannot run here: %v", err)
 	}
 	root, err := ModuleRoot()
 	if err != nil {
@@ -64,7 +66,7 @@ func (e *testEnv) forEachBackend(t *testing.T, f func(t *testing.T, b Backend)) 
 				if s.Requested {
 					t.Fatalf("backend %s was requested in %s but cannot serve: %v", s.Backend.Name, EnvBackends, s.Unavailable)
 				}
-				t.Skipf("backend %s cannot serve yet (set %s to require it): %v", s.Backend.Name, EnvBackends, s.Unavailable)
+				testenv.Skipf(t, "backend %s cannot serve yet (set %s to require it): %v", s.Backend.Name, EnvBackends, s.Unavailable)
 			}
 			f(t, s.Backend)
 		})

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -366,7 +368,7 @@ func TestEscapeProcMount(t *testing.T) {
 	e := newEnv(t, Options{})
 	os.Mkdir(e.host("proc"), 0o755)
 	if err := unix.Mount("proc", e.host("proc"), "proc", 0, ""); err != nil {
-		t.Skipf("cannot mount procfs: %v", err)
+		testenv.Skipf(t, "cannot mount procfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(e.host("proc"), unix.MNT_DETACH) })
 	proc := e.lookup(t, 1, "proc").NodeId

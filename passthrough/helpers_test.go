@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 )
@@ -22,7 +24,7 @@ type env struct {
 func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (file handles, credential switching, FUSE mounts)")
+		testenv.Skip(t, "needs root (file handles, credential switching, FUSE mounts)")
 	}
 }
 
@@ -59,7 +61,7 @@ func mountEnv(t testing.TB, opts Options) *env {
 	t.Helper()
 	requireRoot(t)
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("/dev/fuse unavailable: %v", err)
+		testenv.Skipf(t, "/dev/fuse unavailable: %v", err)
 	}
 	e := newEnv(t, opts)
 	e.mnt = filepath.Join(filepath.Dir(e.share), "mnt")
@@ -77,7 +79,7 @@ func mountEnv(t testing.TB, opts Options) *env {
 		MaxWrite:           1 << 20,
 	})
 	if err != nil {
-		t.Skipf("cannot mount FUSE: %v", err)
+		testenv.Skipf(t, "cannot mount FUSE: %v", err)
 	}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {

@@ -8,9 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 )
 
 // TestCacheModes checks the timeouts and open flags on the replies, as
@@ -137,7 +140,7 @@ func TestForgetThroughKernel(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0); err != nil {
-			t.Skipf("cannot drop caches: %v", err)
+			testenv.Skipf(t, "cannot drop caches: %v", err)
 		}
 		n, _ := e.fs.Inodes()
 		if n < 10 {

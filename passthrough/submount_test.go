@@ -4,6 +4,8 @@ import (
 	"os"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -17,7 +19,7 @@ func TestSubmounts(t *testing.T) {
 		os.Mkdir(e.host("sub"), 0o755)
 		os.Mkdir(e.host("plain"), 0o755)
 		if err := unix.Mount("tmpfs", e.host("sub"), "tmpfs", 0, "size=1m"); err != nil {
-			t.Skipf("cannot mount tmpfs: %v", err)
+			testenv.Skipf(t, "cannot mount tmpfs: %v", err)
 		}
 		t.Cleanup(func() { unix.Unmount(e.host("sub"), unix.MNT_DETACH) })
 		os.WriteFile(e.host("sub", "f"), []byte("on tmpfs"), 0o644)

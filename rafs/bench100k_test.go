@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
@@ -144,7 +146,7 @@ func BenchmarkGetAttr100k(b *testing.B) {
 // through the host kernel FUSE mount of the 100k image.
 func BenchmarkFUSEWalk100k(b *testing.B) {
 	if os.Geteuid() != 0 {
-		b.Skip("needs root for a direct FUSE mount")
+		testenv.Skip(b, "needs root for a direct FUSE mount")
 	}
 	boot, dir := synthImage(b)
 	img, err := rafs.Open(boot, rafs.Options{Backend: backend.NewLocalFS(dir)})

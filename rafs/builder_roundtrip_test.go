@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
@@ -68,7 +70,7 @@ func buildLayer(t *testing.T, opts builder.Options) (boot, dir string) {
 // builder and reads it back through the kernel FUSE client.
 func TestBuilderRoundTrip(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a direct FUSE mount")
+		testenv.Skip(t, "needs root for a direct FUSE mount")
 	}
 	for _, tc := range []struct {
 		name string

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 )
 
@@ -17,10 +19,10 @@ import (
 func requireFUSE(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("kernel FUSE mount needs root (DirectMount)")
+		testenv.Skip(t, "kernel FUSE mount needs root (DirectMount)")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		testenv.Skip(t, "no /dev/fuse")
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
@@ -25,15 +27,15 @@ import (
 func kernelMount(t *testing.T, image string, devices ...string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for loop devices")
+		testenv.Skip(t, "needs root for loop devices")
 	}
 	if fss, _ := os.ReadFile("/proc/filesystems"); !bytes.Contains(fss, []byte("erofs")) {
-		t.Skip("no EROFS in this kernel")
+		testenv.Skip(t, "no EROFS in this kernel")
 	}
 	loop := func(p string) string {
 		out, err := exec.Command("losetup", "-f", "--show", "--read-only", p).Output()
 		if err != nil {
-			t.Skipf("losetup: %v", err)
+			testenv.Skipf(t, "losetup: %v", err)
 		}
 		dev := strings.TrimSpace(string(out))
 		t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
@@ -194,7 +196,7 @@ func kernelXattrs(t *testing.T, p string) string {
 // read it exactly as the kernel does.
 func TestKernelEROFSMkfs(t *testing.T) {
 	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
-		t.Skip("no mkfs.erofs")
+		testenv.Skip(t, "no mkfs.erofs")
 	}
 	src := t.TempDir()
 	big := bytes.Repeat([]byte("erofs flat data "), 5000)

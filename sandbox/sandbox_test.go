@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -94,7 +96,7 @@ func testBinary(t *testing.T) string {
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (namespaces, mounts, chroot)")
+		testenv.Skip(t, "needs root (namespaces, mounts, chroot)")
 	}
 }
 

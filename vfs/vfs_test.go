@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
@@ -94,10 +96,10 @@ func md5File(p string) (string, error) {
 func kernelMount(t testing.TB, v *VFS) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("kernel FUSE mount needs root (DirectMount)")
+		testenv.Skip(t, "kernel FUSE mount needs root (DirectMount)")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		testenv.Skip(t, "no /dev/fuse")
 	}
 	mnt := t.TempDir()
 	srv, err := rafs.Mount(v, mnt, &fuse.MountOptions{FsName: "vfs", Name: "vfs", DirectMount: true, MaxReadAhead: 1 << 20})

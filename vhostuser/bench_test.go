@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )

@@ -1,38 +1,7 @@
 package virtqueue
 
-import (
-	"encoding/binary"
-	"math/bits"
-	"unsafe"
-)
+import "encoding/binary"
 
-// Ring fields are little-endian (virtio 1.0). The idx fields are read and
-// written with single 16-bit accesses through unsafe pointers, so they are
-// never torn, then swapped on big-endian hosts.
-
-func hostIsLE() bool {
-	var x uint16 = 1
-	return *(*byte)(unsafe.Pointer(&x)) == 1
-}
-
-// load16 reads the little-endian u16 at b[off] with one access. b[off:off+2]
-// must be in bounds and off even.
-func load16(b []byte, off int) uint16 {
-	_ = b[off+1]
-	v := *(*uint16)(unsafe.Pointer(&b[off]))
-	if !hostIsLE() {
-		v = bits.ReverseBytes16(v)
-	}
-	return v
-}
-
-// store16 writes v little-endian at b[off] with one access.
-func store16(b []byte, off int, v uint16) {
-	_ = b[off+1]
-	if !hostIsLE() {
-		v = bits.ReverseBytes16(v)
-	}
-	*(*uint16)(unsafe.Pointer(&b[off])) = v
-}
-
+// Ring fields are little-endian (virtio 1.0); the 16-bit indexes go through
+// internal/ring's single-access helpers.
 var le = binary.LittleEndian

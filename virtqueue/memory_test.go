@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -11,7 +13,7 @@ func memfd(t *testing.T, size int) int {
 	t.Helper()
 	fd, err := unix.MemfdCreate("guest", unix.MFD_CLOEXEC)
 	if err != nil {
-		t.Skipf("memfd_create: %v", err)
+		testenv.Skipf(t, "memfd_create: %v", err)
 	}
 	if err := unix.Ftruncate(fd, int64(size)); err != nil {
 		t.Fatal(err)

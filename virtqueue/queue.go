@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ring"
 )
 
 // Descriptor flags (virtio 1.x, 2.7.5).
@@ -110,7 +112,7 @@ func NewQueue(snap *Snapshot, cfg Config) (*Queue, error) {
 		}
 		q.pins = append(q.pins, pin)
 	}
-	q.usedIdx = load16(q.used, 2)
+	q.usedIdx = ring.Load16(q.used, 2)
 	return q, nil
 }
 
@@ -130,14 +132,14 @@ func (q *Queue) Size() uint16 { return q.size }
 func (q *Queue) LastAvail() uint16 { return q.lastAvail }
 
 // Pending reports whether the driver has published chains not yet popped.
-func (q *Queue) Pending() bool { return load16(q.avail, 2) != q.lastAvail }
+func (q *Queue) Pending() bool { return ring.Load16(q.avail, 2) != q.lastAvail }
 
 // Pop takes the next available chain into c, reusing c's slices. It returns
 // false when nothing is available. A malformed chain is consumed and
 // reported as a *ChainError (c.Head is set, its buffers are empty).
 // Buffers point into memory held by mem: keep mem until the chain is pushed.
 func (q *Queue) Pop(mem *Snapshot, c *Chain) (bool, error) {
-	availIdx := load16(q.avail, 2)
+	availIdx := ring.Load16(q.avail, 2)
 	if availIdx == q.lastAvail {
 		return false, nil
 	}
@@ -145,8 +147,8 @@ func (q *Queue) Pop(mem *Snapshot, c *Chain) (bool, error) {
 		return false, fmt.Errorf("avail idx %d, last seen %d, size %d: %w", availIdx, q.lastAvail, q.size, ErrAvailIndex)
 	}
 	// Read the ring entry (and the descriptors) only after the index.
-	loadFence()
-	head := load16(q.avail, 4+2*int(q.lastAvail&q.mask))
+	ring.LoadFence()
+	head := ring.Load16(q.avail, 4+2*int(q.lastAvail&q.mask))
 	q.lastAvail++
 	c.Head = head
 	c.Readable = c.Readable[:0]
@@ -304,17 +306,17 @@ func (q *Queue) Push(head uint16, written uint32) bool {
 	le.PutUint32(q.used[off:off+4], uint32(head))
 	le.PutUint32(q.used[off+4:off+8], written)
 	// The element must be visible before the index that publishes it.
-	storeFence()
+	ring.StoreFence()
 	q.usedIdx = old + 1
-	store16(q.used, 2, old+1)
+	ring.Store16(q.used, 2, old+1)
 	// And the index must be visible before we read the driver's wish.
-	fullFence()
+	ring.FullFence()
 	var notify bool
 	if q.eventIdx {
-		ev := load16(q.avail, 4+2*int(q.size))
-		notify = needEvent(ev, old+1, old)
+		ev := ring.Load16(q.avail, 4+2*int(q.size))
+		notify = ring.NeedEvent(ev, old+1, old)
 	} else {
-		notify = load16(q.avail, 0)&AvailFlagNoInterrupt == 0
+		notify = ring.Load16(q.avail, 0)&AvailFlagNoInterrupt == 0
 	}
 	q.pushMu.Unlock()
 	return notify
@@ -324,7 +326,7 @@ func (q *Queue) Push(head uint16, written uint32) bool {
 // ring. With EVENT_IDX this is implicit (avail_event is left behind).
 func (q *Queue) DisableNotify() {
 	if !q.eventIdx {
-		store16(q.used, 0, UsedFlagNoNotify)
+		ring.Store16(q.used, 0, UsedFlagNoNotify)
 	}
 }
 
@@ -333,16 +335,10 @@ func (q *Queue) DisableNotify() {
 // as no kick will come for them).
 func (q *Queue) EnableNotify() bool {
 	if q.eventIdx {
-		store16(q.used, 4+8*int(q.size), q.lastAvail)
+		ring.Store16(q.used, 4+8*int(q.size), q.lastAvail)
 	} else {
-		store16(q.used, 0, 0)
+		ring.Store16(q.used, 0, 0)
 	}
-	fullFence()
+	ring.FullFence()
 	return q.Pending()
-}
-
-// needEvent is vring_need_event: whether moving an index from old to new
-// crosses the other side's event index ev.
-func needEvent(ev, new, old uint16) bool {
-	return new-ev-1 < new-old
 }

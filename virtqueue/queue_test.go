@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"unsafe"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ring"
 )
 
 // Layout used by the in-package tests and the fuzz target: two adjacent
@@ -261,8 +263,8 @@ func TestNeedEvent(t *testing.T) {
 		want         bool
 	}{{0, 1, 0, true}, {1, 1, 0, false}, {5, 10, 3, true}, {10, 10, 3, false}, {0xffff, 0, 0xfffe, true}}
 	for _, tc := range tests {
-		if got := needEvent(tc.ev, tc.new, tc.old); got != tc.want {
-			t.Errorf("needEvent(%d,%d,%d) = %v", tc.ev, tc.new, tc.old, got)
+		if got := ring.NeedEvent(tc.ev, tc.new, tc.old); got != tc.want {
+			t.Errorf("ring.NeedEvent(%d,%d,%d) = %v", tc.ev, tc.new, tc.old, got)
 		}
 	}
 }

@@ -15,10 +15,12 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 )
 
 // daemon is the built binary running as a child process, as Kata runs it.
@@ -208,7 +210,7 @@ func TestDaemonServesAndExitsOnDisconnect(t *testing.T) {
 // opened before confinement.
 func TestDaemonSandboxServesShare(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (chroot, namespaces)")
+		testenv.Skip(t, "needs root (chroot, namespaces)")
 	}
 	bin := buildBinary(t)
 	for _, mode := range []string{"chroot", "namespace"} {

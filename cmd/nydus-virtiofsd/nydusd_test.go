@@ -17,8 +17,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 )
 
 // apiClient talks HTTP over the daemon's API socket, as Kata does.

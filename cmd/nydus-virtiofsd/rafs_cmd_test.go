@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 )
 
 const fixtures = "../../rafs/testdata/fixtures/nydus"
@@ -66,7 +68,7 @@ func TestRafsSubcommands(t *testing.T) {
 	})
 	t.Run("fuse", func(t *testing.T) {
 		if os.Geteuid() != 0 {
-			t.Skip("needs root for a direct FUSE mount")
+			testenv.Skip(t, "needs root for a direct FUSE mount")
 		}
 		mnt := t.TempDir()
 		cfg := filepath.Join(t.TempDir(), "config.json")

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
@@ -43,10 +45,10 @@ func fixtureDir(t *testing.T) string {
 // Built with -tags nvfsguest (raw system calls) it fails, as it must.
 func TestBuildInProcessFUSE(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("kernel FUSE mount needs root (DirectMount)")
+		testenv.Skip(t, "kernel FUSE mount needs root (DirectMount)")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		testenv.Skip(t, "no /dev/fuse")
 	}
 	if mnt := os.Getenv(envFUSEChild); mnt != "" {
 		buildOnMount(t, mnt)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -27,7 +29,7 @@ func smallTree(t *testing.T) string {
 	must(os.Mkdir(filepath.Join(d, "sub"), 0o755))
 	must(os.WriteFile(filepath.Join(d, "sub", "g"), nil, 0o600))
 	if err := unix.Setxattr(filepath.Join(d, "f"), "user.k", []byte("v"), 0); err != nil {
-		t.Skipf("no user xattrs here: %v", err)
+		testenv.Skipf(t, "no user xattrs here: %v", err)
 	}
 	return d
 }
@@ -134,7 +136,7 @@ func TestCompareIgnoreMtime(t *testing.T) {
 // TestCompareDevices: device numbers are recorded and compared.
 func TestCompareDevices(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mknod of devices needs root")
+		testenv.Skip(t, "mknod of devices needs root")
 	}
 	d := t.TempDir()
 	mk := func(typ uint32, minor uint32) {
@@ -201,7 +203,7 @@ func TestBuildHardLinksAndSub(t *testing.T) {
 // and clearly different from the base.
 func TestMutateMatchesReference(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("Mutate chowns: needs root")
+		testenv.Skip(t, "Mutate chowns: needs root")
 	}
 	opts := ManifestOptions{Hash: true, Xattrs: true}
 	var ms []*Manifest
@@ -249,7 +251,7 @@ func TestMutateMatchesReference(t *testing.T) {
 func TestXattrOpsOnHost(t *testing.T) {
 	d := t.TempDir()
 	if err := XattrBase(d); err != nil {
-		t.Skipf("no user xattrs: %v", err)
+		testenv.Skipf(t, "no user xattrs: %v", err)
 	}
 	if errs := CheckXattrsOnHost(d); len(errs) == 0 {
 		t.Fatal("CheckXattrsOnHost passed before XattrOps ran")

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -14,7 +16,7 @@ import (
 // reported, with its name).
 func TestReadOnlyOps(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("bind mounts need root")
+		testenv.Skip(t, "bind mounts need root")
 	}
 	src := t.TempDir()
 	if err := os.WriteFile(filepath.Join(src, "file"), []byte("data"), 0o644); err != nil {

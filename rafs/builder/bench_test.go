@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 )
 
 // benchTreeSize is the size of the benchmark tree: NYDUS_BENCH_TREE_SIZE
@@ -135,7 +137,7 @@ func BenchmarkBuild(b *testing.B) {
 	} {
 		b.Run(m.name, func(b *testing.B) {
 			if _, err := exec.LookPath("mkfs.erofs"); err != nil {
-				b.Skip("mkfs.erofs not installed")
+				testenv.Skip(b, "mkfs.erofs not installed")
 			}
 			b.SetBytes(size)
 			for i := 0; i < b.N; i++ {

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const fixtureDir = "../../../shared/fixtures/rafs"
+const fixtureDir = "../testdata/fixtures"
 
 // TestLayoutMatchesNydus rebuilds the nydus 2.2 fixture's tree (its two files
 // are recovered from the fixture blob) with the same options and compares the
@@ -23,11 +23,11 @@ func TestLayoutMatchesNydus(t *testing.T) {
 	dir := filepath.Join(fixtureDir, "nydus/v6-2.2")
 	blob, err := os.ReadFile(filepath.Join(dir, "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"))
 	if err != nil {
-		t.Skipf("skipping: fixture not available: %v", err)
+		t.Fatalf("fixture missing: %v", err)
 	}
 	ref, err := os.ReadFile(filepath.Join(dir, "rafs-v6-2.2.boot"))
 	if err != nil {
-		t.Skipf("skipping: fixture not available: %v", err)
+		t.Fatalf("fixture missing: %v", err)
 	}
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {

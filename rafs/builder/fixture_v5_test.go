@@ -22,7 +22,7 @@ func TestV5MatchesNydus(t *testing.T) {
 	refPath := filepath.Join(dir, "sha256-nocompress-repeatable")
 	ref, err := os.ReadFile(refPath)
 	if err != nil {
-		t.Skipf("skipping: fixture not available: %v", err)
+		t.Fatalf("fixture missing: %v", err)
 	}
 	img, err := rafs.Open(refPath, rafs.Options{Backend: backend.NewLocalFS(filepath.Join(dir, "blobs"))})
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -22,7 +24,7 @@ import (
 func makeSource(t testing.TB, dir string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: the test tree needs root (device nodes, trusted.* xattrs, chown)")
+		testenv.Skip(t, "skipping: the test tree needs root (device nodes, trusted.* xattrs, chown)")
 	}
 	must := func(err error) {
 		t.Helper()
@@ -216,20 +218,20 @@ func compareTrees(t testing.TB, want, got map[string]entryInfo) {
 func requireKernelErofs(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: kernel EROFS mounts need root")
+		testenv.Skip(t, "skipping: kernel EROFS mounts need root")
 	}
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skip("skipping: no loop devices (/dev/loop-control missing)")
+		testenv.Skip(t, "skipping: no loop devices (/dev/loop-control missing)")
 	}
 	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("skipping: losetup not installed")
+		testenv.Skip(t, "skipping: losetup not installed")
 	}
 	fsys, _ := os.ReadFile("/proc/filesystems")
 	if !bytes.Contains(fsys, []byte("erofs")) {
 		exec.Command("modprobe", "erofs").Run()
 		fsys, _ = os.ReadFile("/proc/filesystems")
 		if !bytes.Contains(fsys, []byte("erofs")) {
-			t.Skip("skipping: the kernel has no EROFS (not in /proc/filesystems)")
+			testenv.Skip(t, "skipping: the kernel has no EROFS (not in /proc/filesystems)")
 		}
 	}
 }
@@ -242,7 +244,7 @@ func loopAttach(t testing.TB, file string) string {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Skipf("skipping: losetup %s: %v: %s", file, err, stderr.Bytes())
+		testenv.Skipf(t, "skipping: losetup %s: %v: %s", file, err, stderr.Bytes())
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
@@ -262,7 +264,7 @@ func mountErofs(t testing.TB, boot string, blobs ...string) string {
 	opts := strings.Join(devs, ",")
 	if err := unix.Mount(bootDev, mnt, "erofs", unix.MS_RDONLY, opts); err != nil {
 		if errors.Is(err, unix.ENODEV) {
-			t.Skip("skipping: EROFS not available")
+			testenv.Skip(t, "skipping: EROFS not available")
 		}
 		t.Fatalf("mount -t erofs -o %s %s: %v", opts, bootDev, err)
 	}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -94,7 +96,7 @@ func must(t testing.TB, err error) {
 // shows for the same two layers.
 func TestLayersMatchOverlayfs(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: overlayfs mounts need root")
+		testenv.Skip(t, "skipping: overlayfs mounts need root")
 	}
 	tmp := t.TempDir()
 	var dirs [2][2]string // [layer][oci?]
@@ -116,7 +118,7 @@ func TestLayersMatchOverlayfs(t *testing.T) {
 	mnt := t.TempDir()
 	if err := unix.Mount("overlay", mnt, "overlay", unix.MS_RDONLY,
 		"lowerdir="+dirs[1][0]+":"+dirs[0][0]); err != nil {
-		t.Skipf("skipping: cannot mount overlayfs: %v", err)
+		testenv.Skipf(t, "skipping: cannot mount overlayfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, 0) })
 	want := scanTree(t, mnt)

@@ -1,6 +1,6 @@
 //go:build !amd64 && !arm64
 
-package virtqueue
+package ring
 
 import "sync/atomic"
 
@@ -10,6 +10,6 @@ import "sync/atomic"
 // on riscv64).
 var fenceWord atomic.Uint32
 
-func fullFence()  { fenceWord.Add(1) }
-func loadFence()  { fenceWord.Load() }
-func storeFence() { fenceWord.Store(0) }
+func FullFence()  { fenceWord.Add(1) }
+func LoadFence()  { fenceWord.Load() }
+func StoreFence() { fenceWord.Store(0) }

@@ -1,17 +1,17 @@
 #include "textflag.h"
 
-// func fullFence()
-TEXT ·fullFence(SB), NOSPLIT, $0-0
+// func FullFence()
+TEXT ·FullFence(SB), NOSPLIT, $0-0
 	MFENCE
 	RET
 
-// func loadFence()
+// func LoadFence()
 // x86 does not reorder loads with older loads; the call itself stops the
 // compiler from moving accesses across it.
-TEXT ·loadFence(SB), NOSPLIT, $0-0
+TEXT ·LoadFence(SB), NOSPLIT, $0-0
 	RET
 
-// func storeFence()
+// func StoreFence()
 // x86 does not reorder stores with older stores.
-TEXT ·storeFence(SB), NOSPLIT, $0-0
+TEXT ·StoreFence(SB), NOSPLIT, $0-0
 	RET

@@ -1,6 +1,10 @@
 package testdriver
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+)
 
 func TestHeapAllocFreeCoalesce(t *testing.T) {
 	h := newHeap(0x1000, 0x1000+4*heapAlign)
@@ -30,7 +34,7 @@ func TestHeapAllocFreeCoalesce(t *testing.T) {
 func TestGuestRAMStraddlingAccess(t *testing.T) {
 	ram, err := newGuestRAM([]uint64{4096, 4096})
 	if err != nil {
-		t.Skip(err)
+		testenv.Skip(t, err)
 	}
 	defer ram.close()
 	ram.write(4090, []byte("0123456789ab"))

@@ -11,7 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ring"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
@@ -133,7 +134,7 @@ func (q *queue) resetForReconnect() {
 	}
 	_ = q.call.SetReadDeadline(time.Time{})
 	// Consider everything published as consumed.
-	q.lastUsed = virtqueue.LoadIdx(q.used, 2)
+	q.lastUsed = ring.Load16(q.used, 2)
 }
 
 // reap collects used entries whenever the call eventfd fires.
@@ -150,8 +151,8 @@ func (q *queue) reap() {
 
 func (q *queue) collect() {
 	for {
-		usedIdx := virtqueue.LoadIdx(q.used, 2)
-		virtqueue.LoadFence()
+		usedIdx := ring.Load16(q.used, 2)
+		ring.LoadFence()
 		for q.lastUsed != usedIdx {
 			off := 4 + 8*int(q.lastUsed%q.size)
 			id := binary.LittleEndian.Uint32(q.used[off:])
@@ -161,10 +162,10 @@ func (q *queue) collect() {
 		}
 		if q.eventIdx() {
 			// Ask for a signal on the very next used entry.
-			virtqueue.StoreIdx(q.avail, 4+2*int(q.size), q.lastUsed)
+			ring.Store16(q.avail, 4+2*int(q.size), q.lastUsed)
 		}
-		virtqueue.FullFence()
-		if virtqueue.LoadIdx(q.used, 2) == q.lastUsed {
+		ring.FullFence()
+		if ring.Load16(q.used, 2) == q.lastUsed {
 			return
 		}
 	}
@@ -233,15 +234,15 @@ func (q *queue) publish(head uint16, p *Pending) error {
 	}
 	old := q.availIdx
 	binary.LittleEndian.PutUint16(q.avail[4+2*int(old%q.size):], head)
-	virtqueue.StoreFence()
+	ring.StoreFence()
 	q.availIdx = old + 1
-	virtqueue.StoreIdx(q.avail, 2, old+1)
-	virtqueue.FullFence()
+	ring.Store16(q.avail, 2, old+1)
+	ring.FullFence()
 	var kick bool
 	if q.eventIdx() {
-		kick = virtqueue.NeedEvent(virtqueue.LoadIdx(q.used, 4+8*int(q.size)), old+1, old)
+		kick = ring.NeedEvent(ring.Load16(q.used, 4+8*int(q.size)), old+1, old)
 	} else {
-		kick = virtqueue.LoadIdx(q.used, 0)&virtqueue.UsedFlagNoNotify == 0
+		kick = ring.Load16(q.used, 0)&virtqueue.UsedFlagNoNotify == 0
 	}
 	q.mu.Unlock()
 	if kick {
