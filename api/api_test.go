@@ -293,7 +293,11 @@ func TestErrors(t *testing.T) {
 		message                 string
 	}{
 		{"unknown route", "GET", "/api/v1/nothing", "", 404, "no route"},
-		{"v2 not served", "GET", "/api/v2/daemon", "", 404, "no route"},
+		{"v2 blobs", "PUT", "/api/v2/blobs", "{}", 501, "fscache"},
+		{"events not served", "GET", "/api/v1/daemon/events", "", 404, "no route"},
+		{"backend of a passthrough mount", "GET", "/api/v1/daemon/backend?mountpoint=/nothing", "", 500, "/nothing"},
+		{"backend without mountpoint", "GET", "/api/v1/daemon/backend", "", 400, "mountpoint"},
+		{"start GET", "GET", "/api/v1/daemon/start", "", 400, "not allowed"},
 		{"mount GET", "GET", "/api/v1/mount?mountpoint=/containers", "", 400, "not allowed"},
 		{"daemon DELETE", "DELETE", "/api/v1/daemon", "", 400, "not allowed"},
 		{"bad JSON", "POST", "/api/v1/mount?mountpoint=/x", "{", 400, "JSON"},

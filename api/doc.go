@@ -9,6 +9,10 @@
 //	PUT    /api/v1/mount?mountpoint=  remount a RAFS image with a new bootstrap/config → 204
 //	DELETE /api/v1/mount?mountpoint=  204
 //	GET    /api/v1/metrics[/...]      404 for an unknown id, else 501: no counters are kept yet
+//	GET    /api/v1/daemon/backend?mountpoint=  200 the RAFS image's superblock settings and blob ids
+//	PUT    /api/v1/daemon/start       204: the daemon serves from the start, nothing to do
+//	GET    /api/v2/daemon             200 daemon info without backend_collection (PUT: as v1)
+//	*      /api/v2/blobs              501: blob-cache entries belong to nydusd's fscache mode
 //
 // Every response carries Content-Type: application/json and Server: Nydus
 // API. Errors are {"code":"UNDEFINED","message":"..."} with status 404
@@ -21,9 +25,14 @@
 // ids may contain it and the Go runtime does not escape it.
 //
 // mounted_time is RFC 3339 (UTC, nanoseconds); no Kata client reads it.
-// Not served (404): /api/v1/daemon/{events,backend,start,fuse/...},
-// /api/v1/config and /api/v2: neither Kata runtime calls them (they serve
-// nydus-snapshotter's own fusedev/fscache daemons, upgrade and failover).
+// Not served (404): /api/v1/daemon/{events,fuse/...} and /api/v1/config:
+// neither Kata runtime calls them (they serve nydus-snapshotter's own
+// fusedev/fscache daemons and their failover).
+//
+// A RAFS mount fails (500) unless every blob of the image can be opened
+// through its backend, naming each missing blob and where it was looked
+// for. Failed calls are logged as warnings, successful ones at debug
+// level; mounts, remounts and unmounts at info.
 //
 // Mounts go into a vfs mount table; the filesystems are built by a
 // factory (Options.NewFS; DefaultNewFS makes passthrough shares and RAFS

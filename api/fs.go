@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,6 +94,10 @@ func DefaultNewFS(o FSOptions) NewFS {
 				Log: o.Logger.WithField("layer", "rafs").WithField("bootstrap", req.Source)})
 			if err != nil {
 				return vfs.Mount{}, fmt.Errorf("rafs: %w", err)
+			}
+			if err := img.VerifyBlobs(context.Background()); err != nil {
+				img.Close()
+				return vfs.Mount{}, fmt.Errorf("rafs %s: %w", req.Source, err)
 			}
 			if len(req.PrefetchFiles) > 0 {
 				o.Logger.WithField("bootstrap", req.Source).Warn("prefetch_files: prefetching is not implemented yet, ignored")

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
 )
 
@@ -85,6 +88,14 @@ func optional(s string) *string {
 // once the vhost-user listener is up, as nydusd's virtiofs mode.
 const StateRunning = "RUNNING"
 
+// daemonInfoV2 is GET /api/v2/daemon's reply: v1's without the mounts.
+type daemonInfoV2 struct {
+	Version    Version `json:"version"`
+	ID         *string `json:"id"`
+	Supervisor *string `json:"supervisor"`
+	State      string  `json:"state"`
+}
+
 func (s *Server) daemon(w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet:
@@ -115,6 +126,88 @@ func (s *Server) daemon(w http.ResponseWriter, r *http.Request) error {
 			return fmt.Errorf("set log level: %w", err)
 		}
 		return noContent(w)
+	}
+	return badMethod(r)
+}
+
+// daemonV2 is /api/v2/daemon: GET is the daemon info without the mounts,
+// PUT sets the log level as v1 does.
+func (s *Server) daemonV2(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return s.daemon(w, r)
+	}
+	s.reply(w, http.StatusOK, daemonInfoV2{Version: s.opts.Version, ID: optional(s.opts.ID),
+		Supervisor: optional(s.opts.Supervisor), State: StateRunning})
+	return nil
+}
+
+// start is PUT /api/v1/daemon/start, which starts a daemon that waits
+// (after an upgrade or failover). This daemon serves from the start, so
+// the request has nothing to do.
+func (s *Server) start(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPut {
+		return badMethod(r)
+	}
+	s.log.Info("api: start requested; the daemon is already running")
+	return noContent(w)
+}
+
+// superInfo is GET /api/v1/daemon/backend's reply for a RAFS mount.
+type superInfo struct {
+	Version        int      `json:"version"`
+	Flags          uint64   `json:"flags"`
+	ChunkSize      uint32   `json:"chunk_size"`
+	Compressor     string   `json:"compressor"`
+	Digester       string   `json:"digester"`
+	ExplicitUIDGID bool     `json:"explicit_uid_gid"`
+	Tarfs          bool     `json:"tarfs"`
+	PlainEROFS     bool     `json:"plain_erofs"`
+	BlobIDs        []string `json:"blob_ids"`
+}
+
+// fsGetter is implemented by a Table that hands out its filesystems
+// (*vfs.VFS does).
+type fsGetter interface {
+	FS(path string) (fuse.RawFileSystem, error)
+}
+
+// daemonBackend is GET /api/v1/daemon/backend?mountpoint=: the superblock
+// settings of the RAFS image mounted there.
+func (s *Server) daemonBackend(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return badMethod(r)
+	}
+	p, err := mountpoint(r)
+	if err != nil {
+		return err
+	}
+	g, ok := s.opts.VFS.(fsGetter)
+	if !ok {
+		return fmt.Errorf("%s: %w: the mount table does not expose its filesystems", r.URL.Path, ErrUnsupported)
+	}
+	fs, err := g.FS(p)
+	if err != nil {
+		return err
+	}
+	rfs, ok := fs.(*rafs.FS)
+	if !ok {
+		return badRequest("%s is not a RAFS mount", p)
+	}
+	img := rfs.Image()
+	sup := img.Super()
+	s.reply(w, http.StatusOK, superInfo{Version: sup.Version, Flags: sup.Flags, ChunkSize: sup.ChunkSize,
+		Compressor: sup.Compression.String(), Digester: sup.Digest.String(), ExplicitUIDGID: sup.ExplicitUIDGID,
+		Tarfs: sup.Tarfs, PlainEROFS: sup.PlainEROFS, BlobIDs: img.BlobIDs()})
+	return nil
+}
+
+// blobsV2 is /api/v2/blobs, nydusd's blob-cache entries for its fscache
+// (singleton) mode, which a virtio-fs daemon does not have.
+func (s *Server) blobsV2(w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet, http.MethodPut, http.MethodDelete:
+		return fmt.Errorf("%s %s: %w: blob-cache entries belong to nydusd's fscache mode; this daemon serves virtio-fs",
+			r.Method, r.URL.Path, ErrUnsupported)
 	}
 	return badMethod(r)
 }
@@ -199,9 +292,28 @@ func (s *Server) mount(w http.ResponseWriter, r *http.Request) error {
 		closeMount(m)
 		return err
 	}
-	s.log.WithField("mountpoint", p).WithField("fs_type", typ).WithField("source", req.Source).Info("api: mounted")
+	what := "api: mounted"
+	if r.Method == http.MethodPut {
+		what = "api: remounted"
+	}
+	s.log.WithField("mountpoint", p).WithField("fs_type", typ).WithField("source", req.Source).Info(what)
 	return noContent(w)
 }
+
+// statusRecorder remembers the status a handler answered with, for the
+// debug log of successful calls.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the connection (Flush).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func closeMount(m vfs.Mount) {
 	if m.Close != nil {

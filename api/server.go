@@ -92,11 +92,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "application/json")
 	h.Set("Server", "Nydus API")
 	var err error
+	rec := &statusRecorder{ResponseWriter: w}
+	w = rec
 	switch p := r.URL.Path; {
 	case p == "/api/v1/daemon":
 		err = s.daemon(w, r)
 	case p == "/api/v1/daemon/exit":
 		err = s.exit(w, r)
+	case p == "/api/v1/daemon/start":
+		err = s.start(w, r)
+	case p == "/api/v1/daemon/backend":
+		err = s.daemonBackend(w, r)
+	case p == "/api/v2/daemon":
+		err = s.daemonV2(w, r)
+	case p == "/api/v2/blobs":
+		err = s.blobsV2(w, r)
 	case p == "/api/v1/mount":
 		err = s.mount(w, r)
 	case metricsRoutes[p]:
@@ -106,7 +116,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.fail(w, r, err)
+		return
 	}
+	s.log.WithField("method", r.Method).WithField("uri", r.URL.RequestURI()).WithField("status", rec.status).Debug("api: ok")
 }
 
 // noContent is the success reply without a body.
@@ -115,15 +127,20 @@ func noContent(w http.ResponseWriter) error {
 	return nil
 }
 
-// Listen opens the API socket at path, removing a stale socket file first
-// (as nydusd does).
+// Listen opens the API socket at path, removing a stale socket file
+// first. A socket some server still answers on is refused: taking it over
+// would leave that daemon running and unreachable.
 func Listen(path string) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another daemon serves its API on this socket; stop it first (only a stale socket file is removed)", path)
+		}
 		os.Remove(path)
 	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("api: listen on %s: %w", path, err)
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	return l, nil
 }

@@ -2,13 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
@@ -21,31 +20,36 @@ type imageFlags struct {
 	validate                         bool
 }
 
-func (f *imageFlags) register(fs *flag.FlagSet, withConfig bool) {
-	fs.StringVar(&f.bootstrap, "bootstrap", "", "RAFS bootstrap, or a blob with an inlined bootstrap")
-	fs.StringVar(&f.blobDir, "blob-dir", "", "directory holding the blobs, each named by its id (localfs)")
+func (f *imageFlags) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&f.bootstrap, "bootstrap", "B", "", "RAFS bootstrap, or a blob with the bootstrap inlined (required)")
+	fs.StringVarP(&f.blobDir, "blob-dir", "D", "", "directory holding the blobs, each file named by its blob id (nydusd's localfs backend)")
+	fs.StringVar(&f.blobDir, "localfs-dir", "", "the same as --blob-dir (nydusd's name)")
 	fs.StringVar(&f.blob, "blob", "", "one blob file serving every blob id")
-	fs.BoolVar(&f.validate, "digest-validate", false, "check every chunk read against its digest")
-	if withConfig {
-		fs.StringVar(&f.config, "config", "", "nydusd configuration file (v1 or v2 JSON)")
-	}
+	fs.StringVarP(&f.config, "config", "C", "", "nydusd configuration file (v1 or v2 JSON) naming the backend")
+	fs.BoolVar(&f.validate, "digest-validate", false, "verify every chunk read against its digest")
+	fs.Lookup("localfs-dir").Hidden = true
 }
 
-// open opens the image; needBlobs picks a default backend (the
-// bootstrap's directory) when no blob source was given.
-func (f *imageFlags) open(needBlobs bool) (*rafs.Image, error) {
+// hasBlobSource reports whether the command line says where the blobs are.
+func (f *imageFlags) hasBlobSource() bool {
+	return f.blobDir != "" || f.blob != "" || f.config != ""
+}
+
+// open opens the image. With no blob source, needBlobs looks for the blobs
+// beside the bootstrap; otherwise the image is opened without blob data.
+func (f *imageFlags) open(needBlobs bool, log logrus.FieldLogger) (*rafs.Image, error) {
 	if f.bootstrap == "" {
-		return nil, errors.New("--bootstrap is required")
+		return nil, usageErrorf("--bootstrap is required")
 	}
-	opts := rafs.Options{DigestValidate: f.validate, Log: logrus.StandardLogger()}
+	opts := rafs.Options{DigestValidate: f.validate, Log: log}
 	switch {
 	case f.config != "":
 		if f.blobDir != "" || f.blob != "" {
-			return nil, errors.New("--config and --blob-dir/--blob are exclusive")
+			return nil, usageErrorf("--config and --blob-dir/--blob are exclusive")
 		}
 		c, err := rafs.LoadConfig(f.config)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--config %s: %w", f.config, err)
 		}
 		opts.Backend = c.Backend()
 		opts.DigestValidate = opts.DigestValidate || c.DigestValidate
@@ -54,49 +58,80 @@ func (f *imageFlags) open(needBlobs bool) (*rafs.Image, error) {
 	case needBlobs:
 		opts.Backend = backend.NewLocalFS(filepath.Dir(f.bootstrap))
 	}
-	return rafs.Open(f.bootstrap, opts)
-}
-
-// newFlagSet returns a flag set that reports errors instead of exiting.
-func newFlagSet(name, usage string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: nydus-virtiofsd %s %s\n", name, usage)
-		fs.PrintDefaults()
+	img, err := rafs.Open(f.bootstrap, opts)
+	if err != nil {
+		return nil, fmt.Errorf("--bootstrap %s: %w", f.bootstrap, err)
 	}
-	return fs
+	f.validate = opts.DigestValidate
+	return img, nil
 }
 
-func failf(cmd string, format string, args ...any) int {
-	fmt.Fprintf(os.Stderr, "nydus-virtiofsd %s: %s\n", cmd, fmt.Sprintf(format, args...))
-	return 1
+// openVerified opens the image for reading its data: every blob must
+// open, or the error names the missing ones and where they were looked
+// for.
+func (f *imageFlags) openVerified(log logrus.FieldLogger) (*rafs.Image, error) {
+	img, err := f.open(true, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := img.VerifyBlobs(context.Background()); err != nil {
+		img.Close()
+		return nil, fmt.Errorf("%s: %w", f.bootstrap, err)
+	}
+	return img, nil
 }
 
-// runCheck is `nydus-image check`: parse and validate an image, and verify
-// chunk digests when the blobs are present.
+// addLogLevel registers --log-level.
+func addLogLevel(fs *pflag.FlagSet) *string {
+	return fs.StringP("log-level", "l", "info", "log level: error, warn, info, debug, trace or off")
+}
+
+const checkLong = `Validate a RAFS image as nydus-image check does: every inode decodes, directories
+are sorted and acyclic, every name looks up, v5 digests match; and, when told where
+the blobs are (--blob-dir, --blob or --config), every chunk's data is read and checked
+against its digest. A blob that cannot be opened then fails the check (exit 1).
+Without a blob source only the metadata is checked, and the report says so.`
+
+// runCheck is `nydus-image check`.
 func runCheck(args []string) int {
-	fs := newFlagSet("check", "--bootstrap B [--blob-dir D] [--verbose]")
+	cmd := newCommand("check", "--bootstrap FILE [--blob-dir DIR | --blob FILE | --config FILE] [--verbose]", checkLong)
 	var f imageFlags
-	f.register(fs, true)
-	verbose := fs.Bool("verbose", false, "list every inode")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	img, err := f.open(false)
-	if err != nil {
-		return failf("check", "%v", err)
-	}
-	defer img.Close()
-	r, err := img.Check(context.Background(), rafs.CheckOptions{Verbose: *verbose, Out: os.Stdout})
-	if err != nil {
-		return failf("check", "%s: %v", f.bootstrap, err)
-	}
-	fmt.Printf("RAFS v%d image %s is consistent: %d directories, %d files (%d bytes), %d symlinks, %d others; blobs %v\n",
-		img.Version(), f.bootstrap, r.Dirs, r.Files, r.FileBytes, r.Symlinks, r.Others, img.BlobIDs())
-	fmt.Printf("chunks verified: %d, without digest: %d", r.ChunksVerified, r.ChunksUnverified)
-	if len(r.MissingBlobs) > 0 {
-		fmt.Printf(", blobs not present (data not verified): %v", r.MissingBlobs)
-	}
-	fmt.Println()
-	return 0
+	f.register(cmd.Flags())
+	verbose := cmd.Flags().BoolP("verbose", "v", false, "list every inode: number, mode, links, size, path")
+	logLevel := addLogLevel(cmd.Flags())
+	return execute(cmd, args, func([]string) error {
+		log, err := toolLogger(*logLevel, "")
+		if err != nil {
+			return err
+		}
+		img, err := f.open(false, log)
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		if f.hasBlobSource() {
+			if err := img.VerifyBlobs(context.Background()); err != nil {
+				return fmt.Errorf("%s: cannot verify the data: %w", f.bootstrap, err)
+			}
+		}
+		if *verbose {
+			fmt.Printf("%8s %7s %4s %10s %s\n", "INODE", "MODE", "LINK", "SIZE", "PATH")
+		}
+		r, err := img.Check(context.Background(), rafs.CheckOptions{Verbose: *verbose, Out: os.Stdout})
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.bootstrap, err)
+		}
+		fmt.Printf("RAFS v%d image %s is consistent: %d directories, %d files (%d bytes), %d symlinks, %d others; blobs %v\n",
+			img.Version(), f.bootstrap, r.Dirs, r.Files, r.FileBytes, r.Symlinks, r.Others, img.BlobIDs())
+		switch {
+		case !f.hasBlobSource():
+			fmt.Println("data not verified: metadata only (give --blob-dir, --blob or --config to verify the chunks)")
+		case len(r.MissingBlobs) > 0:
+			return fmt.Errorf("%s: cannot verify the data: blobs not found: %v", f.bootstrap, r.MissingBlobs)
+		default:
+			fmt.Printf("chunks verified: %d, without digest: %d\n", r.ChunksVerified, r.ChunksUnverified)
+		}
+		return nil
+	})
 }
+

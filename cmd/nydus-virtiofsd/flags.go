@@ -33,8 +33,13 @@ type daemonConfig struct {
 	ID, Supervisor    string // nydusd's --id and --supervisor, reported by the API
 
 	LogLevel string
+	LogFile  string // --log-file: log here instead of stderr
 	Syslog   bool
 	Sandbox  string
+
+	// SocketFlag is the option that names the socket, for messages:
+	// --socket-path, or --sock in nydusd's virtiofs mode.
+	SocketFlag string
 
 	PrintCapabilities bool
 	Help              bool
@@ -48,7 +53,7 @@ type daemonConfig struct {
 func defaultConfig() daemonConfig {
 	// Submounts are announced by default, as the Rust virtiofsd does since 1.6.
 	return daemonConfig{FD: -1, Cache: "auto", LogLevel: "info", Sandbox: "namespace", RequestQueues: 1,
-		AnnounceSubmounts: true, InodeFileHandles: "prefer"}
+		AnnounceSubmounts: true, InodeFileHandles: "prefer", SocketFlag: "--socket-path"}
 }
 
 // flagKind says how a long option takes its value.
@@ -151,6 +156,7 @@ func virtiofsdFlags() map[string]flagSpec {
 		"keep-listening":        {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.KeepListening }, true)},
 		"syslog":                {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Syslog }, true)},
 		"log-level":             {valueFlag, setLogLevel},
+		"log-file":              {valueFlag, setString(func(c *daemonConfig) *string { return &c.LogFile })},
 		"sandbox":               {valueFlag, setSandbox},
 		"print-capabilities":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
 		"help":                  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
@@ -249,7 +255,7 @@ func parseArgs(c *daemonConfig, specs map[string]flagSpec, short map[string]stri
 				return err
 			}
 		default:
-			return fmt.Errorf("unexpected argument %q", a)
+			return fmt.Errorf("unexpected argument %q (the daemon takes options only; subcommands come first: %s)", a, subcommandNames())
 		}
 	}
 	return nil
@@ -268,6 +274,18 @@ func parseNydusdVirtiofs(args []string) (daemonConfig, error) {
 	c.Nydusd = true
 	c.VirtualMountpoint = "/"
 	c.Sandbox = "none" // nydusd has no sandbox; Kata mounts host paths into it later
+	c.SocketFlag = "--sock"
+	err := parseArgs(&c, nydusdFlags(), nydusdShort(), args)
+	if c.Supervisor != "" {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("--supervisor %s: live upgrade and failover are not supported; "+
+			"the supervisor is never contacted, only reported by GET /api/v1/daemon", c.Supervisor))
+	}
+	return c, err
+}
+
+// nydusdFlags are the long options of nydusd's virtiofs mode: nydusd's
+// own on top of virtiofsd's.
+func nydusdFlags() map[string]flagSpec {
 	specs := virtiofsdFlags()
 	specs["sock"] = specs["socket-path"]
 	specs["apisock"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.APISock })}
@@ -275,18 +293,50 @@ func parseNydusdVirtiofs(args []string) (daemonConfig, error) {
 	specs["id"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.ID })}
 	specs["supervisor"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.Supervisor })}
 	specs["virtual-mountpoint"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.VirtualMountpoint })}
-	for _, name := range []string{"log-file", "log-rotation-size", "prefetch-files"} {
+	for _, name := range []string{"log-rotation-size", "prefetch-files"} {
 		specs[name] = flagSpec{valueFlag, nil}
 	}
 	specs["hybrid-mode"] = flagSpec{boolFlag, func(*daemonConfig, string) error { return nil }}
 	specs["upgrade"] = flagSpec{boolFlag, nil}
-	short := map[string]string{
+	return specs
+}
+
+// nydusdShort are nydusd's single-letter options.
+func nydusdShort() map[string]string {
+	return map[string]string{
 		"-A": "apisock", "-C": "config", "-l": "log-level", "-L": "log-file",
 		"-B": "bootstrap", "-D": "localfs-dir", "-s": "shared-dir", "-m": "virtual-mountpoint",
 		"-h": "help", "-V": "version",
 	}
-	err := parseArgs(&c, specs, short, args)
-	return c, err
+}
+
+// ignoredFlags lists the options specs accepts without acting on them.
+func ignoredFlags(specs map[string]flagSpec) string {
+	var names []string
+	for _, n := range sortedKeys(specs) {
+		if specs[n].set == nil {
+			names = append(names, "--"+n)
+		}
+	}
+	return wrap(strings.Join(names, " "), 78, "  ")
+}
+
+// wrap breaks s at spaces into lines of at most width, each after indent.
+func wrap(s string, width int, indent string) string {
+	var b strings.Builder
+	line := indent
+	for _, w := range strings.Fields(s) {
+		if len(line) > len(indent) && len(line)+1+len(w) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if len(line) > len(indent) {
+			line += " "
+		}
+		line += w
+	}
+	b.WriteString(line)
+	return b.String()
 }
 
 // parseDashO applies the C virtiofsd's comma-separated -o options.
@@ -350,9 +400,9 @@ func splitOpts(s string) []string {
 func (c *daemonConfig) validate() error {
 	switch {
 	case c.SocketPath == "" && c.FD < 0:
-		return fmt.Errorf("one of --socket-path or --fd is required")
+		return fmt.Errorf("%s or --fd is required: where the VMM connects", c.SocketFlag)
 	case c.SocketPath != "" && c.FD >= 0:
-		return fmt.Errorf("--socket-path and --fd are mutually exclusive")
+		return fmt.Errorf("%s and --fd are mutually exclusive", c.SocketFlag)
 	case c.SharedDir == "" && c.Bootstrap == "" && c.APISock == "":
 		return fmt.Errorf("--shared-dir (or --bootstrap with --blob-dir) is required")
 	case c.SharedDir != "" && c.Bootstrap != "":

@@ -159,7 +159,7 @@ func TestParseNydusdVirtiofs(t *testing.T) {
 				c.APISock, c.LogLevel, c.SocketPath, c.Bootstrap, c.BlobDir, c.ConfigFile = "api.sock", "warn", "s", "/img/boot", "/img/blobs", "/etc/nydusd.json"
 				c.VirtualMountpoint, c.ID, c.Supervisor = "/sub", "d1", "/run/sv.sock"
 			},
-			warn: 1,
+			warn: 2, // --prefetch-files, and --supervisor not supported
 		},
 	}
 	for _, tc := range tests {
@@ -169,7 +169,7 @@ func TestParseNydusdVirtiofs(t *testing.T) {
 				t.Fatalf("parse: %v", err)
 			}
 			want := defaultConfig()
-			want.Sandbox, want.Nydusd, want.VirtualMountpoint = "none", true, "/"
+			want.Sandbox, want.Nydusd, want.VirtualMountpoint, want.SocketFlag = "none", true, "/", "--sock"
 			tc.want(&want)
 			if len(got.Warnings) != tc.warn {
 				t.Errorf("warnings = %q, want %d", got.Warnings, tc.warn)

@@ -1,41 +1,19 @@
 // Command nydus-virtiofsd is a vhost-user virtio-fs daemon that serves host
-// directories (as virtiofsd does) and Nydus RAFS images (as nydusd does).
+// directories (as virtiofsd does) and Nydus RAFS images (as nydusd does),
+// and builds and checks RAFS images (as nydus-image does).
 //
-// With no subcommand it takes virtiofsd's command line. The subcommands are:
+// With no subcommand it takes virtiofsd's command line, parsed by hand
+// (flags.go): Kata appends virtio_fs_extra_args verbatim, so virtiofsd's
+// exact forms (--opt=value, --opt value, -o opt[,opt...]) must work and
+// unknown options are warned about instead of refused. The subcommands
+// are listed in commands.go; all but virtiofs (which, like the daemon,
+// takes Kata's command lines) parse their flags with cobra.
 //
-//	virtiofs  nydusd's virtiofs mode (--sock, --apisock, --bootstrap, ...)
-//	check     parse and validate a RAFS image (nydus-image check)
-//	unpack    write a RAFS image's tree as a tar (nydus-image unpack)
-//	fuse      mount a RAFS image on the host through /dev/fuse (nydusd fuse)
-//	create    build a RAFS image (nydus-image create)
+// Exit codes: 0 success (and --help), 1 failure, 2 a wrong command line.
 package main
 
-import (
-	"fmt"
-	"os"
-)
-
-// subcommand runs with the arguments after its name and returns the exit code.
-type subcommand func(args []string) int
+import "os"
 
 func main() {
-	cmds := map[string]subcommand{
-		"virtiofs": runVirtiofs,
-		"check":    runCheck,
-		"unpack":   runUnpack,
-		"fuse":     runFuse,
-		"create":   runCreate,
-	}
-	if len(os.Args) > 1 {
-		if cmd, ok := cmds[os.Args[1]]; ok {
-			os.Exit(cmd(os.Args[2:]))
-		}
-	}
-	os.Exit(runVirtiofsd(os.Args[1:]))
-}
-
-// notYet is what a subcommand that has not landed yet answers.
-func notYet(name string) int {
-	fmt.Fprintf(os.Stderr, "nydus-virtiofsd: %s is not implemented yet\n", name)
-	return 2
+	os.Exit(run(os.Args[1:]))
 }

@@ -72,10 +72,14 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 		table.Close()
 		return nil, nil, fmt.Errorf("api: %w", err)
 	}
+	if err := socketDirError("--apisock", c.APISock); err != nil {
+		table.Close()
+		return nil, nil, err
+	}
 	l, err := api.Listen(c.APISock)
 	if err != nil {
 		table.Close()
-		return nil, nil, fmt.Errorf("--apisock %s: %w", c.APISock, err)
+		return nil, nil, fmt.Errorf("--apisock: %w", err)
 	}
 	done := make(chan struct{})
 	go func() {

@@ -62,7 +62,7 @@ func TestRafsSubcommands(t *testing.T) {
 			}
 			names = append(names, h.Name)
 		}
-		if strings.Join(names, " ") != "lib.rs sync_io.rs" {
+		if strings.Join(names, " ") != "./ lib.rs sync_io.rs" { // the root entry first
 			t.Errorf("tar holds %v", names)
 		}
 	})

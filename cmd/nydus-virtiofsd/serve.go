@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
@@ -31,15 +36,43 @@ const waitingLine = "Waiting for vhost-user socket connection..."
 // disconnects (or, with KeepListening, until SIGTERM/SIGINT) and returns the
 // exit code.
 func runDaemon(c daemonConfig) int {
-	log := newLogger(&c)
+	log, logWarnings, err := newLogger(&c)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+		return exitFailure
+	}
 	if n, err := passthrough.RaiseNofileLimit(); err != nil {
 		log.WithError(err).Warn("cannot raise RLIMIT_NOFILE")
 	} else {
 		log.Debugf("RLIMIT_NOFILE %d", n)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	// The reason the daemon stops is the context's cause: a signal, the
+	// API's exit request, or (when the context is still live) the frontend
+	// going away.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(fmt.Errorf("%s received", unix.SignalName(s.(syscall.Signal))))
+		case <-ctx.Done():
+		}
+	}()
+	exit := func() {
+		log.Info("exit requested through the API (PUT /api/v1/daemon/exit)")
+		cancel(errors.New("exit requested through the API"))
+	}
+
+	if c.SharedDir != "" {
+		if err := checkDir("--shared-dir", c.SharedDir); err != nil {
+			log.Error(err)
+			return exitFailure
+		}
+	}
 	mode := sandbox.Mode(c.Sandbox)
 	if c.Bootstrap != "" {
 		mode = sandbox.None // an image needs its bootstrap and blobs: only --shared-dir is sandboxed
@@ -47,29 +80,35 @@ func runDaemon(c daemonConfig) int {
 	sb, err := sandbox.New(sandbox.Config{Mode: mode, SharedDir: c.SharedDir, Logger: log.WithField("layer", "sandbox")})
 	if err != nil {
 		log.Error(err)
-		return 1
+		return exitFailure
 	}
 	if sb.Child() {
 		c.SocketPath = "" // the parent made it and removes it
 	} else {
-		for _, w := range c.Warnings {
+		for _, w := range append(logWarnings, c.Warnings...) {
 			log.Warn(w)
 		}
 	}
-	l, err := sb.Listener(func() (*net.UnixListener, error) { return listen(&c) })
+	var claim *socketClaim
+	l, err := sb.Listener(func() (*net.UnixListener, error) {
+		l, cl, err := listen(&c)
+		claim = cl
+		return l, err
+	})
 	if err != nil {
 		log.Error(err)
-		return 1
+		return exitFailure
 	}
 	defer func() {
 		if c.SocketPath != "" {
 			os.Remove(c.SocketPath)
 		}
+		claim.release()
 	}()
 	box, err := sb.Enter(ctx, l)
 	if err != nil {
 		log.Error(err)
-		return 1
+		return exitFailure
 	}
 	if box.Exited { // namespace mode's parent: the sandboxed child has run
 		return box.ExitCode
@@ -78,21 +117,21 @@ func runDaemon(c daemonConfig) int {
 		c.SharedDir, c.SocketPath = box.SharedDir, ""
 	}
 
-	fs, mountOpts, cleanup, err := buildRoot(ctx, &c, box.ProcSelfFD, log, stop)
+	fs, mountOpts, cleanup, err := buildRoot(ctx, &c, box.ProcSelfFD, log, exit)
 	if err != nil {
 		log.Error(err)
-		return 1
+		return exitFailure
 	}
 	defer func() {
-		stop()
+		cancel(nil)
 		cleanup()
 	}()
-	dev := fusewire.NewDevice(fs, fusewire.Options{
+	dev := &sessionCounter{Device: fusewire.NewDevice(fs, fusewire.Options{
 		RequestQueues:     c.RequestQueues,
 		AnnounceSubmounts: c.AnnounceSubmounts,
 		Logger:            log.WithField("layer", "fuse"),
 		Mount:             mountOpts,
-	})
+	})}
 
 	// Kata's runtime-rs reads stderr for this exact line, whatever the log
 	// destination or level.
@@ -105,10 +144,56 @@ func runDaemon(c daemonConfig) int {
 	})
 	if err != nil {
 		log.WithError(err).Error("vhost-user session failed")
-		return 1
+		return exitFailure
 	}
-	log.Info("frontend gone, exiting")
-	return 0
+	log.Info(exitReason(ctx, dev.sessions.Load()))
+	return exitOK
+}
+
+// exitReason says why the daemon stops, after vhostuser.Serve returned
+// cleanly having served sessions frontends.
+func exitReason(ctx context.Context, sessions int64) string {
+	cause := context.Cause(ctx)
+	switch {
+	case cause == nil:
+		return "frontend disconnected, exiting"
+	case sessions == 0:
+		return fmt.Sprintf("%v before any frontend connected, exiting", cause)
+	}
+	return fmt.Sprintf("%v, exiting", cause)
+}
+
+// sessionCounter counts the frontend sessions a device served.
+type sessionCounter struct {
+	vhostuser.Device
+	sessions atomic.Int64
+}
+
+func (s *sessionCounter) StartSession() {
+	s.sessions.Add(1)
+	if o, ok := s.Device.(vhostuser.SessionObserver); ok {
+		o.StartSession()
+	}
+}
+
+func (s *sessionCounter) EndSession() {
+	if o, ok := s.Device.(vhostuser.SessionObserver); ok {
+		o.EndSession()
+	}
+}
+
+// checkDir returns an error naming flag and dir unless dir is a directory.
+func checkDir(flag, dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s %s: no such directory", flag, dir)
+	case err != nil:
+		return fmt.Errorf("%s %s: %w", flag, dir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("%s %s: not a directory", flag, dir)
+	}
+	return nil
 }
 
 // buildRoot makes the filesystem the device serves and what releases it:
@@ -153,8 +238,14 @@ func buildFS(c *daemonConfig, rc *rafs.Config, procSelfFD *os.File, log *logrus.
 			Log:            log.WithField("layer", "rafs"),
 		})
 		if err != nil {
-			return nil, mo, fmt.Errorf("open image: %w", err)
+			return nil, mo, fmt.Errorf("--bootstrap %s: %w", c.Bootstrap, err)
 		}
+		if err := img.VerifyBlobs(context.Background()); err != nil {
+			img.Close()
+			return nil, mo, fmt.Errorf("--bootstrap %s: %w", c.Bootstrap, err)
+		}
+		log.WithField("bootstrap", c.Bootstrap).WithField("blobs", blobSource(c, rc)).
+			Infof("serving RAFS v%d image %s (%d blobs)", img.Version(), c.Bootstrap, len(img.BlobIDs()))
 		return rafs.NewFS(img, rafs.FSOptions{}), mo, nil
 	}
 	popts := passthrough.Options{
@@ -170,26 +261,42 @@ func buildFS(c *daemonConfig, rc *rafs.Config, procSelfFD *os.File, log *logrus.
 	}
 	fs, err := passthrough.New(c.SharedDir, popts)
 	if err != nil {
-		return nil, mo, fmt.Errorf("share %s: %w", c.SharedDir, err)
+		return nil, mo, fmt.Errorf("--shared-dir %s: %w", c.SharedDir, err)
 	}
 	mo.DisableReadDirPlus = !popts.ReadDirPlus()
 	mo.DisableXAttrs = !c.Xattr
 	return fs, mo, nil
 }
 
-// listen opens the vhost-user socket: a path to listen on, or an inherited
-// listening fd.
-func listen(c *daemonConfig) (*net.UnixListener, error) {
+// blobSource says where an image's blobs are looked up, for the log.
+func blobSource(c *daemonConfig, rc *rafs.Config) string {
+	switch {
+	case c.BlobDir != "":
+		return c.BlobDir
+	case rc != nil:
+		return "the --config backend"
+	}
+	return filepath.Dir(c.Bootstrap) + " (the bootstrap's directory)"
+}
+
+// listen opens the vhost-user socket: a path to listen on (claimed first,
+// see claimSocket), or an inherited listening fd.
+func listen(c *daemonConfig) (*net.UnixListener, *socketClaim, error) {
 	if c.FD >= 0 {
 		l, err := vhostuser.ListenerFromFD(c.FD)
 		if err != nil {
-			return nil, fmt.Errorf("--fd=%d: %w", c.FD, err)
+			return nil, nil, fmt.Errorf("--fd=%d: %w", c.FD, err)
 		}
-		return l, nil
+		return l, nil, nil
+	}
+	claim, err := claimSocket(c.SocketFlag, c.SocketPath)
+	if err != nil {
+		return nil, nil, err
 	}
 	l, err := vhostuser.Listen(c.SocketPath)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", c.SocketPath, err)
+		claim.release()
+		return nil, nil, fmt.Errorf("%s %s: %w", c.SocketFlag, c.SocketPath, err)
 	}
-	return l, nil
+	return l, claim, nil
 }

@@ -1,34 +1,67 @@
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"os"
+	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
+
+const unpackLong = `Write a RAFS image's tree to a tar file, as nydus-image unpack does. The blobs are
+looked up in --blob-dir (or --blob, or the backend of --config); without any of
+these, beside the bootstrap. Every blob must open before anything is written.
+The data is copied as stored: it is checked against the chunk digests only with
+--digest-validate (or digest_validate in the --config); the last line says which.`
 
 // runUnpack is `nydus-image unpack`: write the image's tree as a tar.
 func runUnpack(args []string) int {
-	fs := newFlagSet("unpack", "--bootstrap B --blob-dir D --output OUT.tar")
+	cmd := newCommand("unpack", "--bootstrap FILE [--blob-dir DIR | --blob FILE | --config FILE] --output FILE.tar", unpackLong)
 	var f imageFlags
-	f.register(fs, true)
-	output := fs.String("output", "", "tar file to write")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if *output == "" {
-		return failf("unpack", "--output is required")
-	}
-	img, err := f.open(true)
+	f.register(cmd.Flags())
+	output := cmd.Flags().StringP("output", "o", "", "tar file to write (required)")
+	logLevel := addLogLevel(cmd.Flags())
+	return execute(cmd, args, func([]string) error {
+		log, err := toolLogger(*logLevel, "")
+		if err != nil {
+			return err
+		}
+		if err := required(cmd.Flags(), "bootstrap", "output"); err != nil {
+			return err
+		}
+		img, err := f.openVerified(log)
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		if err := writeTarFile(img, *output); err != nil {
+			return fmt.Errorf("%s: %w", f.bootstrap, err)
+		}
+		if f.validate {
+			fmt.Fprintf(os.Stderr, "wrote %s; every chunk was verified against its digest\n", *output)
+		} else {
+			fmt.Fprintf(os.Stderr, "wrote %s; data not verified against the chunk digests (pass --digest-validate to verify)\n", *output)
+		}
+		return nil
+	})
+}
+
+// writeTarFile writes img's tree to the file name as a tar whose first
+// entry is the root directory "./"; a failed write leaves no file.
+func writeTarFile(img *rafs.Image, name string) error {
+	out, err := os.Create(name)
 	if err != nil {
-		return failf("unpack", "%v", err)
-	}
-	defer img.Close()
-	out, err := os.Create(*output)
-	if err != nil {
-		return failf("unpack", "%v", err)
+		return err
 	}
 	w := bufio.NewWriterSize(out, 1<<20)
-	err = img.WriteTar(context.Background(), w)
+	err = writeRootEntry(img, w)
+	if err == nil {
+		err = img.WriteTar(context.Background(), w)
+	}
 	if err == nil {
 		err = w.Flush()
 	}
@@ -36,8 +69,40 @@ func runUnpack(args []string) int {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(*output)
-		return failf("unpack", "%s: %v", f.bootstrap, err)
+		os.Remove(name)
 	}
-	return 0
+	return err
+}
+
+// writeRootEntry writes the tar header of the image's root directory, with
+// its mode, owner, mtime and xattrs (WriteTar starts below the root).
+func writeRootEntry(img *rafs.Image, w io.Writer) error {
+	root, err := img.Inode(rafs.RootIno)
+	if err != nil {
+		return fmt.Errorf("root inode: %w", err)
+	}
+	h := &tar.Header{
+		Typeflag: tar.TypeDir,
+		Name:     "./",
+		Mode:     int64(root.Mode & 0o7777),
+		Uid:      int(root.UID),
+		Gid:      int(root.GID),
+		ModTime:  time.Unix(int64(root.Mtime), int64(root.MtimeNsec)),
+		Format:   tar.FormatPAX,
+	}
+	xs, err := img.Xattrs(root.Ino)
+	if err != nil {
+		return fmt.Errorf("root xattrs: %w", err)
+	}
+	for _, x := range xs {
+		if h.PAXRecords == nil {
+			h.PAXRecords = map[string]string{}
+		}
+		h.PAXRecords["SCHILY.xattr."+x.Name] = string(x.Value)
+	}
+	tw := tar.NewWriter(w)
+	if err := tw.WriteHeader(h); err != nil {
+		return err
+	}
+	return tw.Flush() // no Close: the archive goes on
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 )
 
 // capabilities is what --print-capabilities prints, in the vhost-user.json
@@ -14,71 +15,103 @@ const capabilities = `{
   ]
 }`
 
-const virtiofsdUsage = `Usage: nydus-virtiofsd [OPTIONS] (--socket-path=PATH | --fd=N) (--shared-dir=DIR | --bootstrap=FILE --blob-dir=DIR)
+// daemonOptionsHelp describes the options the daemon acts on, shared by
+// both command lines.
+const daemonOptionsHelp = `What to serve:
+  --shared-dir=DIR          share this host directory read-write (also -o source=DIR)
+  --bootstrap=FILE          serve this RAFS image read-only instead (a bootstrap, or a blob
+                            with the bootstrap inlined)
+  --blob-dir=DIR            where the image's blobs are, each file named by its blob id
+                            (also --localfs-dir); default: the bootstrap's own directory.
+                            Every blob is opened at start: a missing one stops the daemon
+                            with its id and where it was looked for
 
-A virtio-fs vhost-user daemon with virtiofsd's command line.
-
-  --socket-path=PATH        listen on this unix socket (a stale file is removed)
-  --fd=N                    serve an inherited listening socket
-  --shared-dir=DIR          share this host directory (also -o source=DIR)
-  --bootstrap=FILE          serve this RAFS image (a bootstrap, or a blob with it inlined) instead
-  --blob-dir=DIR            where the image's blobs are (also --localfs-dir)
+Share options (--shared-dir):
   --cache=never|auto|metadata|always   caching policy (default auto)
   --xattr                   enable extended attributes
   --readonly                refuse every change to the share
-  --announce-submounts      let the guest see host submounts
+  --announce-submounts      let the guest see host submounts (the default)
+  --no-announce-submounts   show host submounts as plain directories
+  --allow-direct-io         honour O_DIRECT opens from the guest
+  --inode-file-handles=never|prefer|mandatory   identify inodes by file handle (default prefer)
+  --sandbox=MODE            namespace: own mount/pid/net/ipc namespaces whose root is the share;
+                            chroot: chroot(2) into the share; none. Default namespace
+                            (none in the virtiofs subcommand); images are not sandboxed
+
+Daemon:
   --thread-pool-size=N      at least N workers per request queue (default 4)
   --request-queues=N        request queues besides hiprio (default 1)
-  --keep-listening          accept a new frontend after one disconnects
-  --log-level=LEVEL         error|warn|info|debug|trace|off (default info)
+  --keep-listening          accept a new frontend after one disconnects instead of exiting
+  --log-level=LEVEL         error|warn|info|debug|trace|off (default info; -d is debug)
+  --log-file=FILE           append the log to FILE instead of stderr
   --syslog                  log to syslog
-  --sandbox=MODE            namespace (default: own mount/pid/net/ipc namespaces, root is the share),
-                            chroot (into the share) or none. Images are not sandboxed.
   --print-capabilities      print the vhost-user backend capabilities and exit
-  -o opt[,opt...]           the C virtiofsd's options: source=, cache=, xattr, log_level=, sandbox=
+  -h, --help                print this help and exit
   -V, --version             print the version and exit
-
-Subcommands: virtiofs (nydusd's), check, unpack, fuse, create. Unknown options are
-warned about and ignored, as Kata appends virtio_fs_extra_args verbatim.
 `
+
+// virtiofsdUsage is the daemon's --help (and `nydus-virtiofsd help`).
+func virtiofsdUsage() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `Usage: %[1]s [OPTIONS] (--socket-path=PATH | --fd=N) (--shared-dir=DIR | --bootstrap=FILE [--blob-dir=DIR])
+       %[1]s SUBCOMMAND [FLAGS]
+
+A vhost-user virtio-fs daemon with virtiofsd's command line: --opt=value and
+--opt value both work, and the C virtiofsd's -o opt[,opt...] (source=, cache=,
+xattr, no_xattr, log_level=, sandbox=, announce_submounts, readonly, debug).
+
+Where the VMM connects:
+  --socket-path=PATH        listen on this unix socket (also --socket). A lock is held on
+                            PATH.pid while the daemon runs; if another daemon serves PATH,
+                            the daemon refuses to start; a stale socket file is removed
+  --fd=N                    serve an inherited listening socket
+
+%[2]s
+Accepted for virtiofsd compatibility and ignored, with a warning:
+%[3]s
+
+Unknown options are warned about and ignored too (Kata appends
+virtio_fs_extra_args verbatim).
+
+`, prog, daemonOptionsHelp, ignoredFlags(virtiofsdFlags()))
+	writeSubcommands(&b)
+	return b.String()
+}
 
 // runVirtiofsd runs the daemon with virtiofsd's command line.
 func runVirtiofsd(args []string) int {
-	return runParsed("nydus-virtiofsd", parseVirtiofsd, virtiofsdUsage, args, nil)
+	return runParsed(prog, parseVirtiofsd, virtiofsdUsage, args)
 }
 
-// runParsed parses args, handles the options that print and exit, lets
-// adjust add to the configuration, validates it and runs the daemon.
-func runParsed(name string, parse func([]string) (daemonConfig, error), usage string, args []string, adjust func(*daemonConfig)) int {
+// runParsed parses args, handles the options that print and exit,
+// validates the configuration and runs the daemon.
+func runParsed(name string, parse func([]string) (daemonConfig, error), usage func() string, args []string) int {
 	c, err := parse(args)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n%s", name, err, usage)
-		return 2
+		fmt.Fprintf(os.Stderr, "%s: %v\nRun '%s --help' for usage.\n", name, err, name)
+		return exitUsage
 	}
 	if code, done := earlyExit(&c, usage); done {
 		return code
 	}
-	if adjust != nil {
-		adjust(&c)
-	}
 	if err := c.validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
-		return 2
+		fmt.Fprintf(os.Stderr, "%s: %v\nRun '%s --help' for usage.\n", name, err, name)
+		return exitUsage
 	}
 	return runDaemon(c)
 }
 
 // earlyExit handles --help, --version and --print-capabilities.
-func earlyExit(c *daemonConfig, usage string) (int, bool) {
+func earlyExit(c *daemonConfig, usage func() string) (int, bool) {
 	switch {
 	case c.Help:
-		fmt.Print(usage)
+		fmt.Print(usage())
 	case c.Version:
-		fmt.Printf("nydus-virtiofsd version %s\n", version)
+		fmt.Printf("%s version %s\n", prog, version)
 	case c.PrintCapabilities:
 		fmt.Println(capabilities)
 	default:
 		return 0, false
 	}
-	return 0, true
+	return exitOK, true
 }
