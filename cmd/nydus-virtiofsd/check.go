@@ -81,6 +81,21 @@ func (f *imageFlags) openVerified(log logrus.FieldLogger) (*rafs.Image, error) {
 	return img, nil
 }
 
+// quietImageLog is the image's logger in check and unpack, which return
+// the first read failure as their error: at the levels below debug, the
+// image's own report of it (meant for a daemon, whose reads fail with a
+// bare EIO) would say it a second time.
+func quietImageLog(l *logrus.Logger) logrus.FieldLogger {
+	if l.IsLevelEnabled(logrus.DebugLevel) {
+		return l
+	}
+	q := logrus.New()
+	q.SetOutput(l.Out)
+	q.SetFormatter(l.Formatter)
+	q.SetLevel(logrus.FatalLevel)
+	return q
+}
+
 // addLogLevel registers --log-level.
 func addLogLevel(fs *pflag.FlagSet) *string {
 	return fs.StringP("log-level", "l", "info", "log level: error, warn, info, debug, trace or off")
@@ -104,7 +119,7 @@ func runCheck(args []string) int {
 		if err != nil {
 			return err
 		}
-		img, err := f.open(false, log)
+		img, err := f.open(false, quietImageLog(log))
 		if err != nil {
 			return err
 		}
@@ -134,4 +149,3 @@ func runCheck(args []string) int {
 		return nil
 	})
 }
-

@@ -403,8 +403,10 @@ func (c *daemonConfig) validate() error {
 		return fmt.Errorf("%s or --fd is required: where the VMM connects", c.SocketFlag)
 	case c.SocketPath != "" && c.FD >= 0:
 		return fmt.Errorf("%s and --fd are mutually exclusive", c.SocketFlag)
+	case c.SharedDir == "" && c.Bootstrap == "" && c.APISock == "" && c.Nydusd:
+		return fmt.Errorf("--shared-dir, --bootstrap or --apisock is required: what to serve")
 	case c.SharedDir == "" && c.Bootstrap == "" && c.APISock == "":
-		return fmt.Errorf("--shared-dir (or --bootstrap with --blob-dir) is required")
+		return fmt.Errorf("--shared-dir (or --bootstrap) is required: what to serve")
 	case c.SharedDir != "" && c.Bootstrap != "":
 		return fmt.Errorf("--shared-dir and --bootstrap are mutually exclusive")
 	case c.RequestQueues < 1:

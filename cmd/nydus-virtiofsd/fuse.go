@@ -79,13 +79,16 @@ func runFuse(args []string) int {
 			return err
 		}
 		defer img.Close()
+		// Signals are caught before the mount is live: one arriving in
+		// between must unmount, not kill the process and leave the mount.
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+		defer signal.Stop(sigs)
 		srv, err := rafs.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, rafs.MountOptions(*debug))
 		if err != nil {
 			return err
 		}
 		log.Infof("serving RAFS v%d image %s at %s", img.Version(), f.bootstrap, mnt)
-		sigs := make(chan os.Signal, 1)
-		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 		done := make(chan struct{})
 		go func() { srv.Wait(); close(done) }()
 		select {
@@ -115,7 +118,22 @@ func checkMountpoint(mnt string, unmountStale bool, log *logrus.Logger) (string,
 		return "", fmt.Errorf("--mountpoint %s: %w", mnt, err)
 	}
 	fi, err := os.Stat(abs)
-	if errors.Is(err, syscall.ENOTCONN) {
+	if err == nil {
+		if ours, merr := mountedHere(abs); merr != nil {
+			return "", merr
+		} else if ours {
+			// The kernel may answer stat from its cache; statfs always
+			// asks the daemon.
+			var st unix.Statfs_t
+			if serr := unix.Statfs(abs, &st); errors.Is(serr, unix.ENOTCONN) || errors.Is(serr, unix.ECONNABORTED) {
+				err = syscall.ENOTCONN
+			} else {
+				return "", fmt.Errorf("--mountpoint %s: an image is already mounted here by another %s fuse; "+
+					"unmount it first ('umount %s') or pick another mountpoint", abs, prog, abs)
+			}
+		}
+	}
+	if errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
 		if !unmountStale {
 			return "", fmt.Errorf("--mountpoint %s holds a stale FUSE mount (its daemon is gone): clear it with 'umount -l %s' "+
 				"(or 'fusermount3 -u -z %s'), or pass --unmount-stale", abs, abs, abs)
@@ -133,12 +151,6 @@ func checkMountpoint(mnt string, unmountStale bool, log *logrus.Logger) (string,
 		return "", fmt.Errorf("--mountpoint %s: %w", abs, err)
 	case !fi.IsDir():
 		return "", fmt.Errorf("--mountpoint %s: not a directory", abs)
-	}
-	if ours, err := mountedHere(abs); err != nil {
-		return "", err
-	} else if ours {
-		return "", fmt.Errorf("--mountpoint %s: an image is already mounted here by another %s fuse; "+
-			"unmount it first ('umount %s') or pick another mountpoint", abs, prog, abs)
 	}
 	return abs, nil
 }

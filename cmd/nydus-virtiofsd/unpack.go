@@ -33,7 +33,7 @@ func runUnpack(args []string) int {
 		if err := required(cmd.Flags(), "bootstrap", "output"); err != nil {
 			return err
 		}
-		img, err := f.openVerified(log)
+		img, err := f.openVerified(quietImageLog(log))
 		if err != nil {
 			return err
 		}

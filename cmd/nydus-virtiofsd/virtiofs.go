@@ -15,7 +15,9 @@ Options take --opt value or --opt=value.
 nydusd's options:
   --sock PATH               listen on this vhost-user socket (required unless --fd). A lock
                             is held on PATH.pid; if another daemon serves PATH, the daemon
-                            refuses to start; a stale socket file is removed
+                            refuses to start; a stale socket file is removed (virtiofsd's
+                            --socket-path and --socket are the same)
+  --fd=N                    serve an inherited listening socket instead
   -A, --apisock PATH        serve nydusd's HTTP API on this unix socket (refused when a
                             live daemon answers there; a stale socket file is removed)
   -C, --config FILE         nydusd configuration (v1 or v2) for --bootstrap and for API
