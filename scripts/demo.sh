@@ -2,8 +2,10 @@
 # make demo: build nydus-virtiofsd, then
 #  1. share a sample directory with a QEMU guest that lists it and reads a file;
 #  2. serve a real Nydus RAFS v6 image (made by nydus-image 2.2, zstd chunks)
-#     to a guest that lists it and reads a file out of it.
+#     to a guest that lists it and reads the start of a file out of it.
 # Installs QEMU and the guest kernel on first use (as root); cached after.
+# Each part's logs (serial console, backend, QEMU) are kept, replaced by the
+# next run, in guest-tests/.cache/demo-logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s build
@@ -15,5 +17,6 @@ go run ./guest-tests/cmd/demo -backend go
 echo
 echo "== 2. a Nydus RAFS v6 image, as nydusd =="
 img=$PWD/rafs/testdata/fixtures/nydus/v6-2.2
-go run ./guest-tests/cmd/demo -file lib.rs \
+"$bin" check --bootstrap "$img/rafs-v6-2.2.boot" --blob-dir "$img"
+go run ./guest-tests/cmd/demo -name nydus-virtiofsd-rafs -file lib.rs \
 	-cmd "$bin --socket-path={socket} --bootstrap=$img/rafs-v6-2.2.boot --blob-dir=$img"

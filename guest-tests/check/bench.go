@@ -134,8 +134,11 @@ func walkCount(root, rel string, files *[]string) (int, error) {
 	return n, err
 }
 
+// demoShown is how much of the file Demo prints: enough to see it was read.
+const demoShown = 256
+
 // Demo writes a listing of dir (mode, owner, size, path, link target) and
-// the first 4 KiB of file to w.
+// the first demoShown bytes of file to w.
 func Demo(w io.Writer, dir, file string) error {
 	m, _, err := Build(dir, ManifestOptions{})
 	if err != nil {
@@ -157,12 +160,16 @@ func Demo(w io.Writer, dir, file string) error {
 		return err
 	}
 	defer f.Close()
-	b := make([]byte, 4096)
-	n, err := f.Read(b)
-	if err != nil && err != io.EOF {
+	st, err := f.Stat()
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "content of %s (%d bytes shown):\n%s\n", file, n, b[:n])
+	b := make([]byte, demoShown)
+	n, err := io.ReadFull(f, b)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return err
+	}
+	fmt.Fprintf(w, "content of %s (%d of %d bytes):\n%s\n", file, n, st.Size(), b[:n])
 	return nil
 }
 

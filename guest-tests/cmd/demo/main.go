@@ -34,6 +34,7 @@ func main() {
 func run() int {
 	backend := flag.String("backend", "go", "backend from the table: c (Debian's C virtiofsd) or go (nydus-virtiofsd)")
 	cmdTmpl := flag.String("cmd", "", "custom backend command ({socket}, {share}, {cache} are substituted); overrides -backend")
+	name := flag.String("name", "custom", "what to call the -cmd backend in the output")
 	dir := flag.String("dir", "", "directory to share (default: a sample directory)")
 	file := flag.String("file", "hello.txt", "file (relative to the share) whose content the guest prints")
 	cache := flag.String("cache", "auto", "cache mode")
@@ -56,7 +57,7 @@ func run() int {
 	cacheDir := filepath.Join(root, "guest-tests", ".cache")
 	var b guesttests.Backend
 	if *cmdTmpl != "" {
-		b = guesttests.Template("custom", strings.Fields(*cmdTmpl))
+		b = guesttests.Template(*name, strings.Fields(*cmdTmpl))
 	} else {
 		for _, c := range guesttests.Backends(root, cacheDir) {
 			if c.Name == *backend {
@@ -88,11 +89,23 @@ func run() int {
 		log.Errorf("demo: building the guest: %v", err)
 		return 2
 	}
-	fmt.Printf("demo: sharing %s through backend %q, booting %s\n", share, b.Name, filepath.Base(g.Kernel))
+	what := "sharing " + share + " through"
+	if *cmdTmpl != "" && !strings.Contains(*cmdTmpl, "{share}") {
+		what = "serving what the command names through" // an image, say
+	}
+	fmt.Printf("demo: %s backend %q, booting %s\n", what, b.Name, filepath.Base(g.Kernel))
 	steps := []check.Step{{Name: "demo", Kind: check.KindDemo, File: *file}}
+	// One log directory per backend, replaced by each run, under the cache
+	// rather than a new one in /tmp every time.
+	logDir := filepath.Join(cacheDir, "demo-logs", strings.ReplaceAll(b.Name, "/", "-"))
+	if err := os.RemoveAll(logDir); err != nil {
+		log.Errorf("demo: %v", err)
+		return 2
+	}
 	opts := guesttests.RunOptions{
 		Guest:   g,
 		Backend: b,
+		LogDir:  logDir,
 		Serve:   guesttests.BackendConfig{SharedDir: share, Cache: *cache},
 		Timeout: *timeout,
 		Console: os.Stdout,
