@@ -60,7 +60,7 @@ func (f *imageFlags) open(needBlobs bool, log logrus.FieldLogger) (*rafs.Image, 
 	}
 	img, err := rafs.Open(f.bootstrap, opts)
 	if err != nil {
-		return nil, fmt.Errorf("--bootstrap %s: %w", f.bootstrap, err)
+		return nil, flagPathError("--bootstrap", f.bootstrap, err)
 	}
 	f.validate = opts.DigestValidate
 	return img, nil

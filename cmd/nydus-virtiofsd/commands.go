@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sort"
 	"strings"
@@ -117,13 +118,32 @@ func newCommand(name, usage, long string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   name + " " + usage,
 		Long:                  long,
-		Args:                  cobra.NoArgs,
+		Args:                  noArgs,
 		DisableFlagsInUseLine: true,
 		SilenceErrors:         true,
 		SilenceUsage:          true,
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	return cmd
+}
+
+// noArgs refuses positional arguments with the first one named.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("unexpected argument %q: %s takes flags only", args[0], cmd.Name())
+	}
+	return nil
+}
+
+// flagPathError says what went wrong with the file a flag names, once:
+// "--flag PATH: no such file or directory" rather than the chain of
+// operations that met it.
+func flagPathError(flag, path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Path == path {
+		return fmt.Errorf("%s %s: %w", flag, path, pe.Err)
+	}
+	return fmt.Errorf("%s %s: %w", flag, path, err)
 }
 
 // usageError is a command-line mistake: exit code 2 and a pointer to

@@ -390,6 +390,26 @@ func TestCommandLineStyle(t *testing.T) {
 			}
 		}
 	})
+	t.Run("bad inputs say their cause once", func(t *testing.T) {
+		boot, _, _ := v6Image(t)
+		missing := filepath.Join(t.TempDir(), "missing")
+		for _, tc := range []struct {
+			args []string
+			code int
+			want string
+		}{
+			{[]string{"check", "--bootstrap", boot, "extra"}, exitUsage, `check: unexpected argument "extra": check takes flags only`},
+			{[]string{"check", "--bootstrap", missing}, exitFailure, "check: --bootstrap " + missing + ": no such file or directory\n"},
+			{[]string{"unpack", "--bootstrap", boot, "--output", filepath.Join(missing, "o.tar")}, exitFailure,
+				"unpack: --output " + filepath.Join(missing, "o.tar") + ": no such file or directory\n"},
+			{[]string{"--socket-path=" + filepath.Join(t.TempDir(), "s"), "--bootstrap=" + missing}, exitFailure,
+				`"--bootstrap ` + missing + `: no such file or directory"`},
+		} {
+			if out, code := runBin(t, "", tc.args...); code != tc.code || !strings.Contains(out, tc.want) {
+				t.Errorf("%q: exit %d, want %d with %q:\n%s", tc.args, code, tc.code, tc.want, out)
+			}
+		}
+	})
 	t.Run("fuse takes nydusd's flags", func(t *testing.T) {
 		boot, dir, _ := v6Image(t)
 		logFile := filepath.Join(t.TempDir(), "fuse.log")

@@ -88,6 +88,9 @@ func runDaemon(c daemonConfig) int {
 		for _, w := range append(logWarnings, c.Warnings...) {
 			log.Warn(w)
 		}
+		if c.SharedDir != "" {
+			log.Infof("sharing %s (sandbox %s, cache %s)", c.SharedDir, mode, c.Cache)
+		}
 	}
 	var claim *socketClaim
 	l, err := sb.Listener(func() (*net.UnixListener, error) {
@@ -238,7 +241,7 @@ func buildFS(c *daemonConfig, rc *rafs.Config, procSelfFD *os.File, log *logrus.
 			Log:            log.WithField("layer", "rafs"),
 		})
 		if err != nil {
-			return nil, mo, fmt.Errorf("--bootstrap %s: %w", c.Bootstrap, err)
+			return nil, mo, flagPathError("--bootstrap", c.Bootstrap, err)
 		}
 		if err := img.VerifyBlobs(context.Background()); err != nil {
 			img.Close()

@@ -39,7 +39,7 @@ func runUnpack(args []string) int {
 		}
 		defer img.Close()
 		if err := writeTarFile(img, *output); err != nil {
-			return fmt.Errorf("%s: %w", f.bootstrap, err)
+			return err
 		}
 		if f.validate {
 			fmt.Fprintf(os.Stderr, "wrote %s; every chunk was verified against its digest\n", *output)
@@ -55,7 +55,7 @@ func runUnpack(args []string) int {
 func writeTarFile(img *rafs.Image, name string) error {
 	out, err := os.Create(name)
 	if err != nil {
-		return err
+		return flagPathError("--output", name, err)
 	}
 	w := bufio.NewWriterSize(out, 1<<20)
 	err = writeRootEntry(img, w)
@@ -67,6 +67,9 @@ func writeTarFile(img *rafs.Image, name string) error {
 	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
+	}
+	if err != nil {
+		err = fmt.Errorf("writing %s: %w", name, err)
 	}
 	if err != nil {
 		os.Remove(name)
