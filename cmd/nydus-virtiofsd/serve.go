@@ -118,6 +118,7 @@ func runDaemon(c daemonConfig) int {
 	}
 	if box.Confined { // host paths mean nothing in here
 		c.SharedDir, c.SocketPath = box.SharedDir, ""
+		claim.forget() // the pid file's path would now name a file in the share
 	}
 
 	fs, mountOpts, cleanup, err := buildRoot(ctx, &c, box.ProcSelfFD, log, exit)

@@ -88,9 +88,19 @@ func (c *socketClaim) release() {
 	if c == nil || c.lock == nil {
 		return
 	}
-	os.Remove(c.pidPath) // still locked: nobody else can hold it
+	if c.pidPath != "" {
+		os.Remove(c.pidPath) // still locked: nobody else can hold it
+	}
 	c.lock.Close()
 	c.lock = nil
+}
+
+// forget keeps the lock but leaves the pid file in place at release: for
+// a process confined to the share, where the path names another file.
+func (c *socketClaim) forget() {
+	if c != nil {
+		c.pidPath = ""
+	}
 }
 
 // lockPIDFile opens (creating) name, takes an exclusive flock on it
