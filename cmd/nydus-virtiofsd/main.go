@@ -25,6 +25,7 @@ func main() {
 		"unpack":   runUnpack,
 		"fuse":     runFuse,
 		"create":   runCreate,
+		"convert":  runConvert,
 	}
 	if len(os.Args) > 1 {
 		if cmd, ok := cmds[os.Args[1]]; ok {

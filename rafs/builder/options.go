@@ -70,6 +70,15 @@ type Options struct {
 	// BlobInlineMeta also stores the bootstrap inside the blob (image.boot).
 	BlobInlineMeta bool
 
+	// EmptyBlob writes a blob even when the source adds no file data (with
+	// BlobInlineMeta it then carries only the bootstrap), as nydus-image does
+	// for each layer of an image being converted: every layer gets a blob.
+	EmptyBlob bool
+
+	// Reader, when set, is the tar (or tar.gz) source, read once as a
+	// stream; the source argument then only names it in messages.
+	Reader io.Reader
+
 	// BlobPath, when set, is where the blob is written instead of
 	// <blob dir>/<blob id>.
 	BlobPath string
