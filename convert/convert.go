@@ -3,6 +3,7 @@ package convert
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -259,7 +260,7 @@ func (c *converter) convertLayers(ctx context.Context, layers []v1.Layer) ([]*la
 	// Report the error that caused the others (not a cancellation).
 	var first error
 	for _, err := range errs {
-		if err != nil && (first == nil || first == context.Canceled) {
+		if err != nil && (first == nil || errors.Is(first, context.Canceled)) {
 			first = err
 		}
 	}

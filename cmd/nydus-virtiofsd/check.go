@@ -75,6 +75,9 @@ func failf(cmd string, format string, args ...any) int {
 // runCheck is `nydus-image check`: parse and validate an image, and verify
 // chunk digests when the blobs are present.
 func runCheck(args []string) int {
+	if hasTargetFlag(args) {
+		return runCheckTarget(args)
+	}
 	fs := newFlagSet("check", "--bootstrap B [--blob-dir D] [--verbose]")
 	var f imageFlags
 	f.register(fs, true)
