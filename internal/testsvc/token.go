@@ -154,7 +154,7 @@ func (ti *TokenIssuer) sign(repo string, actions []string, ttl time.Duration) (s
 	claims := jwt.MapClaims{
 		"iss": ti.Name, "sub": ti.o.User, "aud": ti.Service,
 		"exp": now.Add(ttl).Unix(), "nbf": now.Add(-time.Minute).Unix(), "iat": now.Unix(),
-		"jti": base64.RawURLEncoding.EncodeToString(big.NewInt(now.UnixNano()).Bytes()),
+		"jti":    base64.RawURLEncoding.EncodeToString(big.NewInt(now.UnixNano()).Bytes()),
 		"access": []map[string]any{},
 	}
 	if repo != "" {
