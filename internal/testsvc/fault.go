@@ -135,7 +135,7 @@ func (f *FaultInjector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "injected", http.StatusForbidden)
 		return
 	case FaultReset:
-		abort(w)
+		reset(w)
 		return
 	case FaultStall:
 		select {
@@ -184,6 +184,18 @@ func abort(w http.ResponseWriter) {
 		fl.Flush()
 	}
 	panic(http.ErrAbortHandler)
+}
+
+// reset closes the connection with a TCP RST, before any answer.
+func reset(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	conn.Close()
 }
 
 // shiftRange moves "bytes=a-b" one byte later.

@@ -33,6 +33,9 @@ type RegistryOptions struct {
 	S3 *S3
 	// TokenTTL is the lifetime of issued tokens (AuthToken; 0: 10 min).
 	TokenTTL time.Duration
+	// TokenRefusePOST makes the token issuer refuse POST (clients must
+	// fall back to GET).
+	TokenRefusePOST bool
 }
 
 // Registry is a running docker-registry.
@@ -81,14 +84,14 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 		fmt.Fprintf(&cfg, "auth:\n  htpasswd:\n    realm: testsvc\n    path: %s\n", hp)
 	case AuthToken:
 		r.User, r.Pass = "tester", "t0ken-"+strconv.FormatInt(time.Now().UnixNano(), 36)
-		iss := StartTokenIssuer(t, TokenIssuerOptions{User: r.User, Pass: r.Pass, Service: "testsvc-registry", TTL: o.TokenTTL})
+		iss := StartTokenIssuer(t, TokenIssuerOptions{User: r.User, Pass: r.Pass, Service: "testsvc-registry", TTL: o.TokenTTL, RefusePOST: o.TokenRefusePOST})
 		r.Issuer = iss
 		fmt.Fprintf(&cfg, "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n",
 			iss.Realm, iss.Service, iss.Name, iss.CertFile)
 	}
 	cfgPath := writeFile(t, dir, "config.yml", cfg.String())
 	out := startProc(t, "docker-registry", func() bool { return answers("http://" + r.Host + "/v2/") }, bin, "serve", cfgPath)
-	r.Log = out.String
+	r.Log = out.out.String
 	return r
 }
 
