@@ -9,7 +9,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,6 +48,7 @@ type Registry struct {
 	Pass   string
 	Issuer *TokenIssuer // AuthToken only
 	s3     *S3
+	root   string // filesystem storage
 	// Log is the registry's output so far.
 	Log func() string
 }
@@ -65,7 +68,7 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 	bin := need(t, "docker-registry")
 	dir := t.TempDir()
 	port := FreePort(t)
-	r := &Registry{Host: addr(port), Repo: "test/blobs", s3: o.S3}
+	r := &Registry{Host: addr(port), Repo: "test/blobs", s3: o.S3, root: filepath.Join(dir, "data")}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nhttp:\n  addr: %s\n  secret: testsvc-secret\n", r.Host)
 	if o.S3 != nil {
@@ -114,11 +117,9 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 	id := hex.EncodeToString(sum[:])
 	if r.s3 != nil {
 		// s3rver lacks ListMultipartUploads, which distribution's S3
-		// driver needs for uploads: write the blob and the repository's
-		// layer link where the driver keeps them.
-		root := "registry/docker/registry/v2/"
-		r.s3.Put(t, root+"blobs/sha256/"+id[:2]+"/"+id+"/data", data)
-		r.s3.Put(t, root+"repositories/"+r.Repo+"/_layers/sha256/"+id+"/link", []byte("sha256:"+id))
+		// driver needs for uploads: store the blob where the driver keeps
+		// it.
+		r.SeedBlob(t, id, data)
 		return id
 	}
 	req, _ := http.NewRequest(http.MethodPost, "http://"+r.Host+"/v2/"+r.Repo+"/blobs/uploads/", nil)
@@ -151,6 +152,31 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 		t.Fatalf("finish upload: HTTP %d %s", resp.StatusCode, body)
 	}
 	return id
+}
+
+// SeedBlob stores data as blob id (hex) in the registry's storage
+// directly, with the repository's layer link, where distribution keeps
+// them: for test images whose blob ids are not the sha256 of the blob
+// file (as some nydus fixtures), and for S3 storage. The registry serves
+// it as it serves any blob.
+func (r *Registry) SeedBlob(t testing.TB, id string, data []byte) {
+	t.Helper()
+	blob := "docker/registry/v2/blobs/sha256/" + id[:2] + "/" + id + "/data"
+	link := "docker/registry/v2/repositories/" + r.Repo + "/_layers/sha256/" + id + "/link"
+	if r.s3 != nil {
+		r.s3.Put(t, "registry/"+blob, data)
+		r.s3.Put(t, "registry/"+link, []byte("sha256:"+id))
+		return
+	}
+	for name, content := range map[string][]byte{blob: data, link: []byte("sha256:" + id)} {
+		p := filepath.Join(r.root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // BlobURL is the registry URL of blob id.
