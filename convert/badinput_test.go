@@ -21,6 +21,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testsvc"
 )
 
 // pushLayers pushes an OCI image made of the given layers.
@@ -49,7 +51,7 @@ func assertNoTag(t *testing.T, ref string) {
 // TestConvertBadInput: each bad source fails with an error naming the
 // layer (when there is one) and the reference, and no target tag appears.
 func TestConvertBadInput(t *testing.T) {
-	reg := startRegistry(t)
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{}).Host
 	good := layer(t, tarBytes(t, []tarEntry{file("a", []byte("a"), 0o644)}), "gzip")
 	goodDigest, _ := good.Digest()
 
@@ -141,7 +143,7 @@ func (f *faultInjector) RoundTrip(r *http.Request) (*http.Response, error) {
 // blobs fails the conversion with an error naming the target, and the
 // target tag is not written (the manifest goes last).
 func TestFaultInjectorMidPush(t *testing.T) {
-	reg := startRegistry(t)
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{}).Host
 	src := reg + "/src/app:v1"
 	pushSource(t, src, nil)
 	for _, n := range []int64{1, 3, 5} {
@@ -168,7 +170,7 @@ func TestFaultInjectorMidPush(t *testing.T) {
 // a manifest made here, and our check accepts it; a manifest with the
 // bootstrap layer's annotation missing is refused.
 func TestCheckNydusImageFixture(t *testing.T) {
-	reg := startRegistry(t)
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{}).Host
 	fix := filepath.Join("..", "rafs", "testdata", "fixtures", "nydus", "v5-repeatable")
 	blobID := "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 	blob, err := os.ReadFile(filepath.Join(fix, "blobs", blobID))

@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testsvc"
 )
 
 // benchTrees are host directories of real binaries, libraries and
@@ -87,7 +89,7 @@ func writeTreeLayer(dir, out string) (int64, error) {
 // crane pull + crane push do) measured in the same run, then converts it
 // again (every layer from the cache). Run with -benchtime 1x.
 func BenchmarkConvert(b *testing.B) {
-	reg := startRegistry(b)
+	reg := testsvc.StartRegistry(b, testsvc.RegistryOptions{}).Host
 	dir := b.TempDir()
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 	var total int64

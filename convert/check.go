@@ -22,7 +22,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
@@ -45,6 +44,8 @@ type CheckReport struct {
 	Problems  []string `json:"problems"`
 	// FilesCompared counts paths compared by the filesystem rule.
 	FilesCompared int `json:"files_compared"`
+	// Filesystem says how the filesystem rule read the Nydus image.
+	Filesystem string `json:"filesystem,omitempty"`
 }
 
 // OK reports whether no rule was broken.
@@ -323,32 +324,16 @@ func (c *checker) checkManifest(ctx context.Context, dg v1.Hash, raw []byte, src
 	if src == nil || !r.OK() {
 		return nil
 	}
-	return c.filesystemRule(ctx, bootPath, ids, src)
+	return c.filesystemRule(ctx, bootPath, src)
 }
 
-// filesystemRule compares the Nydus image, read through the rafs reader
-// with its blobs from the registry, with the source flattened.
-func (c *checker) filesystemRule(ctx context.Context, bootPath string, ids []string, src v1.Image) error {
-	// The blobs are fetched whole into the work directory, then read
-	// chunk by chunk from there.
-	// TODO: read them lazily through the registry backend once it lands.
-	blobDir := filepath.Join(c.work, "blobs")
-	if err := os.MkdirAll(blobDir, 0o755); err != nil {
-		return err
-	}
-	for _, id := range ids {
-		if err := c.download(v1.Hash{Algorithm: "sha256", Hex: id}, filepath.Join(blobDir, id)); err != nil {
-			return fmt.Errorf("target %s: blob %s: %w", c.o.Target, id, err)
-		}
-	}
-	img, err := rafs.Open(bootPath, rafs.Options{Backend: backend.NewLocalFS(blobDir), DigestValidate: true, ChunkCacheSize: -1})
+// filesystemRule compares the Nydus image, served lazily from the
+// registry, with the source flattened by a library that is not ours.
+func (c *checker) filesystemRule(ctx context.Context, bootPath string, src v1.Image) error {
+	got, via, err := c.nydusTree(ctx, bootPath)
+	c.report.Filesystem = via
 	if err != nil {
-		return err
-	}
-	defer img.Close()
-	got, err := RafsTree(ctx, img)
-	if err != nil {
-		c.report.problem("filesystem rule: reading the Nydus image: %v", err)
+		c.report.problem("filesystem rule: reading the Nydus image (%s): %v", via, err)
 		return nil
 	}
 	want, err := SourceTree(src)
@@ -377,23 +362,6 @@ func (c *checker) blob(d v1.Hash) ([]byte, error) {
 	}
 	defer rc.Close()
 	return io.ReadAll(io.LimitReader(rc, 64<<20))
-}
-
-func (c *checker) download(d v1.Hash, out string) error {
-	rc, err := c.blobReader(d)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	f, err := os.Create(out)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, rc); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // BootstrapLayer is what a bootstrap layer holds.
