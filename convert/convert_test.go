@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -480,4 +482,79 @@ func TestConvertSources(t *testing.T) {
 			checkTarget(t, o.Target, src)
 		})
 	}
+}
+
+// TestConvertBasicAuthDocker converts a Docker-typed image (schema2
+// manifest) between repositories of a registry with Basic auth, the
+// credentials coming from a Docker config file (DOCKER_CONFIG), as every
+// registry tool reads them; the output keeps Docker media types (and --oci
+// switches to OCI ones).
+func TestConvertBasicAuthDocker(t *testing.T) {
+	r := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthBasic})
+	cfgDir := t.TempDir()
+	cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, r.Host, r.AuthB64())
+	if err := os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", cfgDir)
+
+	img := mutate.MediaType(empty.Image, types.DockerManifestSchema2)
+	img = mutate.ConfigMediaType(img, types.DockerConfigJSON)
+	for _, l := range testLayers(t) {
+		var err error
+		if img, err = mutate.AppendLayers(img, static.NewLayer(gzipBytes(tarBytes(t, l)), types.DockerLayer)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := r.Host + "/src/docker:v1"
+	sref, _ := name.ParseReference(src, name.Insecure)
+	if err := remote.Write(sref, img, remote.WithAuthFromKeychain(authn.DefaultKeychain)); err != nil {
+		t.Fatal(err)
+	}
+	// Without credentials the registry refuses.
+	t.Run("no-credentials", func(t *testing.T) {
+		t.Setenv("DOCKER_CONFIG", t.TempDir())
+		_, err := Convert(context.Background(), Options{Source: src, Target: r.Host + "/dst/docker:none", PlainHTTP: true, CacheDir: t.TempDir()})
+		if err == nil || !strings.Contains(err.Error(), src) {
+			t.Fatalf("conversion without credentials: %v", err)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		oci  bool
+		mt   types.MediaType
+		boot types.MediaType
+	}{
+		{"docker", false, types.DockerManifestSchema2, types.DockerLayer},
+		{"oci", true, types.OCIManifestSchema1, types.OCILayer},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := r.Host + "/dst/docker:" + tc.name
+			sum, err := Convert(context.Background(), Options{Source: src, Target: target, PlainHTTP: true, OCI: tc.oci, CacheDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if types.MediaType(sum.MediaType) != tc.mt {
+				t.Errorf("media type %s, want %s", sum.MediaType, tc.mt)
+			}
+			tref, _ := name.ParseReference(target, name.Insecure)
+			out, err := remote.Image(tref, remote.WithAuthFromKeychain(authn.DefaultKeychain))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _ := out.Manifest()
+			if got := m.Layers[len(m.Layers)-1].MediaType; got != tc.boot {
+				t.Errorf("bootstrap layer media type %s, want %s", got, tc.boot)
+			}
+			checkTarget(t, target, src)
+		})
+	}
+}
+
+func gzipBytes(b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	zw.Close()
+	return buf.Bytes()
 }
