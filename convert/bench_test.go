@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"syscall"
 	"testing"
 	"time"
 
@@ -124,6 +126,7 @@ func BenchmarkConvert(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// Copy floor: pull into a layout, push to another repository.
+		c0 := cpuTime()
 		t0 := time.Now()
 		si, err := remote.Image(sref)
 		if err != nil {
@@ -145,6 +148,7 @@ func BenchmarkConvert(b *testing.B) {
 			b.Fatal(err)
 		}
 		copySec := time.Since(t0).Seconds()
+		copyCPU := cpuTime() - c0
 		os.RemoveAll(filepath.Join(dir, fmt.Sprint("pull", i)))
 
 		cache := filepath.Join(dir, fmt.Sprint("cache", i))
@@ -152,11 +156,24 @@ func BenchmarkConvert(b *testing.B) {
 		if os.Getenv("NVFS_BENCH_PROGRESS") != "" {
 			o.Progress = stampWriter{os.Stderr, time.Now()}
 		}
+		c1 := cpuTime()
 		t1 := time.Now()
-		if _, err := Convert(context.Background(), o); err != nil {
+		if p := os.Getenv("NVFS_BENCH_CPUPROFILE"); p != "" {
+			f, err := os.Create(p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			pprof.StartCPUProfile(f)
+		}
+		_, err = Convert(context.Background(), o)
+		if os.Getenv("NVFS_BENCH_CPUPROFILE") != "" {
+			pprof.StopCPUProfile()
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 		convSec := time.Since(t1).Seconds()
+		convCPU := cpuTime() - c1
 		t2 := time.Now()
 		if _, err := Convert(context.Background(), o); err != nil {
 			b.Fatal(err)
@@ -167,8 +184,9 @@ func BenchmarkConvert(b *testing.B) {
 		b.ReportMetric(mib/convSec, "convert-MiB/s")
 		b.ReportMetric(copySec/convSec, "ratio")
 		b.ReportMetric(warmSec/convSec, "warm/cold")
-		b.Logf("%.0f MiB: copy floor %.1fs (%.0f MiB/s), convert %.1fs (%.0f MiB/s, %.2fx), again %.2fs (%.1f%%)",
-			mib, copySec, mib/copySec, convSec, mib/convSec, copySec/convSec, warmSec, 100*warmSec/convSec)
+		b.ReportMetric(convCPU, "convert-cpu-s")
+		b.Logf("%.0f MiB: copy floor %.1fs (%.0f MiB/s, %.1f s CPU in this process), convert %.1fs (%.0f MiB/s, %.2fx, %.1f s CPU), again %.2fs (%.1f%%)",
+			mib, copySec, mib/copySec, copyCPU, convSec, mib/convSec, copySec/convSec, convCPU, warmSec, 100*warmSec/convSec)
 	}
 }
 
@@ -192,4 +210,11 @@ type stampWriter struct {
 func (s stampWriter) Write(p []byte) (int, error) {
 	fmt.Fprintf(s.w, "%7.2fs ", time.Since(s.start).Seconds())
 	return s.w.Write(p)
+}
+
+// cpuTime is this process's user+system CPU seconds so far.
+func cpuTime() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
