@@ -40,6 +40,17 @@ func pushLayers(t *testing.T, ref string, layers ...v1.Layer) v1.Image {
 	return img
 }
 
+// tagDigest is what ref points to ("" when nothing).
+func tagDigest(t *testing.T, ref string) string {
+	t.Helper()
+	r, _ := name.ParseReference(ref, name.Insecure)
+	d, err := remote.Head(r)
+	if err != nil {
+		return ""
+	}
+	return d.Digest.String()
+}
+
 func assertNoTag(t *testing.T, ref string) {
 	t.Helper()
 	r, _ := name.ParseReference(ref, name.Insecure)
@@ -150,6 +161,9 @@ func TestFaultInjectorMidPush(t *testing.T) {
 		t.Run(fmt.Sprint("upload-", n), func(t *testing.T) {
 			fi := &faultInjector{next: http.DefaultTransport, n: n}
 			target := fmt.Sprintf("%s/dst/faulty:%d", reg, n)
+			// The tag already names an image; a failed conversion keeps it.
+			old := pushLayers(t, target, layer(t, tarBytes(t, []tarEntry{file("old", []byte("old"), 0o644)}), "gzip"))
+			oldDigest, _ := old.Digest()
 			_, err := Convert(context.Background(), Options{Source: src, Target: target, PlainHTTP: true, CacheDir: t.TempDir(), Transport: fi, Jobs: 1})
 			if !fi.failed.Load() {
 				t.Fatalf("fault not injected (%d uploads)", fi.count.Load())
@@ -160,7 +174,9 @@ func TestFaultInjectorMidPush(t *testing.T) {
 			if !strings.Contains(err.Error(), reg+"/dst/faulty") {
 				t.Errorf("error %q does not name the target repository", err)
 			}
-			assertNoTag(t, target)
+			if got := tagDigest(t, target); got != oldDigest.String() {
+				t.Errorf("target tag moved from %s to %s", oldDigest, got)
+			}
 		})
 	}
 }

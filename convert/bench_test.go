@@ -153,6 +153,7 @@ func BenchmarkConvert(b *testing.B) {
 
 		cache := filepath.Join(dir, fmt.Sprint("cache", i))
 		o := Options{Source: src, Target: fmt.Sprintf("%s/bench/nydus%d:v1", reg, i), PlainHTTP: true, CacheDir: cache}
+		o.Compressor = os.Getenv("NVFS_BENCH_COMPRESSOR") // "" : zstd
 		if os.Getenv("NVFS_BENCH_PROGRESS") != "" {
 			o.Progress = stampWriter{os.Stderr, time.Now()}
 		}
