@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -194,7 +195,7 @@ func isNydusEntry(d v1.Descriptor) bool {
 func sourceFor(idx v1.ImageIndex, platform string) (v1.Image, error) {
 	o := Options{Platform: platform}
 	if o.Platform == "" {
-		o.Platform = "linux/amd64"
+		o.Platform = "linux/" + runtime.GOARCH
 	}
 	s := &source{ref: "source", idx: idx}
 	imgs, err := s.images(&o)

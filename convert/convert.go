@@ -52,7 +52,6 @@ type LayerSummary struct {
 type converter struct {
 	opts       *Options
 	cache      *layerCache
-	workers    int
 	log        logrus.FieldLogger
 	src        *source
 	target     name.Reference
@@ -77,7 +76,7 @@ func Convert(ctx context.Context, o Options) (*Summary, error) {
 		return nil, fmt.Errorf("target %s: %w", o.Target, err)
 	}
 	c := &converter{opts: &o, cache: &layerCache{dir: filepath.Join(o.CacheDir, "layers")},
-		workers: max(1, 2*defaultJobs()/o.Jobs), log: logrus.StandardLogger(), target: target,
+		log: logrus.StandardLogger(), target: target,
 		targetRepo: target.Context(), prog: newProgress(o.Progress)}
 	c.pushOpts = append(o.remoteOptions(o.TargetInsecure), remote.WithContext(ctx))
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {

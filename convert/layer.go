@@ -230,7 +230,7 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 		FsVersion: c.opts.FsVersion, Compressor: c.opts.Compressor, ChunkSize: c.opts.ChunkSize,
 		Type: builder.TarRafs, Reader: s.tar, WhiteoutSpec: builder.WhiteoutNone,
 		BlobInlineMeta: c.opts.FsVersion == 6, EmptyBlob: true, BlobPath: filepath.Join(tmp, cacheBlob),
-		Workers: c.workers, Log: c.log,
+		Log: c.log,
 	})
 	if err != nil {
 		s.close()
