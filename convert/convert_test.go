@@ -140,7 +140,9 @@ func testLayers(t testing.TB) [][]tarEntry {
 		file("usr/bin/.wh.big-link", nil, 0o644),
 	}
 	l3 = append(l3, debianPackage(t, "erofs-utils", "fuse3")...)
-	return [][]tarEntry{l1, l2, l3}
+	// No file data at all: a directory, a deletion, an empty file.
+	l4 := []tarEntry{dir("srv/"), file("srv/.wh.random2", nil, 0o644), dir("newdir/"), file("newdir/empty", nil, 0o600)}
+	return [][]tarEntry{l1, l2, l3, l4}
 }
 
 // debianPackage lists the installed files of Debian packages (dpkg -L)
@@ -203,7 +205,7 @@ func pushSource(t testing.TB, ref string, platform *v1.Platform) (v1.Image, v1.H
 	t.Helper()
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	comps := []string{"gzip", "zstd", "none"}
+	comps := []string{"gzip", "zstd", "none", "gzip"}
 	for i, l := range testLayers(t) {
 		var err error
 		img, err = mutate.Append(img, mutate.Addendum{Layer: layer(t, tarBytes(t, l), comps[i]),
@@ -278,7 +280,7 @@ func TestConvertRegistry(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(sum.Images) != 1 || len(sum.Images[0].Layers) != 3 {
+			if len(sum.Images) != 1 || len(sum.Images[0].Layers) != 4 {
 				t.Fatalf("summary: %+v", sum)
 			}
 			for _, l := range sum.Images[0].Layers {
@@ -335,7 +337,7 @@ func TestConvertManifestLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, _ := img.Manifest()
-	if m.MediaType != types.OCIManifestSchema1 || len(m.Layers) != 4 {
+	if m.MediaType != types.OCIManifestSchema1 || len(m.Layers) != 5 {
 		t.Fatalf("manifest: %s with %d layers", m.MediaType, len(m.Layers))
 	}
 	want := map[string]string{AnnotationSourceDigest: srcDigest.String(), AnnotationSourceRef: src, AnnotationFsVersion: "6"}
@@ -347,13 +349,13 @@ func TestConvertManifestLayout(t *testing.T) {
 	if m.Subject == nil || m.Subject.Digest != srcDigest || m.Subject.Platform != nil {
 		t.Errorf("subject %+v", m.Subject)
 	}
-	last := m.Layers[3]
+	last := m.Layers[4]
 	if last.MediaType != types.OCILayer || last.Annotations[AnnotationNydusBootstrap] != "true" || last.Annotations[AnnotationFsVersion] != "6" {
 		t.Errorf("bootstrap layer descriptor %+v", last)
 	}
 	// Bootstrap layer: image/, image/image.boot 0444, then a blob.meta per layer.
 	ls, _ := img.Layers()
-	rc, _ := ls[3].Compressed()
+	rc, _ := ls[4].Compressed()
 	zr, err := gzip.NewReader(rc)
 	if err != nil {
 		t.Fatal(err)
@@ -374,6 +376,7 @@ func TestConvertManifestLayout(t *testing.T) {
 		}
 	}
 	rc.Close()
+	// A blob.meta for each layer with file data (the last source layer has none).
 	if len(names) != 5 || names[0] != "image/" || names[1] != BootstrapPath {
 		t.Errorf("bootstrap layer entries %v", names)
 	}

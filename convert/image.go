@@ -45,7 +45,11 @@ func (c *converter) bootstrapLayer(ctx context.Context, pi platformImage, ml []b
 	files := []tarFile{{name: "image/", dir: true}, {name: BootstrapPath, path: boot}}
 	if c.opts.FsVersion == 6 {
 		for _, r := range results {
-			files = append(files, tarFile{name: "image/" + r.info.Blob + ".blob.meta", path: filepath.Join(r.dir, cacheBlobMeta)})
+			meta := filepath.Join(r.dir, cacheBlobMeta)
+			if _, err := os.Stat(meta); err != nil {
+				continue // a layer without file data: its blob is not in the blob table
+			}
+			files = append(files, tarFile{name: "image/" + r.info.Blob + ".blob.meta", path: meta})
 		}
 	}
 	out := filepath.Join(dir, "bootstrap.tar.gz")

@@ -60,7 +60,7 @@ type layerCache struct {
 }
 
 func (c *layerCache) key(src v1.Hash, o *Options) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "nydus-layer v1|%s|fs=%d|compressor=%s|chunk=%#x|digester=%s",
+	h := sha256.Sum256(fmt.Appendf(nil, "nydus-layer v2|%s|fs=%d|compressor=%s|chunk=%#x|digester=%s",
 		src, o.FsVersion, o.Compressor, o.ChunkSize, builder.DigestBlake3))
 	return hex.EncodeToString(h[:])
 }
@@ -247,7 +247,7 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	if info.Blob, info.BlobSize, err = fileSHA256(res.BlobPath); err != nil {
 		return nil, err
 	}
-	if c.opts.FsVersion == 6 {
+	if c.opts.FsVersion == 6 && len(res.BlobIDs) == 1 {
 		if err := writeBlobMeta(filepath.Join(tmp, cacheBoot), res.BlobPath, filepath.Join(tmp, cacheBlobMeta)); err != nil {
 			return nil, err
 		}

@@ -163,15 +163,25 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 	}
 	var boot []byte
 	if hasBlob {
+		// A blob without chunks (EmptyBlob) is written but not listed in
+		// the blob table: a device of no blocks is not a valid RAFS device.
+		listed := ck.newChunks.Load() > 0
 		var inline func(blobInfo) ([]byte, error)
 		if opts.BlobInlineMeta {
-			inline = func(self blobInfo) ([]byte, error) { return makeBoot(append(blobs[:len(blobs):len(blobs)], self)) }
+			inline = func(self blobInfo) ([]byte, error) {
+				if !listed {
+					return makeBoot(blobs)
+				}
+				return makeBoot(append(blobs[:len(blobs):len(blobs)], self))
+			}
 		}
 		info, inlined, err := bw.finish(inline)
 		if err != nil {
 			return nil, err
 		}
-		blobs = append(blobs, info)
+		if listed {
+			blobs = append(blobs, info)
+		}
 		res.BlobID = info.ID
 		res.Stats.BlobSize = int64(info.CompressedSize)
 		// With inline metadata the bootstrap file is a copy of the one in

@@ -71,8 +71,9 @@ type Options struct {
 	BlobInlineMeta bool
 
 	// EmptyBlob writes a blob even when the source adds no file data (with
-	// BlobInlineMeta it then carries only the bootstrap), as nydus-image does
-	// for each layer of an image being converted: every layer gets a blob.
+	// BlobInlineMeta it then carries only the bootstrap), so that every layer
+	// of an image being converted gets a blob. Such a blob has no chunks and
+	// is left out of the bootstrap's blob table (Result.BlobIDs).
 	EmptyBlob bool
 
 	// Reader, when set, is the tar (or tar.gz) source, read once as a
