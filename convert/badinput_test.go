@@ -116,6 +116,7 @@ func TestConvertBadInput(t *testing.T) {
 			if err == nil {
 				t.Fatal("conversion succeeded")
 			}
+			t.Log(err)
 			for _, w := range tc.want {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not name %q", err, w)
@@ -171,6 +172,7 @@ func TestFaultInjectorMidPush(t *testing.T) {
 			if err == nil {
 				t.Fatal("conversion succeeded through an injected fault")
 			}
+			t.Log(err)
 			if !strings.Contains(err.Error(), reg+"/dst/faulty") {
 				t.Errorf("error %q does not name the target repository", err)
 			}
