@@ -1,10 +1,10 @@
 package testsvc
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
