@@ -68,15 +68,20 @@ func redactURL(u *url.URL) string {
 }
 
 // doRequest runs req on c and strips the URL query from transport errors
-// (net/http quotes the whole URL in them).
+// (net/http quotes the whole URL in them). A transport error keeps only
+// its text, so that no errno (ECONNRESET…) reaches the guest: every
+// backend failure is EIO there. Context errors stay wrapped.
 func doRequest(c *http.Client, req *http.Request) (*http.Response, error) {
 	resp, err := c.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			return nil, fmt.Errorf("%s %s: %w", req.Method, redactURL(req.URL), ue.Err)
+			err = ue.Err
 		}
-		return nil, fmt.Errorf("%s %s: %w", req.Method, redactURL(req.URL), err)
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return nil, fmt.Errorf("%s %s: %w", req.Method, redactURL(req.URL), ctxErr)
+		}
+		return nil, fmt.Errorf("%s %s: %v", req.Method, redactURL(req.URL), err)
 	}
 	return resp, nil
 }

@@ -72,8 +72,10 @@ func (s *S3) s3Err(method, key string, err error) error {
 		return fmt.Errorf("s3: %s %s: %w", method, u, ErrNotFound)
 	case resp.StatusCode != 0:
 		return fmt.Errorf("s3: %w (%s)", &StatusError{Method: method, URL: u, Code: resp.StatusCode}, short(resp.Code))
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("s3: %s %s: %w", method, u, err)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("s3: %s %s: %w", method, u, context.Canceled)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("s3: %s %s: %w", method, u, context.DeadlineExceeded)
 	}
 	return fmt.Errorf("s3: %s %s: %s", method, u, scrub(err, s.cfg.AccessKeySecret))
 }
