@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/md5"
 	"encoding/hex"
 	"errors"
@@ -38,35 +37,13 @@ func TestFaultInjectorDaemon(t *testing.T) {
 	cfg := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"auth":%q,"timeout":1,"retry_limit":1}},"rafs":{"validate":true}}`,
 		fi.Host, reg.Repo, reg.AuthB64())
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	mnt := t.TempDir()
-	cmd := exec.Command(bin, "fuse", "--log-level", "debug", "--bootstrap", img.boot, "--config", cfgPath, "--mountpoint", mnt)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	mnt, out := fuseMount(t, bin, img.boot, cfgPath)
 	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
 		checkNoSecrets(t, "fuse", out.String(), []string{reg.Pass, reg.AuthB64()})
 		if t.Failed() {
 			t.Logf("daemon output:\n%s", out.String())
 		}
 	}()
-	var st syscall.Statfs_t
-	for i := 0; syscall.Statfs(mnt, &st) != nil || st.Type != 0x65735546; i++ {
-		if i == 400 {
-			t.Fatalf("not mounted after 10 s:\n%s", out.String())
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 	var paths []string
 	for p := range img.md5s {
 		paths = append(paths, p)

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -227,35 +228,8 @@ func TestRemoteBackendsFuse(t *testing.T) {
 			os.WriteFile(cfgPath, []byte(cfg), 0o600)
 			for _, img := range imgs {
 				t.Run(img.name, func(t *testing.T) {
-					mnt := t.TempDir()
-					cmd := exec.Command(bin, "fuse", "--log-level", "debug", "--bootstrap", img.boot, "--config", cfgPath, "--mountpoint", mnt)
-					var out bytes.Buffer
-					cmd.Stdout, cmd.Stderr = &out, &out
-					if err := cmd.Start(); err != nil {
-						t.Fatal(err)
-					}
-					defer func() {
-						cmd.Process.Signal(syscall.SIGTERM)
-						done := make(chan struct{})
-						go func() { cmd.Wait(); close(done) }()
-						select {
-						case <-done:
-						case <-time.After(10 * time.Second):
-							cmd.Process.Kill()
-							<-done
-						}
-						checkNoSecrets(t, "fuse", out.String(), secrets)
-					}()
-					var st syscall.Statfs_t
-					for i := 0; ; i++ {
-						if syscall.Statfs(mnt, &st) == nil && st.Type == 0x65735546 { // FUSE_SUPER_MAGIC
-							break
-						}
-						if i == 400 {
-							t.Fatalf("not mounted after 10 s:\n%s", out.String())
-						}
-						time.Sleep(25 * time.Millisecond)
-					}
+					mnt, out := fuseMount(t, bin, img.boot, cfgPath)
+					defer func() { checkNoSecrets(t, "fuse", out.String(), secrets) }()
 					for path, want := range img.md5s {
 						b, err := os.ReadFile(filepath.Join(mnt, path))
 						sum := md5.Sum(b)
@@ -267,6 +241,57 @@ func TestRemoteBackendsFuse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fuseMount runs `fuse --config cfg` for boot until the test ends (SIGTERM,
+// then kill) and returns the mountpoint once mounted, and the daemon's
+// output.
+func fuseMount(t *testing.T, bin, boot, cfg string) (string, *syncBuf) {
+	t.Helper()
+	mnt := t.TempDir()
+	cmd := exec.Command(bin, "fuse", "--log-level", "debug", "--bootstrap", boot, "--config", cfg, "--mountpoint", mnt)
+	out := &syncBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	var st syscall.Statfs_t
+	for i := 0; syscall.Statfs(mnt, &st) != nil || st.Type != 0x65735546; i++ { // FUSE_SUPER_MAGIC
+		if i == 400 {
+			t.Fatalf("not mounted after 10 s:\n%s", out.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return mnt, out
+}
+
+// syncBuf is a daemon's output, written by its process.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestRemoteBackendsAPI mounts each image through POST /api/v1/mount with
