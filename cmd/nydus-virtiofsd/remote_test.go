@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -246,11 +244,11 @@ func TestRemoteBackendsFuse(t *testing.T) {
 // fuseMount runs `fuse --config cfg` for boot until the test ends (SIGTERM,
 // then kill) and returns the mountpoint once mounted, and the daemon's
 // output.
-func fuseMount(t *testing.T, bin, boot, cfg string) (string, *syncBuf) {
+func fuseMount(t *testing.T, bin, boot, cfg string) (string, *testsvc.Buffer) {
 	t.Helper()
 	mnt := t.TempDir()
 	cmd := exec.Command(bin, "fuse", "--log-level", "debug", "--bootstrap", boot, "--config", cfg, "--mountpoint", mnt)
-	out := &syncBuf{}
+	out := &testsvc.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -274,24 +272,6 @@ func fuseMount(t *testing.T, bin, boot, cfg string) (string, *syncBuf) {
 		time.Sleep(25 * time.Millisecond)
 	}
 	return mnt, out
-}
-
-// syncBuf is a daemon's output, written by its process.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestRemoteBackendsAPI mounts each image through POST /api/v1/mount with
