@@ -220,25 +220,9 @@ func (r *Registry) route(ctx context.Context, method, target, rng string) (*http
 		}
 		drain(resp)
 	}
-	// The last retry of a read bypasses the proxy, unless fallback is off
-	// (then the origin is never to be asked directly).
-	if p := r.proxy; p != nil && !(lastAttempt(ctx) && p.cfg.Fallback) {
-		if p.healthy(ctx) {
-			resp, err := r.authed(ctx, p.client, method, p.rewrite(target), rng, nil)
-			if err == nil && resp.StatusCode < 500 {
-				return resp, nil
-			}
-			if !p.cfg.Fallback || ctx.Err() != nil {
-				return resp, err
-			}
-			if err == nil {
-				drain(resp)
-			}
-		} else if !p.cfg.Fallback {
-			return nil, errors.New("proxy is unhealthy and fallback is off")
-		}
-	}
-	return r.authed(ctx, r.direct, method, target, rng, nil)
+	return r.proxy.send(ctx, r.direct, target, func(c *http.Client, target string) (*http.Response, error) {
+		return r.authed(ctx, c, method, target, rng, nil)
+	})
 }
 
 // authed sends a request with the cached Authorization and runs the 401
@@ -369,6 +353,32 @@ func newProxyRoute(c *ConnConfig, base *http.Transport, now func() time.Time) (*
 		client: &http.Client{Transport: base}, now: now}
 	p.health.ok.Store(true)
 	return p, nil
+}
+
+// send sends a request (do, to target with client c) through the proxy
+// while it is healthy, falling back to the origin (direct) on a transport
+// error or a 5xx when fallback is on; while it is unhealthy, to the origin
+// with fallback, nowhere without. The last retry of a read bypasses the
+// proxy, unless fallback is off (then the origin is never asked). A nil
+// proxy sends to the origin.
+func (p *proxyRoute) send(ctx context.Context, direct *http.Client, target string, do func(c *http.Client, target string) (*http.Response, error)) (*http.Response, error) {
+	if p != nil && !(lastAttempt(ctx) && p.cfg.Fallback) {
+		if p.healthy(ctx) {
+			resp, err := do(p.client, p.rewrite(target))
+			if err == nil && resp.StatusCode < 500 {
+				return resp, nil
+			}
+			if !p.cfg.Fallback || ctx.Err() != nil {
+				return resp, err
+			}
+			if err == nil {
+				drain(resp)
+			}
+		} else if !p.cfg.Fallback {
+			return nil, errors.New("proxy is unhealthy and fallback is off")
+		}
+	}
+	return do(direct, target)
 }
 
 func (p *proxyRoute) healthy(context.Context) bool {

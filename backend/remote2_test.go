@@ -246,3 +246,30 @@ func TestRegistryTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTPProxyThroughProxy: the http-proxy backend honours proxy too
+// (an nginx forward proxy in front of an nginx blob server), and falls
+// back to the origin when the proxy is gone.
+func TestHTTPProxyThroughProxy(t *testing.T) {
+	root := t.TempDir()
+	data := randomBlob(300<<10, 22)
+	id := randomID()
+	if err := os.WriteFile(filepath.Join(root, id), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	origin := testsvc.StartNginx(t, testsvc.NginxOptions{Root: root})
+	fwd := testsvc.StartNginx(t, testsvc.NginxOptions{ForwardProxy: true})
+	cfg := BackendConfig{Type: "http-proxy", HTTPProxy: defaultConfig().Backend.HTTPProxy}
+	cfg.HTTPProxy.Addr, cfg.HTTPProxy.Path = "http://"+origin.Host, "/blobs"
+	cfg.HTTPProxy.Proxy = ProxyConfig{URL: "http://" + fwd.Host, Fallback: true, CheckInterval: 5}
+	be, err := New(&cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRanges(t, be, id, data)
+	if fwd.Requests() == 0 {
+		t.Fatal("nothing went through the proxy")
+	}
+	fwd.Stop()
+	checkRanges(t, be, id, data)
+}

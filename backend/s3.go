@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
@@ -31,6 +32,15 @@ func NewS3(cfg S3Config) (*S3, error) {
 	tr, err := newTransport(&cfg.ConnConfig)
 	if err != nil {
 		return nil, fmt.Errorf("%w: s3: %w", ErrBadConfig, err)
+	}
+	if cfg.Proxy.URL != "" {
+		// minio-go owns the requests: the proxy is a plain forward proxy
+		// here, without health checks or fallback.
+		pu, err := url.Parse(cfg.Proxy.URL)
+		if err != nil || pu.Host == "" {
+			return nil, fmt.Errorf("%w: s3: proxy url is not a valid URL", ErrBadConfig)
+		}
+		tr.Proxy = http.ProxyURL(pu)
 	}
 	var creds *credentials.Credentials
 	if cfg.AccessKeyID != "" {
