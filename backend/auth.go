@@ -130,7 +130,7 @@ type authState struct {
 	useGET   sync.Map   // token host -> true once POST failed there
 	backoff  time.Duration
 	retryAt  time.Time
-	settleMu sync.Mutex
+	settle   chan struct{} // a one-slot lock that waits with a context
 	settled  atomic.Bool
 }
 

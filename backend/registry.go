@@ -61,7 +61,7 @@ func NewRegistry(cfg RegistryConfig, o Options) (*Registry, error) {
 		base:   cfg.Scheme + "://" + cfg.Host + "/v2/" + strings.Trim(cfg.Repo, "/") + "/blobs/sha256:",
 		direct: &http.Client{Transport: tr, CheckRedirect: noRedirect},
 	}
-	r.auth = &authState{repo: cfg.Repo, client: &http.Client{Transport: tr}, now: o.now()}
+	r.auth = &authState{repo: cfg.Repo, client: &http.Client{Transport: tr}, now: o.now(), settle: make(chan struct{}, 1)}
 	r.auth.setCreds(cfg.Auth)
 	if cfg.RegistryToken != "" {
 		r.auth.cur.Store(&authHeader{value: "Bearer " + cfg.RegistryToken})
@@ -132,8 +132,12 @@ func (r *Registry) fetch(ctx context.Context, method, id, rng string) (*http.Res
 	}
 	// The first request runs alone, so that it settles auth for the rest.
 	if !r.auth.settled.Load() {
-		r.auth.settleMu.Lock()
-		defer r.auth.settleMu.Unlock()
+		select {
+		case r.auth.settle <- struct{}{}:
+			defer func() { <-r.auth.settle }()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	resp, err := r.route(ctx, method, r.base+id, rng)
 	if err != nil {
