@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"time"
 )
 
 // HTTPProxy is nydusd's http-proxy backend: HEAD for a blob's size and
@@ -22,7 +21,7 @@ type HTTPProxy struct {
 }
 
 // NewHTTPProxy returns an http-proxy backend.
-func NewHTTPProxy(cfg HTTPProxyConfig) (*HTTPProxy, error) {
+func NewHTTPProxy(cfg HTTPProxyConfig, o Options) (*HTTPProxy, error) {
 	bc := BackendConfig{Type: "http-proxy", HTTPProxy: cfg}
 	if err := bc.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
@@ -44,11 +43,11 @@ func NewHTTPProxy(cfg HTTPProxyConfig) (*HTTPProxy, error) {
 	if path != "" {
 		path = "/" + path
 	}
-	p, err := newProxyRoute(&cfg.ConnConfig, tr, time.Now)
+	p, err := newProxyRoute(&cfg.ConnConfig, tr, o)
 	if err != nil {
 		return nil, err
 	}
-	return &HTTPProxy{base: base + path + "/", client: &http.Client{Transport: tr, CheckRedirect: noRedirect}, proxy: p}, nil
+	return &HTTPProxy{base: base + path + "/", client: &http.Client{Transport: withLog(tr, o.Log), CheckRedirect: noRedirect}, proxy: p}, nil
 }
 
 // Open HEADs the blob for its size.

@@ -34,11 +34,11 @@ func NewOSS(cfg OSSConfig, o Options) (*OSS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: oss: %w", ErrBadConfig, err)
 	}
-	p, err := newProxyRoute(&cfg.ConnConfig, tr, o.now())
+	p, err := newProxyRoute(&cfg.ConnConfig, tr, o)
 	if err != nil {
 		return nil, err
 	}
-	return &OSS{cfg: cfg, client: &http.Client{Transport: tr, CheckRedirect: noRedirect}, proxy: p, now: o.now()}, nil
+	return &OSS{cfg: cfg, client: &http.Client{Transport: withLog(tr, o.Log), CheckRedirect: noRedirect}, proxy: p, now: o.now()}, nil
 }
 
 // object is the object key of blob id.

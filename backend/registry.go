@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 // Registry is nydusd's registry backend: a blob is
@@ -31,6 +33,9 @@ type Options struct {
 	Getenv func(string) string
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+	// Log gets every request at debug level and slow or retried reads at
+	// warn, never a secret; nil: no logging.
+	Log logrus.FieldLogger
 }
 
 func (o Options) now() func() time.Time {
@@ -56,17 +61,18 @@ func NewRegistry(cfg RegistryConfig, o Options) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: registry: %w", ErrBadConfig, err)
 	}
+	rt := withLog(tr, o.Log)
 	r := &Registry{
 		cfg:    cfg,
 		base:   cfg.Scheme + "://" + cfg.Host + "/v2/" + strings.Trim(cfg.Repo, "/") + "/blobs/sha256:",
-		direct: &http.Client{Transport: tr, CheckRedirect: noRedirect},
+		direct: &http.Client{Transport: rt, CheckRedirect: noRedirect},
 	}
-	r.auth = &authState{repo: cfg.Repo, client: &http.Client{Transport: tr}, now: o.now(), settle: make(chan struct{}, 1)}
+	r.auth = &authState{repo: cfg.Repo, client: &http.Client{Transport: rt}, now: o.now(), settle: make(chan struct{}, 1)}
 	r.auth.setCreds(cfg.Auth)
 	if cfg.RegistryToken != "" {
 		r.auth.cur.Store(&authHeader{value: "Bearer " + cfg.RegistryToken})
 	}
-	if r.proxy, err = newProxyRoute(&cfg.ConnConfig, tr, o.now()); err != nil {
+	if r.proxy, err = newProxyRoute(&cfg.ConnConfig, tr, o); err != nil {
 		return nil, err
 	}
 	for _, m := range cfg.Mirrors {
@@ -342,7 +348,7 @@ type proxyRoute struct {
 	health health
 }
 
-func newProxyRoute(c *ConnConfig, base *http.Transport, now func() time.Time) (*proxyRoute, error) {
+func newProxyRoute(c *ConnConfig, base *http.Transport, o Options) (*proxyRoute, error) {
 	if c.Proxy.URL == "" {
 		return nil, nil
 	}
@@ -352,9 +358,9 @@ func newProxyRoute(c *ConnConfig, base *http.Transport, now func() time.Time) (*
 	}
 	tr := base.Clone()
 	tr.Proxy = http.ProxyURL(pu)
-	p := &proxyRoute{cfg: c.Proxy, client: &http.Client{Transport: tr, CheckRedirect: noRedirect}}
+	p := &proxyRoute{cfg: c.Proxy, client: &http.Client{Transport: withLog(tr, o.Log), CheckRedirect: noRedirect}}
 	p.health = health{pingURL: c.Proxy.PingURL, interval: time.Duration(max(c.Proxy.CheckInterval, 1)) * time.Second,
-		client: &http.Client{Transport: base}, now: now}
+		client: &http.Client{Transport: withLog(base, o.Log)}, now: o.now()}
 	p.health.ok.Store(true)
 	return p, nil
 }

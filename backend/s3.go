@@ -21,7 +21,7 @@ type S3 struct {
 }
 
 // NewS3 returns an s3 backend. The endpoint defaults to s3.amazonaws.com.
-func NewS3(cfg S3Config) (*S3, error) {
+func NewS3(cfg S3Config, o Options) (*S3, error) {
 	bc := BackendConfig{Type: "s3", S3: cfg}
 	if err := bc.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
@@ -53,7 +53,7 @@ func NewS3(cfg S3Config) (*S3, error) {
 		Secure:       cfg.Scheme == "https",
 		Region:       cfg.Region,
 		BucketLookup: minio.BucketLookupPath,
-		Transport:    tr,
+		Transport:    withLog(tr, o.Log),
 		MaxRetries:   1, // retries are WithRetry's job
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -40,6 +41,12 @@ func TestFaultInjectorDaemon(t *testing.T) {
 	mnt, out := fuseMount(t, bin, img.boot, cfgPath)
 	defer func() {
 		checkNoSecrets(t, "fuse", out.String(), []string{reg.Pass, reg.AuthB64()})
+		// The check above means something only if requests were logged.
+		for _, want := range []string{"backend request", "retrying", "status=401"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("daemon output lacks %q", want)
+			}
+		}
 		if t.Failed() {
 			t.Logf("daemon output:\n%s", out.String())
 		}

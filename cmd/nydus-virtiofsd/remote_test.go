@@ -201,8 +201,13 @@ var remoteScenarios = []remoteScenario{
 	}},
 }
 
+// checkNoSecrets checks a daemon's debug output: it logged its backend
+// requests, and no secret.
 func checkNoSecrets(t *testing.T, what, out string, secrets []string) {
 	t.Helper()
+	if what != "daemon info" && !strings.Contains(out, "backend request") {
+		t.Errorf("%s output logged no backend request", what)
+	}
 	for _, s := range append(secrets, "Bearer ", "Basic ") {
 		if s != "" && strings.Contains(out, s) {
 			t.Errorf("%s output shows a secret (%.8s…)", what, s)
