@@ -91,7 +91,7 @@ func DefaultNewFS(o FSOptions) NewFS {
 			if cfg == nil {
 				return vfs.Mount{}, errors.New("rafs config: empty, and the daemon has no --config")
 			}
-			be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv})
+			be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv, Log: o.Logger.WithField("layer", "backend")})
 			if err != nil {
 				return vfs.Mount{}, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
 			}

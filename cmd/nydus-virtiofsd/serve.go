@@ -144,7 +144,7 @@ func buildFS(c *daemonConfig, rc *backend.Config, procSelfFD *os.File, log *logr
 			be = backend.NewLocalFS(c.BlobDir)
 		case rc != nil:
 			var err error
-			if be, err = rc.NewBackend(backend.Options{Getenv: os.Getenv}); err != nil {
+			if be, err = rc.NewBackend(backend.Options{Getenv: os.Getenv, Log: log.WithField("layer", "backend")}); err != nil {
 				return nil, mo, fmt.Errorf("--config: %w", err)
 			}
 		default:
