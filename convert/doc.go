@@ -25,6 +25,12 @@
 //     remembers pushing them there; manifests go last, the tag last of all,
 //     so a failed conversion never moves the target tag.
 //
+// Check applies nydusify check's rules: manifest, bootstrap and, given the
+// source, the filesystem rule, which mounts the Nydus image through our
+// FUSE server with the daemon's registry backend (lazy, chunk digests
+// validated), walks the mount with system calls and compares it with the
+// source flattened by go-containerregistry's mutate.Extract.
+//
 // The on-registry layout (media types, annotations, bootstrap layer, index
 // for several platforms) is written down in docs/convert.md.
 //
