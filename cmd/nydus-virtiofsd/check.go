@@ -47,12 +47,14 @@ func (f *imageFlags) open(needBlobs bool, log logrus.FieldLogger) (*rafs.Image, 
 		if f.blobDir != "" || f.blob != "" {
 			return nil, usageErrorf("--config and --blob-dir/--blob are exclusive")
 		}
-		c, err := rafs.LoadConfig(f.config)
+		c, err := backend.LoadConfig(f.config)
 		if err != nil {
 			return nil, fmt.Errorf("--config %s: %w", f.config, err)
 		}
-		opts.Backend = c.Backend()
-		opts.DigestValidate = opts.DigestValidate || c.DigestValidate
+		if opts.Backend, err = c.NewBackend(backend.Options{Getenv: os.Getenv, Log: logrus.WithField("layer", "backend")}); err != nil {
+			return nil, err
+		}
+		opts.DigestValidate = opts.DigestValidate || c.DigestValidate()
 	case f.blobDir != "" || f.blob != "":
 		opts.Backend = &backend.LocalFS{Dir: f.blobDir, BlobFile: f.blob}
 	case needBlobs:
@@ -109,6 +111,9 @@ Without a blob source only the metadata is checked, and the report says so.`
 
 // runCheck is `nydus-image check`.
 func runCheck(args []string) int {
+	if hasTargetFlag(args) {
+		return runCheckTarget(args)
+	}
 	cmd := newCommand("check", "--bootstrap FILE [--blob-dir DIR | --blob FILE | --config FILE] [--verbose]", checkLong)
 	var f imageFlags
 	f.register(cmd.Flags())

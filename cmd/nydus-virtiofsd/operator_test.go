@@ -179,7 +179,7 @@ func TestMissingBlobs(t *testing.T) {
 		tmp := t.TempDir()
 		api := filepath.Join(tmp, "api.sock")
 		startDaemon(t, buildBinary(t), nil, "virtiofs", "--sock", filepath.Join(tmp, "v.sock"), "--apisock", api)
-		cfg := fmt.Sprintf(`{"device":{"backend":{"type":"localfs","config":{"dir":%q}}}}`, missing)
+		cfg := fmt.Sprintf(`{"device":{"backend":{"type":"localfs","config":{"dir":%q}}},"mode":"direct"}`, missing)
 		body := fmt.Sprintf(`{"fs_type":"rafs","source":%q,"config":%q}`, boot, cfg)
 		code, resp := apiDo(t, apiClient(api), "POST", "/api/v1/mount?mountpoint=/rafs/c1/lowerdir", body)
 		if code != 500 {

@@ -122,7 +122,7 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 		return nil, err
 	}
 	var total int64
-	if opts.Progress != nil {
+	if opts.Progress != nil && opts.Reader == nil {
 		total = sourceSize(source, opts.Type)
 	}
 	stopProgress := startProgress(opts.Progress, ck, total)
@@ -157,20 +157,31 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 		}
 		return writeV6(img)
 	}
-	if opts.BlobInlineMeta && ck.newChunks.Load() == 0 {
+	hasBlob := ck.newChunks.Load() > 0 || opts.EmptyBlob
+	if opts.BlobInlineMeta && !hasBlob {
 		return nil, fmt.Errorf("--blob-inline-meta: the source adds no file data, so there is no blob to inline into")
 	}
 	var boot []byte
-	if ck.newChunks.Load() > 0 {
+	if hasBlob {
+		// A blob without chunks (EmptyBlob) is written but not listed in
+		// the blob table: a device of no blocks is not a valid RAFS device.
+		listed := ck.newChunks.Load() > 0
 		var inline func(blobInfo) ([]byte, error)
 		if opts.BlobInlineMeta {
-			inline = func(self blobInfo) ([]byte, error) { return makeBoot(append(blobs[:len(blobs):len(blobs)], self)) }
+			inline = func(self blobInfo) ([]byte, error) {
+				if !listed {
+					return makeBoot(blobs)
+				}
+				return makeBoot(append(blobs[:len(blobs):len(blobs)], self))
+			}
 		}
 		info, inlined, err := bw.finish(inline)
 		if err != nil {
 			return nil, err
 		}
-		blobs = append(blobs, info)
+		if listed {
+			blobs = append(blobs, info)
+		}
 		res.BlobID = info.ID
 		res.Stats.BlobSize = int64(info.CompressedSize)
 		// With inline metadata the bootstrap file is a copy of the one in
@@ -244,6 +255,9 @@ func (b *build) loadSource(source string, ck *chunker) (*inode, error) {
 			return nil, fmt.Errorf("source: %w", err)
 		}
 		return scanDir(b.ctx, real, b.opts.WhiteoutSpec, b.opts.Log)
+	}
+	if b.opts.Reader != nil {
+		return scanTar(b.ctx, bufio.NewReaderSize(b.opts.Reader, 1<<20), b.opts.Type == TargzRafs, b.opts.WhiteoutSpec, ck)
 	}
 	f, err := os.Open(source)
 	if err != nil {

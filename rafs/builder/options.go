@@ -70,6 +70,16 @@ type Options struct {
 	// BlobInlineMeta also stores the bootstrap inside the blob (image.boot).
 	BlobInlineMeta bool
 
+	// EmptyBlob writes a blob even when the source adds no file data (with
+	// BlobInlineMeta it then carries only the bootstrap), so that every layer
+	// of an image being converted gets a blob. Such a blob has no chunks and
+	// is left out of the bootstrap's blob table (Result.BlobIDs).
+	EmptyBlob bool
+
+	// Reader, when set, is the tar (or tar.gz) source, read once as a
+	// stream; the source argument then only names it in messages.
+	Reader io.Reader
+
 	// BlobPath, when set, is where the blob is written instead of
 	// <blob dir>/<blob id>.
 	BlobPath string

@@ -46,6 +46,12 @@ func loadParent(ctx context.Context, p string, opts *Options) (*parentImage, err
 // flags name one compressor for every blob, the same compressor), and
 // converts its blob table and tree.
 func parentFrom(ctx context.Context, img *rafs.Image, opts *Options) (*parentImage, error) {
+	return imageTree(ctx, img, opts, parentBlobUnsupported)
+}
+
+// imageTree is parentFrom refusing blobs with any of the features in
+// refused (merging accepts per-layer blobs with an inlined bootstrap).
+func imageTree(ctx context.Context, img *rafs.Image, opts *Options, refused uint32) (*parentImage, error) {
 	s := img.Super()
 	switch {
 	case s.PlainEROFS || s.Tarfs:
@@ -62,7 +68,7 @@ func parentFrom(ctx context.Context, img *rafs.Image, opts *Options) (*parentIma
 	}
 	pi := &parentImage{chunks: map[[32]byte]chunkRef{}}
 	for i, b := range img.Blobs() {
-		if b.Features&parentBlobUnsupported != 0 {
+		if b.Features&refused != 0 {
 			return nil, fmt.Errorf("blob %d (%s) has features %#x, which layered builds do not support", i, b.ID, b.Features)
 		}
 		pi.blobs = append(pi.blobs, blobInfo{ID: b.ID, ChunkCount: b.ChunkCount, Compressor: uint32(b.Compression),
