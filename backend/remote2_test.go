@@ -282,8 +282,7 @@ func TestRegistryConcurrentFirstReads(t *testing.T) {
 	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthToken})
 	data := randomBlob(1<<20, 23)
 	id := reg.PushBlob(t, data)
-	cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
-	cfg.Registry.Scheme, cfg.Registry.Host, cfg.Registry.Repo, cfg.Registry.Auth = "http", reg.Host, reg.Repo, reg.AuthB64()
+	cfg := registryTestConfig(reg)
 	be, err := New(&cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
