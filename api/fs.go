@@ -62,8 +62,8 @@ type FSOptions struct {
 }
 
 // DefaultNewFS builds passthrough shares and RAFS images. A RAFS config is
-// a nydusd v1 or v2 JSON (or v2 TOML) string; only the localfs backend is
-// supported so far.
+// a nydusd v1 or v2 JSON (or v2 TOML) string naming any backend of package
+// backend; a config it refuses is a 400.
 func DefaultNewFS(o FSOptions) NewFS {
 	if o.Logger == nil {
 		o.Logger = logrus.NewEntry(logrus.StandardLogger())

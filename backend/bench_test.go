@@ -20,8 +20,7 @@ func BenchmarkRegistryRanges(b *testing.B) {
 	reg := testsvc.StartRegistry(b, testsvc.RegistryOptions{Auth: testsvc.AuthBasic})
 	data := randomBlob(n*size, 11)
 	id := reg.PushBlob(b, data)
-	cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
-	cfg.Registry.Scheme, cfg.Registry.Host, cfg.Registry.Repo, cfg.Registry.Auth = "http", reg.Host, reg.Repo, reg.AuthB64()
+	cfg := registryTestConfig(reg)
 	ctx := context.Background()
 	run := func(b *testing.B, be Backend) {
 		blob, err := be.Open(ctx, id)
@@ -115,8 +114,7 @@ func BenchmarkDecorators(b *testing.B) {
 func BenchmarkRegistry4K(b *testing.B) {
 	reg := testsvc.StartRegistry(b, testsvc.RegistryOptions{Auth: testsvc.AuthBasic})
 	id := reg.PushBlob(b, randomBlob(1<<20, 13))
-	cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
-	cfg.Registry.Scheme, cfg.Registry.Host, cfg.Registry.Repo, cfg.Registry.Auth = "http", reg.Host, reg.Repo, reg.AuthB64()
+	cfg := registryTestConfig(reg)
 	ctx := context.Background()
 	dec, _ := New(&cfg, Options{})
 	bare, _ := NewRegistry(cfg.Registry, Options{})

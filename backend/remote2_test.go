@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -272,4 +273,47 @@ func TestHTTPProxyThroughProxy(t *testing.T) {
 	}
 	fwd.Stop()
 	checkRanges(t, be, id, data)
+}
+
+// TestRegistryConcurrentFirstReads: 16 readers start at once on a new
+// backend; the first request settles auth alone, so one token serves them
+// all.
+func TestRegistryConcurrentFirstReads(t *testing.T) {
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthToken})
+	data := randomBlob(1<<20, 23)
+	id := reg.PushBlob(t, data)
+	cfg := registryTestConfig(reg)
+	be, err := New(&cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			b, err := be.Open(context.Background(), id)
+			if err != nil {
+				errs <- err
+				return
+			}
+			p := make([]byte, 4096)
+			off := i * 60000
+			if _, err := b.ReadAt(context.Background(), p, int64(off)); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(p, data[off:off+4096]) {
+				errs <- errors.New("wrong bytes")
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := len(reg.Issuer.Requests()); n != 1 {
+		t.Errorf("%d token requests, want 1", n)
+	}
 }
