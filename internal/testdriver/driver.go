@@ -52,6 +52,10 @@ type Options struct {
 	NoEventIdx bool
 	// Timeout bounds every wait for the daemon (default 5 s).
 	Timeout time.Duration
+	// StartIndex is where every ring's available and used indexes start
+	// (SET_VRING_BASE): a value just below 65536 makes the 16-bit indexes
+	// wrap within a few requests.
+	StartIndex uint16
 }
 
 func (o Options) withDefaults() Options {

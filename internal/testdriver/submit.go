@@ -285,3 +285,16 @@ func (d *Driver) AvailIdx(queue int) uint16 {
 	defer q.mu.Unlock()
 	return q.availIdx
 }
+
+// InjectLostNotifications makes the driver misbehave as if notifications
+// went missing on queue (a fault injector, for tests of the daemon's
+// recovery): the next kicks kicks the daemon asked for are not sent, and
+// the next signals wake-ups of the call eventfd are ignored (used entries
+// stay unreaped until a later signal).
+func (d *Driver) InjectLostNotifications(queue, kicks, signals int) {
+	q := d.queues[queue]
+	q.mu.Lock()
+	q.dropKicks += kicks
+	q.dropSignals += signals
+	q.mu.Unlock()
+}

@@ -1,0 +1,294 @@
+package vhostuser_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
+)
+
+// stressDevice answers request-queue chains after a short random pause
+// (so that completions of one queue come back out of order) and answers
+// hiprio chains with nothing, as FORGET is answered: the chain still has
+// to come back through the used ring.
+type stressDevice struct{ queues int }
+
+func (d *stressDevice) NumQueues() int   { return d.queues }
+func (d *stressDevice) Features() uint64 { return 0 }
+
+func (d *stressDevice) HandleChain(ctx context.Context, queue int, c *virtqueue.Chain) uint32 {
+	if queue == 0 {
+		return 0
+	}
+	switch rand.IntN(8) {
+	case 0:
+		time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+	case 1, 2:
+		runtime.Gosched()
+	}
+	return echo(c, byte(queue))
+}
+
+// stressRun drives one daemon with submitters on every request queue and
+// a flood of no-reply chains on hiprio, total requests per queue, and
+// fails if any chain is not given back within the driver's timeout.
+type stressRun struct {
+	queueSize  int
+	workers    int
+	reqQueues  int
+	perQueue   int // requests per request queue
+	hiprio     int // no-reply chains on hiprio
+	inFlight   int // submitters per queue
+	noEventIdx bool
+	startIndex uint16
+}
+
+func (sr stressRun) run(t *testing.T) {
+	path := t.TempDir() + "/vfsd.sock"
+	l, err := vhostuser.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &stressDevice{queues: 1 + sr.reqQueues}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- vhostuser.Serve(ctx, l, dev, vhostuser.Options{RequestQueues: sr.reqQueues, Workers: sr.workers, Logger: quietLogger()})
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return after cancel")
+		}
+	}()
+	d, err := testdriver.Connect(path, testdriver.Options{
+		RequestQueues: sr.reqQueues, QueueSize: sr.queueSize, NoEventIdx: sr.noEventIdx,
+		StartIndex: sr.startIndex, Timeout: 10 * time.Second, MemRegions: []uint64{64 << 20},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if got := d.Features()&vhostuser.FeatureRingEventIdx != 0; got == sr.noEventIdx {
+		t.Fatalf("EVENT_IDX negotiated %v, want %v", got, !sr.noEventIdx)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	fail := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}
+	submit := func(queue, n, id int) {
+		defer wg.Done()
+		req := make([]byte, 24)
+		for i := 0; i < n; i++ {
+			binary.LittleEndian.PutUint64(req, uint64(id))
+			binary.LittleEndian.PutUint64(req[8:], uint64(i))
+			layout := testdriver.Layout{}
+			if i%3 == 0 {
+				layout.Indirect = true
+			}
+			got, err := d.Submit(queue, [][]byte{req}, []int{1 + len(req)}, layout)
+			if err != nil {
+				fail(fmt.Errorf("queue %d submitter %d request %d: %w", queue, id, i, err))
+				return
+			}
+			if got[0] != byte(queue) || !bytes.Equal(got[1:], req) {
+				fail(fmt.Errorf("queue %d submitter %d request %d: got %x", queue, id, i, got))
+				return
+			}
+		}
+	}
+	// forgets publishes no-reply chains in bursts (the kernel queues
+	// forgets back to back), then waits for the burst.
+	forgets := func(n, id int) {
+		defer wg.Done()
+		msg := make([]byte, 48)
+		var burst []*testdriver.Pending
+		flush := func() bool {
+			for _, p := range burst {
+				if _, err := p.Wait(); err != nil {
+					fail(fmt.Errorf("hiprio submitter %d: %w", id, err))
+					return false
+				}
+			}
+			burst = burst[:0]
+			return true
+		}
+		for i := 0; i < n; i++ {
+			binary.LittleEndian.PutUint64(msg, uint64(i))
+			p, err := d.Start(0, [][]byte{msg}, nil, testdriver.Layout{})
+			if err != nil {
+				fail(fmt.Errorf("hiprio submitter %d forget %d: %w", id, i, err))
+				return
+			}
+			burst = append(burst, p)
+			if len(burst) == 1+rand.IntN(sr.queueSize) && !flush() {
+				return
+			}
+		}
+		flush()
+	}
+	for q := 1; q <= sr.reqQueues; q++ {
+		for k := 0; k < sr.inFlight; k++ {
+			wg.Add(1)
+			go submit(q, sr.perQueue/sr.inFlight, k)
+		}
+	}
+	for k := 0; k < 2; k++ {
+		wg.Add(1)
+		go forgets(sr.hiprio/2, k)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for q := 0; q <= sr.reqQueues; q++ {
+		if n := d.UnexpectedUsed(q); n != 0 {
+			t.Errorf("queue %d: %d used entries for heads not in flight", q, n)
+		}
+	}
+	// Every ring must still be consistent for the control plane: the
+	// daemon's GET_VRING_BASE equals what the driver published.
+	for q := 0; q <= sr.reqQueues; q++ {
+		base, err := d.StopQueue(q)
+		if err != nil {
+			t.Fatalf("stopping queue %d: %v", q, err)
+		}
+		if want := d.AvailIdx(q); base != want {
+			t.Errorf("queue %d: GET_VRING_BASE %d, driver published up to %d", q, base, want)
+		}
+	}
+}
+
+// TestStressRingsWrapWithForgetFlood is the in-process reproduction of a
+// guest that hung at unmount after a long workload: both rings' 16-bit
+// indexes wrap many times, request-queue completions come back out of
+// order from several workers, hiprio takes floods of no-reply chains
+// while the request queue is busy, and every chain must come back within
+// the driver's timeout.
+func TestStressRingsWrapWithForgetFlood(t *testing.T) {
+	if err := unix.Access("/proc/self/fd", unix.R_OK); err != nil {
+		t.Fatal(err)
+	}
+	total := 3 * 65536
+	if testing.Short() {
+		total = 40000
+	}
+	for _, tc := range []struct {
+		name string
+		run  stressRun
+	}{
+		{"event-idx/size8", stressRun{queueSize: 8, workers: 4, reqQueues: 1, perQueue: total, hiprio: total, inFlight: 8, startIndex: 0xfff0}},
+		{"event-idx/size64/2queues", stressRun{queueSize: 64, workers: 3, reqQueues: 2, perQueue: total / 2, hiprio: total / 2, inFlight: 16, startIndex: 0xff00}},
+		{"event-idx/inline", stressRun{queueSize: 16, workers: -1, reqQueues: 1, perQueue: total / 2, hiprio: total / 2, inFlight: 4}},
+		{"no-event-idx/size16", stressRun{queueSize: 16, workers: 4, reqQueues: 1, perQueue: total / 2, hiprio: total / 2, inFlight: 8, noEventIdx: true, startIndex: 0xfffe}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			tc.run.run(t)
+			t.Logf("%v", time.Since(start))
+		})
+	}
+}
+
+// TestFaultInjectorLostNotificationsRecovered: a kick that never reaches
+// the daemon, or a used-buffer signal the guest never sees, must not leave
+// a request unanswered for ever: the idle leader looks at both rings by
+// itself after Options.IdleCheck.
+func TestFaultInjectorLostNotificationsRecovered(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		kicks, sigs   int
+		noEventIdx    bool
+		queue         int
+		writableBytes int
+	}{
+		{"lost-kick/event-idx", 1, 0, false, 1, 32},
+		{"lost-kick/no-event-idx", 1, 0, true, 1, 32},
+		{"lost-signal/event-idx", 0, 1, false, 1, 32},
+		{"lost-signal/no-event-idx", 0, 1, true, 1, 32},
+		{"lost-both/hiprio", 1, 1, false, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startServer(t, vhostuser.Options{RequestQueues: 1, IdleCheck: 100 * time.Millisecond})
+			d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 8, NoEventIdx: tc.noEventIdx, Timeout: 3 * time.Second})
+			for i := 0; i < 10; i++ { // settle: the ring has wrapped once
+				if _, err := d.Submit(tc.queue, [][]byte{[]byte("warm")}, writable(tc.writableBytes), testdriver.Layout{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(300 * time.Millisecond) // the leader is idle, kicks armed
+			d.InjectLostNotifications(tc.queue, tc.kicks, tc.sigs)
+			start := time.Now()
+			if _, err := d.Submit(tc.queue, [][]byte{[]byte("lost")}, writable(tc.writableBytes), testdriver.Layout{}); err != nil {
+				t.Fatalf("request after a lost notification: %v", err)
+			}
+			t.Logf("recovered in %v", time.Since(start))
+			// And the queue keeps working normally afterwards.
+			if _, err := d.Submit(tc.queue, [][]byte{[]byte("after")}, writable(tc.writableBytes), testdriver.Layout{}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func writable(n int) []int {
+	if n == 0 {
+		return nil
+	}
+	return []int{n}
+}
+
+// GET_VRING_BASE must be answered within Options.StopTimeout even when a
+// request is stuck in a device that ignores cancellation; the stuck
+// request's late completion must not touch the ring the frontend owns
+// again, and the ring restarts where it stopped.
+func TestGetVringBaseBoundedWithStuckRequest(t *testing.T) {
+	s := startServer(t, vhostuser.Options{RequestQueues: 1, StopTimeout: 400 * time.Millisecond})
+	d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 8})
+	wantEcho(t, d, 1, []byte("x"), testdriver.Layout{})
+	stuck, err := d.Start(1, [][]byte{[]byte("Ignore")}, []int{8}, testdriver.Layout{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-s.dev.started
+	start := time.Now()
+	base, err := d.StopQueue(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("GET_VRING_BASE took %v with a 400ms stop timeout", el)
+	}
+	if base != 2 {
+		t.Fatalf("GET_VRING_BASE = %d, want 2", base)
+	}
+	close(s.dev.release)
+	select {
+	case <-stuck.Done():
+		t.Fatal("an abandoned request's completion reached the stopped ring")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := d.StartQueue(1, base); err != nil {
+		t.Fatal(err)
+	}
+	wantEcho(t, d, 1, []byte("after restart"), testdriver.Layout{})
+}
