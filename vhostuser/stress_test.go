@@ -5,12 +5,16 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
@@ -291,4 +295,37 @@ func TestGetVringBaseBoundedWithStuckRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantEcho(t, d, 1, []byte("after restart"), testdriver.Layout{})
+}
+
+// A guest sending malformed chains as fast as it can gets about one log
+// line a second per queue, not one per chain (review item 2.6).
+func TestMalformedChainWarningsRateLimited(t *testing.T) {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	hook := logtest.NewLocal(l)
+	s := startServer(t, vhostuser.Options{RequestQueues: 1, Logger: logrus.NewEntry(l)})
+	d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 16, MemRegions: []uint64{1 << 20}})
+	const chains = 300
+	start := time.Now()
+	for i := 0; i < chains; i++ {
+		// A buffer outside guest memory: consumed, given back with 0 bytes.
+		p, err := d.StartRaw(1, []testdriver.Desc{{Addr: d.RAMEnd(), Len: 16}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := p.Len(); n != 0 {
+			t.Fatalf("malformed chain answered with %d bytes", n)
+		}
+	}
+	secs := time.Since(start).Seconds()
+	warnings := 0
+	for _, e := range hook.AllEntries() {
+		if e.Level <= logrus.WarnLevel && strings.Contains(e.Message, "malformed") {
+			warnings++
+		}
+	}
+	if limit := 2 + int(secs); warnings == 0 || warnings > limit {
+		t.Fatalf("%d warnings for %d malformed chains in %.1fs, want 1..%d", warnings, chains, secs, limit)
+	}
+	wantEcho(t, d, 1, []byte("still serving"), testdriver.Layout{})
 }

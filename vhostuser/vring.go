@@ -233,8 +233,14 @@ func (r *runner) serveOrStop(head uint16) (ok bool) {
 }
 
 // warnf logs a warning the guest can trigger at will, at most once a
-// second per queue.
+// second per queue (shared with the other guest-triggered lines).
 func (r *runner) warnf(fields logrus.Fields, format string, args ...any) {
+	r.limited(logrus.WarnLevel, fields, format, args...)
+}
+
+// limited logs at level through the queue's limiter, with the number of
+// lines held back since the last one.
+func (r *runner) limited(level logrus.Level, fields logrus.Fields, format string, args ...any) {
 	ok, n := r.warn.Allow()
 	if !ok {
 		return
@@ -243,7 +249,7 @@ func (r *runner) warnf(fields logrus.Fields, format string, args ...any) {
 	if n > 0 {
 		l = l.WithField("suppressed", n)
 	}
-	l.Warnf(format, args...)
+	l.Logf(level, format, args...)
 }
 
 // next pops the next chain to serve into its slot, waiting for kicks while
@@ -361,7 +367,8 @@ func (r *runner) serve(head uint16) {
 func (r *runner) handle(s *slot) (n uint32) {
 	defer func() {
 		if p := recover(); p != nil {
-			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("device panicked serving a chain; answered with 0 bytes")
+			// A request can make the device panic at will: limited too.
+			r.limited(logrus.ErrorLevel, logrus.Fields{"panic": fmt.Sprint(p), "stack": string(debug.Stack())}, "device panicked serving a chain; answered with 0 bytes")
 			n = 0
 		}
 	}()
