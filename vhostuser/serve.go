@@ -58,11 +58,13 @@ type Options struct {
 	// completions no longer touch the ring) and the stop goes on, so a
 	// stuck request cannot hang the frontend. 0 means DefaultStopTimeout.
 	StopTimeout time.Duration
-	// IdleCheck is how long a queue's leader waits for a kick before it
-	// looks at the rings by itself: anything the guest published without a
-	// kick is served, and a guest that may have missed its used-buffer
-	// signal is signalled again (see docs/notifications.md). 0 means
-	// DefaultIdleCheck; negative turns the check off.
+	// IdleCheck bounds how long a queue's leader waits for a kick before
+	// it looks at the rings by itself (between IdleCheck/2 and IdleCheck:
+	// one deadline serves the waits of half a period): anything the guest
+	// published without a kick is served, and a guest that may have missed
+	// its used-buffer signal is signalled again (see
+	// docs/notifications.md). 0 means DefaultIdleCheck; negative turns the
+	// check off.
 	IdleCheck time.Duration
 }
 
