@@ -97,11 +97,12 @@ type runner struct {
 	warn    ratelog.Limiter // guest-triggered warnings
 
 	// Owned by the leader (the token orders successive leaders).
-	scratch  virtqueue.Chain
-	draining bool // kicks are disabled while popping
-	kickBuf  [8]byte
-	idleUsed uint16    // used index at the last idle check
-	deadline time.Time // of the kick reads, while waiting is bounded
+	scratch   virtqueue.Chain
+	draining  bool // kicks are disabled while popping
+	kickBuf   [8]byte
+	idleUsed  uint16    // used index at the last idle check
+	deadline  time.Time // of the kick reads, while waiting is bounded
+	afterIdle bool      // the last wait ended by the idle bound
 }
 
 func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtqueue.GuestMemory, dev Device, opts Options, log *logrus.Entry) *runner {
@@ -287,6 +288,10 @@ func (r *runner) next() (head uint16, ok bool) {
 				r.warnf(logrus.Fields{"head": head}, "guest re-submitted a chain still in flight; ignoring it")
 				continue
 			}
+			if r.afterIdle {
+				r.afterIdle = false
+				r.limited(logrus.InfoLevel, logrus.Fields{"head": head}, "idle queue: found a chain published without a kick (or with its kick still unread)")
+			}
 			s.busy.Store(true)
 			s.chain, r.scratch = r.scratch, s.chain
 			s.snap = snap
@@ -294,6 +299,7 @@ func (r *runner) next() (head uint16, ok bool) {
 		}
 		snap.Release()
 		r.draining = false
+		r.afterIdle = false
 		// Kicks are re-armed before every wait, even when the ring is
 		// broken (the guest may repair it), and the ring looked at once
 		// more: what the guest published before it could see the re-arm
@@ -353,9 +359,17 @@ func (r *runner) waitKick() bool {
 func (r *runner) idleCheck() {
 	used, waiting := r.q.UsedIdle()
 	if waiting && (r.q.EventIdx() || used != r.idleUsed) {
+		if r.q.EventIdx() {
+			// Linux re-arms with used_event = its last used index once it
+			// has reaped everything: a different value after a quiet
+			// period means a signal it never acted on (or, rarely, that
+			// it is reaping right now).
+			r.limited(logrus.InfoLevel, logrus.Fields{"used": used}, "idle queue: the guest has not reaped every used entry; signalling it again")
+		}
 		r.signal()
 	}
 	r.idleUsed = used
+	r.afterIdle = true
 }
 
 // serve hands one chain to the device and completes it.
