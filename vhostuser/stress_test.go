@@ -368,3 +368,24 @@ func TestMalformedChainWarningsRateLimited(t *testing.T) {
 	}
 	wantEcho(t, d, 1, []byte("still serving"), testdriver.Layout{})
 }
+
+// After the guest published an implausible available index (more than a
+// queue ahead), the queue must come back once the index is sane again:
+// kicks were left disabled (NO_NOTIFY) on that path, so the guest never
+// kicked again. The idle check is off, so only the re-arm can save it.
+func TestFaultInjectorBrokenAvailIndexRecovers(t *testing.T) {
+	for _, noEventIdx := range []bool{true, false} {
+		t.Run(fmt.Sprint("no-event-idx=", noEventIdx), func(t *testing.T) {
+			s := startServer(t, vhostuser.Options{RequestQueues: 1, IdleCheck: -1})
+			d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 8, NoEventIdx: noEventIdx, Timeout: 3 * time.Second})
+			wantEcho(t, d, 1, []byte("before"), testdriver.Layout{})
+			restore, err := d.InjectBogusAvailIndex(1, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond) // the daemon sees it and waits
+			restore()
+			wantEcho(t, d, 1, []byte("after the guest repaired its index"), testdriver.Layout{})
+		})
+	}
+}
