@@ -70,6 +70,10 @@ func (d *Device) wantedCaps() uint64 {
 
 // doInit negotiates the session. It does not call RawFileSystem.Init: that
 // takes the *fuse.Server of a /dev/fuse mount, which does not exist here.
+// A session still open (no DESTROY came) is wiped first through
+// RawFileSystem.OnUnmount, the hook DESTROY uses: go-fuse's interface
+// already has it, so filesystems need no other one (passthrough forgets
+// every inode and closes every handle there; vfs passes it to each mount).
 func doInit(r *request) {
 	dev := r.d
 	in := inStruct[fuse.InitIn](r)
@@ -77,6 +81,15 @@ func doInit(r *request) {
 		r.violation("unsupported FUSE protocol version")
 		r.status = fuse.Status(syscall.EPROTO)
 		return
+	}
+	if dev.session.Load() != nil {
+		// INIT without DESTROY: the guest rebooted or its driver was
+		// reset without unmounting. It holds none of the previous
+		// session's node IDs or handles, and will never FORGET or RELEASE
+		// them: wipe them as DESTROY would, or every crashed boot leaks
+		// its open files and inodes.
+		dev.log.WithFields(r.fields()).Info("INIT without DESTROY: forgetting the previous FUSE session")
+		dev.fs.OnUnmount()
 	}
 	kernel := uint64(in.Flags)
 	ext := in.Minor >= 36 && in.Flags&capInitExt != 0

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,6 +17,10 @@ type Message struct {
 	Header
 	Payload []byte
 	Fds     []int
+	// FdsLost is set when the kernel could not install every fd the
+	// sender attached (the process was out of fds: EMFILE); Fds holds the
+	// ones that arrived.
+	FdsLost bool
 }
 
 // CloseFds closes every fd still in m and forgets them.
@@ -32,33 +37,112 @@ func (m *Message) CloseFds() {
 // themselves; Send is additionally serialised so replies never interleave.
 type Conn struct {
 	c      *net.UnixConn
+	rc     syscall.RawConn
 	sendMu sync.Mutex
 	buf    [HeaderSize + MaxPayload]byte
 	oob    []byte
+	// reserve holds fds kept open only to be given up for a moment while
+	// a message is received, so that the fds it carries can be installed
+	// even when everything else in the process has run out (a guest
+	// holding every fd it can open).
+	reserveMu   sync.Mutex
+	reserve     []int
+	reserveWant int
 }
 
 // NewConn wraps a connected unix socket.
 func NewConn(c *net.UnixConn) *Conn {
-	return &Conn{c: c, oob: make([]byte, unix.CmsgSpace(MaxFds*4))}
+	rc, _ := c.SyscallConn() // only fails for a nil or closed conn
+	return &Conn{c: c, rc: rc, oob: make([]byte, unix.CmsgSpace(MaxFds*4))}
 }
 
-// Close closes the socket.
-func (c *Conn) Close() error { return c.c.Close() }
+// KeepFdReserve makes Recv hold MaxFds spare fds and release them just
+// for the receive system call (done once the socket is readable, so the
+// window is a few microseconds): a message's fds then arrive even when the
+// process has no other fd left. Receiving costs 2*MaxFds more system calls,
+// which the control plane can afford.
+func (c *Conn) KeepFdReserve() {
+	c.reserveMu.Lock()
+	c.reserveWant = MaxFds
+	c.refillReserve()
+	c.reserveMu.Unlock()
+}
+
+func (c *Conn) releaseReserve() {
+	for _, fd := range c.reserve {
+		unix.Close(fd)
+	}
+	c.reserve = c.reserve[:0]
+}
+
+func (c *Conn) refillReserve() {
+	for len(c.reserve) < c.reserveWant {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		if err != nil {
+			return // out of fds: try again after the next receive
+		}
+		c.reserve = append(c.reserve, fd)
+	}
+}
+
+// Close closes the socket and the fd reserve.
+func (c *Conn) Close() error {
+	err := c.c.Close()
+	c.reserveMu.Lock()
+	c.releaseReserve()
+	c.reserveWant = 0
+	c.reserveMu.Unlock()
+	return err
+}
+
+// recvmsg receives once, with the reserve released around the system call.
+func (c *Conn) recvmsg(b []byte) (n, oobn, flags int, err error) {
+	if c.rc == nil {
+		return 0, 0, 0, net.ErrClosed
+	}
+	rerr := c.rc.Read(func(fd uintptr) bool {
+		c.reserveMu.Lock()
+		c.releaseReserve()
+		for {
+			n, oobn, flags, _, err = unix.Recvmsg(int(fd), b, c.oob, unix.MSG_CMSG_CLOEXEC)
+			if err != unix.EINTR {
+				break
+			}
+		}
+		c.refillReserve()
+		c.reserveMu.Unlock()
+		return err != unix.EAGAIN
+	})
+	if rerr != nil {
+		return 0, 0, 0, rerr
+	}
+	if err != nil {
+		n = 0
+	}
+	return n, oobn, flags, err
+}
 
 // readFull reads exactly len(b) bytes, collecting any fds that ride along.
-func (c *Conn) readFull(b []byte, fds []int) ([]int, error) {
+// Fds the kernel could not install set *lost.
+func (c *Conn) readFull(b []byte, fds []int, lost *bool) ([]int, error) {
 	got := 0
 	for got < len(b) {
-		n, oobn, flags, _, err := c.c.ReadMsgUnix(b[got:], c.oob)
+		n, oobn, flags, err := c.recvmsg(b[got:])
+		var more []int
 		if oobn > 0 {
-			more, perr := parseRights(c.oob[:oobn])
+			var perr error
+			more, perr = parseRights(c.oob[:oobn])
 			fds = append(fds, more...)
 			if perr != nil && err == nil {
 				err = perr
 			}
 		}
 		if err == nil && flags&unix.MSG_CTRUNC != 0 {
-			err = fmt.Errorf("more than %d fds on one message: %w", MaxFds, ErrMalformed)
+			if len(more) >= MaxFds {
+				err = fmt.Errorf("more than %d fds on one message: %w", MaxFds, ErrMalformed)
+			} else {
+				*lost = true // EMFILE: the rest of the message still follows
+			}
 		}
 		got += n
 		if err != nil {
@@ -98,13 +182,13 @@ func parseRights(oob []byte) ([]int, error) {
 // closed the connection cleanly between messages.
 func (c *Conn) Recv() (Message, error) {
 	var m Message
-	fds, err := c.readFull(c.buf[:HeaderSize], nil)
+	fds, err := c.readFull(c.buf[:HeaderSize], nil, &m.FdsLost)
 	if err == nil {
 		m.Header, err = ParseHeader(c.buf[:HeaderSize])
 	}
 	if err == nil {
 		m.Payload = c.buf[HeaderSize : HeaderSize+int(m.Size)]
-		fds, err = c.readFull(m.Payload, fds)
+		fds, err = c.readFull(m.Payload, fds, &m.FdsLost)
 	}
 	m.Fds = fds
 	if err == nil && len(fds) > MaxFds {

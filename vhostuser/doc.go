@@ -44,6 +44,21 @@
 // mutex). Each descriptor head has a reusable slot, so serving a request
 // allocates nothing in this package.
 //
+// Notifications (docs/notifications.md): only the leader reads the kick
+// eventfd, and it re-arms kicks (avail_event or the NO_NOTIFY flag) and
+// looks at the ring once more before every wait, so no kick is consumed
+// by a goroutine that will not look. The wait is bounded by
+// Options.IdleCheck: a leader that saw nothing for that long pops whatever
+// came without a kick and signals the guest again if it may have missed a
+// used-buffer signal, so a notification lost anywhere (VMM, guest, us)
+// costs about a second, not a hung guest. Stopping a queue waits for
+// requests in the device at most Options.StopTimeout, then abandons them
+// and seals the ring, so GET_VRING_BASE is always answered. The connection
+// keeps a small fd reserve released only around recvmsg, so a kick fd
+// still arrives when the guest holds every other fd; fds lost anyway fail
+// that message and stop that ring, never the daemon. Warnings a guest can
+// trigger per chain are rate-limited (internal/ratelog).
+//
 // Written by hand: go-fuse's vhost-user code is internal and misses
 // SET_MEM_TABLE and GET_VRING_BASE, which cloud-hypervisor and VM stop
 // need; the rust-vmm crates are Rust.

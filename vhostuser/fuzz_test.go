@@ -2,10 +2,14 @@ package vhostuser
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -38,9 +42,37 @@ func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
 	return conn(fds[0]), conn(fds[1])
 }
 
+// sessionState is what a message can change in a session, for comparing
+// before and after a rejected one.
+type sessionState struct {
+	features, protocol uint64
+	protoSet, backend  bool
+	regions            int
+	rings              []ringState
+}
+
+type ringState struct {
+	size, base                        uint16
+	addr                              VringAddr
+	addrSet, enabled, kick, call, run bool
+}
+
+func (s *session) state() sessionState {
+	st := sessionState{features: s.features, protocol: s.protocol, protoSet: s.protoSet, backend: s.backendReq != nil, regions: s.mem.NumRegions()}
+	for _, v := range s.vrings {
+		st.rings = append(st.rings, ringState{size: v.size, base: v.base, addr: v.addr, addrSet: v.addrSet, enabled: v.enabled,
+			kick: v.kick != nil, call: v.call.Load() != nil, run: v.run != nil})
+	}
+	return st
+}
+
 // FuzzSession feeds arbitrary bytes to a session as if a frontend had sent
-// them: the decoder and every handler must return (an error or a reply),
-// never panic or hang.
+// them. Invariants: every message is decoded and handled without panic, and
+// the whole conversation, teardown included, ends within a bound; a
+// message rejected as malformed (which ends the session) or failing its own
+// validation leaves the session's state as it was; every reply is a
+// well-formed reply (REPLY flag, no fds) to a request that was sent, 8
+// bytes long as every vhost-user reply this backend sends is.
 func FuzzSession(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -49,16 +81,106 @@ func FuzzSession(f *testing.F) {
 		go func() {
 			front.Write(data)
 			front.CloseWrite()
-			io.Copy(io.Discard, front)
 		}()
+		sent := make(chan uint32, 1024) // requests dispatched, in order
+		replies := make(chan error, 1)
+		go func() { replies <- checkReplies(front, sent) }()
+
 		log := logrus.New()
 		log.SetOutput(io.Discard)
-		opts := Options{Logger: logrus.NewEntry(log)}.withDefaults(nopDevice{})
+		opts := Options{Logger: logrus.NewEntry(log), StopTimeout: 100 * time.Millisecond}.withDefaults(nopDevice{})
 		s := newSession(context.Background(), context.Background(), NewConn(back), nopDevice{}, opts)
-		_ = s.run()
-		s.teardown(true)
-		back.Close()
+		done := make(chan error, 1)
+		go func() {
+			done <- converse(s, sent)
+			s.teardown(true)
+			back.Close()
+			close(sent)
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("session did not end within 20s")
+		}
+		if err := <-replies; err != nil {
+			t.Fatal(err)
+		}
 	})
+}
+
+// converse is session.run with the state checks.
+func converse(s *session, sent chan<- uint32) error {
+	for {
+		m, err := s.conn.Recv()
+		if err != nil {
+			return nil // EOF or an undecodable message: the session ends
+		}
+		before := s.state()
+		req := m.Request
+		select {
+		case sent <- req:
+		default:
+			return nil // enough for one input
+		}
+		err = s.dispatch(&m)
+		var op *opError
+		switch {
+		case err == nil:
+		case errors.As(err, &op):
+			if validationOnly(req) && !reflect.DeepEqual(before, s.state()) {
+				return fmt.Errorf("%s failed (%v) but changed the session: %+v -> %+v", RequestName(req), err, before, s.state())
+			}
+		default:
+			if errors.Is(err, ErrMalformed) && !reflect.DeepEqual(before, s.state()) {
+				return fmt.Errorf("malformed %s (%v) changed the session: %+v -> %+v", RequestName(req), err, before, s.state())
+			}
+			return nil
+		}
+	}
+}
+
+// validationOnly are the requests whose failures come from checking the
+// request alone, before anything is changed (others may fail after a
+// change the frontend asked for, such as a kick fd stored for a ring that
+// then cannot start).
+func validationOnly(req uint32) bool {
+	switch req {
+	case ReqSetFeatures, ReqSetProtocolFeatures, ReqSetVringNum, ReqSetVringBase, ReqSetVringAddr:
+		return true
+	}
+	return false
+}
+
+// checkReplies reads the backend's replies until EOF and checks each
+// against the requests dispatched so far.
+func checkReplies(front *net.UnixConn, sent <-chan uint32) error {
+	defer io.Copy(io.Discard, front)
+	c := NewConn(front)
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			return nil
+		}
+		m.CloseFds()
+		if m.Flags&FlagReply == 0 || m.Flags&versionMask != FlagVersion {
+			return fmt.Errorf("reply to %s with flags %#x", RequestName(m.Request), m.Flags)
+		}
+		if m.Size != 8 || len(m.Payload) != 8 {
+			return fmt.Errorf("reply to %s of %d bytes", RequestName(m.Request), m.Size)
+		}
+		for {
+			req, ok := <-sent
+			if !ok {
+				return fmt.Errorf("reply to %s that was not asked for", RequestName(m.Request))
+			}
+			if req == m.Request {
+				break
+			}
+		}
+	}
 }
 
 func TestParseHeaderLimits(t *testing.T) {

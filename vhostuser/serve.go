@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -50,10 +51,31 @@ type Options struct {
 	KeepListening bool
 	// Logger receives the logs; nil means logrus's standard logger.
 	Logger *logrus.Entry
+	// StopTimeout bounds how long stopping a queue (GET_VRING_BASE,
+	// SET_VRING_ENABLE(0), a new kick fd, RESET_OWNER, the frontend
+	// leaving) waits for requests still in the device: after half of it
+	// their context is cancelled, after all of it they are abandoned (their
+	// completions no longer touch the ring) and the stop goes on, so a
+	// stuck request cannot hang the frontend. 0 means DefaultStopTimeout.
+	StopTimeout time.Duration
+	// IdleCheck bounds how long a queue's leader waits for a kick before
+	// it looks at the rings by itself (between IdleCheck/2 and IdleCheck:
+	// one deadline serves the waits of half a period): anything the guest
+	// published without a kick is served, and a guest that may have missed
+	// its used-buffer signal is signalled again (see
+	// docs/notifications.md). 0 means DefaultIdleCheck; negative turns the
+	// check off.
+	IdleCheck time.Duration
 }
 
 // DefaultWorkers is the per-request-queue worker count when Options.Workers is 0.
 const DefaultWorkers = 4
+
+// DefaultStopTimeout is Options.StopTimeout's default.
+const DefaultStopTimeout = 4 * time.Second
+
+// DefaultIdleCheck is Options.IdleCheck's default.
+const DefaultIdleCheck = time.Second
 
 // MaxMemSlots is what GET_MAX_MEM_SLOTS reports.
 const MaxMemSlots = 509
@@ -73,6 +95,12 @@ func (o Options) withDefaults(dev Device) Options {
 	}
 	if o.Logger == nil {
 		o.Logger = logrus.NewEntry(logrus.StandardLogger())
+	}
+	if o.StopTimeout <= 0 {
+		o.StopTimeout = DefaultStopTimeout
+	}
+	if o.IdleCheck == 0 {
+		o.IdleCheck = DefaultIdleCheck
 	}
 	return o
 }
@@ -118,6 +146,7 @@ func serveConn(ctx context.Context, c *net.UnixConn, dev Device, opts Options) e
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	conn := NewConn(c)
+	conn.KeepFdReserve()
 	stop := context.AfterFunc(sctx, func() { conn.Close() })
 	defer stop()
 	defer conn.Close()

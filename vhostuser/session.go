@@ -83,7 +83,13 @@ func (s *session) dispatch(m *Message) error {
 		m.CloseFds()
 		return fmt.Errorf("%s: bad flags %#x: %w", RequestName(m.Request), m.Flags, ErrMalformed)
 	}
-	reply, err := s.handle(m)
+	var reply []byte
+	var err error
+	if m.FdsLost {
+		err = s.fdsLost(m)
+	} else {
+		reply, err = s.handle(m)
+	}
 	m.CloseFds() // whatever the handler did not take
 	var op *opError
 	if err != nil && !errors.As(err, &op) {
@@ -112,21 +118,59 @@ func (s *session) dispatch(m *Message) error {
 	return nil
 }
 
+// fdsLost handles a message whose fds the kernel could not give us (the
+// process is out of fds, most likely because the guest holds them all).
+// The daemon stays up: a ring whose kick fd was lost stops until the next
+// SET_VRING_KICK, a lost call or error fd leaves the previous one in place,
+// and any other such message fails. Each case is logged as an error and
+// the session goes on, with a failure status when one is asked for.
+func (s *session) fdsLost(m *Message) error {
+	log := s.log.WithFields(logrus.Fields{"request": RequestName(m.Request), "fds_received": len(m.Fds)})
+	switch m.Request {
+	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
+		v, _, err := s.fdVring(m)
+		if err != nil {
+			return err
+		}
+		if m.Request == ReqSetVringKick {
+			log.WithField("queue", v.index).Error("the kick fd was lost (out of file descriptors): the queue stays stopped until the next SET_VRING_KICK")
+			_ = s.setKick(v, -1)
+		} else {
+			log.WithField("queue", v.index).Error("the fd was lost (out of file descriptors): keeping the previous one")
+		}
+		if m.NeedReply() && s.protocol&ProtocolReplyAck != 0 {
+			return failed("%s: fds lost (out of file descriptors)", RequestName(m.Request))
+		}
+		return nil
+	}
+	log.Error("message fds lost (out of file descriptors)")
+	return failed("%s: fds lost (out of file descriptors)", RequestName(m.Request))
+}
+
 // takeFd removes the single fd a message must carry (or none with the
 // VringFdNoFd flag) and wraps it.
 func takeFd(m *Message, want bool, name string) (*os.File, error) {
+	fd, err := takeRawFd(m, want)
+	if err != nil || fd < 0 {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// takeRawFd is takeFd without the wrapping; -1 for none.
+func takeRawFd(m *Message, want bool) (int, error) {
 	if !want {
 		if len(m.Fds) != 0 {
-			return nil, fmt.Errorf("%s: unexpected fd: %w", RequestName(m.Request), ErrMalformed)
+			return -1, fmt.Errorf("%s: unexpected fd: %w", RequestName(m.Request), ErrMalformed)
 		}
-		return nil, nil
+		return -1, nil
 	}
 	if len(m.Fds) != 1 {
-		return nil, fmt.Errorf("%s: %d fds, want 1: %w", RequestName(m.Request), len(m.Fds), ErrMalformed)
+		return -1, fmt.Errorf("%s: %d fds, want 1: %w", RequestName(m.Request), len(m.Fds), ErrMalformed)
 	}
 	fd := m.Fds[0]
 	m.Fds = nil
-	return os.NewFile(uintptr(fd), name), nil
+	return fd, nil
 }
 
 func (s *session) vring(idx uint32) (*vring, error) {
@@ -307,44 +351,33 @@ func (s *session) handleState(req uint32, v *vring, st VringState) ([]byte, erro
 	return nil, nil
 }
 
-func (s *session) setVringFd(m *Message) error {
+// fdVring parses a SET_VRING_KICK/CALL/ERR payload: its ring and flags.
+func (s *session) fdVring(m *Message) (*vring, uint64, error) {
 	u, err := ParseU64(m.Request, m.Payload)
+	if err != nil {
+		return nil, 0, err
+	}
+	v, err := s.vring(uint32(u & VringFdIndexMask))
+	return v, u, err
+}
+
+func (s *session) setVringFd(m *Message) error {
+	v, u, err := s.fdVring(m)
 	if err != nil {
 		return err
 	}
-	v, err := s.vring(uint32(u & VringFdIndexMask))
-	if err != nil {
-		return err
+	if m.Request == ReqSetVringKick {
+		fd, err := takeRawFd(m, u&VringFdNoFd == 0)
+		if err != nil {
+			return err
+		}
+		return s.setKick(v, fd)
 	}
 	f, err := takeFd(m, u&VringFdNoFd == 0, RequestName(m.Request))
 	if err != nil {
 		return err
 	}
 	switch m.Request {
-	case ReqSetVringKick:
-		s.stop(v, true)
-		if v.kick != nil {
-			v.kick.Close()
-			v.kick = nil
-		}
-		if f == nil {
-			// Polling mode is not supported: the ring stays stopped.
-			s.log.WithField("queue", v.index).Warn("SET_VRING_KICK without an fd: queue will not run")
-			return nil
-		}
-		// The kick loop reads through the runtime poller so that stopping
-		// it is only a read deadline away.
-		if err := unix.SetNonblock(int(f.Fd()), true); err != nil {
-			f.Close()
-			return failed("kick fd: %v", err)
-		}
-		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		f.Close()
-		if err != nil {
-			return failed("kick fd: %v", err)
-		}
-		v.kick = os.NewFile(uintptr(fd), "kick")
-		return s.startReady()
 	case ReqSetVringCall:
 		v.setCall(f)
 	case ReqSetVringErr:
@@ -354,6 +387,31 @@ func (s *session) setVringFd(m *Message) error {
 		v.errFd = f
 	}
 	return nil
+}
+
+// setKick installs a new kick fd (-1: none) for v, stopping its ring first.
+func (s *session) setKick(v *vring, fd int) error {
+	s.stop(v, true)
+	if v.kick != nil {
+		v.kick.Close()
+		v.kick = nil
+	}
+	if fd < 0 {
+		// Polling mode is not supported: the ring stays stopped.
+		s.log.WithField("queue", v.index).Warn("SET_VRING_KICK without an fd: queue will not run")
+		return nil
+	}
+	// The kick loop reads through the runtime poller so that stopping it
+	// is only a read deadline away: the fd is made non-blocking before it
+	// is wrapped, so that os.NewFile registers it with the poller. No dup:
+	// a guest holding every fd must not be able to make a ring restart
+	// fail.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return failed("kick fd: %v", err)
+	}
+	v.kick = os.NewFile(uintptr(fd), "kick")
+	return s.startReady()
 }
 
 // ringsEnabledByDefault: without VHOST_USER_F_PROTOCOL_FEATURES rings start
@@ -380,22 +438,27 @@ func (s *session) startReady() error {
 		if err != nil {
 			return failed("starting queue %d: %v", v.index, err)
 		}
-		v.run = startRunner(s.ctx, v, q, s.mem, s.dev, s.opts.Workers, s.log)
+		v.run = startRunner(s.ctx, v, q, s.mem, s.dev, s.opts, s.log)
 		s.log.WithFields(logrus.Fields{"queue": v.index, "size": v.size, "base": v.base}).Debug("queue started")
 	}
 	return nil
 }
 
 // stop stops a running queue and records where it stopped. It reports
-// false if requests were left running (no wait, or shutdown).
+// false if the stop position is unknown (no wait, or shutdown). Requests
+// stuck in the device past Options.StopTimeout are abandoned (logged), so
+// that the frontend's GET_VRING_BASE is answered within that bound.
 func (s *session) stop(v *vring, wait bool) bool {
 	if v.run == nil {
 		return true
 	}
 	r := v.run
 	v.run = nil
-	if !r.stopAndWait(wait, s.shutdown.Done()) {
+	based, complete := r.stopAndWait(wait, s.shutdown.Done(), s.opts.StopTimeout)
+	if !complete {
 		s.abandoned = true
+	}
+	if !based {
 		return false
 	}
 	v.base = r.q.LastAvail()

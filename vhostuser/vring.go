@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ratelog"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
@@ -68,6 +69,12 @@ type slot struct {
 // chain is popped by the next leader. When every goroutine is busy, chains
 // wait in the available ring until one finishes. Queue 0 (hiprio) and
 // Options.Workers < 0 use one goroutine, which serves inline.
+//
+// Only the leader reads the kick eventfd, and a leader that found the ring
+// empty re-arms kicks and looks once more before it blocks, so a kick can
+// neither be consumed by a goroutine that will not look nor arrive between
+// the last look and the wait. The wait is bounded (Options.IdleCheck): a
+// leader that saw nothing for that long looks at both rings by itself.
 type runner struct {
 	v       *vring
 	index   int
@@ -75,30 +82,41 @@ type runner struct {
 	mem     *virtqueue.GuestMemory
 	dev     Device
 	ctx     context.Context
+	cancel  context.CancelFunc // cancels ctx: the stop gave up waiting
 	log     *logrus.Entry
 	kick    *os.File
+	idle    time.Duration // bound of one wait for a kick; <= 0: none
 	slots   []slot
 	stop    atomic.Bool
 	lead    chan struct{} // holds the lead token when no goroutine leads
 	quit    chan struct{} // closed when the queue stops
 	quitted sync.Once
+	popped  chan struct{} // closed once no goroutine will pop again
+	poppedO sync.Once
 	workers sync.WaitGroup
+	warn    ratelog.Limiter // guest-triggered warnings
 
 	// Owned by the leader (the token orders successive leaders).
-	scratch  virtqueue.Chain
-	draining bool // kicks are disabled while popping
-	kickBuf  [8]byte
+	scratch   virtqueue.Chain
+	draining  bool // kicks are disabled while popping
+	kickBuf   [8]byte
+	idleUsed  uint16    // used index at the last idle check
+	deadline  time.Time // of the kick reads, while waiting is bounded
+	afterIdle bool      // the last wait ended by the idle bound
 }
 
-func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtqueue.GuestMemory, dev Device, workers int, log *logrus.Entry) *runner {
+func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtqueue.GuestMemory, dev Device, opts Options, log *logrus.Entry) *runner {
 	r := &runner{
-		v: v, index: v.index, q: q, mem: mem, dev: dev, ctx: ctx, kick: v.kick,
-		log:   log.WithField("queue", v.index),
-		slots: make([]slot, q.Size()),
-		lead:  make(chan struct{}, 1),
-		quit:  make(chan struct{}),
+		v: v, index: v.index, q: q, mem: mem, dev: dev, kick: v.kick, idle: opts.IdleCheck,
+		log:    log.WithField("queue", v.index),
+		slots:  make([]slot, q.Size()),
+		lead:   make(chan struct{}, 1),
+		quit:   make(chan struct{}),
+		popped: make(chan struct{}),
 	}
+	r.ctx, r.cancel = context.WithCancel(ctx)
 	_ = r.kick.SetReadDeadline(time.Time{}) // a previous runner may have left one
+	workers := opts.Workers
 	if v.index == 0 || workers <= 0 {
 		workers = 1
 	}
@@ -110,30 +128,68 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 	return r
 }
 
-// stopAndWait stops the queue, waits until every chain in flight is
-// served and pushed, then unpins the ring. It reports whether it saw all
-// that happen: with wait false, or when abort (the daemon shutting down)
-// is closed first (shutdown must not hang on a request stuck in the
-// device), the rest happens in the background, and guest memory stays
-// mapped until the request lets go of it.
-func (r *runner) stopAndWait(wait bool, abort <-chan struct{}) bool {
+// stopAndWait stops the queue and waits until every chain in flight is
+// served and pushed, then unpins the ring. With wait false it only starts
+// the stop. The wait is bounded by timeout: after half of it the requests'
+// context is cancelled; after all of it the requests still in the device
+// are abandoned: the ring is sealed (their completions are dropped, the
+// frontend owns the ring again) and guest memory stays mapped until they
+// let go of it. abort (the daemon shutting down) ends the wait at once.
+//
+// based reports that no goroutine pops any more, so LastAvail is final;
+// complete that every chain popped was pushed.
+func (r *runner) stopAndWait(wait bool, abort <-chan struct{}, timeout time.Duration) (based, complete bool) {
 	r.stop.Store(true)
 	_ = r.kick.SetReadDeadline(time.Unix(1, 0))
 	finished := make(chan struct{})
 	go func() {
 		r.workers.Wait()
+		r.cancel()
 		r.q.Release()
 		close(finished)
 	}()
 	if !wait {
-		return false
+		return false, false
 	}
+	t := time.NewTimer(timeout / 2)
+	defer t.Stop()
+	for phase := 0; ; phase++ {
+		select {
+		case <-finished:
+			return true, true
+		case <-abort:
+			return false, false
+		case <-t.C:
+		}
+		if phase > 0 {
+			break
+		}
+		r.log.WithField("in_flight", r.inFlight()).Warn("stopping the queue: requests still in the device after half the stop timeout; cancelling them")
+		r.cancel()
+		t.Reset(timeout - timeout/2)
+	}
+	// Nobody may pop once we hold the lead token, or once the leader left.
 	select {
-	case <-finished:
-		return true
+	case <-r.popped:
+	case <-r.lead:
+		r.halt()
 	case <-abort:
-		return false
+		return false, false
 	}
+	r.q.Seal()
+	r.log.WithField("in_flight", r.inFlight()).Error("stopping the queue: requests stuck in the device past the stop timeout are abandoned; their replies will be dropped")
+	return true, false
+}
+
+// inFlight counts the chains being served.
+func (r *runner) inFlight() int {
+	n := 0
+	for i := range r.slots {
+		if r.slots[i].busy.Load() {
+			n++
+		}
+	}
+	return n
 }
 
 func (r *runner) worker() {
@@ -150,6 +206,7 @@ func (r *runner) worker() {
 		}
 		head, ok := r.next()
 		if !ok {
+			r.poppedO.Do(func() { close(r.popped) })
 			r.halt()
 			return
 		}
@@ -177,6 +234,26 @@ func (r *runner) serveOrStop(head uint16) (ok bool) {
 	return true
 }
 
+// warnf logs a warning the guest can trigger at will, at most once a
+// second per queue (shared with the other guest-triggered lines).
+func (r *runner) warnf(fields logrus.Fields, format string, args ...any) {
+	r.limited(logrus.WarnLevel, fields, format, args...)
+}
+
+// limited logs at level through the queue's limiter, with the number of
+// lines held back since the last one.
+func (r *runner) limited(level logrus.Level, fields logrus.Fields, format string, args ...any) {
+	ok, n := r.warn.Allow()
+	if !ok {
+		return
+	}
+	l := r.log.WithFields(fields)
+	if n > 0 {
+		l = l.WithField("suppressed", n)
+	}
+	l.Logf(level, format, args...)
+}
+
 // next pops the next chain to serve into its slot, waiting for kicks while
 // the ring is empty. Malformed chains are given back on the way. It
 // returns false when the queue stops. Only the leader calls it.
@@ -199,7 +276,7 @@ func (r *runner) next() (head uint16, ok bool) {
 			var ce *virtqueue.ChainError
 			if errors.As(err, &ce) {
 				snap.Release()
-				r.log.WithError(err).Warn("dropping malformed descriptor chain")
+				r.warnf(logrus.Fields{"error": err}, "dropping malformed descriptor chain")
 				if ce.Returnable && !r.slots[head].busy.Load() {
 					r.push(head, 0)
 				}
@@ -208,8 +285,12 @@ func (r *runner) next() (head uint16, ok bool) {
 			s := &r.slots[head]
 			if s.busy.Load() {
 				snap.Release()
-				r.log.WithField("head", head).Warn("guest re-submitted a chain still in flight; ignoring it")
+				r.warnf(logrus.Fields{"head": head}, "guest re-submitted a chain still in flight; ignoring it")
 				continue
+			}
+			if r.afterIdle {
+				r.afterIdle = false
+				r.limited(logrus.InfoLevel, logrus.Fields{"head": head}, "idle queue: found a chain published without a kick (or with its kick still unread)")
 			}
 			s.busy.Store(true)
 			s.chain, r.scratch = r.scratch, s.chain
@@ -218,21 +299,77 @@ func (r *runner) next() (head uint16, ok bool) {
 		}
 		snap.Release()
 		r.draining = false
+		r.afterIdle = false
+		// Kicks are re-armed before every wait, even when the ring is
+		// broken (the guest may repair it), and the ring looked at once
+		// more: what the guest published before it could see the re-arm
+		// comes with no kick.
+		if r.q.EnableNotify() && err == nil {
+			continue
+		}
 		if err != nil {
-			r.log.WithError(err).Error("queue is broken; waiting for the next kick")
-		} else if r.q.EnableNotify() {
-			continue // chains arrived meanwhile; no kick will come for them
+			r.warnf(logrus.Fields{"error": err}, "queue is broken; waiting for the next kick")
 		}
-		_, err = r.kick.Read(r.kickBuf[:])
-		if r.stop.Load() {
-			break
-		}
-		if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
-			r.log.WithError(err).Error("kick eventfd read failed; queue stops")
+		if !r.waitKick() {
 			break
 		}
 	}
 	return 0, false
+}
+
+// waitKick waits for a kick, at most r.idle; after an idle period it looks
+// for a signal the guest may have missed. It returns false when the queue
+// stops.
+func (r *runner) waitKick() bool {
+	if r.idle > 0 {
+		// Re-arming the deadline costs a runtime timer update (about
+		// 100-1000 ns, more than the rest of the wait's bookkeeping), so
+		// one deadline serves every wait in the next half period: a wait
+		// then lasts between IdleCheck/2 and IdleCheck before the check.
+		if now := time.Now(); now.After(r.deadline.Add(-r.idle / 2)) {
+			r.deadline = now.Add(r.idle)
+			_ = r.kick.SetReadDeadline(r.deadline)
+		}
+	}
+	// Checked after setting the deadline: a stop that comes later sets
+	// its own, past one, after ours.
+	if r.stop.Load() {
+		return false
+	}
+	_, err := r.kick.Read(r.kickBuf[:])
+	if r.stop.Load() {
+		return false
+	}
+	switch {
+	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		r.idleCheck()
+	default:
+		r.log.WithError(err).Error("kick eventfd read failed; queue stops")
+		return false
+	}
+	return true
+}
+
+// idleCheck runs after a quiet period: if the guest may be waiting for a
+// used-buffer signal it did not get, it is signalled (once per change of
+// the used index without EVENT_IDX, where the guest's progress cannot be
+// seen). Anything published without a kick is popped by the caller's next
+// look at the ring.
+func (r *runner) idleCheck() {
+	used, waiting := r.q.UsedIdle()
+	if waiting && (r.q.EventIdx() || used != r.idleUsed) {
+		if r.q.EventIdx() {
+			// Linux re-arms with used_event = its last used index once it
+			// has reaped everything: a different value after a quiet
+			// period means a signal it never acted on (or, rarely, that
+			// it is reaping right now).
+			r.limited(logrus.InfoLevel, logrus.Fields{"used": used}, "idle queue: the guest has not reaped every used entry; signalling it again")
+		}
+		r.signal()
+	}
+	r.idleUsed = used
+	r.afterIdle = true
 }
 
 // serve hands one chain to the device and completes it.
@@ -252,7 +389,8 @@ func (r *runner) serve(head uint16) {
 func (r *runner) handle(s *slot) (n uint32) {
 	defer func() {
 		if p := recover(); p != nil {
-			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("device panicked serving a chain; answered with 0 bytes")
+			// A request can make the device panic at will: limited too.
+			r.limited(logrus.ErrorLevel, logrus.Fields{"panic": fmt.Sprint(p), "stack": string(debug.Stack())}, "device panicked serving a chain; answered with 0 bytes")
 			n = 0
 		}
 	}()
@@ -261,10 +399,15 @@ func (r *runner) handle(s *slot) (n uint32) {
 
 func (r *runner) push(head uint16, n uint32) {
 	if r.q.Push(head, n) {
-		if f := r.v.call.Load(); f != nil {
-			if _, err := f.Write(eventOne[:]); err != nil && !errors.Is(err, os.ErrClosed) {
-				r.log.WithError(err).Warn("signalling the call eventfd failed")
-			}
+		r.signal()
+	}
+}
+
+// signal writes the call eventfd.
+func (r *runner) signal() {
+	if f := r.v.call.Load(); f != nil {
+		if _, err := f.Write(eventOne[:]); err != nil && !errors.Is(err, os.ErrClosed) {
+			r.warnf(logrus.Fields{"error": err}, "signalling the call eventfd failed")
 		}
 	}
 }

@@ -82,6 +82,7 @@ type Queue struct {
 
 	pushMu  sync.Mutex
 	usedIdx uint16 // guarded by pushMu
+	sealed  bool   // guarded by pushMu: Push no longer touches the ring
 }
 
 // NewQueue translates the ring addresses through snap and pins the regions
@@ -123,6 +124,9 @@ func (q *Queue) Release() {
 	}
 	q.pins = nil
 }
+
+// EventIdx reports whether VIRTIO_F_RING_EVENT_IDX is in use.
+func (q *Queue) EventIdx() bool { return q.eventIdx }
 
 // Size returns the queue size.
 func (q *Queue) Size() uint16 { return q.size }
@@ -298,9 +302,14 @@ func (w *sgWalker) flush() {
 
 // Push puts (head, written) in the used ring and reports whether the driver
 // wants to be signalled (EVENT_IDX used_event or the NO_INTERRUPT flag).
-// It is safe for concurrent use.
+// It is safe for concurrent use. After Seal it drops the entry and reports
+// false.
 func (q *Queue) Push(head uint16, written uint32) bool {
 	q.pushMu.Lock()
+	if q.sealed {
+		q.pushMu.Unlock()
+		return false
+	}
 	old := q.usedIdx
 	off := 4 + 8*int(old&q.mask)
 	le.PutUint32(q.used[off:off+4], uint32(head))
@@ -320,6 +329,32 @@ func (q *Queue) Push(head uint16, written uint32) bool {
 	}
 	q.pushMu.Unlock()
 	return notify
+}
+
+// Seal makes every later Push a no-op: the ring belongs to the frontend
+// again (GET_VRING_BASE answered while a request was still in the device)
+// and must not change under it.
+func (q *Queue) Seal() {
+	q.pushMu.Lock()
+	q.sealed = true
+	q.pushMu.Unlock()
+}
+
+// UsedIdle reports, for a queue that has been quiet for a while, whether
+// the driver may be waiting for a signal it never got: with EVENT_IDX,
+// when its used_event is not the used index (it has not asked for the next
+// entry, so it has not seen them all, or it is still reaping); without,
+// when it has not turned interrupts off. It also returns the used index.
+// Signalling then costs the driver one look at its used ring; not
+// signalling, if a signal was lost, costs it the request for ever.
+func (q *Queue) UsedIdle() (usedIdx uint16, maybeWaiting bool) {
+	q.pushMu.Lock()
+	defer q.pushMu.Unlock()
+	ring.FullFence()
+	if q.eventIdx {
+		return q.usedIdx, ring.Load16(q.avail, 4+2*int(q.size)) != q.usedIdx
+	}
+	return q.usedIdx, ring.Load16(q.avail, 0)&AvailFlagNoInterrupt == 0
 }
 
 // DisableNotify asks the driver not to kick while the device is draining the

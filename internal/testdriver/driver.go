@@ -52,6 +52,10 @@ type Options struct {
 	NoEventIdx bool
 	// Timeout bounds every wait for the daemon (default 5 s).
 	Timeout time.Duration
+	// StartIndex is where every ring's available and used indexes start
+	// (SET_VRING_BASE): a value just below 65536 makes the 16-bit indexes
+	// wrap within a few requests.
+	StartIndex uint16
 }
 
 func (o Options) withDefaults() Options {
@@ -589,3 +593,36 @@ func (d *Driver) WriteGuest(gpa uint64, b []byte) { d.ram.write(gpa, b) }
 
 // ReadGuest copies guest RAM at gpa into dst.
 func (d *Driver) ReadGuest(dst []byte, gpa uint64) { d.ram.read(dst, gpa) }
+
+// MaskCall does what QEMU does when the guest masks and then unmasks the
+// MSI-X vector of queue i: SET_VRING_CALL with a private "masked" eventfd,
+// hold pause, SET_VRING_CALL with the real call eventfd again, and then,
+// if the masked eventfd was signalled meanwhile, signal the real one (the
+// pending-bit check QEMU makes after unmasking). The messages are not
+// acknowledged, as QEMU's are not: the daemon applies them whenever it gets
+// to them, concurrently with its queue workers.
+func (d *Driver) MaskCall(i int, pause time.Duration) error {
+	q, err := d.queue(i)
+	if err != nil {
+		return err
+	}
+	masked, err := eventfd()
+	if err != nil {
+		return err
+	}
+	defer masked.Close()
+	if err := d.send(vhostuser.ReqSetVringCall, u64(uint64(i)), []int{int(masked.Fd())}, false); err != nil {
+		return err
+	}
+	time.Sleep(pause)
+	if err := d.send(vhostuser.ReqSetVringCall, u64(uint64(i)), []int{int(q.call.Fd())}, false); err != nil {
+		return err
+	}
+	var buf [8]byte
+	if n, err := unix.Read(int(masked.Fd()), buf[:]); err == nil && n == 8 {
+		if _, err := unix.Write(int(q.call.Fd()), q.kickVal[:]); err != nil {
+			return fmt.Errorf("forwarding a masked signal: %w", err)
+		}
+	}
+	return nil
+}

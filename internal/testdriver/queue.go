@@ -33,6 +33,9 @@ type queue struct {
 	kickVal    [8]byte
 	// unexpected counts used entries for heads not in flight.
 	unexpected int
+	// Faults to inject (guarded by mu): kicks to leave out and
+	// used-buffer signals to ignore.
+	dropKicks, dropSignals int
 }
 
 // layoutQueues places every ring at the start of the first RAM region and
@@ -47,7 +50,8 @@ func (d *Driver) layoutQueues() (uint64, error) {
 	gpa := r0.gpa
 	align := func(a uint64) { gpa = (gpa + a - 1) &^ (a - 1) }
 	for i := 0; i < 1+d.opts.RequestQueues; i++ {
-		q := &queue{d: d, index: i, size: uint16(n), pending: map[uint16]*Pending{}, kickVal: [8]byte{1}}
+		q := &queue{d: d, index: i, size: uint16(n), pending: map[uint16]*Pending{}, kickVal: [8]byte{1},
+			availIdx: d.opts.StartIndex, lastUsed: d.opts.StartIndex}
 		q.cond = sync.NewCond(&q.mu)
 		align(16)
 		q.descGPA = gpa
@@ -64,6 +68,8 @@ func (d *Driver) layoutQueues() (uint64, error) {
 		q.desc = r0.data[q.descGPA-r0.gpa:][:dn]
 		q.avail = r0.data[q.availGPA-r0.gpa:][:an]
 		q.used = r0.data[q.usedGPA-r0.gpa:][:un]
+		ring.Store16(q.avail, 2, q.availIdx)
+		ring.Store16(q.used, 2, q.lastUsed)
 		for j := 0; j < n; j++ {
 			q.free = append(q.free, uint16(j))
 		}
@@ -143,14 +149,36 @@ func (q *queue) reap() {
 	var buf [8]byte
 	for {
 		q.collect()
-		if _, err := q.call.Read(buf[:]); err != nil {
-			return
+		for {
+			if _, err := q.call.Read(buf[:]); err != nil {
+				return
+			}
+			q.mu.Lock()
+			lost := q.dropSignals > 0
+			if lost {
+				q.dropSignals--
+			}
+			q.mu.Unlock()
+			if !lost {
+				break
+			}
 		}
 	}
 }
 
+// collect takes used entries as Linux's virtio_ring does from its
+// interrupt handler (virtqueue_disable_cb, virtqueue_get_buf until empty,
+// then virtqueue_enable_cb, which re-arms the interrupt and looks once more
+// after a full barrier): callbacks are off while draining, and with
+// EVENT_IDX disabling writes used_event = 0, so the device only signals on
+// the index crossing zero meanwhile.
 func (q *queue) collect() {
 	for {
+		if q.eventIdx() {
+			ring.Store16(q.avail, 4+2*int(q.size), 0)
+		} else {
+			ring.Store16(q.avail, 0, virtqueue.AvailFlagNoInterrupt)
+		}
 		usedIdx := ring.Load16(q.used, 2)
 		ring.LoadFence()
 		for q.lastUsed != usedIdx {
@@ -159,10 +187,18 @@ func (q *queue) collect() {
 			n := binary.LittleEndian.Uint32(q.used[off+4:])
 			q.lastUsed++
 			q.complete(id, n)
+			if q.lastUsed == usedIdx {
+				usedIdx = ring.Load16(q.used, 2)
+				ring.LoadFence()
+			}
 		}
+		// Re-enable: ask for a signal on the very next used entry, then
+		// look again in case one was published before the device could
+		// see the request.
 		if q.eventIdx() {
-			// Ask for a signal on the very next used entry.
 			ring.Store16(q.avail, 4+2*int(q.size), q.lastUsed)
+		} else {
+			ring.Store16(q.avail, 0, 0)
 		}
 		ring.FullFence()
 		if ring.Load16(q.used, 2) == q.lastUsed {
@@ -243,6 +279,10 @@ func (q *queue) publish(head uint16, p *Pending) error {
 		kick = ring.NeedEvent(ring.Load16(q.used, 4+8*int(q.size)), old+1, old)
 	} else {
 		kick = ring.Load16(q.used, 0)&virtqueue.UsedFlagNoNotify == 0
+	}
+	if kick && q.dropKicks > 0 {
+		q.dropKicks--
+		kick = false
 	}
 	q.mu.Unlock()
 	if kick {

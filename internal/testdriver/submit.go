@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ring"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
@@ -284,4 +285,41 @@ func (d *Driver) AvailIdx(queue int) uint16 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.availIdx
+}
+
+// InjectLostNotifications makes the driver misbehave as if notifications
+// went missing on queue (a fault injector, for tests of the daemon's
+// recovery): the next kicks kicks the daemon asked for are not sent, and
+// the next signals wake-ups of the call eventfd are ignored (used entries
+// stay unreaped until a later signal).
+func (d *Driver) InjectLostNotifications(queue, kicks, signals int) {
+	q := d.queues[queue]
+	q.mu.Lock()
+	q.dropKicks += kicks
+	q.dropSignals += signals
+	q.mu.Unlock()
+}
+
+// InjectBogusAvailIndex publishes an available index ahead chains past
+// the driver's real one (a fault injector: a broken or hostile driver) and
+// kicks; the returned function puts the real index back. Nothing is
+// published meanwhile by this driver's other calls (they wait).
+func (d *Driver) InjectBogusAvailIndex(queue int, ahead uint16) (restore func(), err error) {
+	q, err := d.queue(queue)
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	ring.Store16(q.avail, 2, q.availIdx+ahead)
+	ring.FullFence()
+	if _, err := q.kick.Write(q.kickVal[:]); err != nil {
+		ring.Store16(q.avail, 2, q.availIdx)
+		q.mu.Unlock()
+		return nil, fmt.Errorf("kick: %w", err)
+	}
+	return func() {
+		ring.Store16(q.avail, 2, q.availIdx)
+		ring.FullFence()
+		q.mu.Unlock()
+	}, nil
 }
