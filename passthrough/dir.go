@@ -8,23 +8,18 @@ import (
 )
 
 // mkEntry runs a create-type operation under the parent directory as the
-// caller, then looks the new name up to answer with its entry. The parent
+// caller (on a creator thread, umask 0: the mode is the guest's as sent),
+// then looks the new name up to answer with its entry. What the lookup
+// finds is only reported, never changed: another inode renamed there in
+// between is the guest's own doing and gets no chmod from the daemon. The parent
 // is an O_PATH fd on the directory inode itself: if the guest named a
 // symlink as parent, every *at call below fails with ENOTDIR.
-func (fs *FS) mkEntry(h *fuse.InHeader, name string, mode uint32, out *fuse.EntryOut, create func(pfd int) error) fuse.Status {
+func (fs *FS) mkEntry(h *fuse.InHeader, name string, out *fuse.EntryOut, create func(pfd int) error) fuse.Status {
 	return fs.inDir(h, name, func(pfd int) error {
 		if err := fs.creds.as(h.Caller, func() error { return create(pfd) }); err != nil {
 			return err
 		}
-		fd, err := openBeneath(pfd, name)
-		if err != nil {
-			return err
-		}
-		if err := fs.restoreMode(fd, mode); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		_, err = fs.intern(fd, true, out)
+		_, err := fs.lookupAt(pfd, name, out)
 		return err
 	})
 }
@@ -48,7 +43,7 @@ func (fs *FS) inDir(h *fuse.InHeader, name string, f func(pfd int) error) fuse.S
 
 // Mkdir makes a directory.
 func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fs.mkEntry(&in.InHeader, name, in.Mode, out, func(pfd int) error {
+	return fs.mkEntry(&in.InHeader, name, out, func(pfd int) error {
 		return unix.Mkdirat(pfd, name, in.Mode&07777)
 	})
 }
@@ -56,14 +51,14 @@ func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *
 // Mknod makes a device node, FIFO, socket or regular file. A device node
 // made here can never be opened through the daemon (see reopen).
 func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fs.mkEntry(&in.InHeader, name, in.Mode, out, func(pfd int) error {
+	return fs.mkEntry(&in.InHeader, name, out, func(pfd int) error {
 		return unix.Mknodat(pfd, name, in.Mode, int(in.Rdev))
 	})
 }
 
 // Symlink makes a symlink. Its target is data to the daemon, never followed.
 func (fs *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target string, name string, out *fuse.EntryOut) fuse.Status {
-	return fs.mkEntry(h, name, 0, out, func(pfd int) error {
+	return fs.mkEntry(h, name, out, func(pfd int) error {
 		return unix.Symlinkat(target, pfd, name)
 	})
 }

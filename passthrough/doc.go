@@ -31,8 +31,7 @@
 // read-only fd for regular files and directories, and for symlinks and
 // special files, which cannot be opened, the path calls with the relative
 // name "N" on one locked OS thread that unshared CLONE_FS and fchdir'd
-// into procfd, as virtiofsd does. The umask is read from this thread's
-// status file, also through procfd.
+// into procfd, as virtiofsd does.
 //
 // # File descriptors
 //
@@ -50,15 +49,17 @@
 // # Credentials
 //
 // Create, Tmpfile, Mkdir, Mknod and Symlink run with the caller's
-// fsuid/fsgid (and no supplementary groups) on a goroutine locked to its OS
-// thread, like virtiofsd: the host kernel then sets the owner and group (setgid
+// fsuid/fsgid (and no supplementary groups) on an OS thread kept for
+// creations, like virtiofsd: the host kernel then sets the owner and group (setgid
 // directories included) and checks permissions itself. The alternative,
 // create as root then chown, gets setgid inheritance and permission checks
 // wrong and leaves a window where the file is root's. Other operations run
 // with the daemon's credentials: the guest kernel (default_permissions) has
 // checked them. The process umask is left alone (the daemon's socket needs
-// it); bits it takes from a created inode's mode are added back afterwards,
-// since the guest has applied the caller's umask already.
+// it): creations run on a few OS threads that unshared CLONE_FS and set their
+// own umask to 0, since the guest has applied the caller's umask already, and
+// nothing is chmod'ed after creating (a lookup by name after the fact could
+// find an inode a concurrent RENAME_EXCHANGE put there).
 //
 // # Reads and writes
 //

@@ -190,18 +190,14 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 		if err != nil {
 			return err
 		}
-		return fs.adoptCreated(ffd, in.Mode, flags, out)
+		return fs.adoptCreated(ffd, flags, out)
 	})
 }
 
-// adoptCreated finishes a file the guest created: it gives back the mode
-// bits the daemon's umask took, interns the inode and opens a handle on
-// ffd. It closes ffd on failure.
-func (fs *FS) adoptCreated(ffd int, mode uint32, flags int, out *fuse.CreateOut) error {
-	if err := fs.restoreMode(ffd, mode); err != nil {
-		unix.Close(ffd)
-		return err
-	}
+// adoptCreated finishes a file the guest created (its mode is the guest's
+// already: creator threads have umask 0): it interns the inode and opens a
+// handle on ffd. It closes ffd on failure.
+func (fs *FS) adoptCreated(ffd int, flags int, out *fuse.CreateOut) error {
 	n, err := fs.intern(ffd, false, &out.EntryOut)
 	if err != nil {
 		unix.Close(ffd)
@@ -239,7 +235,7 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 		if err != nil {
 			return err
 		}
-		return fs.adoptCreated(ffd, in.Mode, flags, out)
+		return fs.adoptCreated(ffd, flags, out)
 	})
 }
 

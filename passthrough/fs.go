@@ -25,7 +25,6 @@ type FS struct {
 
 	rootFd  int
 	proc    *procFD // this process's /proc/self/fd, for fd-relative access
-	umask   uint32  // the process umask at New, undone on created inodes
 	handles bool    // identify inodes by file handle
 	creds   *credSwitcher
 
@@ -51,8 +50,8 @@ var _ fuse.RawFileSystem = (*FS)(nil)
 // New opens root and returns a filesystem sharing it.
 //
 // New leaves the process umask alone (the daemon's socket and files need
-// it): the bits it takes from the modes of created inodes are given back
-// (restoreMode), since the guest has applied the caller's umask already.
+// it): inodes are created on threads of their own with umask 0 (see
+// credSwitcher), since the guest has applied the caller's umask already.
 func New(root string, opts Options) (*FS, error) {
 	if err := opts.normalize(); err != nil {
 		return nil, err
@@ -109,7 +108,6 @@ func New(root string, opts Options) (*FS, error) {
 	fs.nodes[rootNode.id] = rootNode
 	fs.byKey[rootNode.key] = rootNode
 	fs.creds = newCredSwitcher()
-	fs.umask = proc.processUmask()
 	return fs, nil
 }
 
@@ -138,6 +136,7 @@ func (fs *FS) SetDebug(bool) {}
 // request.
 func (fs *FS) Close() error {
 	fs.OnUnmount()
+	fs.creds.close()
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	for _, fd := range fs.mounts {
