@@ -1,7 +1,9 @@
 package passthrough
 
 import (
+	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -156,7 +158,7 @@ func (fs *FS) ReleaseDir(in *fuse.ReleaseIn) { fs.releaseFile(in.Fh) }
 
 // ReadDir lists entries from the offset on.
 func (fs *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fs.readDir(in, int(in.Size), func(h *fileHandle, e fuse.DirEntry) bool {
+	return fs.readDir(in, false, func(h *fileHandle, e fuse.DirEntry) bool {
 		return out.AddDirEntry(e)
 	})
 }
@@ -164,7 +166,7 @@ func (fs *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntr
 // ReadDirPlus lists entries and looks each up (one lookup count each,
 // counted only for entries that fit the reply; "." and ".." get no entry).
 func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fs.readDir(in, int(in.Size)/2, func(h *fileHandle, e fuse.DirEntry) bool {
+	return fs.readDir(in, true, func(h *fileHandle, e fuse.DirEntry) bool {
 		eo := out.AddDirLookupEntry(e)
 		if eo == nil {
 			return false
@@ -187,7 +189,31 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 	})
 }
 
-func (fs *FS) readDir(in *fuse.ReadIn, bufSize int, add func(*fileHandle, fuse.DirEntry) bool) fuse.Status {
+// MaxReadDir bounds the bytes of entries one READDIR or READDIRPLUS answers
+// with, whatever size the guest asks for (virtiofsd's bound too); the
+// kernel asks for a page or a few.
+const MaxReadDir = 1 << 20
+
+// getdentsBuf is the size of the buffers getdents64 fills; readDir loops
+// until the reply is full, so it need not match the guest's request.
+const getdentsBuf = 32 << 10
+
+// getdentsBufs lends getdents buffers to READDIRs: a directory handle
+// keeps none, so many open directories cost no memory (a buffer as large
+// as each handle's biggest request grew RSS by 16 MiB per handle).
+var getdentsBufs = sync.Pool{New: func() any { b := make([]byte, getdentsBuf); return &b }}
+
+// direntSize is the bytes a reply spends on e: struct fuse_dirent and the
+// name, 8-byte aligned, after the fuse_entry_out with READDIRPLUS.
+func direntSize(e *fuse.DirEntry, plus bool) int {
+	n := (24 + len(e.Name) + 7) &^ 7
+	if plus {
+		n += int(unsafe.Sizeof(fuse.EntryOut{}))
+	}
+	return n
+}
+
+func (fs *FS) readDir(in *fuse.ReadIn, plus bool, add func(*fileHandle, fuse.DirEntry) bool) fuse.Status {
 	h := fs.getFile(in.Fh)
 	if h == nil {
 		return fuse.EBADF
@@ -201,13 +227,10 @@ func (fs *FS) readDir(in *fuse.ReadIn, bufSize int, add func(*fileHandle, fuse.D
 		}
 		h.pos = int64(in.Offset)
 	}
-	if bufSize < 1024 {
-		bufSize = 1024
-	}
-	if len(h.buf) < bufSize {
-		h.buf = make([]byte, bufSize)
-	}
-	buf := h.buf[:bufSize]
+	bp := getdentsBufs.Get().(*[]byte)
+	defer getdentsBufs.Put(bp)
+	buf := *bp
+	room := min(int(in.Size), MaxReadDir)
 	added := false
 	for {
 		n, err := unix.Getdents(h.fd, buf)
@@ -229,7 +252,7 @@ func (fs *FS) readDir(in *fuse.ReadIn, bufSize int, add func(*fileHandle, fuse.D
 				return fuse.EIO
 			}
 			off += rec
-			if !add(h, e) {
+			if room -= direntSize(&e, plus); room < 0 || !add(h, e) {
 				h.pos = -1
 				return fuse.OK
 			}

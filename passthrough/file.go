@@ -27,7 +27,6 @@ type fileHandle struct {
 	// directory stream state
 	dmu sync.Mutex
 	pos int64 // offset the fd is at, -1 when unknown
-	buf []byte
 }
 
 // addFile registers an open file. While it is open its inode keeps its
