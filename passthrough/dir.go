@@ -143,7 +143,7 @@ func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 		if !n.isDir() {
 			return syscall.ENOTDIR
 		}
-		dfd, err := fs.reopen(n, fd, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+		dfd, err := fs.counted(func() (int, error) { return fs.reopen(n, fd, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC) })
 		if err != nil {
 			return err
 		}

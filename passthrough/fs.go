@@ -36,7 +36,8 @@ type FS struct {
 	mounts map[int]int // mount ID → fd on that mount, for open_by_handle_at
 	nextID uint64
 
-	fds fdCache
+	fds    fdCache
+	budget fdBudget
 
 	// files maps open file handles to their state. The read and write
 	// paths only load from it (no lock shared between requests); entries are
@@ -88,6 +89,11 @@ func New(root string, opts Options) (*FS, error) {
 	if fs.fds.max <= 0 {
 		fs.fds.max = defaultFdCacheSize()
 	}
+	fs.budget.max = int64(opts.MaxOpenFiles)
+	if fs.budget.max <= 0 {
+		fs.budget.max = int64(defaultFdBudget(fs.fds.max))
+	}
+	fs.fds.budget = &fs.budget
 	rootNode := &inode{id: fuse.FUSE_ROOT_ID, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: fd, mountFd: fd, lookups: 1}
 	rootNode.key = inodeKey{dev: st.Dev, ino: st.Ino}
 	if opts.InodeFileHandles != HandlesNever {
@@ -310,11 +316,19 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 		n.mountFd = mfd
 	}
 	if n.handle == nil {
+		if err := fs.budget.take(); err != nil {
+			fs.mu.Unlock()
+			if donate {
+				unix.Close(fd)
+			}
+			return nil, err
+		}
 		pinned := fd
 		if !donate {
 			var err error
 			if pinned, err = fs.proc.open(fd, unix.O_PATH); err != nil {
 				fs.mu.Unlock()
+				fs.budget.give()
 				return nil, err
 			}
 		}

@@ -50,6 +50,12 @@ type Options struct {
 	// FdCacheSize bounds the O_PATH fds kept open for inodes identified by
 	// file handle. 0 picks a quarter of RLIMIT_NOFILE (at least 64).
 	FdCacheSize int
+	// MaxOpenFiles bounds the fds the guest can make the daemon hold (open
+	// files and directories, and pinned O_PATH fds of inodes without file
+	// handles); past it OPEN, OPENDIR, CREATE and lookups of such inodes
+	// answer ENFILE. 0 picks RLIMIT_NOFILE less FdCacheSize and a reserve
+	// of an eighth of the limit (at least 128) for the daemon's own fds.
+	MaxOpenFiles int
 	// ProcSelfFD is a descriptor (O_PATH is enough) of this process's
 	// /proc/self/fd directory, opened while procfs was reachable; the
 	// filesystem reaches the inodes behind its own fds through it, never
