@@ -38,6 +38,7 @@ type FS struct {
 
 	fds    fdCache
 	budget fdBudget
+	xattrs *XattrMap // never nil once New returns
 
 	// files maps open file handles to their state. The read and write
 	// paths only load from it (no lock shared between requests); entries are
@@ -88,6 +89,10 @@ func New(root string, opts Options) (*FS, error) {
 	fs.fds.max = opts.FdCacheSize
 	if fs.fds.max <= 0 {
 		fs.fds.max = defaultFdCacheSize()
+	}
+	fs.xattrs = opts.XattrMap
+	if fs.xattrs == nil {
+		fs.xattrs, _ = ParseXattrMap(DefaultXattrMap)
 	}
 	fs.budget.max = int64(opts.MaxOpenFiles)
 	if fs.budget.max <= 0 {

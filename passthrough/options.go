@@ -35,6 +35,10 @@ type Options struct {
 	// Xattr enables the extended attribute operations; without it they
 	// answer ENOSYS, as virtiofsd without --xattr.
 	Xattr bool
+	// XattrMap translates or refuses xattr names (virtiofsd's --xattrmap,
+	// see ParseXattrMap); nil is DefaultXattrMap, which refuses trusted.*
+	// from the guest and passes everything else.
+	XattrMap *XattrMap
 	// ReadOnly refuses every operation that would change the share with
 	// EROFS.
 	ReadOnly bool

@@ -35,6 +35,7 @@ type daemonConfig struct {
 	LogLevel string
 	Syslog   bool
 	Sandbox  string
+	Security securityConfig // --modcaps, --seccomp, --xattrmap (security.go)
 
 	PrintCapabilities bool
 	Help              bool
@@ -152,6 +153,9 @@ func virtiofsdFlags() map[string]flagSpec {
 		"syslog":                {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Syslog }, true)},
 		"log-level":             {valueFlag, setLogLevel},
 		"sandbox":               {valueFlag, setSandbox},
+		"xattrmap":              {valueFlag, setXattrmap},
+		"seccomp":               {valueFlag, setSeccomp},
+		"modcaps":               {valueFlag, setModcaps},
 		"print-capabilities":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
 		"help":                  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
 		"version":               {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Version }, true)},
@@ -159,9 +163,6 @@ func virtiofsdFlags() map[string]flagSpec {
 		// Accepted for compatibility; not acted on.
 		"socket-group":             {valueFlag, nil},
 		"tag":                      {valueFlag, nil},
-		"xattrmap":                 {valueFlag, nil},
-		"seccomp":                  {valueFlag, nil},
-		"modcaps":                  {valueFlag, nil},
 		"uid-map":                  {valueFlag, nil},
 		"gid-map":                  {valueFlag, nil},
 		"translate-uid":            {valueFlag, nil},
