@@ -108,3 +108,32 @@ func TestXattrMapOnHost(t *testing.T) {
 		})
 	}
 }
+
+// FuzzXattrMap parses operator rules and maps guest names and host lists:
+// nothing panics, and under the default and nydusd maps no guest name ever
+// reaches the host as trusted.*.
+func FuzzXattrMap(f *testing.F) {
+	f.Add(":prefix:all:trusted.:user.virtiofs.:", "trusted.overlay.opaque", []byte("user.a\x00trusted.b\x00"))
+	f.Add(":map::user.virtiofs.:", "security.ima", []byte("user.virtiofs.x\x00\x00"))
+	f.Add("/ok/all///", "trusted.", []byte("\x00"))
+	fixed := []*XattrMap{}
+	for _, r := range []string{DefaultXattrMap, TrustedToUserXattrMap} {
+		m, err := ParseXattrMap(r)
+		if err != nil {
+			f.Fatal(err)
+		}
+		fixed = append(fixed, m)
+	}
+	f.Fuzz(func(t *testing.T, rules, name string, list []byte) {
+		if m, err := ParseXattrMap(rules); err == nil {
+			m.toHost(name, true)
+			m.listToGuest(list)
+		}
+		for _, m := range fixed {
+			if h, err := m.toHost(name, false); err == nil && strings.HasPrefix(h, "trusted.") {
+				t.Fatalf("guest %q reaches the host as %q", name, h)
+			}
+			m.listToGuest(list)
+		}
+	})
+}
