@@ -46,6 +46,20 @@
 // lookup count reaches zero. Node IDs are never reused, so the generation
 // is always 0. Attr.Ino is the host inode number.
 //
+// Guest-held fds (open files and directories, and pinned O_PATH fds) are
+// counted against Options.MaxOpenFiles, by default RLIMIT_NOFILE less the
+// LRU and a reserve for the daemon's own fds, as virtiofsd's guest fd
+// semaphore: past it the guest gets ENFILE and the daemon keeps working.
+// READDIR replies are capped at MaxReadDir (1 MiB) and use pooled getdents
+// buffers; a directory handle keeps none.
+//
+// # Extended attributes
+//
+// Names pass through an XattrMap (virtiofsd's --xattrmap rules). The
+// default refuses trusted.* from the guest; nydusd's command line maps the
+// guest's trusted.* to user.virtiofs.trusted.* (see TrustedToUserXattrMap
+// and docs/security.md).
+//
 // # Credentials
 //
 // Create, Tmpfile, Mkdir, Mknod and Symlink run with the caller's
