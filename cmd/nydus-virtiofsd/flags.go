@@ -311,6 +311,10 @@ func parseDashO(c *daemonConfig, opts string) error {
 			err = setLogLevel(c, val)
 		case "sandbox":
 			err = setSandbox(c, val)
+		case "xattrmap":
+			err = setXattrmap(c, val)
+		case "modcaps":
+			err = setModcaps(c, val)
 		case "announce_submounts":
 			c.AnnounceSubmounts = true
 		case "readonly":

@@ -167,3 +167,25 @@ func TestDaemonConfined(t *testing.T) {
 		})
 	}
 }
+
+func TestParseSecurityFlags(t *testing.T) {
+	c, err := parseVirtiofsd([]string{"--socket-path=/s", "--shared-dir=/d", "--modcaps=+sys_admin:-mknod", "--seccomp=log", "--xattrmap=:map:trusted.:user.virtiofs.:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Security.ModCaps != "+sys_admin:-mknod" || c.Security.Seccomp != "log" || c.xattrMap() == nil {
+		t.Fatalf("parsed %+v", c.Security)
+	}
+	c, err = parseVirtiofsd([]string{"--socket-path=/s", "-o", "source=/d,xattrmap=/ok/all///,modcaps=-chown"})
+	if err != nil || c.Security.XattrMap != "/ok/all///" || c.Security.ModCaps != "-chown" {
+		t.Fatalf("-o: %+v %v", c.Security, err)
+	}
+	for _, bad := range [][]string{{"--seccomp=maybe"}, {"--modcaps=sys_admin"}, {"--modcaps=+nope"}, {"--xattrmap=:what:all:::"}} {
+		if _, err := parseVirtiofsd(append([]string{"--socket-path=/s", "--shared-dir=/d"}, bad...)); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+	if c, _ := parseVirtiofsd([]string{"--socket-path=/s", "--shared-dir=/d"}); c.xattrMap() != nil {
+		t.Error("virtiofsd mode has a map by default (passthrough's default refuses trusted.*)")
+	}
+}
