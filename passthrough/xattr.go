@@ -50,23 +50,30 @@ func (fs *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (
 				path: func(name string) (int, error) { return unix.Listxattr(name, dest) },
 			})
 		}
-		var err error
 		// Read the whole host list, translate, then answer the
 		// size or the names.
 		var host []byte
 		for {
-			if sz, err = list(nil); err != nil {
+			n, err := list(nil)
+			if err != nil {
 				return err
 			}
-			host = make([]byte, sz)
-			if sz, err = list(host); err != unix.ERANGE {
+			if n == 0 {
+				host = nil
 				break
 			}
+			host = make([]byte, n)
+			n, err = list(host)
+			if err == unix.ERANGE {
+				continue // grew meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			host = host[:n]
+			break
 		}
-		if err != nil {
-			return err
-		}
-		guest := fs.xattrs.listToGuest(host[:sz])
+		guest := fs.xattrs.listToGuest(host)
 		sz = len(guest)
 		if len(dest) == 0 {
 			return nil

@@ -66,7 +66,7 @@ func confine(c *daemonConfig, on *sandbox.Confiner, log *logrus.Entry) error {
 		ModCaps:     c.Security.ModCaps,
 		FileHandles: c.InodeFileHandles != passthrough.HandlesNever,
 		Seccomp:     c.Security.Seccomp,
-		Network:     c.Nydusd || c.ConfigFile != "",
+		Network:     c.Nydusd || c.ConfigFile != "" || c.Syslog, // syslog may reconnect
 	}
 	if err := sandbox.Confine(conf, on); err != nil {
 		return fmt.Errorf("confine the daemon: %w", err)
