@@ -138,11 +138,21 @@ func Confine(c Confinement, on *Confiner) error {
 // to every OS thread of the process (its psx package), which a Go
 // program needs: capabilities are per thread, and the runtime has made
 // several threads by now.
+//
+// A daemon started with fewer capabilities (a container) keeps what it has
+// of keep, and leaves the bounding set alone without CAP_SETPCAP.
 func dropCaps(keep []cap.Value) error {
+	cur := cap.GetProc()
 	kept := map[cap.Value]bool{}
+	var have []cap.Value
 	for _, v := range keep {
-		kept[v] = true
+		if on, err := cur.GetFlag(cap.Permitted, v); err == nil && on {
+			kept[v] = true
+			have = append(have, v)
+		}
 	}
+	keep = have
+	setpcap, _ := cur.GetFlag(cap.Effective, cap.SETPCAP)
 	var drop []cap.Value
 	for v := cap.Value(0); v < cap.MaxBits(); v++ {
 		if !kept[v] {
@@ -154,8 +164,10 @@ func dropCaps(keep []cap.Value) error {
 	}
 	// The bounding set first: dropping from it needs CAP_SETPCAP, which
 	// goes next.
-	if err := cap.DropBound(drop...); err != nil {
-		return fmt.Errorf("capabilities: drop bounding set: %w", err)
+	if setpcap {
+		if err := cap.DropBound(drop...); err != nil {
+			return fmt.Errorf("capabilities: drop bounding set: %w", err)
+		}
 	}
 	set := cap.NewSet()
 	if err := set.SetFlag(cap.Permitted, true, keep...); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -88,25 +89,46 @@ func TestDaemonConfined(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	base := []int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capMknod, capSetfcap}
+	// A container that gave the daemon fewer capabilities (no SETPCAP, so
+	// the bounding set stays as it came).
+	var fullBnd uint64
+	for _, st := range taskStatus(t, os.Getpid())[:1] {
+		fullBnd, _ = strconv.ParseUint(st["CapBnd"], 16, 64)
+	}
+	const capSetpcap = 8
+	reducedBnd := fmt.Sprintf("%016x", fullBnd&^(1<<capSetpcap|1<<capSysAdmin|1<<capMknod))
 	cases := []struct {
 		name, mode string
 		args       []string
 		caps       []int
 		seccomp    string
+		prefix     []string // run under this (setpriv)
+		bnd        string   // CapBnd when not the kept set
 	}{
-		{"namespace default", "namespace", nil, base, "2"},
-		{"chroot", "chroot", nil, base, "2"},
+		{"namespace default", "namespace", nil, base, "2", nil, ""},
+		{"chroot", "chroot", nil, base, "2", nil, ""},
 		{"none modcaps", "none", []string{"--modcaps=+sys_admin:-mknod", "--seccomp=log"},
-			[]int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capSysAdmin, capSetfcap}, "2"},
+			[]int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capSysAdmin, capSetfcap}, "2", nil, ""},
 		{"no file handles, no seccomp", "none", []string{"--inode-file-handles=never", "--seccomp=none"},
-			[]int{capChown, capDacOverride, capFowner, capFsetid, capSetgid, capSetuid, capMknod, capSetfcap}, "0"},
+			[]int{capChown, capDacOverride, capFowner, capFsetid, capSetgid, capSetuid, capMknod, capSetfcap}, "0", nil, ""},
+		{"fewer capabilities given", "none", nil,
+			[]int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capSetfcap}, "2",
+			[]string{"setpriv", "--bounding-set=-setpcap,-sys_admin,-mknod", "--inh-caps=-all", "--"}, reducedBnd},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := shareDir(t)
 			sock := filepath.Join(t.TempDir(), "vfs.sock")
 			args := append([]string{"--socket-path=" + sock, "--shared-dir=" + dir, "--sandbox=" + tc.mode, "--xattr"}, tc.args...)
-			d := startDaemon(t, bin, nil, args...)
+			cmd := bin
+			if tc.prefix != nil {
+				p, err := exec.LookPath(tc.prefix[0])
+				if err != nil {
+					testenv.Skipf(t, "%s: %v", tc.prefix[0], err)
+				}
+				cmd, args = p, append(append(tc.prefix[1:len(tc.prefix):len(tc.prefix)], bin), args...)
+			}
+			d := startDaemon(t, cmd, nil, args...)
 			t.Cleanup(func() { os.Remove(sock) })
 			pid := servingPid(t, d, tc.mode)
 			drv, c := connectFUSE(t, d, sock, testdriver.QEMU)
@@ -149,8 +171,12 @@ func TestDaemonConfined(t *testing.T) {
 			want := capMask(tc.caps...)
 			for _, st := range taskStatus(t, pid) {
 				for _, k := range []string{"CapEff", "CapPrm", "CapBnd"} {
-					if st[k] != want {
-						t.Errorf("%s %s = %s, want %s", st["task"], k, st[k], want)
+					w := want
+					if k == "CapBnd" && tc.bnd != "" {
+						w = tc.bnd
+					}
+					if st[k] != w {
+						t.Errorf("%s %s = %s, want %s", st["task"], k, st[k], w)
 					}
 				}
 				if st["CapInh"] != capMask() || st["CapAmb"] != capMask() {
