@@ -13,6 +13,7 @@
 //	if res.Exited { return res.ExitCode } // namespace parent: child has run
 //	if res.Confined { socketPath = "" }   // that path now means a file in the share
 //	fs := passthrough.New(res.SharedDir, passthrough.Options{ProcSelfFD: res.ProcSelfFD, ...})
+//	err = sandbox.Confine(sandbox.Confinement{...}, res.Confiner) // then serve
 //
 // Enter comes after everything outside the share is open (the listener,
 // syslog) and before the filesystem is made: in namespace mode the share's

@@ -34,6 +34,9 @@ A virtio-fs vhost-user daemon with virtiofsd's command line.
   --syslog                  log to syslog
   --sandbox=MODE            namespace (default: own mount/pid/net/ipc namespaces, root is the share),
                             chroot (into the share) or none. Images are not sandboxed.
+  --seccomp=kill|log|trap|none   action for a system call off the allow-list (default kill)
+  --modcaps=+cap:-cap       change the capabilities kept (see docs/security.md)
+  --xattrmap=RULES          map or refuse xattr names (virtiofsd's rules; default refuses trusted.*)
   --print-capabilities      print the vhost-user backend capabilities and exit
   -o opt[,opt...]           the C virtiofsd's options: source=, cache=, xattr, log_level=, sandbox=
   -V, --version             print the version and exit
