@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -129,7 +130,10 @@ func noContent(w http.ResponseWriter) error {
 
 // Listen opens the API socket at path, removing a stale socket file
 // first. A socket some server still answers on is refused: taking it over
-// would leave that daemon running and unreachable.
+// would leave that daemon running and unreachable. The socket is made with
+// mode 0600 whatever the umask (it mounts images and ends the daemon): the
+// umask is tightened around bind and the mode set again afterwards, like
+// the vhost-user socket's.
 func Listen(path string) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
@@ -138,9 +142,15 @@ func Listen(path string) (net.Listener, error) {
 		}
 		os.Remove(path)
 	}
+	old := syscall.Umask(0o177)
 	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("api: chmod %s: %w", path, err)
 	}
 	return l, nil
 }

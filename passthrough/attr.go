@@ -1,47 +1,12 @@
 package passthrough
 
 import (
-	"bufio"
 	"errors"
-	"io"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
-
-// parseUmask finds the "Umask:" line of a /proc/PID/status.
-func parseUmask(r io.Reader) (uint32, bool) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "Umask:"); ok {
-			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
-			return uint32(m), err == nil
-		}
-	}
-	return 0, false
-}
-
-// restoreMode gives back the permission bits the daemon's umask took from
-// a mode the guest sent (the guest kernel has applied the caller's umask
-// already). It only adds bits, keeping what the kernel decided (setgid
-// inherited from the directory, or dropped for a non-member).
-func (fs *FS) restoreMode(fd int, requested uint32) error {
-	lost := requested & 0o777 & fs.umask
-	if lost == 0 {
-		return nil
-	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
-		return nil
-	}
-	return fs.chmodFd(&inode{mode: st.Mode & syscall.S_IFMT}, fd, st.Mode&07777|lost)
-}
 
 func (fs *FS) attrOut(st *syscall.Stat_t, out *fuse.AttrOut) {
 	out.Attr.FromStat(st)

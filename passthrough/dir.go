@@ -1,30 +1,27 @@
 package passthrough
 
 import (
+	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
 // mkEntry runs a create-type operation under the parent directory as the
-// caller, then looks the new name up to answer with its entry. The parent
+// caller (on a creator thread, umask 0: the mode is the guest's as sent),
+// then looks the new name up to answer with its entry. What the lookup
+// finds is only reported, never changed: another inode renamed there in
+// between is the guest's own doing and gets no chmod from the daemon. The parent
 // is an O_PATH fd on the directory inode itself: if the guest named a
 // symlink as parent, every *at call below fails with ENOTDIR.
-func (fs *FS) mkEntry(h *fuse.InHeader, name string, mode uint32, out *fuse.EntryOut, create func(pfd int) error) fuse.Status {
+func (fs *FS) mkEntry(h *fuse.InHeader, name string, out *fuse.EntryOut, create func(pfd int) error) fuse.Status {
 	return fs.inDir(h, name, func(pfd int) error {
 		if err := fs.creds.as(h.Caller, func() error { return create(pfd) }); err != nil {
 			return err
 		}
-		fd, err := openBeneath(pfd, name)
-		if err != nil {
-			return err
-		}
-		if err := fs.restoreMode(fd, mode); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		_, err = fs.intern(fd, true, out)
+		_, err := fs.lookupAt(pfd, name, out)
 		return err
 	})
 }
@@ -48,7 +45,7 @@ func (fs *FS) inDir(h *fuse.InHeader, name string, f func(pfd int) error) fuse.S
 
 // Mkdir makes a directory.
 func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fs.mkEntry(&in.InHeader, name, in.Mode, out, func(pfd int) error {
+	return fs.mkEntry(&in.InHeader, name, out, func(pfd int) error {
 		return unix.Mkdirat(pfd, name, in.Mode&07777)
 	})
 }
@@ -56,14 +53,14 @@ func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *
 // Mknod makes a device node, FIFO, socket or regular file. A device node
 // made here can never be opened through the daemon (see reopen).
 func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fs.mkEntry(&in.InHeader, name, in.Mode, out, func(pfd int) error {
+	return fs.mkEntry(&in.InHeader, name, out, func(pfd int) error {
 		return unix.Mknodat(pfd, name, in.Mode, int(in.Rdev))
 	})
 }
 
 // Symlink makes a symlink. Its target is data to the daemon, never followed.
 func (fs *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target string, name string, out *fuse.EntryOut) fuse.Status {
-	return fs.mkEntry(h, name, 0, out, func(pfd int) error {
+	return fs.mkEntry(h, name, out, func(pfd int) error {
 		return unix.Symlinkat(target, pfd, name)
 	})
 }
@@ -146,7 +143,7 @@ func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 		if !n.isDir() {
 			return syscall.ENOTDIR
 		}
-		dfd, err := fs.reopen(n, fd, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+		dfd, err := fs.counted(func() (int, error) { return fs.reopen(n, fd, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC) })
 		if err != nil {
 			return err
 		}
@@ -161,7 +158,7 @@ func (fs *FS) ReleaseDir(in *fuse.ReleaseIn) { fs.releaseFile(in.Fh) }
 
 // ReadDir lists entries from the offset on.
 func (fs *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fs.readDir(in, int(in.Size), func(h *fileHandle, e fuse.DirEntry) bool {
+	return fs.readDir(in, false, func(h *fileHandle, e fuse.DirEntry) bool {
 		return out.AddDirEntry(e)
 	})
 }
@@ -169,7 +166,7 @@ func (fs *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntr
 // ReadDirPlus lists entries and looks each up (one lookup count each,
 // counted only for entries that fit the reply; "." and ".." get no entry).
 func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fs.readDir(in, int(in.Size)/2, func(h *fileHandle, e fuse.DirEntry) bool {
+	return fs.readDir(in, true, func(h *fileHandle, e fuse.DirEntry) bool {
 		eo := out.AddDirLookupEntry(e)
 		if eo == nil {
 			return false
@@ -192,7 +189,31 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 	})
 }
 
-func (fs *FS) readDir(in *fuse.ReadIn, bufSize int, add func(*fileHandle, fuse.DirEntry) bool) fuse.Status {
+// MaxReadDir bounds the bytes of entries one READDIR or READDIRPLUS answers
+// with, whatever size the guest asks for (virtiofsd's bound too); the
+// kernel asks for a page or a few.
+const MaxReadDir = 1 << 20
+
+// getdentsBuf is the size of the buffers getdents64 fills; readDir loops
+// until the reply is full, so it need not match the guest's request.
+const getdentsBuf = 32 << 10
+
+// getdentsBufs lends getdents buffers to READDIRs: a directory handle
+// keeps none, so many open directories cost no memory (a buffer as large
+// as each handle's biggest request grew RSS by 16 MiB per handle).
+var getdentsBufs = sync.Pool{New: func() any { b := make([]byte, getdentsBuf); return &b }}
+
+// direntSize is the bytes a reply spends on e: struct fuse_dirent and the
+// name, 8-byte aligned, after the fuse_entry_out with READDIRPLUS.
+func direntSize(e *fuse.DirEntry, plus bool) int {
+	n := (24 + len(e.Name) + 7) &^ 7
+	if plus {
+		n += int(unsafe.Sizeof(fuse.EntryOut{}))
+	}
+	return n
+}
+
+func (fs *FS) readDir(in *fuse.ReadIn, plus bool, add func(*fileHandle, fuse.DirEntry) bool) fuse.Status {
 	h := fs.getFile(in.Fh)
 	if h == nil {
 		return fuse.EBADF
@@ -206,13 +227,10 @@ func (fs *FS) readDir(in *fuse.ReadIn, bufSize int, add func(*fileHandle, fuse.D
 		}
 		h.pos = int64(in.Offset)
 	}
-	if bufSize < 1024 {
-		bufSize = 1024
-	}
-	if len(h.buf) < bufSize {
-		h.buf = make([]byte, bufSize)
-	}
-	buf := h.buf[:bufSize]
+	bp := getdentsBufs.Get().(*[]byte)
+	defer getdentsBufs.Put(bp)
+	buf := *bp
+	room := min(int(in.Size), MaxReadDir)
 	added := false
 	for {
 		n, err := unix.Getdents(h.fd, buf)
@@ -234,7 +252,7 @@ func (fs *FS) readDir(in *fuse.ReadIn, bufSize int, add func(*fileHandle, fuse.D
 				return fuse.EIO
 			}
 			off += rec
-			if !add(h, e) {
+			if room -= direntSize(&e, plus); room < 0 || !add(h, e) {
 				h.pos = -1
 				return fuse.OK
 			}

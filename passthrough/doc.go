@@ -31,8 +31,7 @@
 // read-only fd for regular files and directories, and for symlinks and
 // special files, which cannot be opened, the path calls with the relative
 // name "N" on one locked OS thread that unshared CLONE_FS and fchdir'd
-// into procfd, as virtiofsd does. The umask is read from this thread's
-// status file, also through procfd.
+// into procfd, as virtiofsd does.
 //
 // # File descriptors
 //
@@ -47,18 +46,34 @@
 // lookup count reaches zero. Node IDs are never reused, so the generation
 // is always 0. Attr.Ino is the host inode number.
 //
+// Guest-held fds (open files and directories, and pinned O_PATH fds) are
+// counted against Options.MaxOpenFiles, by default RLIMIT_NOFILE less the
+// LRU and a reserve for the daemon's own fds, as virtiofsd's guest fd
+// semaphore: past it the guest gets ENFILE and the daemon keeps working.
+// READDIR replies are capped at MaxReadDir (1 MiB) and use pooled getdents
+// buffers; a directory handle keeps none.
+//
+// # Extended attributes
+//
+// Names pass through an XattrMap (virtiofsd's --xattrmap rules). The
+// default refuses trusted.* from the guest; nydusd's command line maps the
+// guest's trusted.* to user.virtiofs.trusted.* (see TrustedToUserXattrMap
+// and docs/security.md).
+//
 // # Credentials
 //
 // Create, Tmpfile, Mkdir, Mknod and Symlink run with the caller's
-// fsuid/fsgid (and no supplementary groups) on a goroutine locked to its OS
-// thread, like virtiofsd: the host kernel then sets the owner and group (setgid
+// fsuid/fsgid (and no supplementary groups) on an OS thread kept for
+// creations, like virtiofsd: the host kernel then sets the owner and group (setgid
 // directories included) and checks permissions itself. The alternative,
 // create as root then chown, gets setgid inheritance and permission checks
 // wrong and leaves a window where the file is root's. Other operations run
 // with the daemon's credentials: the guest kernel (default_permissions) has
 // checked them. The process umask is left alone (the daemon's socket needs
-// it); bits it takes from a created inode's mode are added back afterwards,
-// since the guest has applied the caller's umask already.
+// it): creations run on a few OS threads that unshared CLONE_FS and set their
+// own umask to 0, since the guest has applied the caller's umask already, and
+// nothing is chmod'ed after creating (a lookup by name after the fact could
+// find an inode a concurrent RENAME_EXCHANGE put there).
 //
 // # Reads and writes
 //

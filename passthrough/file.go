@@ -27,7 +27,6 @@ type fileHandle struct {
 	// directory stream state
 	dmu sync.Mutex
 	pos int64 // offset the fd is at, -1 when unknown
-	buf []byte
 }
 
 // addFile registers an open file. While it is open its inode keeps its
@@ -75,6 +74,7 @@ func (fs *FS) putFile(h *fileHandle) {
 
 func (fs *FS) closeFile(h *fileHandle) {
 	unix.Close(h.fd)
+	fs.budget.give()
 	if h.pinned {
 		fs.fds.release(h.node)
 	}
@@ -149,13 +149,13 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 		if n.isDir() {
 			return syscall.EISDIR
 		}
-		ffd, err := fs.reopen(n, fd, flags)
+		ffd, err := fs.counted(func() (int, error) { return fs.reopen(n, fd, flags) })
 		if err != nil {
 			return err
 		}
 		if in.Mode&fuse.OPEN_KILL_SUIDGID != 0 && flags&unix.O_TRUNC != 0 {
 			if err := fs.killPriv(ffd); err != nil {
-				unix.Close(ffd)
+				fs.uncount(ffd)
 				return err
 			}
 		}
@@ -174,37 +174,40 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
 	flags := fs.hostOpenFlags(in.Flags)
 	return fs.inDir(&in.InHeader, name, func(pfd int) error {
-		var ffd int
-		err := fs.creds.as(in.Caller, func() error {
-			var err error
-			ffd, err = unix.Openat2(pfd, name, &unix.OpenHow{
-				Flags:   uint64(flags | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW),
-				Mode:    uint64(in.Mode & 07777),
-				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-			})
-			return err
-		})
+		ffd, err := fs.createAs(in.Caller, pfd, name, flags|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, in.Mode)
 		if err == unix.EEXIST && in.Flags&unix.O_EXCL == 0 {
 			return fs.openExisting(pfd, name, flags, out)
 		}
 		if err != nil {
 			return err
 		}
-		return fs.adoptCreated(ffd, in.Mode, flags, out)
+		return fs.adoptCreated(ffd, flags, out)
 	})
 }
 
-// adoptCreated finishes a file the guest created: it gives back the mode
-// bits the daemon's umask took, interns the inode and opens a handle on
-// ffd. It closes ffd on failure.
-func (fs *FS) adoptCreated(ffd int, mode uint32, flags int, out *fuse.CreateOut) error {
-	if err := fs.restoreMode(ffd, mode); err != nil {
-		unix.Close(ffd)
-		return err
-	}
+// createAs makes and opens name under pfd as the caller (openat2 with
+// flags, which include O_CREAT or O_TMPFILE), counted in the fd budget.
+func (fs *FS) createAs(caller fuse.Caller, pfd int, name string, flags int, mode uint32) (int, error) {
+	return fs.counted(func() (ffd int, err error) {
+		err = fs.creds.as(caller, func() error {
+			ffd, err = unix.Openat2(pfd, name, &unix.OpenHow{
+				Flags:   uint64(flags),
+				Mode:    uint64(mode & 07777),
+				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+			})
+			return err
+		})
+		return ffd, err
+	})
+}
+
+// adoptCreated finishes a file the guest created (its mode is the guest's
+// already: creator threads have umask 0): it interns the inode and opens a
+// handle on ffd. It closes ffd on failure.
+func (fs *FS) adoptCreated(ffd int, flags int, out *fuse.CreateOut) error {
 	n, err := fs.intern(ffd, false, &out.EntryOut)
 	if err != nil {
-		unix.Close(ffd)
+		fs.uncount(ffd)
 		return err
 	}
 	out.Fh = fs.addFile(ffd, n)
@@ -226,20 +229,11 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 		if !p.isDir() {
 			return syscall.ENOTDIR
 		}
-		var ffd int
-		err := fs.creds.as(in.Caller, func() error {
-			var err error
-			ffd, err = unix.Openat2(pfd, ".", &unix.OpenHow{
-				Flags:   uint64(flags | unix.O_TMPFILE),
-				Mode:    uint64(in.Mode & 07777),
-				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-			})
-			return err
-		})
+		ffd, err := fs.createAs(in.Caller, pfd, ".", flags|unix.O_TMPFILE, in.Mode)
 		if err != nil {
 			return err
 		}
-		return fs.adoptCreated(ffd, in.Mode, flags, out)
+		return fs.adoptCreated(ffd, flags, out)
 	})
 }
 
@@ -255,7 +249,7 @@ func (fs *FS) openExisting(pfd int, name string, flags int, out *fuse.CreateOut)
 			return syscall.EISDIR
 		}
 		var err error
-		ffd, err = fs.reopen(n, fd, flags)
+		ffd, err = fs.counted(func() (int, error) { return fs.reopen(n, fd, flags) })
 		return err
 	})
 	if !s.Ok() {

@@ -25,7 +25,6 @@ type FS struct {
 
 	rootFd  int
 	proc    *procFD // this process's /proc/self/fd, for fd-relative access
-	umask   uint32  // the process umask at New, undone on created inodes
 	handles bool    // identify inodes by file handle
 	creds   *credSwitcher
 
@@ -37,7 +36,9 @@ type FS struct {
 	mounts map[int]int // mount ID → fd on that mount, for open_by_handle_at
 	nextID uint64
 
-	fds fdCache
+	fds    fdCache
+	budget fdBudget
+	xattrs *XattrMap // never nil once New returns
 
 	// files maps open file handles to their state. The read and write
 	// paths only load from it (no lock shared between requests); entries are
@@ -51,8 +52,8 @@ var _ fuse.RawFileSystem = (*FS)(nil)
 // New opens root and returns a filesystem sharing it.
 //
 // New leaves the process umask alone (the daemon's socket and files need
-// it): the bits it takes from the modes of created inodes are given back
-// (restoreMode), since the guest has applied the caller's umask already.
+// it): inodes are created on threads of their own with umask 0 (see
+// credSwitcher), since the guest has applied the caller's umask already.
 func New(root string, opts Options) (*FS, error) {
 	if err := opts.normalize(); err != nil {
 		return nil, err
@@ -89,6 +90,15 @@ func New(root string, opts Options) (*FS, error) {
 	if fs.fds.max <= 0 {
 		fs.fds.max = defaultFdCacheSize()
 	}
+	fs.xattrs = opts.XattrMap
+	if fs.xattrs == nil {
+		fs.xattrs, _ = ParseXattrMap(DefaultXattrMap)
+	}
+	fs.budget.max = int64(opts.MaxOpenFiles)
+	if fs.budget.max <= 0 {
+		fs.budget.max = int64(defaultFdBudget(fs.fds.max))
+	}
+	fs.fds.budget = &fs.budget
 	rootNode := &inode{id: fuse.FUSE_ROOT_ID, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: fd, mountFd: fd, lookups: 1}
 	rootNode.key = inodeKey{dev: st.Dev, ino: st.Ino}
 	if opts.InodeFileHandles != HandlesNever {
@@ -109,7 +119,6 @@ func New(root string, opts Options) (*FS, error) {
 	fs.nodes[rootNode.id] = rootNode
 	fs.byKey[rootNode.key] = rootNode
 	fs.creds = newCredSwitcher()
-	fs.umask = proc.processUmask()
 	return fs, nil
 }
 
@@ -138,6 +147,7 @@ func (fs *FS) SetDebug(bool) {}
 // request.
 func (fs *FS) Close() error {
 	fs.OnUnmount()
+	fs.creds.close()
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	for _, fd := range fs.mounts {
@@ -311,11 +321,19 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 		n.mountFd = mfd
 	}
 	if n.handle == nil {
+		if err := fs.budget.take(); err != nil {
+			fs.mu.Unlock()
+			if donate {
+				unix.Close(fd)
+			}
+			return nil, err
+		}
 		pinned := fd
 		if !donate {
 			var err error
 			if pinned, err = fs.proc.open(fd, unix.O_PATH); err != nil {
 				fs.mu.Unlock()
+				fs.budget.give()
 				return nil, err
 			}
 		}

@@ -51,10 +51,11 @@ func (n *inode) isLink() bool { return n.mode == syscall.S_IFLNK }
 // million small handles but at most max fds. Inodes without a handle keep
 // their fd pinned outside the LRU.
 type fdCache struct {
-	mu   sync.Mutex
-	lru  list.List
-	max  int
-	open int
+	mu     sync.Mutex
+	lru    list.List
+	max    int
+	open   int
+	budget *fdBudget // counts pinned fds (inodes without a handle)
 }
 
 // acquire returns an O_PATH fd for n that stays valid until release(n).
@@ -135,6 +136,9 @@ func (c *fdCache) closeLocked(n *inode) {
 	}
 	unix.Close(n.fd)
 	n.fd = -1
+	if n.handle == nil && c.budget != nil {
+		c.budget.give() // a pinned fd, counted at intern
+	}
 	if n.elem != nil {
 		c.lru.Remove(n.elem)
 		n.elem = nil

@@ -35,6 +35,10 @@ type Options struct {
 	// Xattr enables the extended attribute operations; without it they
 	// answer ENOSYS, as virtiofsd without --xattr.
 	Xattr bool
+	// XattrMap translates or refuses xattr names (virtiofsd's --xattrmap,
+	// see ParseXattrMap); nil is DefaultXattrMap, which refuses trusted.*
+	// from the guest and passes everything else.
+	XattrMap *XattrMap
 	// ReadOnly refuses every operation that would change the share with
 	// EROFS.
 	ReadOnly bool
@@ -50,6 +54,12 @@ type Options struct {
 	// FdCacheSize bounds the O_PATH fds kept open for inodes identified by
 	// file handle. 0 picks a quarter of RLIMIT_NOFILE (at least 64).
 	FdCacheSize int
+	// MaxOpenFiles bounds the fds the guest can make the daemon hold (open
+	// files and directories, and pinned O_PATH fds of inodes without file
+	// handles); past it OPEN, OPENDIR, CREATE and lookups of such inodes
+	// answer ENFILE. 0 picks RLIMIT_NOFILE less FdCacheSize and a reserve
+	// of an eighth of the limit (at least 128) for the daemon's own fds.
+	MaxOpenFiles int
 	// ProcSelfFD is a descriptor (O_PATH is enough) of this process's
 	// /proc/self/fd directory, opened while procfs was reachable; the
 	// filesystem reaches the inodes behind its own fds through it, never

@@ -279,24 +279,3 @@ func (p *procFD) xattr(n *inode, fd int, c xattrCall) (int, error) {
 	}
 	return sz, err
 }
-
-// processUmask reads the umask from this thread's /proc status (through
-// procfd) without changing it: umask(2) can only read by writing, racing
-// other threads' creations, and is the fallback. The process's status
-// would show the main thread's, which may be the cwd thread's own copy.
-func (p *procFD) processUmask() uint32 {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	status := "../task/" + strconv.Itoa(unix.Gettid()) + "/status"
-	if fd, err := unix.Openat(p.fd, status, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
-		f := os.NewFile(uintptr(fd), "status")
-		m, ok := parseUmask(f)
-		f.Close()
-		if ok {
-			return m
-		}
-	}
-	old := unix.Umask(0o022)
-	unix.Umask(old)
-	return uint32(old)
-}

@@ -13,6 +13,7 @@
 //	if res.Exited { return res.ExitCode } // namespace parent: child has run
 //	if res.Confined { socketPath = "" }   // that path now means a file in the share
 //	fs := passthrough.New(res.SharedDir, passthrough.Options{ProcSelfFD: res.ProcSelfFD, ...})
+//	err = sandbox.Confine(sandbox.Confinement{...}, res.Confiner) // then serve
 //
 // Enter comes after everything outside the share is open (the listener,
 // syslog) and before the filesystem is made: in namespace mode the share's
@@ -76,6 +77,37 @@
 // (--bootstrap) needs its bootstrap and blob directory, which lie outside
 // any one directory; nydusd has no sandbox either, and callers use None
 // for it.
+//
+// # Confinement of the serving process
+//
+// Confine (called by the daemon once the filesystem is open, right before
+// it serves) does what virtiofsd does after its sandbox:
+//
+//   - capabilities: only CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID,
+//     MKNOD and SETFCAP stay (DAC_READ_SEARCH too with file handles, for
+//     open_by_handle_at), in the effective, permitted and bounding sets;
+//     inheritable and ambient are emptied; --modcaps (+name/-name) changes
+//     the list. Without CAP_SYS_ADMIN the host refuses trusted.* xattrs;
+//   - no_new_privs on every thread;
+//   - a seccomp allow-list (syscalls.go) on every thread (TSYNC); anything
+//     else kills the process (--seccomp=kill, the default), is logged
+//     (log), raises SIGSYS (trap), or the filter is off (none). No execve,
+//     mount, pivot_root, ptrace, bpf, module or key calls; unshare only
+//     with CLONE_FS (the creator and xattr threads); socket, connect, bind
+//     and listen only with nydusd's command line or a backend config.
+//
+// Libraries: capabilities go through libcap's Go packages
+// (kernel.org/pub/linux/libs/security/libcap/cap and psx, by the libcap
+// maintainer), because capabilities are per thread and a Go process has
+// many: psx changes them on every thread, also in a cgo binary (ours links
+// cgo through net), where the runtime's AllThreadsSyscall refuses. In a
+// cgo binary psx finds the threads in /proc/PID/task, which the confined
+// root lacks: the capability changes are made from a Confiner thread that
+// kept a root with procfs (Result.Confiner). The seccomp filter is built
+// with github.com/elastic/go-seccomp-bpf, pure Go (no libseccomp, no cgo),
+// which assembles and loads a BPF allow-list from syscall names with
+// argument conditions and the TSYNC flag; libseccomp-golang would add a C
+// library dependency for the same result.
 //
 // Nothing here is copied from virtiofsd; the system calls are made through
 // golang.org/x/sys/unix and os/exec, since no Go library sets up such a

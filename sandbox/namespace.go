@@ -141,7 +141,7 @@ func exitCode(ps *os.ProcessState) int {
 // through the returned O_PATH fd of /proc/self/fd, opened before the
 // pivot; nothing of it is in the new root, so the guest sees nothing but
 // the share.
-func enterNamespaceRoot(shared string, log *logrus.Entry) (*os.File, error) {
+func enterNamespaceRoot(shared string, log *logrus.Entry) (*os.File, *Confiner, error) {
 	wrap := func(what string, err error) error {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
 			return fmt.Errorf("sandbox namespace (%s): %s: %w: %s", shared, what, err, hint)
@@ -150,14 +150,14 @@ func enterNamespaceRoot(shared string, log *logrus.Entry) (*os.File, error) {
 	}
 	// Our mount events stay here; the host's still reach us.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
-		return nil, wrap("make mounts slave", err)
+		return nil, nil, wrap("make mounts slave", err)
 	}
 	// A detached recursive copy of the share, taken before anything is
 	// mounted over its path (a bind made later would copy that too). Like a
 	// bind, the copy of a slave is a slave of the same master.
 	tree, err := unix.OpenTree(unix.AT_FDCWD, shared, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
-		return nil, wrap("clone the shared directory's mount tree", err)
+		return nil, nil, wrap("clone the shared directory's mount tree", err)
 	}
 	defer unix.Close(tree)
 
@@ -171,11 +171,19 @@ func enterNamespaceRoot(shared string, log *logrus.Entry) (*os.File, error) {
 	// threads share; the fd keeps the procfs mount alive once detached.
 	proc, err := openProcSelfFD()
 	if err != nil {
-		return nil, wrap("procfs", err)
+		return nil, nil, wrap("procfs", err)
 	}
-	fail := func(what string, err error) (*os.File, error) {
+	// The thread capabilities are later dropped from keeps a copy of this
+	// root, procfs included (see Confiner).
+	conf, err := startConfiner(cloneRootWithProc)
+	if err != nil {
 		proc.Close()
-		return nil, wrap(what, err)
+		return nil, nil, wrap("confiner thread", err)
+	}
+	fail := func(what string, err error) (*os.File, *Confiner, error) {
+		proc.Close()
+		conf.Close()
+		return nil, nil, wrap(what, err)
 	}
 
 	// The share's copy is attached over /proc, which exists, is ours (the
@@ -200,5 +208,5 @@ func enterNamespaceRoot(shared string, log *logrus.Entry) (*os.File, error) {
 	if err := unix.Chdir("/"); err != nil {
 		return fail("chdir /", err)
 	}
-	return proc, nil
+	return proc, conf, nil
 }

@@ -83,6 +83,9 @@ type Result struct {
 	// the only way to reach /proc/self/fd: the path would resolve in the
 	// share. The caller owns it.
 	ProcSelfFD *os.File
+	// Confiner is the thread Confine drops capabilities from (chroot and
+	// namespace modes; nil otherwise). Pass it to Confine, which closes it.
+	Confiner *Confiner
 }
 
 // New checks c and prepares a sandbox. It reads the environment once to
@@ -174,19 +177,25 @@ func (s *Sandbox) Enter(ctx context.Context, l *net.UnixListener) (Result, error
 		if err != nil {
 			return Result{}, fmt.Errorf("sandbox chroot: %w", err)
 		}
+		conf, err := startConfiner(nil)
+		if err != nil {
+			proc.Close()
+			return Result{}, fmt.Errorf("sandbox chroot: %w", err)
+		}
 		if err := enterChroot(s.cfg.SharedDir); err != nil {
 			proc.Close()
+			conf.Close()
 			return Result{}, err
 		}
 		s.log.Infof("sandbox: chrooted into %s", s.cfg.SharedDir)
-		return Result{SharedDir: "/", Confined: true, ProcSelfFD: proc}, nil
+		return Result{SharedDir: "/", Confined: true, ProcSelfFD: proc, Confiner: conf}, nil
 	case s.child:
-		proc, err := enterNamespaceRoot(s.cfg.SharedDir, s.log)
+		proc, conf, err := enterNamespaceRoot(s.cfg.SharedDir, s.log)
 		if err != nil {
 			return Result{}, err
 		}
 		s.log.Infof("sandbox: pid 1 of new namespaces, root is %s", s.cfg.SharedDir)
-		return Result{SharedDir: "/", Confined: true, ProcSelfFD: proc}, nil
+		return Result{SharedDir: "/", Confined: true, ProcSelfFD: proc, Confiner: conf}, nil
 	default:
 		if l == nil {
 			return Result{}, fmt.Errorf("sandbox namespace: no listener to pass to the child")

@@ -372,14 +372,20 @@ func (v *VFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 	if m == nil {
 		return nil, pseudoErr(p, fuse.Status(syscall.EISDIR))
 	}
+	held := false
+	defer func() {
+		in.NodeId = orig
+		if !held { // also when the filesystem panics: the transport recovers
+			m.release()
+		}
+	}()
 	res, st := m.FS.Read(cancel, in, buf)
-	in.NodeId = orig
 	if sr, ok := res.(fusewire.SegmentedResult); ok {
 		r := v.reads.Get().(*heldRead)
 		r.SegmentedResult, r.m, r.v = sr, m, v
+		held = true
 		return r, st
 	}
-	m.release()
 	return res, st
 }
 

@@ -36,6 +36,7 @@ type daemonConfig struct {
 	LogFile  string // --log-file: log here instead of stderr
 	Syslog   bool
 	Sandbox  string
+	Security securityConfig // --modcaps, --seccomp, --xattrmap (security.go)
 
 	// SocketFlag is the option that names the socket, for messages:
 	// --socket-path, or --sock in nydusd's virtiofs mode.
@@ -158,6 +159,9 @@ func virtiofsdFlags() map[string]flagSpec {
 		"log-level":             {valueFlag, setLogLevel},
 		"log-file":              {valueFlag, setString(func(c *daemonConfig) *string { return &c.LogFile })},
 		"sandbox":               {valueFlag, setSandbox},
+		"xattrmap":              {valueFlag, setXattrmap},
+		"seccomp":               {valueFlag, setSeccomp},
+		"modcaps":               {valueFlag, setModcaps},
 		"print-capabilities":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
 		"help":                  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
 		"version":               {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Version }, true)},
@@ -165,9 +169,6 @@ func virtiofsdFlags() map[string]flagSpec {
 		// Accepted for compatibility; not acted on.
 		"socket-group":             {valueFlag, nil},
 		"tag":                      {valueFlag, nil},
-		"xattrmap":                 {valueFlag, nil},
-		"seccomp":                  {valueFlag, nil},
-		"modcaps":                  {valueFlag, nil},
 		"uid-map":                  {valueFlag, nil},
 		"gid-map":                  {valueFlag, nil},
 		"translate-uid":            {valueFlag, nil},
@@ -360,6 +361,10 @@ func parseDashO(c *daemonConfig, opts string) error {
 			err = setLogLevel(c, val)
 		case "sandbox":
 			err = setSandbox(c, val)
+		case "xattrmap":
+			err = setXattrmap(c, val)
+		case "modcaps":
+			err = setModcaps(c, val)
 		case "announce_submounts":
 			c.AnnounceSubmounts = true
 		case "readonly":

@@ -61,9 +61,10 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 			Rustc:      runtime.Version(),
 		},
 		NewFS: api.DefaultNewFS(api.FSOptions{
-			RafsConfig:  rafsConfig,
-			Passthrough: passthrough.Options{Cache: c.Cache, ProcSelfFD: procSelfFD, AnnounceSubmounts: c.AnnounceSubmounts},
-			Logger:      log,
+			RafsConfig: rafsConfig,
+			Passthrough: passthrough.Options{Cache: c.Cache, ProcSelfFD: procSelfFD, AnnounceSubmounts: c.AnnounceSubmounts,
+				Xattr: true, XattrMap: c.xattrMap()},
+			Logger: log,
 		}),
 		Exit:   exit,
 		Logger: log.WithField("layer", "api"),

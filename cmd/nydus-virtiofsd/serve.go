@@ -137,6 +137,10 @@ func runDaemon(c daemonConfig) int {
 		Mount:             mountOpts,
 	})}
 
+	if err := confine(&c, box.Confiner, log); err != nil {
+		log.Error(err)
+		return 1
+	}
 	// Kata's runtime-rs reads stderr for this exact line, whatever the log
 	// destination or level.
 	fmt.Fprintln(os.Stderr, waitingLine)
@@ -258,6 +262,7 @@ func buildFS(c *daemonConfig, rc *backend.Config, procSelfFD *os.File, log *logr
 	popts := passthrough.Options{
 		Cache:    c.Cache,
 		Xattr:    c.Xattr,
+		XattrMap: c.xattrMap(),
 		ReadOnly: c.Readonly,
 
 		AllowDirectIO:     c.AllowDirectIO,

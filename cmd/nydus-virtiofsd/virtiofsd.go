@@ -45,6 +45,9 @@ Daemon:
   --log-level=LEVEL         error|warn|info|debug|trace|off (default info; -d is debug)
   --log-file=FILE           append the log to FILE instead of stderr
   --syslog                  log to syslog
+  --seccomp=kill|log|trap|none   action for a system call off the allow-list (default kill)
+  --modcaps=+cap:-cap       change the capabilities kept (see docs/security.md)
+  --xattrmap=RULES          map or refuse xattr names (virtiofsd's rules; default refuses trusted.*)
   --print-capabilities      print the vhost-user backend capabilities and exit
   -h, --help                print this help and exit
   -V, --version             print the version and exit
