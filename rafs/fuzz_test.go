@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 // The fuzz targets feed arbitrary bytes to every parser of image bytes.
@@ -54,9 +55,9 @@ func FuzzBlobMeta(f *testing.F) {
 			ParseBlobMetaHeader(data[len(data)-blobMetaHdrSize:])
 		}
 		for _, v2 := range []bool{false, true} {
-			es := ciV1Size
+			es := layout.CIV1Size
 			if v2 {
-				es = ciV2Size
+				es = layout.CIV2Size
 			}
 			if a, err := NewCIArray(data, uint32(min(len(data)/es, 4096)), v2); err == nil {
 				for i := uint32(0); i < a.Len(); i++ {

@@ -1,0 +1,458 @@
+package layout
+
+import "strings"
+
+// EROFS superblock and the RAFS v6 additions.
+const (
+	ErofsMagic        = 0xE0F5E1E2
+	SuperOffset       = 1024 // the EROFS superblock's byte offset
+	SuperSize         = 128
+	ExtSuperOffset    = SuperOffset + SuperSize // the RAFS v6 extended superblock
+	ExtSuperSize      = 256
+	CompatSBChecksum  = 0x1         // feature_compat: superblock CRC32C
+	CompatRAFSV6      = 0x4000_0000 // feature_compat: a RAFS v6 image
+	IncompatChunked   = 0x4         // feature_incompat: chunk-based files
+	IncompatDevTable  = 0x8         // feature_incompat: device table
+	IncompatRAFS      = IncompatChunked | IncompatDevTable
+	RAFSDevtSlotOff   = 11 // RAFS puts the device table at slot 11 (byte 1408)
+	DeviceSlotSize    = 128
+	BlobEntryV6Size   = 256
+	InodeCompactSize  = 32
+	InodeExtendedSize = 64
+	InodeSlotSize     = 32 // nid × 32 is an inode's offset in the meta area
+	DirentSize        = 12
+	ChunkIndexSize    = 8 // a RAFS (and EROFS INDEXES) chunk index entry
+	NullAddr          = 0xffff_ffff
+	RAFSRootNid       = 128 // where nydus places the root inode
+	MaxNameLen        = 255
+)
+
+// Inode data layouts (i_format bits 1-3).
+const (
+	LayoutFlatPlain  = 0
+	LayoutFlatInline = 2
+	LayoutChunkBased = 4
+)
+
+// Chunk format bits of a chunk-based inode's i_u.
+const (
+	ChunkFormatIndexes = 0x20 // 8-byte chunk indexes (RAFS always sets it)
+	ChunkFormatBlkbits = 0x1f // log2(chunk size) - block bits
+)
+
+// SuperBlock is the 128-byte EROFS superblock at byte 1024.
+type SuperBlock struct {
+	Magic           uint32
+	Checksum        uint32
+	FeatureCompat   uint32
+	BlkSzBits       uint8
+	ExtSlots        uint8
+	RootNid         uint16
+	Inos            uint64
+	BuildTime       uint64
+	BuildTimeNsec   uint32
+	Blocks          uint32
+	MetaBlkAddr     uint32
+	XattrBlkAddr    uint32
+	FeatureIncompat uint32
+	U1              uint16 // available compression algorithms / lz4 max distance
+	ExtraDevices    uint16
+	DevtSlotOff     uint16
+}
+
+// Decode reads the superblock from b[:SuperSize].
+func (s *SuperBlock) Decode(b []byte) {
+	_ = b[SuperSize-1]
+	*s = SuperBlock{
+		Magic: le.Uint32(b[0:]), Checksum: le.Uint32(b[4:]), FeatureCompat: le.Uint32(b[8:]),
+		BlkSzBits: b[12], ExtSlots: b[13], RootNid: le.Uint16(b[14:]),
+		Inos: le.Uint64(b[16:]), BuildTime: le.Uint64(b[24:]), BuildTimeNsec: le.Uint32(b[32:]),
+		Blocks: le.Uint32(b[36:]), MetaBlkAddr: le.Uint32(b[40:]), XattrBlkAddr: le.Uint32(b[44:]),
+		FeatureIncompat: le.Uint32(b[80:]), U1: le.Uint16(b[84:]), ExtraDevices: le.Uint16(b[86:]),
+		DevtSlotOff: le.Uint16(b[88:]),
+	}
+}
+
+// Encode writes the superblock to b[:SuperSize].
+func (s *SuperBlock) Encode(b []byte) {
+	_ = b[SuperSize-1]
+	le.PutUint32(b[0:], s.Magic)
+	le.PutUint32(b[4:], s.Checksum)
+	le.PutUint32(b[8:], s.FeatureCompat)
+	b[12], b[13] = s.BlkSzBits, s.ExtSlots
+	le.PutUint16(b[14:], s.RootNid)
+	le.PutUint64(b[16:], s.Inos)
+	le.PutUint64(b[24:], s.BuildTime)
+	le.PutUint32(b[32:], s.BuildTimeNsec)
+	le.PutUint32(b[36:], s.Blocks)
+	le.PutUint32(b[40:], s.MetaBlkAddr)
+	le.PutUint32(b[44:], s.XattrBlkAddr)
+	le.PutUint32(b[80:], s.FeatureIncompat)
+	le.PutUint16(b[84:], s.U1)
+	le.PutUint16(b[86:], s.ExtraDevices)
+	le.PutUint16(b[88:], s.DevtSlotOff)
+}
+
+// ExtSuperBlock is the 256-byte RAFS v6 extended superblock at byte 1152.
+type ExtSuperBlock struct {
+	Flags               uint64
+	BlobTableOffset     uint64
+	BlobTableSize       uint32
+	ChunkSize           uint32
+	ChunkTableOffset    uint64
+	ChunkTableSize      uint64
+	PrefetchTableOffset uint64
+	PrefetchTableSize   uint32
+}
+
+// Decode reads the extended superblock from b[:ExtSuperSize].
+func (s *ExtSuperBlock) Decode(b []byte) {
+	_ = b[ExtSuperSize-1]
+	*s = ExtSuperBlock{
+		Flags: le.Uint64(b[0:]), BlobTableOffset: le.Uint64(b[8:]), BlobTableSize: le.Uint32(b[16:]),
+		ChunkSize: le.Uint32(b[20:]), ChunkTableOffset: le.Uint64(b[24:]), ChunkTableSize: le.Uint64(b[32:]),
+		PrefetchTableOffset: le.Uint64(b[40:]), PrefetchTableSize: le.Uint32(b[48:]),
+	}
+}
+
+// Encode writes the extended superblock to b[:ExtSuperSize].
+func (s *ExtSuperBlock) Encode(b []byte) {
+	_ = b[ExtSuperSize-1]
+	le.PutUint64(b[0:], s.Flags)
+	le.PutUint64(b[8:], s.BlobTableOffset)
+	le.PutUint32(b[16:], s.BlobTableSize)
+	le.PutUint32(b[20:], s.ChunkSize)
+	le.PutUint64(b[24:], s.ChunkTableOffset)
+	le.PutUint64(b[32:], s.ChunkTableSize)
+	le.PutUint64(b[40:], s.PrefetchTableOffset)
+	le.PutUint32(b[48:], s.PrefetchTableSize)
+}
+
+// DeviceSlot is one 128-byte entry of the EROFS device table; RAFS has one
+// per blob, tagged with the blob id.
+type DeviceSlot struct {
+	Tag           string // at most 64 bytes
+	Blocks        uint32
+	MappedBlkAddr uint32
+}
+
+// Decode reads the slot from b[:DeviceSlotSize].
+func (d *DeviceSlot) Decode(b []byte) {
+	_ = b[DeviceSlotSize-1]
+	*d = DeviceSlot{Tag: CString(b[:64]), Blocks: le.Uint32(b[64:]), MappedBlkAddr: le.Uint32(b[68:])}
+}
+
+// Encode writes the slot to b[:DeviceSlotSize].
+func (d *DeviceSlot) Encode(b []byte) {
+	_ = b[DeviceSlotSize-1]
+	putString(b[:64], d.Tag)
+	le.PutUint32(b[64:], d.Blocks)
+	le.PutUint32(b[68:], d.MappedBlkAddr)
+}
+
+// BlobEntry is one 256-byte entry of the RAFS v6 blob table
+// (RafsV6BlobTable). Index and ChunkSize repeat the entry's position and
+// the superblock's chunk size.
+type BlobEntry struct {
+	ID               string // at most 64 bytes
+	Index            uint32
+	ChunkSize        uint32
+	ChunkCount       uint32
+	Compressor       Compression
+	Digester         DigestAlgo
+	Features         uint32
+	CompressedSize   uint64
+	UncompressedSize uint64
+	TOCSize          uint32
+	CICompressor     Compression
+	CIOffset         uint64
+	CICompressedSize uint64
+	CIUncompressed   uint64
+	TOCDigest        [32]byte
+	Cipher           uint32
+}
+
+// Decode reads the entry from b[:BlobEntryV6Size].
+func (e *BlobEntry) Decode(b []byte) {
+	_ = b[BlobEntryV6Size-1]
+	*e = BlobEntry{
+		ID: CString(b[:64]), Index: le.Uint32(b[64:]), ChunkSize: le.Uint32(b[68:]),
+		ChunkCount: le.Uint32(b[72:]), Compressor: Compression(le.Uint32(b[76:])),
+		Digester: DigestAlgo(le.Uint32(b[80:])), Features: le.Uint32(b[84:]),
+		CompressedSize: le.Uint64(b[88:]), UncompressedSize: le.Uint64(b[96:]),
+		TOCSize: le.Uint32(b[104:]), CICompressor: Compression(le.Uint32(b[108:])),
+		CIOffset: le.Uint64(b[112:]), CICompressedSize: le.Uint64(b[120:]), CIUncompressed: le.Uint64(b[128:]),
+		Cipher: le.Uint32(b[216:]),
+	}
+	copy(e.TOCDigest[:], b[136:168])
+}
+
+// Encode writes the entry to b[:BlobEntryV6Size].
+func (e *BlobEntry) Encode(b []byte) {
+	_ = b[BlobEntryV6Size-1]
+	putString(b[:64], e.ID)
+	le.PutUint32(b[64:], e.Index)
+	le.PutUint32(b[68:], e.ChunkSize)
+	le.PutUint32(b[72:], e.ChunkCount)
+	le.PutUint32(b[76:], uint32(e.Compressor))
+	le.PutUint32(b[80:], uint32(e.Digester))
+	le.PutUint32(b[84:], e.Features)
+	le.PutUint64(b[88:], e.CompressedSize)
+	le.PutUint64(b[96:], e.UncompressedSize)
+	le.PutUint32(b[104:], e.TOCSize)
+	le.PutUint32(b[108:], uint32(e.CICompressor))
+	le.PutUint64(b[112:], e.CIOffset)
+	le.PutUint64(b[120:], e.CICompressedSize)
+	le.PutUint64(b[128:], e.CIUncompressed)
+	copy(b[136:168], e.TOCDigest[:])
+	le.PutUint32(b[216:], e.Cipher)
+}
+
+// Inode is an EROFS inode, compact (32 bytes) or extended (64 bytes) as
+// bit 0 of Format says. A compact inode has 16-bit mode, nlink, uid and
+// gid, a 32-bit size, and its Mtime is a u32 relative to the superblock's
+// build time (MtimeNsec unused).
+type Inode struct {
+	Format     uint16 // bit 0: extended; bits 1-3: data layout
+	XattrCount uint16 // i_xattr_icount
+	Mode       uint16
+	Nlink      uint32
+	Size       uint64
+	Mtime      uint64
+	MtimeNsec  uint32
+	U          uint32 // raw block address, rdev or chunk format
+	Ino        uint32
+	UID, GID   uint32
+}
+
+// Extended reports whether the inode is the 64-byte form.
+func (n *Inode) Extended() bool { return n.Format&1 != 0 }
+
+// Size is the inode's on-disk size: 32 or 64.
+func (n *Inode) ISize() uint64 {
+	if n.Extended() {
+		return InodeExtendedSize
+	}
+	return InodeCompactSize
+}
+
+// Layout is the inode's data layout (LayoutFlatPlain, ...).
+func (n *Inode) Layout() uint8 { return uint8(n.Format>>1) & 7 }
+
+// XattrSize is the size of the inline xattr area after the inode.
+func (n *Inode) XattrSize() uint64 {
+	if n.XattrCount == 0 {
+		return 0
+	}
+	return XattrIbodyHeaderSize + 4*(uint64(n.XattrCount)-1)
+}
+
+// XattrCountFor is the i_xattr_icount of an inline xattr area of size
+// bytes (header included).
+func XattrCountFor(size int) uint16 {
+	if size == 0 {
+		return 0
+	}
+	return uint16((size-XattrIbodyHeaderSize)/4 + 1)
+}
+
+// DecodeCompact reads the fields of a compact inode from b[:32]; callers
+// look at bit 0 of the first u16 to pick DecodeCompact or DecodeExtended.
+func (n *Inode) DecodeCompact(b []byte) {
+	_ = b[InodeCompactSize-1]
+	*n = Inode{
+		Format: le.Uint16(b[0:]), XattrCount: le.Uint16(b[2:]), Mode: le.Uint16(b[4:]),
+		Nlink: uint32(le.Uint16(b[6:])), Size: uint64(le.Uint32(b[8:])), Mtime: uint64(le.Uint32(b[12:])),
+		U: le.Uint32(b[16:]), Ino: le.Uint32(b[20:]),
+		UID: uint32(le.Uint16(b[24:])), GID: uint32(le.Uint16(b[26:])),
+	}
+}
+
+// DecodeExtended reads an extended inode from b[:64].
+func (n *Inode) DecodeExtended(b []byte) {
+	_ = b[InodeExtendedSize-1]
+	*n = Inode{
+		Format: le.Uint16(b[0:]), XattrCount: le.Uint16(b[2:]), Mode: le.Uint16(b[4:]),
+		Size: le.Uint64(b[8:]), U: le.Uint32(b[16:]), Ino: le.Uint32(b[20:]),
+		UID: le.Uint32(b[24:]), GID: le.Uint32(b[28:]),
+		Mtime: le.Uint64(b[32:]), MtimeNsec: le.Uint32(b[40:]), Nlink: le.Uint32(b[44:]),
+	}
+}
+
+// Encode writes the inode in the form Format names to b[:ISize()].
+// Compact fields are truncated to their width.
+func (n *Inode) Encode(b []byte) {
+	_ = b[n.ISize()-1]
+	le.PutUint16(b[0:], n.Format)
+	le.PutUint16(b[2:], n.XattrCount)
+	le.PutUint16(b[4:], n.Mode)
+	le.PutUint32(b[16:], n.U)
+	le.PutUint32(b[20:], n.Ino)
+	if !n.Extended() {
+		le.PutUint16(b[6:], uint16(n.Nlink))
+		le.PutUint32(b[8:], uint32(n.Size))
+		le.PutUint32(b[12:], uint32(n.Mtime))
+		le.PutUint16(b[24:], uint16(n.UID))
+		le.PutUint16(b[26:], uint16(n.GID))
+		return
+	}
+	le.PutUint64(b[8:], n.Size)
+	le.PutUint32(b[24:], n.UID)
+	le.PutUint32(b[28:], n.GID)
+	le.PutUint64(b[32:], n.Mtime)
+	le.PutUint32(b[40:], n.MtimeNsec)
+	le.PutUint32(b[44:], n.Nlink)
+}
+
+// ChunkIndex is one 8-byte entry of a chunk-based inode's index array.
+// RAFS packs its chunk's blob and ci index into Advise and DeviceID (see
+// RAFSChunk); plain EROFS uses DeviceID as the device (0: the image).
+type ChunkIndex struct {
+	Advise   uint16
+	DeviceID uint16
+	BlkAddr  uint32
+}
+
+// Decode reads the entry from b[:ChunkIndexSize].
+func (c *ChunkIndex) Decode(b []byte) {
+	_ = b[ChunkIndexSize-1]
+	*c = ChunkIndex{Advise: le.Uint16(b[0:]), DeviceID: le.Uint16(b[2:]), BlkAddr: le.Uint32(b[4:])}
+}
+
+// Encode writes the entry to b[:ChunkIndexSize].
+func (c *ChunkIndex) Encode(b []byte) {
+	_ = b[ChunkIndexSize-1]
+	le.PutUint16(b[0:], c.Advise)
+	le.PutUint16(b[2:], c.DeviceID)
+	le.PutUint32(b[4:], c.BlkAddr)
+}
+
+// RAFSChunkIndex packs a RAFS chunk address: the low byte of the device id
+// is blob index + 1, and the ci index's high byte and low 16 bits go into
+// the device id's high byte and Advise.
+func RAFSChunkIndex(blob, ci, blkaddr uint32) ChunkIndex {
+	return ChunkIndex{Advise: uint16(ci), DeviceID: uint16(blob+1)&0xff | uint16(ci>>16)<<8, BlkAddr: blkaddr}
+}
+
+// RAFSBlob is the blob index a RAFS entry names; ok is false when the
+// device byte is 0 (no blob).
+func (c *ChunkIndex) RAFSBlob() (blob uint32, ok bool) {
+	d := uint32(c.DeviceID & 0xff)
+	return d - 1, d != 0
+}
+
+// RAFSCI is the ci index a RAFS entry names.
+func (c *ChunkIndex) RAFSCI() uint32 { return uint32(c.DeviceID>>8)<<16 | uint32(c.Advise) }
+
+// Dirent is one 12-byte EROFS directory entry. A directory block holds
+// the entries, then their names; the first entry's NameOff (a multiple of
+// 12) gives the number of entries, and each name runs to the next entry's
+// NameOff (the last one to the end of the block or its first NUL).
+type Dirent struct {
+	Nid      uint64
+	NameOff  uint16
+	FileType uint8
+}
+
+// Decode reads the entry from b[:DirentSize].
+func (d *Dirent) Decode(b []byte) {
+	_ = b[DirentSize-1]
+	*d = Dirent{Nid: le.Uint64(b[0:]), NameOff: le.Uint16(b[8:]), FileType: b[10]}
+}
+
+// Encode writes the entry to b[:DirentSize].
+func (d *Dirent) Encode(b []byte) {
+	_ = b[DirentSize-1]
+	le.PutUint64(b[0:], d.Nid)
+	le.PutUint16(b[8:], d.NameOff)
+	b[10] = d.FileType
+}
+
+// EROFS file types in dirents.
+const (
+	FTUnknown = 0
+	FTRegular = 1
+	FTDir     = 2
+	FTChrdev  = 3
+	FTBlkdev  = 4
+	FTFifo    = 5
+	FTSock    = 6
+	FTSymlink = 7
+)
+
+// Inline xattrs: a 12-byte header (byte 4: the shared xattr count), the
+// shared xattr ids (u32 each), then entries of a 4-byte XattrEntry, the
+// name suffix and the value, each padded to 4 bytes.
+const (
+	XattrIbodyHeaderSize = 12
+	XattrEntrySize       = 4
+)
+
+// XattrEntry is the 4-byte header of one EROFS xattr entry.
+type XattrEntry struct {
+	NameLen   uint8
+	NameIndex uint8
+	ValueSize uint16
+}
+
+// Decode reads the header from b[:XattrEntrySize].
+func (x *XattrEntry) Decode(b []byte) {
+	_ = b[XattrEntrySize-1]
+	*x = XattrEntry{NameLen: b[0], NameIndex: b[1], ValueSize: le.Uint16(b[2:])}
+}
+
+// Encode writes the header to b[:XattrEntrySize].
+func (x *XattrEntry) Encode(b []byte) {
+	_ = b[XattrEntrySize-1]
+	b[0], b[1] = x.NameLen, x.NameIndex
+	le.PutUint16(b[2:], x.ValueSize)
+}
+
+// Size is the entry's padded size, header, name and value included.
+func (x *XattrEntry) Size() uint64 {
+	return AlignUp(XattrEntrySize+uint64(x.NameLen)+uint64(x.ValueSize), 4)
+}
+
+// XattrPrefix is one name prefix EROFS numbers; Exact prefixes are whole
+// names (the suffix is empty).
+type XattrPrefix struct {
+	Index  uint8
+	Prefix string
+	Exact  bool
+}
+
+// XattrPrefixes are the prefixes nydus and EROFS accept, by index.
+var XattrPrefixes = [...]XattrPrefix{
+	{1, "user.", false},
+	{2, "system.posix_acl_access", true},
+	{3, "system.posix_acl_default", true},
+	{4, "trusted.", false},
+	{6, "security.", false},
+}
+
+// XattrPrefixOf returns the prefix with index idx.
+func XattrPrefixOf(idx uint8) (string, bool) {
+	for _, p := range XattrPrefixes {
+		if p.Index == idx {
+			return p.Prefix, true
+		}
+	}
+	return "", false
+}
+
+// SplitXattrName splits a full xattr name into its prefix index and
+// suffix; ok is false when no prefix fits.
+func SplitXattrName(name string) (idx uint8, suffix string, ok bool) {
+	for _, p := range XattrPrefixes {
+		if p.Exact {
+			if name == p.Prefix {
+				return p.Index, "", true
+			}
+			continue
+		}
+		if strings.HasPrefix(name, p.Prefix) && len(name) > len(p.Prefix) {
+			return p.Index, name[len(p.Prefix):], true
+		}
+	}
+	return 0, "", false
+}
