@@ -98,7 +98,23 @@ func (img *Image) Chunks(ctx context.Context, ino uint64, fn func(Chunk) error) 
 			if err := img.resolve(ctx, &c); err != nil {
 				return fmt.Errorf("inode %d chunk at %d: %w", ino, c.fileOff, err)
 			}
+			if err := img.checkInBlob(&c); err != nil {
+				return fmt.Errorf("inode %d chunk at %d: %w", ino, c.fileOff, err)
+			}
 		}
 		return fn(Chunk{FileOffset: c.fileOff, BlobIndex: c.blob, Hole: c.hole, ChunkInfo: c.ci})
 	})
+}
+
+// checkInBlob checks that a resolved chunk lies inside its blob, as far as
+// the blob table records the blob's size and chunk count.
+func (img *Image) checkInBlob(c *chunkRef) error {
+	b := img.blobs[c.blob]
+	if b.compressedSize != 0 && (c.ci.CompressedOffset > b.compressedSize || uint64(c.ci.CompressedSize) > b.compressedSize-c.ci.CompressedOffset) {
+		return formatErr("blob %s: chunk [%#x, +%d) ends past the blob's %d bytes", b.id, c.ci.CompressedOffset, c.ci.CompressedSize, b.compressedSize)
+	}
+	if c.needCI && b.chunkCount != 0 && c.ciIndex >= b.chunkCount {
+		return formatErr("blob %s: ci index %d of %d chunks", b.id, c.ciIndex, b.chunkCount)
+	}
+	return nil
 }

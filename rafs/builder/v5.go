@@ -27,11 +27,12 @@ func v5Hash(digester string, b []byte) [32]byte {
 	return blake3.Sum256(b)
 }
 
-// writeV5 lays out and encodes a RAFS v5 bootstrap.
-func writeV5(img *image, digester string) ([]byte, error) {
-	// Indexes: a directory's children take consecutive indexes in name
-	// order, then each child directory is numbered in turn, depth first.
-	recs := []*v5Rec{{name: "/", ino: img.root, index: 1}}
+// v5Records numbers the tree's names: a directory's children take
+// consecutive indexes in name order, then each child directory is numbered
+// in turn, depth first. It also returns each inode's first index (hard
+// links share the inode number) and fills in the Merkle digests.
+func v5Records(root *inode, digester string) ([]*v5Rec, map[*inode]uint64) {
+	recs := []*v5Rec{{name: "/", ino: root, index: 1}}
 	var number func(r *v5Rec)
 	number = func(r *v5Rec) {
 		r.childIdx = uint64(len(recs) + 1)
@@ -73,7 +74,12 @@ func writeV5(img *image, digester string) ([]byte, error) {
 		}
 		r.digest = v5Hash(digester, buf)
 	}
+	return recs, firstIndex
+}
 
+// writeV5 lays out and encodes a RAFS v5 bootstrap.
+func writeV5(img *image, digester string) ([]byte, error) {
+	recs, firstIndex := v5Records(img.root, digester)
 	sb := layout.SuperBlockV5{Magic: layout.V5Magic, Version: layout.V5Version, SuperSize: layout.V5SuperSize,
 		ChunkSize: img.chunkSize, Flags: img.flags, InodesCount: uint64(len(firstIndex)),
 		InodeTableOffset: layout.V5SuperSize, InodeTableEntries: uint32(len(recs)),
