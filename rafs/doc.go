@@ -15,7 +15,7 @@
 //		DigestValidate: true,
 //	})
 //	fs := rafs.NewFS(img, rafs.FSOptions{})   // a fuse.RawFileSystem
-//	srv, err := rafs.Mount(fs, "/mnt", nil)   // or hand fs to fusewire
+//	srv, err := hostmount.Mount(fs, "/mnt", nil) // or hand fs to fusewire
 //
 // # For builders
 //

@@ -7,6 +7,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
@@ -38,7 +39,7 @@ func runFuse(args []string) int {
 		return failf("fuse", "%v", err)
 	}
 	defer img.Close()
-	srv, err := rafs.Mount(rafs.NewFS(img, rafs.FSOptions{}), *mountpoint, rafs.MountOptions(*debug))
+	srv, err := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), *mountpoint, hostmount.MountOptions(*debug))
 	if err != nil {
 		return failf("fuse", "%v", err)
 	}
