@@ -649,7 +649,7 @@ func (m *v6) readdir(n *Inode, off uint64, fn func(name string, id uint64, dtype
 			if i < skip {
 				return true
 			}
-			if !fn(string(e.name), e.nid, dtypeMode(e.ftype), k*cookieBlock+uint64(i)+1) {
+			if !fn(string(e.name), e.nid, layout.FileTypeMode(e.ftype), k*cookieBlock+uint64(i)+1) {
 				stop = true
 				return false
 			}
@@ -660,27 +660,6 @@ func (m *v6) readdir(n *Inode, off uint64, fn func(name string, id uint64, dtype
 		}
 	}
 	return nil
-}
-
-// dtypeMode maps an EROFS file type to S_IFMT bits.
-func dtypeMode(t uint8) uint32 {
-	switch t {
-	case layout.FTRegular:
-		return syscall.S_IFREG
-	case layout.FTDir:
-		return syscall.S_IFDIR
-	case layout.FTChrdev:
-		return syscall.S_IFCHR
-	case layout.FTBlkdev:
-		return syscall.S_IFBLK
-	case layout.FTFifo:
-		return syscall.S_IFIFO
-	case layout.FTSock:
-		return syscall.S_IFSOCK
-	case layout.FTSymlink:
-		return syscall.S_IFLNK
-	}
-	return 0
 }
 
 // lookup binary-searches the sorted directory blocks, then the block.

@@ -211,27 +211,6 @@ func orderInodes(root *inode) []*inode {
 	return out
 }
 
-// direntType is the EROFS dirent file type of a mode.
-func direntType(mode uint32) uint8 {
-	switch mode & modeTypeMask {
-	case modeReg:
-		return layout.FTRegular
-	case modeDir:
-		return layout.FTDir
-	case modeChr:
-		return layout.FTChrdev
-	case modeBlk:
-		return layout.FTBlkdev
-	case modeFifo:
-		return layout.FTFifo
-	case modeSock:
-		return layout.FTSock
-	case modeLnk:
-		return layout.FTSymlink
-	}
-	return layout.FTUnknown
-}
-
 // mergeLayer applies an upper layer's directory onto the lower one (the
 // parent image's tree): the upper directory's attributes win unless it was
 // made up, an opaque directory hides everything below, whiteouts delete,

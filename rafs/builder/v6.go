@@ -89,7 +89,7 @@ func encodeDirents(ents []dirent, counts []int) []byte {
 		b := make([]byte, layout.DirentSize*cnt)
 		nameOff := layout.DirentSize * cnt
 		for i, e := range blk {
-			d := layout.Dirent{Nid: e.ino.nid, NameOff: uint16(nameOff), FileType: direntType(e.ino.Mode)}
+			d := layout.Dirent{Nid: e.ino.nid, NameOff: uint16(nameOff), FileType: layout.ModeFileType(e.ino.Mode)}
 			d.Encode(b[i*layout.DirentSize:])
 			nameOff += len(e.name)
 		}

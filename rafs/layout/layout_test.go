@@ -229,3 +229,14 @@ func TestXattrNames(t *testing.T) {
 		}
 	}
 }
+
+func TestFileTypes(t *testing.T) {
+	for ft := uint8(FTRegular); ft <= FTSymlink; ft++ {
+		if got := ModeFileType(FileTypeMode(ft) | 0o644); got != ft {
+			t.Errorf("file type %d -> mode %#o -> %d", ft, FileTypeMode(ft), got)
+		}
+	}
+	if FileTypeMode(FTUnknown) != 0 || FileTypeMode(200) != 0 || ModeFileType(0) != FTUnknown {
+		t.Error("unknown file types must map to 0")
+	}
+}

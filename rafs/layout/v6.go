@@ -1,6 +1,9 @@
 package layout
 
-import "strings"
+import (
+	"strings"
+	"syscall"
+)
 
 // EROFS superblock and the RAFS v6 additions.
 const (
@@ -379,6 +382,30 @@ const (
 	FTSock    = 6
 	FTSymlink = 7
 )
+
+// fileTypeModes maps each dirent file type to its S_IFMT bits.
+var fileTypeModes = [...]uint32{
+	FTRegular: syscall.S_IFREG, FTDir: syscall.S_IFDIR, FTChrdev: syscall.S_IFCHR, FTBlkdev: syscall.S_IFBLK,
+	FTFifo: syscall.S_IFIFO, FTSock: syscall.S_IFSOCK, FTSymlink: syscall.S_IFLNK,
+}
+
+// FileTypeMode is the S_IFMT bits of dirent file type t (0 if unknown).
+func FileTypeMode(t uint8) uint32 {
+	if int(t) < len(fileTypeModes) {
+		return fileTypeModes[t]
+	}
+	return 0
+}
+
+// ModeFileType is the dirent file type of a mode (FTUnknown if none).
+func ModeFileType(mode uint32) uint8 {
+	for t, m := range fileTypeModes {
+		if m != 0 && m == mode&syscall.S_IFMT {
+			return uint8(t)
+		}
+	}
+	return FTUnknown
+}
 
 // Inline xattrs: a 12-byte header (byte 4: the shared xattr count), the
 // shared xattr ids (u32 each), then entries of a 4-byte XattrEntry, the
