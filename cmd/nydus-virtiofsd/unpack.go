@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"os"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/imagetool"
 )
 
 // runUnpack is `nydus-image unpack`: write the image's tree as a tar.
@@ -28,7 +30,7 @@ func runUnpack(args []string) int {
 		return failf("unpack", "%v", err)
 	}
 	w := bufio.NewWriterSize(out, 1<<20)
-	err = img.WriteTar(context.Background(), w)
+	err = imagetool.WriteTar(context.Background(), img, w)
 	if err == nil {
 		err = w.Flush()
 	}
