@@ -54,32 +54,15 @@ type BlobMetaHeader struct {
 	Magic2           uint32
 }
 
-// Decode reads the header from b[:BlobMetaHdrSize].
-func (h *BlobMetaHeader) Decode(b []byte) {
-	_ = b[BlobMetaHdrSize-1]
-	*h = BlobMetaHeader{
-		Magic: le.Uint32(b[0:]), Features: le.Uint32(b[4:]), CICompressor: Compression(le.Uint32(b[8:])),
-		CIEntries: le.Uint32(b[12:]), CIOffset: le.Uint64(b[16:]), CICompressedSize: le.Uint64(b[24:]),
-		CIUncompSize: le.Uint64(b[32:]), ZranOffset: le.Uint64(b[40:]), ZranSize: le.Uint64(b[48:]),
-		ZranCount: le.Uint32(b[56:]), Magic2: le.Uint32(b[4092:]),
-	}
+func (h *BlobMetaHeader) fields(f *fieldBuf) []field {
+	return f.of(u32(0, &h.Magic), u32(4, &h.Features), comp(8, &h.CICompressor), u32(12, &h.CIEntries), u64(16, &h.CIOffset),
+		u64(24, &h.CICompressedSize), u64(32, &h.CIUncompSize), u64(40, &h.ZranOffset), u64(48, &h.ZranSize),
+		u32(56, &h.ZranCount), u32(4092, &h.Magic2))
 }
 
-// Encode writes the header to b[:BlobMetaHdrSize].
-func (h *BlobMetaHeader) Encode(b []byte) {
-	_ = b[BlobMetaHdrSize-1]
-	le.PutUint32(b[0:], h.Magic)
-	le.PutUint32(b[4:], h.Features)
-	le.PutUint32(b[8:], uint32(h.CICompressor))
-	le.PutUint32(b[12:], h.CIEntries)
-	le.PutUint64(b[16:], h.CIOffset)
-	le.PutUint64(b[24:], h.CICompressedSize)
-	le.PutUint64(b[32:], h.CIUncompSize)
-	le.PutUint64(b[40:], h.ZranOffset)
-	le.PutUint64(b[48:], h.ZranSize)
-	le.PutUint32(b[56:], h.ZranCount)
-	le.PutUint32(b[4092:], h.Magic2)
-}
+// Decode reads the structure from b[:BlobMetaHdrSize]; Encode writes it there.
+func (h *BlobMetaHeader) Decode(b []byte) { decodeFields(b[:BlobMetaHdrSize], h.fields(new(fieldBuf))) }
+func (h *BlobMetaHeader) Encode(b []byte) { encodeFields(b[:BlobMetaHdrSize], h.fields(new(fieldBuf))) }
 
 // CIV1 is a 16-byte v1 chunk-info entry: a 4 KiB-aligned uncompressed
 // offset below 2^44 and a compressed offset below 2^40, each with a size
@@ -156,24 +139,14 @@ type TOCEntry struct {
 	UncompressedSize uint64
 }
 
-// Decode reads the entry from b[:TOCEntrySize].
-func (e *TOCEntry) Decode(b []byte) {
-	_ = b[TOCEntrySize-1]
-	*e = TOCEntry{Flags: le.Uint32(b[0:]), Name: CString(b[8:24]),
-		CompressedOffset: le.Uint64(b[56:]), CompressedSize: le.Uint64(b[64:]), UncompressedSize: le.Uint64(b[72:])}
-	copy(e.SHA256[:], b[24:56])
+func (e *TOCEntry) fields(f *fieldBuf) []field {
+	return f.of(u32(0, &e.Flags), str(8, 16, &e.Name), sha(24, &e.SHA256), u64(56, &e.CompressedOffset),
+		u64(64, &e.CompressedSize), u64(72, &e.UncompressedSize))
 }
 
-// Encode writes the entry to b[:TOCEntrySize].
-func (e *TOCEntry) Encode(b []byte) {
-	_ = b[TOCEntrySize-1]
-	le.PutUint32(b[0:], e.Flags)
-	putString(b[8:24], e.Name)
-	copy(b[24:56], e.SHA256[:])
-	le.PutUint64(b[56:], e.CompressedOffset)
-	le.PutUint64(b[64:], e.CompressedSize)
-	le.PutUint64(b[72:], e.UncompressedSize)
-}
+// Decode reads the structure from b[:TOCEntrySize]; Encode writes it there.
+func (e *TOCEntry) Decode(b []byte) { decodeFields(b[:TOCEntrySize], e.fields(new(fieldBuf))) }
+func (e *TOCEntry) Encode(b []byte) { encodeFields(b[:TOCEntrySize], e.fields(new(fieldBuf))) }
 
 // Compression returns the algorithm the entry's bytes are stored with.
 func (e TOCEntry) Compression() (Compression, error) {

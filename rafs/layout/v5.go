@@ -41,36 +41,16 @@ type SuperBlockV5 struct {
 // SuperBlockV5Size is the part of the superblock SuperBlockV5 covers.
 const SuperBlockV5Size = 80
 
-// Decode reads the superblock from b[:SuperBlockV5Size].
-func (s *SuperBlockV5) Decode(b []byte) {
-	_ = b[SuperBlockV5Size-1]
-	*s = SuperBlockV5{
-		Magic: le.Uint32(b[0:]), Version: le.Uint32(b[4:]), SuperSize: le.Uint32(b[8:]), ChunkSize: le.Uint32(b[12:]),
-		Flags: le.Uint64(b[16:]), InodesCount: le.Uint64(b[24:]), InodeTableOffset: le.Uint64(b[32:]),
-		PrefetchTableOffset: le.Uint64(b[40:]), BlobTableOffset: le.Uint64(b[48:]),
-		InodeTableEntries: le.Uint32(b[56:]), PrefetchTableEntries: le.Uint32(b[60:]),
-		BlobTableSize: le.Uint32(b[64:]), ExtBlobTableEntries: le.Uint32(b[68:]), ExtBlobTableOffset: le.Uint64(b[72:]),
-	}
+func (s *SuperBlockV5) fields(f *fieldBuf) []field {
+	return f.of(u32(0, &s.Magic), u32(4, &s.Version), u32(8, &s.SuperSize), u32(12, &s.ChunkSize), u64(16, &s.Flags),
+		u64(24, &s.InodesCount), u64(32, &s.InodeTableOffset), u64(40, &s.PrefetchTableOffset),
+		u64(48, &s.BlobTableOffset), u32(56, &s.InodeTableEntries), u32(60, &s.PrefetchTableEntries),
+		u32(64, &s.BlobTableSize), u32(68, &s.ExtBlobTableEntries), u64(72, &s.ExtBlobTableOffset))
 }
 
-// Encode writes the superblock to b[:SuperBlockV5Size].
-func (s *SuperBlockV5) Encode(b []byte) {
-	_ = b[SuperBlockV5Size-1]
-	le.PutUint32(b[0:], s.Magic)
-	le.PutUint32(b[4:], s.Version)
-	le.PutUint32(b[8:], s.SuperSize)
-	le.PutUint32(b[12:], s.ChunkSize)
-	le.PutUint64(b[16:], s.Flags)
-	le.PutUint64(b[24:], s.InodesCount)
-	le.PutUint64(b[32:], s.InodeTableOffset)
-	le.PutUint64(b[40:], s.PrefetchTableOffset)
-	le.PutUint64(b[48:], s.BlobTableOffset)
-	le.PutUint32(b[56:], s.InodeTableEntries)
-	le.PutUint32(b[60:], s.PrefetchTableEntries)
-	le.PutUint32(b[64:], s.BlobTableSize)
-	le.PutUint32(b[68:], s.ExtBlobTableEntries)
-	le.PutUint64(b[72:], s.ExtBlobTableOffset)
-}
+// Decode reads the structure from b[:SuperBlockV5Size]; Encode writes it there.
+func (s *SuperBlockV5) Decode(b []byte) { decodeFields(b[:SuperBlockV5Size], s.fields(new(fieldBuf))) }
+func (s *SuperBlockV5) Encode(b []byte) { encodeFields(b[:SuperBlockV5Size], s.fields(new(fieldBuf))) }
 
 // InodeV5 is the 128-byte head of a v5 inode record; the record goes on
 // with the name and the symlink target (each padded to 8), the xattrs
@@ -95,40 +75,16 @@ type InodeV5 struct {
 	Mtime       uint64
 }
 
-// Decode reads the inode from b[:V5InodeSize].
-func (n *InodeV5) Decode(b []byte) {
-	_ = b[V5InodeSize-1]
-	*n = InodeV5{
-		Parent: le.Uint64(b[32:]), Ino: le.Uint64(b[40:]), UID: le.Uint32(b[48:]), GID: le.Uint32(b[52:]),
-		Mode: le.Uint32(b[60:]), Size: le.Uint64(b[64:]), Blocks: le.Uint64(b[72:]), Flags: le.Uint64(b[80:]),
-		Nlink: le.Uint32(b[88:]), ChildIndex: le.Uint32(b[92:]), ChildCount: le.Uint32(b[96:]),
-		NameSize: le.Uint16(b[100:]), SymlinkSize: le.Uint16(b[102:]), Rdev: le.Uint32(b[104:]),
-		MtimeNsec: le.Uint32(b[108:]), Mtime: le.Uint64(b[112:]),
-	}
-	copy(n.Digest[:], b[:32])
+func (n *InodeV5) fields(f *fieldBuf) []field {
+	return f.of(sha(0, &n.Digest), u64(32, &n.Parent), u64(40, &n.Ino), u32(48, &n.UID), u32(52, &n.GID), u32(60, &n.Mode),
+		u64(64, &n.Size), u64(72, &n.Blocks), u64(80, &n.Flags), u32(88, &n.Nlink), u32(92, &n.ChildIndex),
+		u32(96, &n.ChildCount), u16(100, &n.NameSize), u16(102, &n.SymlinkSize), u32(104, &n.Rdev),
+		u32(108, &n.MtimeNsec), u64(112, &n.Mtime))
 }
 
-// Encode writes the inode to b[:V5InodeSize].
-func (n *InodeV5) Encode(b []byte) {
-	_ = b[V5InodeSize-1]
-	copy(b[:32], n.Digest[:])
-	le.PutUint64(b[32:], n.Parent)
-	le.PutUint64(b[40:], n.Ino)
-	le.PutUint32(b[48:], n.UID)
-	le.PutUint32(b[52:], n.GID)
-	le.PutUint32(b[60:], n.Mode)
-	le.PutUint64(b[64:], n.Size)
-	le.PutUint64(b[72:], n.Blocks)
-	le.PutUint64(b[80:], n.Flags)
-	le.PutUint32(b[88:], n.Nlink)
-	le.PutUint32(b[92:], n.ChildIndex)
-	le.PutUint32(b[96:], n.ChildCount)
-	le.PutUint16(b[100:], n.NameSize)
-	le.PutUint16(b[102:], n.SymlinkSize)
-	le.PutUint32(b[104:], n.Rdev)
-	le.PutUint32(b[108:], n.MtimeNsec)
-	le.PutUint64(b[112:], n.Mtime)
-}
+// Decode reads the structure from b[:V5InodeSize]; Encode writes it there.
+func (n *InodeV5) Decode(b []byte) { decodeFields(b[:V5InodeSize], n.fields(new(fieldBuf))) }
+func (n *InodeV5) Encode(b []byte) { encodeFields(b[:V5InodeSize], n.fields(new(fieldBuf))) }
 
 // XattrsOffset is where the record's xattr block starts, relative to the
 // inode.
@@ -144,21 +100,13 @@ type ExtBlobEntryV5 struct {
 	CompressedSize   uint64
 }
 
-// Decode reads the entry from b[:V5ExtBlobSize].
-func (e *ExtBlobEntryV5) Decode(b []byte) {
-	_ = b[V5ExtBlobSize-1]
-	*e = ExtBlobEntryV5{ChunkCount: le.Uint32(b[0:]), Features: le.Uint32(b[4:]),
-		UncompressedSize: le.Uint64(b[8:]), CompressedSize: le.Uint64(b[16:])}
+func (e *ExtBlobEntryV5) fields(f *fieldBuf) []field {
+	return f.of(u32(0, &e.ChunkCount), u32(4, &e.Features), u64(8, &e.UncompressedSize), u64(16, &e.CompressedSize))
 }
 
-// Encode writes the entry to b[:V5ExtBlobSize].
-func (e *ExtBlobEntryV5) Encode(b []byte) {
-	_ = b[V5ExtBlobSize-1]
-	le.PutUint32(b[0:], e.ChunkCount)
-	le.PutUint32(b[4:], e.Features)
-	le.PutUint64(b[8:], e.UncompressedSize)
-	le.PutUint64(b[16:], e.CompressedSize)
-}
+// Decode reads the structure from b[:V5ExtBlobSize]; Encode writes it there.
+func (e *ExtBlobEntryV5) Decode(b []byte) { decodeFields(b[:V5ExtBlobSize], e.fields(new(fieldBuf))) }
+func (e *ExtBlobEntryV5) Encode(b []byte) { encodeFields(b[:V5ExtBlobSize], e.fields(new(fieldBuf))) }
 
 // DecodeBlobTableV5 splits a v5 blob table (for each blob: 8 readahead
 // bytes, the id, a NUL between ids) into its ids, stopping at an empty id
@@ -207,29 +155,12 @@ type ChunkInfoV5 struct {
 	CRC32              uint32
 }
 
-// Decode reads the entry from b[:ChunkInfoV5Size].
-func (c *ChunkInfoV5) Decode(b []byte) {
-	_ = b[ChunkInfoV5Size-1]
-	*c = ChunkInfoV5{
-		BlobIndex: le.Uint32(b[32:]), Flags: le.Uint32(b[36:]),
-		CompressedSize: le.Uint32(b[40:]), UncompressedSize: le.Uint32(b[44:]),
-		CompressedOffset: le.Uint64(b[48:]), UncompressedOffset: le.Uint64(b[56:]),
-		FileOffset: le.Uint64(b[64:]), Index: le.Uint32(b[72:]), CRC32: le.Uint32(b[76:]),
-	}
-	copy(c.Digest[:], b[:32])
+func (c *ChunkInfoV5) fields(f *fieldBuf) []field {
+	return f.of(sha(0, &c.Digest), u32(32, &c.BlobIndex), u32(36, &c.Flags), u32(40, &c.CompressedSize),
+		u32(44, &c.UncompressedSize), u64(48, &c.CompressedOffset), u64(56, &c.UncompressedOffset),
+		u64(64, &c.FileOffset), u32(72, &c.Index), u32(76, &c.CRC32))
 }
 
-// Encode writes the entry to b[:ChunkInfoV5Size].
-func (c *ChunkInfoV5) Encode(b []byte) {
-	_ = b[ChunkInfoV5Size-1]
-	copy(b[:32], c.Digest[:])
-	le.PutUint32(b[32:], c.BlobIndex)
-	le.PutUint32(b[36:], c.Flags)
-	le.PutUint32(b[40:], c.CompressedSize)
-	le.PutUint32(b[44:], c.UncompressedSize)
-	le.PutUint64(b[48:], c.CompressedOffset)
-	le.PutUint64(b[56:], c.UncompressedOffset)
-	le.PutUint64(b[64:], c.FileOffset)
-	le.PutUint32(b[72:], c.Index)
-	le.PutUint32(b[76:], c.CRC32)
-}
+// Decode reads the structure from b[:ChunkInfoV5Size]; Encode writes it there.
+func (c *ChunkInfoV5) Decode(b []byte) { decodeFields(b[:ChunkInfoV5Size], c.fields(new(fieldBuf))) }
+func (c *ChunkInfoV5) Encode(b []byte) { encodeFields(b[:ChunkInfoV5Size], c.fields(new(fieldBuf))) }

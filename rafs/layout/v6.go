@@ -63,38 +63,16 @@ type SuperBlock struct {
 	DevtSlotOff     uint16
 }
 
-// Decode reads the superblock from b[:SuperSize].
-func (s *SuperBlock) Decode(b []byte) {
-	_ = b[SuperSize-1]
-	*s = SuperBlock{
-		Magic: le.Uint32(b[0:]), Checksum: le.Uint32(b[4:]), FeatureCompat: le.Uint32(b[8:]),
-		BlkSzBits: b[12], ExtSlots: b[13], RootNid: le.Uint16(b[14:]),
-		Inos: le.Uint64(b[16:]), BuildTime: le.Uint64(b[24:]), BuildTimeNsec: le.Uint32(b[32:]),
-		Blocks: le.Uint32(b[36:]), MetaBlkAddr: le.Uint32(b[40:]), XattrBlkAddr: le.Uint32(b[44:]),
-		FeatureIncompat: le.Uint32(b[80:]), U1: le.Uint16(b[84:]), ExtraDevices: le.Uint16(b[86:]),
-		DevtSlotOff: le.Uint16(b[88:]),
-	}
+func (s *SuperBlock) fields(f *fieldBuf) []field {
+	return f.of(u32(0, &s.Magic), u32(4, &s.Checksum), u32(8, &s.FeatureCompat), u8(12, &s.BlkSzBits), u8(13, &s.ExtSlots),
+		u16(14, &s.RootNid), u64(16, &s.Inos), u64(24, &s.BuildTime), u32(32, &s.BuildTimeNsec), u32(36, &s.Blocks),
+		u32(40, &s.MetaBlkAddr), u32(44, &s.XattrBlkAddr), u32(80, &s.FeatureIncompat), u16(84, &s.U1),
+		u16(86, &s.ExtraDevices), u16(88, &s.DevtSlotOff))
 }
 
-// Encode writes the superblock to b[:SuperSize].
-func (s *SuperBlock) Encode(b []byte) {
-	_ = b[SuperSize-1]
-	le.PutUint32(b[0:], s.Magic)
-	le.PutUint32(b[4:], s.Checksum)
-	le.PutUint32(b[8:], s.FeatureCompat)
-	b[12], b[13] = s.BlkSzBits, s.ExtSlots
-	le.PutUint16(b[14:], s.RootNid)
-	le.PutUint64(b[16:], s.Inos)
-	le.PutUint64(b[24:], s.BuildTime)
-	le.PutUint32(b[32:], s.BuildTimeNsec)
-	le.PutUint32(b[36:], s.Blocks)
-	le.PutUint32(b[40:], s.MetaBlkAddr)
-	le.PutUint32(b[44:], s.XattrBlkAddr)
-	le.PutUint32(b[80:], s.FeatureIncompat)
-	le.PutUint16(b[84:], s.U1)
-	le.PutUint16(b[86:], s.ExtraDevices)
-	le.PutUint16(b[88:], s.DevtSlotOff)
-}
+// Decode reads the structure from b[:SuperSize]; Encode writes it there.
+func (s *SuperBlock) Decode(b []byte) { decodeFields(b[:SuperSize], s.fields(new(fieldBuf))) }
+func (s *SuperBlock) Encode(b []byte) { encodeFields(b[:SuperSize], s.fields(new(fieldBuf))) }
 
 // ExtSuperBlock is the 256-byte RAFS v6 extended superblock at byte 1152.
 type ExtSuperBlock struct {
@@ -108,28 +86,14 @@ type ExtSuperBlock struct {
 	PrefetchTableSize   uint32
 }
 
-// Decode reads the extended superblock from b[:ExtSuperSize].
-func (s *ExtSuperBlock) Decode(b []byte) {
-	_ = b[ExtSuperSize-1]
-	*s = ExtSuperBlock{
-		Flags: le.Uint64(b[0:]), BlobTableOffset: le.Uint64(b[8:]), BlobTableSize: le.Uint32(b[16:]),
-		ChunkSize: le.Uint32(b[20:]), ChunkTableOffset: le.Uint64(b[24:]), ChunkTableSize: le.Uint64(b[32:]),
-		PrefetchTableOffset: le.Uint64(b[40:]), PrefetchTableSize: le.Uint32(b[48:]),
-	}
+func (s *ExtSuperBlock) fields(f *fieldBuf) []field {
+	return f.of(u64(0, &s.Flags), u64(8, &s.BlobTableOffset), u32(16, &s.BlobTableSize), u32(20, &s.ChunkSize),
+		u64(24, &s.ChunkTableOffset), u64(32, &s.ChunkTableSize), u64(40, &s.PrefetchTableOffset), u32(48, &s.PrefetchTableSize))
 }
 
-// Encode writes the extended superblock to b[:ExtSuperSize].
-func (s *ExtSuperBlock) Encode(b []byte) {
-	_ = b[ExtSuperSize-1]
-	le.PutUint64(b[0:], s.Flags)
-	le.PutUint64(b[8:], s.BlobTableOffset)
-	le.PutUint32(b[16:], s.BlobTableSize)
-	le.PutUint32(b[20:], s.ChunkSize)
-	le.PutUint64(b[24:], s.ChunkTableOffset)
-	le.PutUint64(b[32:], s.ChunkTableSize)
-	le.PutUint64(b[40:], s.PrefetchTableOffset)
-	le.PutUint32(b[48:], s.PrefetchTableSize)
-}
+// Decode reads the structure from b[:ExtSuperSize]; Encode writes it there.
+func (s *ExtSuperBlock) Decode(b []byte) { decodeFields(b[:ExtSuperSize], s.fields(new(fieldBuf))) }
+func (s *ExtSuperBlock) Encode(b []byte) { encodeFields(b[:ExtSuperSize], s.fields(new(fieldBuf))) }
 
 // DeviceSlot is one 128-byte entry of the EROFS device table; RAFS has one
 // per blob, tagged with the blob id.
@@ -139,19 +103,13 @@ type DeviceSlot struct {
 	MappedBlkAddr uint32
 }
 
-// Decode reads the slot from b[:DeviceSlotSize].
-func (d *DeviceSlot) Decode(b []byte) {
-	_ = b[DeviceSlotSize-1]
-	*d = DeviceSlot{Tag: CString(b[:64]), Blocks: le.Uint32(b[64:]), MappedBlkAddr: le.Uint32(b[68:])}
+func (d *DeviceSlot) fields(f *fieldBuf) []field {
+	return f.of(str(0, 64, &d.Tag), u32(64, &d.Blocks), u32(68, &d.MappedBlkAddr))
 }
 
-// Encode writes the slot to b[:DeviceSlotSize].
-func (d *DeviceSlot) Encode(b []byte) {
-	_ = b[DeviceSlotSize-1]
-	putString(b[:64], d.Tag)
-	le.PutUint32(b[64:], d.Blocks)
-	le.PutUint32(b[68:], d.MappedBlkAddr)
-}
+// Decode reads the structure from b[:DeviceSlotSize]; Encode writes it there.
+func (d *DeviceSlot) Decode(b []byte) { decodeFields(b[:DeviceSlotSize], d.fields(new(fieldBuf))) }
+func (d *DeviceSlot) Encode(b []byte) { encodeFields(b[:DeviceSlotSize], d.fields(new(fieldBuf))) }
 
 // BlobEntry is one 256-byte entry of the RAFS v6 blob table
 // (RafsV6BlobTable). Index and ChunkSize repeat the entry's position and
@@ -175,41 +133,16 @@ type BlobEntry struct {
 	Cipher           uint32
 }
 
-// Decode reads the entry from b[:BlobEntryV6Size].
-func (e *BlobEntry) Decode(b []byte) {
-	_ = b[BlobEntryV6Size-1]
-	*e = BlobEntry{
-		ID: CString(b[:64]), Index: le.Uint32(b[64:]), ChunkSize: le.Uint32(b[68:]),
-		ChunkCount: le.Uint32(b[72:]), Compressor: Compression(le.Uint32(b[76:])),
-		Digester: DigestAlgo(le.Uint32(b[80:])), Features: le.Uint32(b[84:]),
-		CompressedSize: le.Uint64(b[88:]), UncompressedSize: le.Uint64(b[96:]),
-		TOCSize: le.Uint32(b[104:]), CICompressor: Compression(le.Uint32(b[108:])),
-		CIOffset: le.Uint64(b[112:]), CICompressedSize: le.Uint64(b[120:]), CIUncompressed: le.Uint64(b[128:]),
-		Cipher: le.Uint32(b[216:]),
-	}
-	copy(e.TOCDigest[:], b[136:168])
+func (e *BlobEntry) fields(f *fieldBuf) []field {
+	return f.of(str(0, 64, &e.ID), u32(64, &e.Index), u32(68, &e.ChunkSize), u32(72, &e.ChunkCount),
+		comp(76, &e.Compressor), dig(80, &e.Digester), u32(84, &e.Features), u64(88, &e.CompressedSize),
+		u64(96, &e.UncompressedSize), u32(104, &e.TOCSize), comp(108, &e.CICompressor), u64(112, &e.CIOffset),
+		u64(120, &e.CICompressedSize), u64(128, &e.CIUncompressed), sha(136, &e.TOCDigest), u32(216, &e.Cipher))
 }
 
-// Encode writes the entry to b[:BlobEntryV6Size].
-func (e *BlobEntry) Encode(b []byte) {
-	_ = b[BlobEntryV6Size-1]
-	putString(b[:64], e.ID)
-	le.PutUint32(b[64:], e.Index)
-	le.PutUint32(b[68:], e.ChunkSize)
-	le.PutUint32(b[72:], e.ChunkCount)
-	le.PutUint32(b[76:], uint32(e.Compressor))
-	le.PutUint32(b[80:], uint32(e.Digester))
-	le.PutUint32(b[84:], e.Features)
-	le.PutUint64(b[88:], e.CompressedSize)
-	le.PutUint64(b[96:], e.UncompressedSize)
-	le.PutUint32(b[104:], e.TOCSize)
-	le.PutUint32(b[108:], uint32(e.CICompressor))
-	le.PutUint64(b[112:], e.CIOffset)
-	le.PutUint64(b[120:], e.CICompressedSize)
-	le.PutUint64(b[128:], e.CIUncompressed)
-	copy(b[136:168], e.TOCDigest[:])
-	le.PutUint32(b[216:], e.Cipher)
-}
+// Decode reads the structure from b[:BlobEntryV6Size]; Encode writes it there.
+func (e *BlobEntry) Decode(b []byte) { decodeFields(b[:BlobEntryV6Size], e.fields(new(fieldBuf))) }
+func (e *BlobEntry) Encode(b []byte) { encodeFields(b[:BlobEntryV6Size], e.fields(new(fieldBuf))) }
 
 // Inode is an EROFS inode, compact (32 bytes) or extended (64 bytes) as
 // bit 0 of Format says. A compact inode has 16-bit mode, nlink, uid and
