@@ -54,15 +54,23 @@ type BlobMetaHeader struct {
 	Magic2           uint32
 }
 
-func (h *BlobMetaHeader) fields(f *fieldBuf) []field {
-	return f.of(u32(0, &h.Magic), u32(4, &h.Features), comp(8, &h.CICompressor), u32(12, &h.CIEntries), u64(16, &h.CIOffset),
-		u64(24, &h.CICompressedSize), u64(32, &h.CIUncompSize), u64(40, &h.ZranOffset), u64(48, &h.ZranSize),
-		u32(56, &h.ZranCount), u32(4092, &h.Magic2))
+func (h *BlobMetaHeader) fields(f *codec) {
+	f.u32(0, &h.Magic)
+	f.u32(4, &h.Features)
+	f.comp(8, &h.CICompressor)
+	f.u32(12, &h.CIEntries)
+	f.u64(16, &h.CIOffset)
+	f.u64(24, &h.CICompressedSize)
+	f.u64(32, &h.CIUncompSize)
+	f.u64(40, &h.ZranOffset)
+	f.u64(48, &h.ZranSize)
+	f.u32(56, &h.ZranCount)
+	f.u32(4092, &h.Magic2)
 }
 
 // Decode reads the structure from b[:BlobMetaHdrSize]; Encode writes it there.
-func (h *BlobMetaHeader) Decode(b []byte) { decodeFields(b[:BlobMetaHdrSize], h.fields(new(fieldBuf))) }
-func (h *BlobMetaHeader) Encode(b []byte) { encodeFields(b[:BlobMetaHdrSize], h.fields(new(fieldBuf))) }
+func (h *BlobMetaHeader) Decode(b []byte) { h.fields(&codec{b: b[:BlobMetaHdrSize]}) }
+func (h *BlobMetaHeader) Encode(b []byte) { h.fields(&codec{b: b[:BlobMetaHdrSize], enc: true}) }
 
 // CIV1 is a 16-byte v1 chunk-info entry: a 4 KiB-aligned uncompressed
 // offset below 2^44 and a compressed offset below 2^40, each with a size
@@ -139,14 +147,18 @@ type TOCEntry struct {
 	UncompressedSize uint64
 }
 
-func (e *TOCEntry) fields(f *fieldBuf) []field {
-	return f.of(u32(0, &e.Flags), str(8, 16, &e.Name), sha(24, &e.SHA256), u64(56, &e.CompressedOffset),
-		u64(64, &e.CompressedSize), u64(72, &e.UncompressedSize))
+func (e *TOCEntry) fields(f *codec) {
+	f.u32(0, &e.Flags)
+	f.str(8, 16, &e.Name)
+	f.sha(24, &e.SHA256)
+	f.u64(56, &e.CompressedOffset)
+	f.u64(64, &e.CompressedSize)
+	f.u64(72, &e.UncompressedSize)
 }
 
 // Decode reads the structure from b[:TOCEntrySize]; Encode writes it there.
-func (e *TOCEntry) Decode(b []byte) { decodeFields(b[:TOCEntrySize], e.fields(new(fieldBuf))) }
-func (e *TOCEntry) Encode(b []byte) { encodeFields(b[:TOCEntrySize], e.fields(new(fieldBuf))) }
+func (e *TOCEntry) Decode(b []byte) { e.fields(&codec{b: b[:TOCEntrySize]}) }
+func (e *TOCEntry) Encode(b []byte) { e.fields(&codec{b: b[:TOCEntrySize], enc: true}) }
 
 // Compression returns the algorithm the entry's bytes are stored with.
 func (e TOCEntry) Compression() (Compression, error) {

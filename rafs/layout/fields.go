@@ -1,78 +1,66 @@
 package layout
 
-// Most structures are described once, as a table of fields (offset, width
-// on disk, and the Go field it maps to), which both Decode and Encode walk:
-// an offset is written in one place. The structures the reader decodes on
-// every FUSE operation (v6 inodes, dirents, chunk indexes, chunk-info
-// entries) are coded directly instead, to keep that path free of the
-// table walk.
+// Most structures are described once, by a fields method that names each
+// member with its offset and width; Decode and Encode both run it, with a
+// codec that reads the bytes into the fields or writes the fields into the
+// bytes. An offset is thus written in one place, and nothing escapes to
+// the heap (the codec only dereferences the pointers it is given).
 
-// field is one member of an on-disk structure.
-type field struct {
-	off, width int
-	p          any // *uint8/16/32/64, *Compression, *DigestAlgo: an integer; *[32]byte, *string: bytes
+// codec reads (enc false) or writes (enc true) the fields of one structure
+// at the start of b.
+type codec struct {
+	b   []byte
+	enc bool
 }
 
-// fieldBuf holds a structure's field table on the caller's stack.
-type fieldBuf [20]field
-
-func (f *fieldBuf) of(fs ...field) []field { return f[:copy(f[:], fs)] }
-
-func u8(off int, p *uint8) field         { return field{off, 1, p} }
-func u16(off int, p *uint16) field       { return field{off, 2, p} }
-func u32(off int, p *uint32) field       { return field{off, 4, p} }
-func u64(off int, p *uint64) field       { return field{off, 8, p} }
-func comp(off int, p *Compression) field { return field{off, 4, p} }
-func dig(off int, p *DigestAlgo) field   { return field{off, 4, p} }
-func sha(off int, p *[32]byte) field     { return field{off, 32, p} }
-
-// str is a NUL-padded string of width bytes.
-func str(off, width int, p *string) field { return field{off, width, p} }
-
-func decodeFields(b []byte, fs []field) {
-	for _, f := range fs {
-		b := b[f.off : f.off+f.width]
-		switch p := f.p.(type) {
-		case *uint8:
-			*p = b[0]
-		case *uint16:
-			*p = le.Uint16(b)
-		case *uint32:
-			*p = le.Uint32(b)
-		case *uint64:
-			*p = le.Uint64(b)
-		case *Compression:
-			*p = Compression(le.Uint32(b))
-		case *DigestAlgo:
-			*p = DigestAlgo(le.Uint32(b))
-		case *[32]byte:
-			copy(p[:], b)
-		case *string:
-			*p = CString(b)
-		}
+func (c *codec) u8(off int, p *uint8) {
+	if c.enc {
+		c.b[off] = *p
+	} else {
+		*p = c.b[off]
 	}
 }
 
-func encodeFields(b []byte, fs []field) {
-	for _, f := range fs {
-		b := b[f.off : f.off+f.width]
-		switch p := f.p.(type) {
-		case *uint8:
-			b[0] = *p
-		case *uint16:
-			le.PutUint16(b, *p)
-		case *uint32:
-			le.PutUint32(b, *p)
-		case *uint64:
-			le.PutUint64(b, *p)
-		case *Compression:
-			le.PutUint32(b, uint32(*p))
-		case *DigestAlgo:
-			le.PutUint32(b, uint32(*p))
-		case *[32]byte:
-			copy(b, p[:])
-		case *string:
-			copy(b, *p)
-		}
+func (c *codec) u16(off int, p *uint16) {
+	if c.enc {
+		le.PutUint16(c.b[off:], *p)
+	} else {
+		*p = le.Uint16(c.b[off:])
+	}
+}
+
+func (c *codec) u32(off int, p *uint32) {
+	if c.enc {
+		le.PutUint32(c.b[off:], *p)
+	} else {
+		*p = le.Uint32(c.b[off:])
+	}
+}
+
+func (c *codec) u64(off int, p *uint64) {
+	if c.enc {
+		le.PutUint64(c.b[off:], *p)
+	} else {
+		*p = le.Uint64(c.b[off:])
+	}
+}
+
+func (c *codec) comp(off int, p *Compression) { c.u32(off, (*uint32)(p)) }
+func (c *codec) dig(off int, p *DigestAlgo)   { c.u32(off, (*uint32)(p)) }
+
+func (c *codec) sha(off int, p *[32]byte) {
+	if c.enc {
+		copy(c.b[off:off+32], p[:])
+	} else {
+		copy(p[:], c.b[off:off+32])
+	}
+}
+
+// str is a NUL-padded string of width bytes (a longer one is cut).
+func (c *codec) str(off, width int, p *string) {
+	if c.enc {
+		copy(c.b[off:off+width], *p)
+	} else {
+		*p = CString(c.b[off : off+width])
 	}
 }

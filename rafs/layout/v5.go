@@ -41,16 +41,26 @@ type SuperBlockV5 struct {
 // SuperBlockV5Size is the part of the superblock SuperBlockV5 covers.
 const SuperBlockV5Size = 80
 
-func (s *SuperBlockV5) fields(f *fieldBuf) []field {
-	return f.of(u32(0, &s.Magic), u32(4, &s.Version), u32(8, &s.SuperSize), u32(12, &s.ChunkSize), u64(16, &s.Flags),
-		u64(24, &s.InodesCount), u64(32, &s.InodeTableOffset), u64(40, &s.PrefetchTableOffset),
-		u64(48, &s.BlobTableOffset), u32(56, &s.InodeTableEntries), u32(60, &s.PrefetchTableEntries),
-		u32(64, &s.BlobTableSize), u32(68, &s.ExtBlobTableEntries), u64(72, &s.ExtBlobTableOffset))
+func (s *SuperBlockV5) fields(f *codec) {
+	f.u32(0, &s.Magic)
+	f.u32(4, &s.Version)
+	f.u32(8, &s.SuperSize)
+	f.u32(12, &s.ChunkSize)
+	f.u64(16, &s.Flags)
+	f.u64(24, &s.InodesCount)
+	f.u64(32, &s.InodeTableOffset)
+	f.u64(40, &s.PrefetchTableOffset)
+	f.u64(48, &s.BlobTableOffset)
+	f.u32(56, &s.InodeTableEntries)
+	f.u32(60, &s.PrefetchTableEntries)
+	f.u32(64, &s.BlobTableSize)
+	f.u32(68, &s.ExtBlobTableEntries)
+	f.u64(72, &s.ExtBlobTableOffset)
 }
 
 // Decode reads the structure from b[:SuperBlockV5Size]; Encode writes it there.
-func (s *SuperBlockV5) Decode(b []byte) { decodeFields(b[:SuperBlockV5Size], s.fields(new(fieldBuf))) }
-func (s *SuperBlockV5) Encode(b []byte) { encodeFields(b[:SuperBlockV5Size], s.fields(new(fieldBuf))) }
+func (s *SuperBlockV5) Decode(b []byte) { s.fields(&codec{b: b[:SuperBlockV5Size]}) }
+func (s *SuperBlockV5) Encode(b []byte) { s.fields(&codec{b: b[:SuperBlockV5Size], enc: true}) }
 
 // InodeV5 is the 128-byte head of a v5 inode record; the record goes on
 // with the name and the symlink target (each padded to 8), the xattrs
@@ -75,16 +85,29 @@ type InodeV5 struct {
 	Mtime       uint64
 }
 
-func (n *InodeV5) fields(f *fieldBuf) []field {
-	return f.of(sha(0, &n.Digest), u64(32, &n.Parent), u64(40, &n.Ino), u32(48, &n.UID), u32(52, &n.GID), u32(60, &n.Mode),
-		u64(64, &n.Size), u64(72, &n.Blocks), u64(80, &n.Flags), u32(88, &n.Nlink), u32(92, &n.ChildIndex),
-		u32(96, &n.ChildCount), u16(100, &n.NameSize), u16(102, &n.SymlinkSize), u32(104, &n.Rdev),
-		u32(108, &n.MtimeNsec), u64(112, &n.Mtime))
+func (n *InodeV5) fields(f *codec) {
+	f.sha(0, &n.Digest)
+	f.u64(32, &n.Parent)
+	f.u64(40, &n.Ino)
+	f.u32(48, &n.UID)
+	f.u32(52, &n.GID)
+	f.u32(60, &n.Mode)
+	f.u64(64, &n.Size)
+	f.u64(72, &n.Blocks)
+	f.u64(80, &n.Flags)
+	f.u32(88, &n.Nlink)
+	f.u32(92, &n.ChildIndex)
+	f.u32(96, &n.ChildCount)
+	f.u16(100, &n.NameSize)
+	f.u16(102, &n.SymlinkSize)
+	f.u32(104, &n.Rdev)
+	f.u32(108, &n.MtimeNsec)
+	f.u64(112, &n.Mtime)
 }
 
 // Decode reads the structure from b[:V5InodeSize]; Encode writes it there.
-func (n *InodeV5) Decode(b []byte) { decodeFields(b[:V5InodeSize], n.fields(new(fieldBuf))) }
-func (n *InodeV5) Encode(b []byte) { encodeFields(b[:V5InodeSize], n.fields(new(fieldBuf))) }
+func (n *InodeV5) Decode(b []byte) { n.fields(&codec{b: b[:V5InodeSize]}) }
+func (n *InodeV5) Encode(b []byte) { n.fields(&codec{b: b[:V5InodeSize], enc: true}) }
 
 // XattrsOffset is where the record's xattr block starts, relative to the
 // inode.
@@ -100,13 +123,16 @@ type ExtBlobEntryV5 struct {
 	CompressedSize   uint64
 }
 
-func (e *ExtBlobEntryV5) fields(f *fieldBuf) []field {
-	return f.of(u32(0, &e.ChunkCount), u32(4, &e.Features), u64(8, &e.UncompressedSize), u64(16, &e.CompressedSize))
+func (e *ExtBlobEntryV5) fields(f *codec) {
+	f.u32(0, &e.ChunkCount)
+	f.u32(4, &e.Features)
+	f.u64(8, &e.UncompressedSize)
+	f.u64(16, &e.CompressedSize)
 }
 
 // Decode reads the structure from b[:V5ExtBlobSize]; Encode writes it there.
-func (e *ExtBlobEntryV5) Decode(b []byte) { decodeFields(b[:V5ExtBlobSize], e.fields(new(fieldBuf))) }
-func (e *ExtBlobEntryV5) Encode(b []byte) { encodeFields(b[:V5ExtBlobSize], e.fields(new(fieldBuf))) }
+func (e *ExtBlobEntryV5) Decode(b []byte) { e.fields(&codec{b: b[:V5ExtBlobSize]}) }
+func (e *ExtBlobEntryV5) Encode(b []byte) { e.fields(&codec{b: b[:V5ExtBlobSize], enc: true}) }
 
 // DecodeBlobTableV5 splits a v5 blob table (for each blob: 8 readahead
 // bytes, the id, a NUL between ids) into its ids, stopping at an empty id
@@ -155,12 +181,19 @@ type ChunkInfoV5 struct {
 	CRC32              uint32
 }
 
-func (c *ChunkInfoV5) fields(f *fieldBuf) []field {
-	return f.of(sha(0, &c.Digest), u32(32, &c.BlobIndex), u32(36, &c.Flags), u32(40, &c.CompressedSize),
-		u32(44, &c.UncompressedSize), u64(48, &c.CompressedOffset), u64(56, &c.UncompressedOffset),
-		u64(64, &c.FileOffset), u32(72, &c.Index), u32(76, &c.CRC32))
+func (c *ChunkInfoV5) fields(f *codec) {
+	f.sha(0, &c.Digest)
+	f.u32(32, &c.BlobIndex)
+	f.u32(36, &c.Flags)
+	f.u32(40, &c.CompressedSize)
+	f.u32(44, &c.UncompressedSize)
+	f.u64(48, &c.CompressedOffset)
+	f.u64(56, &c.UncompressedOffset)
+	f.u64(64, &c.FileOffset)
+	f.u32(72, &c.Index)
+	f.u32(76, &c.CRC32)
 }
 
 // Decode reads the structure from b[:ChunkInfoV5Size]; Encode writes it there.
-func (c *ChunkInfoV5) Decode(b []byte) { decodeFields(b[:ChunkInfoV5Size], c.fields(new(fieldBuf))) }
-func (c *ChunkInfoV5) Encode(b []byte) { encodeFields(b[:ChunkInfoV5Size], c.fields(new(fieldBuf))) }
+func (c *ChunkInfoV5) Decode(b []byte) { c.fields(&codec{b: b[:ChunkInfoV5Size]}) }
+func (c *ChunkInfoV5) Encode(b []byte) { c.fields(&codec{b: b[:ChunkInfoV5Size], enc: true}) }

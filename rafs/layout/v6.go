@@ -63,16 +63,28 @@ type SuperBlock struct {
 	DevtSlotOff     uint16
 }
 
-func (s *SuperBlock) fields(f *fieldBuf) []field {
-	return f.of(u32(0, &s.Magic), u32(4, &s.Checksum), u32(8, &s.FeatureCompat), u8(12, &s.BlkSzBits), u8(13, &s.ExtSlots),
-		u16(14, &s.RootNid), u64(16, &s.Inos), u64(24, &s.BuildTime), u32(32, &s.BuildTimeNsec), u32(36, &s.Blocks),
-		u32(40, &s.MetaBlkAddr), u32(44, &s.XattrBlkAddr), u32(80, &s.FeatureIncompat), u16(84, &s.U1),
-		u16(86, &s.ExtraDevices), u16(88, &s.DevtSlotOff))
+func (s *SuperBlock) fields(f *codec) {
+	f.u32(0, &s.Magic)
+	f.u32(4, &s.Checksum)
+	f.u32(8, &s.FeatureCompat)
+	f.u8(12, &s.BlkSzBits)
+	f.u8(13, &s.ExtSlots)
+	f.u16(14, &s.RootNid)
+	f.u64(16, &s.Inos)
+	f.u64(24, &s.BuildTime)
+	f.u32(32, &s.BuildTimeNsec)
+	f.u32(36, &s.Blocks)
+	f.u32(40, &s.MetaBlkAddr)
+	f.u32(44, &s.XattrBlkAddr)
+	f.u32(80, &s.FeatureIncompat)
+	f.u16(84, &s.U1)
+	f.u16(86, &s.ExtraDevices)
+	f.u16(88, &s.DevtSlotOff)
 }
 
 // Decode reads the structure from b[:SuperSize]; Encode writes it there.
-func (s *SuperBlock) Decode(b []byte) { decodeFields(b[:SuperSize], s.fields(new(fieldBuf))) }
-func (s *SuperBlock) Encode(b []byte) { encodeFields(b[:SuperSize], s.fields(new(fieldBuf))) }
+func (s *SuperBlock) Decode(b []byte) { s.fields(&codec{b: b[:SuperSize]}) }
+func (s *SuperBlock) Encode(b []byte) { s.fields(&codec{b: b[:SuperSize], enc: true}) }
 
 // ExtSuperBlock is the 256-byte RAFS v6 extended superblock at byte 1152.
 type ExtSuperBlock struct {
@@ -86,14 +98,20 @@ type ExtSuperBlock struct {
 	PrefetchTableSize   uint32
 }
 
-func (s *ExtSuperBlock) fields(f *fieldBuf) []field {
-	return f.of(u64(0, &s.Flags), u64(8, &s.BlobTableOffset), u32(16, &s.BlobTableSize), u32(20, &s.ChunkSize),
-		u64(24, &s.ChunkTableOffset), u64(32, &s.ChunkTableSize), u64(40, &s.PrefetchTableOffset), u32(48, &s.PrefetchTableSize))
+func (s *ExtSuperBlock) fields(f *codec) {
+	f.u64(0, &s.Flags)
+	f.u64(8, &s.BlobTableOffset)
+	f.u32(16, &s.BlobTableSize)
+	f.u32(20, &s.ChunkSize)
+	f.u64(24, &s.ChunkTableOffset)
+	f.u64(32, &s.ChunkTableSize)
+	f.u64(40, &s.PrefetchTableOffset)
+	f.u32(48, &s.PrefetchTableSize)
 }
 
 // Decode reads the structure from b[:ExtSuperSize]; Encode writes it there.
-func (s *ExtSuperBlock) Decode(b []byte) { decodeFields(b[:ExtSuperSize], s.fields(new(fieldBuf))) }
-func (s *ExtSuperBlock) Encode(b []byte) { encodeFields(b[:ExtSuperSize], s.fields(new(fieldBuf))) }
+func (s *ExtSuperBlock) Decode(b []byte) { s.fields(&codec{b: b[:ExtSuperSize]}) }
+func (s *ExtSuperBlock) Encode(b []byte) { s.fields(&codec{b: b[:ExtSuperSize], enc: true}) }
 
 // DeviceSlot is one 128-byte entry of the EROFS device table; RAFS has one
 // per blob, tagged with the blob id.
@@ -103,13 +121,15 @@ type DeviceSlot struct {
 	MappedBlkAddr uint32
 }
 
-func (d *DeviceSlot) fields(f *fieldBuf) []field {
-	return f.of(str(0, 64, &d.Tag), u32(64, &d.Blocks), u32(68, &d.MappedBlkAddr))
+func (d *DeviceSlot) fields(f *codec) {
+	f.str(0, 64, &d.Tag)
+	f.u32(64, &d.Blocks)
+	f.u32(68, &d.MappedBlkAddr)
 }
 
 // Decode reads the structure from b[:DeviceSlotSize]; Encode writes it there.
-func (d *DeviceSlot) Decode(b []byte) { decodeFields(b[:DeviceSlotSize], d.fields(new(fieldBuf))) }
-func (d *DeviceSlot) Encode(b []byte) { encodeFields(b[:DeviceSlotSize], d.fields(new(fieldBuf))) }
+func (d *DeviceSlot) Decode(b []byte) { d.fields(&codec{b: b[:DeviceSlotSize]}) }
+func (d *DeviceSlot) Encode(b []byte) { d.fields(&codec{b: b[:DeviceSlotSize], enc: true}) }
 
 // BlobEntry is one 256-byte entry of the RAFS v6 blob table
 // (RafsV6BlobTable). Index and ChunkSize repeat the entry's position and
@@ -133,16 +153,28 @@ type BlobEntry struct {
 	Cipher           uint32
 }
 
-func (e *BlobEntry) fields(f *fieldBuf) []field {
-	return f.of(str(0, 64, &e.ID), u32(64, &e.Index), u32(68, &e.ChunkSize), u32(72, &e.ChunkCount),
-		comp(76, &e.Compressor), dig(80, &e.Digester), u32(84, &e.Features), u64(88, &e.CompressedSize),
-		u64(96, &e.UncompressedSize), u32(104, &e.TOCSize), comp(108, &e.CICompressor), u64(112, &e.CIOffset),
-		u64(120, &e.CICompressedSize), u64(128, &e.CIUncompressed), sha(136, &e.TOCDigest), u32(216, &e.Cipher))
+func (e *BlobEntry) fields(f *codec) {
+	f.str(0, 64, &e.ID)
+	f.u32(64, &e.Index)
+	f.u32(68, &e.ChunkSize)
+	f.u32(72, &e.ChunkCount)
+	f.comp(76, &e.Compressor)
+	f.dig(80, &e.Digester)
+	f.u32(84, &e.Features)
+	f.u64(88, &e.CompressedSize)
+	f.u64(96, &e.UncompressedSize)
+	f.u32(104, &e.TOCSize)
+	f.comp(108, &e.CICompressor)
+	f.u64(112, &e.CIOffset)
+	f.u64(120, &e.CICompressedSize)
+	f.u64(128, &e.CIUncompressed)
+	f.sha(136, &e.TOCDigest)
+	f.u32(216, &e.Cipher)
 }
 
 // Decode reads the structure from b[:BlobEntryV6Size]; Encode writes it there.
-func (e *BlobEntry) Decode(b []byte) { decodeFields(b[:BlobEntryV6Size], e.fields(new(fieldBuf))) }
-func (e *BlobEntry) Encode(b []byte) { encodeFields(b[:BlobEntryV6Size], e.fields(new(fieldBuf))) }
+func (e *BlobEntry) Decode(b []byte) { e.fields(&codec{b: b[:BlobEntryV6Size]}) }
+func (e *BlobEntry) Encode(b []byte) { e.fields(&codec{b: b[:BlobEntryV6Size], enc: true}) }
 
 // Inode is an EROFS inode, compact (32 bytes) or extended (64 bytes) as
 // bit 0 of Format says. A compact inode has 16-bit mode, nlink, uid and
