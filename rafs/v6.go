@@ -342,15 +342,13 @@ func (m *v6) inode(nid uint64) (*Inode, error) {
 	if err != nil {
 		return nil, err
 	}
-	var di layout.Inode
-	if le.Uint16(b)&1 == 0 {
-		di.DecodeCompact(b)
-	} else {
+	if b[0]&1 != 0 {
 		if b, err = span(m.d, off, layout.InodeExtendedSize, "v6 extended inode"); err != nil {
 			return nil, err
 		}
-		di.DecodeExtended(b)
 	}
+	var di layout.Inode
+	di.Decode(b)
 	// Bit 4 is NLINK_1 for compact inodes of newer plain EROFS images;
 	// nydus rejects every bit above bit 3.
 	if !m.rafs && !di.Extended() && di.Format&0x10 != 0 {

@@ -64,3 +64,16 @@ func (c *codec) str(off, width int, p *string) {
 		*p = CString(c.b[off : off+width])
 	}
 }
+
+// u16as32 and u32as64 are narrower on disk than in Go (compact inodes).
+func (c *codec) u16as32(off int, p *uint32) {
+	v := uint16(*p)
+	c.u16(off, &v)
+	*p = uint32(v)
+}
+
+func (c *codec) u32as64(off int, p *uint64) {
+	v := uint32(*p)
+	c.u32(off, &v)
+	*p = uint64(v)
+}

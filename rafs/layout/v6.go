@@ -224,53 +224,38 @@ func XattrCountFor(size int) uint16 {
 	return uint16((size-XattrIbodyHeaderSize)/4 + 1)
 }
 
-// DecodeCompact reads the fields of a compact inode from b[:32]; callers
-// look at bit 0 of the first u16 to pick DecodeCompact or DecodeExtended.
-func (n *Inode) DecodeCompact(b []byte) {
-	_ = b[InodeCompactSize-1]
-	*n = Inode{
-		Format: le.Uint16(b[0:]), XattrCount: le.Uint16(b[2:]), Mode: le.Uint16(b[4:]),
-		Nlink: uint32(le.Uint16(b[6:])), Size: uint64(le.Uint32(b[8:])), Mtime: uint64(le.Uint32(b[12:])),
-		U: le.Uint32(b[16:]), Ino: le.Uint32(b[20:]),
-		UID: uint32(le.Uint16(b[24:])), GID: uint32(le.Uint16(b[26:])),
-	}
-}
-
-// DecodeExtended reads an extended inode from b[:64].
-func (n *Inode) DecodeExtended(b []byte) {
-	_ = b[InodeExtendedSize-1]
-	*n = Inode{
-		Format: le.Uint16(b[0:]), XattrCount: le.Uint16(b[2:]), Mode: le.Uint16(b[4:]),
-		Size: le.Uint64(b[8:]), U: le.Uint32(b[16:]), Ino: le.Uint32(b[20:]),
-		UID: le.Uint32(b[24:]), GID: le.Uint32(b[28:]),
-		Mtime: le.Uint64(b[32:]), MtimeNsec: le.Uint32(b[40:]), Nlink: le.Uint32(b[44:]),
-	}
-}
-
-// Encode writes the inode in the form Format names to b[:ISize()].
-// Compact fields are truncated to their width.
-func (n *Inode) Encode(b []byte) {
-	_ = b[n.ISize()-1]
-	le.PutUint16(b[0:], n.Format)
-	le.PutUint16(b[2:], n.XattrCount)
-	le.PutUint16(b[4:], n.Mode)
-	le.PutUint32(b[16:], n.U)
-	le.PutUint32(b[20:], n.Ino)
+func (n *Inode) fields(f *codec) {
+	f.u16(0, &n.Format)
+	f.u16(2, &n.XattrCount)
+	f.u16(4, &n.Mode)
+	f.u32(16, &n.U)
+	f.u32(20, &n.Ino)
 	if !n.Extended() {
-		le.PutUint16(b[6:], uint16(n.Nlink))
-		le.PutUint32(b[8:], uint32(n.Size))
-		le.PutUint32(b[12:], uint32(n.Mtime))
-		le.PutUint16(b[24:], uint16(n.UID))
-		le.PutUint16(b[26:], uint16(n.GID))
+		f.u16as32(6, &n.Nlink)
+		f.u32as64(8, &n.Size)
+		f.u32as64(12, &n.Mtime)
+		f.u16as32(24, &n.UID)
+		f.u16as32(26, &n.GID)
 		return
 	}
-	le.PutUint64(b[8:], n.Size)
-	le.PutUint32(b[24:], n.UID)
-	le.PutUint32(b[28:], n.GID)
-	le.PutUint64(b[32:], n.Mtime)
-	le.PutUint32(b[40:], n.MtimeNsec)
-	le.PutUint32(b[44:], n.Nlink)
+	f.u64(8, &n.Size)
+	f.u32(24, &n.UID)
+	f.u32(28, &n.GID)
+	f.u64(32, &n.Mtime)
+	f.u32(40, &n.MtimeNsec)
+	f.u32(44, &n.Nlink)
 }
+
+// Decode reads the inode from b, which holds at least the form bit 0 of
+// b[0] names (32 or 64 bytes: callers check b[0] first).
+func (n *Inode) Decode(b []byte) {
+	*n = Inode{}
+	n.fields(&codec{b: b[:InodeCompactSize<<(b[0]&1)]})
+}
+
+// Encode writes the inode in the form Format names to b[:ISize()];
+// compact fields are truncated to their width.
+func (n *Inode) Encode(b []byte) { n.fields(&codec{b: b[:n.ISize()], enc: true}) }
 
 // ChunkIndex is one 8-byte entry of a chunk-based inode's index array.
 // RAFS packs its chunk's blob and ci index into Advise and DeviceID (see
@@ -281,19 +266,15 @@ type ChunkIndex struct {
 	BlkAddr  uint32
 }
 
-// Decode reads the entry from b[:ChunkIndexSize].
-func (c *ChunkIndex) Decode(b []byte) {
-	_ = b[ChunkIndexSize-1]
-	*c = ChunkIndex{Advise: le.Uint16(b[0:]), DeviceID: le.Uint16(b[2:]), BlkAddr: le.Uint32(b[4:])}
+func (c *ChunkIndex) fields(f *codec) {
+	f.u16(0, &c.Advise)
+	f.u16(2, &c.DeviceID)
+	f.u32(4, &c.BlkAddr)
 }
 
-// Encode writes the entry to b[:ChunkIndexSize].
-func (c *ChunkIndex) Encode(b []byte) {
-	_ = b[ChunkIndexSize-1]
-	le.PutUint16(b[0:], c.Advise)
-	le.PutUint16(b[2:], c.DeviceID)
-	le.PutUint32(b[4:], c.BlkAddr)
-}
+// Decode reads the entry from b[:ChunkIndexSize]; Encode writes it there.
+func (c *ChunkIndex) Decode(b []byte) { c.fields(&codec{b: b[:ChunkIndexSize]}) }
+func (c *ChunkIndex) Encode(b []byte) { c.fields(&codec{b: b[:ChunkIndexSize], enc: true}) }
 
 // RAFSChunkIndex packs a RAFS chunk address: the low byte of the device id
 // is blob index + 1, and the ci index's high byte and low 16 bits go into
@@ -322,19 +303,15 @@ type Dirent struct {
 	FileType uint8
 }
 
-// Decode reads the entry from b[:DirentSize].
-func (d *Dirent) Decode(b []byte) {
-	_ = b[DirentSize-1]
-	*d = Dirent{Nid: le.Uint64(b[0:]), NameOff: le.Uint16(b[8:]), FileType: b[10]}
+func (d *Dirent) fields(f *codec) {
+	f.u64(0, &d.Nid)
+	f.u16(8, &d.NameOff)
+	f.u8(10, &d.FileType)
 }
 
-// Encode writes the entry to b[:DirentSize].
-func (d *Dirent) Encode(b []byte) {
-	_ = b[DirentSize-1]
-	le.PutUint64(b[0:], d.Nid)
-	le.PutUint16(b[8:], d.NameOff)
-	b[10] = d.FileType
-}
+// Decode reads the entry from b[:DirentSize]; Encode writes it there.
+func (d *Dirent) Decode(b []byte) { d.fields(&codec{b: b[:DirentSize]}) }
+func (d *Dirent) Encode(b []byte) { d.fields(&codec{b: b[:DirentSize], enc: true}) }
 
 // EROFS file types in dirents.
 const (
