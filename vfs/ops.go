@@ -397,32 +397,32 @@ func (v *VFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 }
 
 func (v *VFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		if p == nil {
-			return gone
-		}
-		return v.pseudoReadDir(cancel, p, in.Offset, out, false)
-	}
-	defer m.leave(&in.InHeader, orig)
-	start := len(out.Bytes())
-	st := m.FS.ReadDir(cancel, in, out)
-	m.fixDirents(out.Bytes()[start:], false)
-	return st
+	return v.readDir(cancel, in, out, false)
 }
 
 func (v *VFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return v.readDir(cancel, in, out, true)
+}
+
+// readDir lists a pseudo directory, or passes READDIR(PLUS) on and
+// namespaces the node ids and inode numbers in the reply.
+func (v *VFS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
 	p, m, orig := v.enter(&in.InHeader)
 	if m == nil {
 		if p == nil {
 			return gone
 		}
-		return v.pseudoReadDir(cancel, p, in.Offset, out, true)
+		return v.pseudoReadDir(cancel, p, in.Offset, out, plus)
 	}
 	defer m.leave(&in.InHeader, orig)
 	start := len(out.Bytes())
-	st := m.FS.ReadDirPlus(cancel, in, out)
-	m.fixDirents(out.Bytes()[start:], true)
+	var st fuse.Status
+	if plus {
+		st = m.FS.ReadDirPlus(cancel, in, out)
+	} else {
+		st = m.FS.ReadDir(cancel, in, out)
+	}
+	m.fixDirents(out.Bytes()[start:], plus)
 	return st
 }
 

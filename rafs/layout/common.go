@@ -89,15 +89,14 @@ func (c Compression) String() string {
 	return fmt.Sprintf("compression(%d)", uint32(c))
 }
 
-// SuperFlag is the super flag naming c.
+// compressionFlags are the super flags naming each algorithm.
+var compressionFlags = [...]uint64{CompressNone: FlagCompressNone, CompressLZ4: FlagCompressLZ4,
+	CompressGzip: FlagCompressGzip, CompressZstd: FlagCompressZstd}
+
+// SuperFlag is the super flag naming c (none for an unknown c).
 func (c Compression) SuperFlag() uint64 {
-	switch c {
-	case CompressLZ4:
-		return FlagCompressLZ4
-	case CompressGzip:
-		return FlagCompressGzip
-	case CompressZstd:
-		return FlagCompressZstd
+	if int(c) < len(compressionFlags) {
+		return compressionFlags[c]
 	}
 	return FlagCompressNone
 }
@@ -105,13 +104,10 @@ func (c Compression) SuperFlag() uint64 {
 // FlagCompression is the algorithm super flags f name (LZ4 when none is
 // set, as nydus reads v5 images).
 func FlagCompression(f uint64) Compression {
-	switch {
-	case f&FlagCompressNone != 0:
-		return CompressNone
-	case f&FlagCompressGzip != 0:
-		return CompressGzip
-	case f&FlagCompressZstd != 0:
-		return CompressZstd
+	for _, c := range [...]Compression{CompressNone, CompressGzip, CompressZstd} {
+		if f&compressionFlags[c] != 0 {
+			return c
+		}
 	}
 	return CompressLZ4
 }

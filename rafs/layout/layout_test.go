@@ -260,3 +260,19 @@ func TestCodecsDoNotAllocate(t *testing.T) {
 	}
 	_ = sink
 }
+
+func TestSuperFlagAlgorithms(t *testing.T) {
+	for c := CompressNone; c <= CompressZstd; c++ {
+		if got := FlagCompression(c.SuperFlag() | FlagHashSHA256); got != c {
+			t.Errorf("%s -> flag %#x -> %s", c, c.SuperFlag(), got)
+		}
+	}
+	if FlagCompression(FlagHashBlake3) != CompressLZ4 {
+		t.Error("no compression flag must read as lz4_block (v5)")
+	}
+	for _, d := range []DigestAlgo{DigestBlake3, DigestSHA256} {
+		if got := FlagDigest(d.SuperFlag()); got != d {
+			t.Errorf("%s -> %s", d, got)
+		}
+	}
+}
