@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -397,7 +398,7 @@ func TestKernelKataLayout(t *testing.T) {
 	}
 	d := startDaemon(t)
 	mnt := t.TempDir()
-	srv, err := rafs.Mount(d.v, mnt, &fuse.MountOptions{FsName: "vfs", Name: "vfs", DirectMount: true})
+	srv, err := hostmount.Mount(d.v, mnt, &fuse.MountOptions{FsName: "vfs", Name: "vfs", DirectMount: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
@@ -68,7 +69,7 @@ func (c *checker) nydusTree(ctx context.Context, bootPath string) (Tree, string,
 		return nil, "", err
 	}
 	defer os.Remove(mnt)
-	srv, merr := rafs.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, rafs.MountOptions(false))
+	srv, merr := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, hostmount.MountOptions(false))
 	if merr != nil {
 		t, err := RafsTree(ctx, img)
 		return t, fmt.Sprintf("rafs reader over the registry backend (no FUSE mount: %v)", merr), err

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -155,7 +156,7 @@ func BenchmarkFUSEWalk100k(b *testing.B) {
 	}
 	defer img.Close()
 	mnt := b.TempDir()
-	srv, err := rafs.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, nil)
+	srv, err := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

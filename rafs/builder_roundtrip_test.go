@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -91,7 +92,7 @@ func TestBuilderRoundTrip(t *testing.T) {
 				t.Fatalf("check: %v", err)
 			}
 			mnt := t.TempDir()
-			srv, err := rafs.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, nil)
+			srv, err := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"syscall"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 // SuperInfo holds the image-wide settings of the superblock: what a
@@ -29,8 +31,8 @@ type SuperInfo struct {
 // Super describes the image's superblock settings.
 func (img *Image) Super() SuperInfo {
 	flags := img.f.superFlags()
-	s := SuperInfo{Version: img.f.version(), Flags: flags, Compression: flagCompression(flags),
-		Digest: flagDigest(flags), ExplicitUIDGID: flags&flagExplicitUIDGID != 0, Tarfs: flags&flagTarfs != 0}
+	s := SuperInfo{Version: img.f.version(), Flags: flags, Compression: layout.FlagCompression(flags),
+		Digest: layout.FlagDigest(flags), ExplicitUIDGID: flags&flagExplicitUIDGID != 0, Tarfs: flags&flagTarfs != 0}
 	switch m := img.f.(type) {
 	case *v5:
 		s.ChunkSize = uint32(m.chunkSize)
@@ -79,7 +81,7 @@ func (img *Image) Chunks(ctx context.Context, ino uint64, fn func(Chunk) error) 
 	if !n.IsRegular() {
 		return fmt.Errorf("inode %d: not a regular file: %w", ino, syscall.EINVAL)
 	}
-	if img.f.version() == 6 && n.v6.layout != layoutChunkBased {
+	if img.f.version() == 6 && n.v6.layout != layout.LayoutChunkBased {
 		if n.Size == 0 {
 			return nil
 		}
@@ -96,7 +98,23 @@ func (img *Image) Chunks(ctx context.Context, ino uint64, fn func(Chunk) error) 
 			if err := img.resolve(ctx, &c); err != nil {
 				return fmt.Errorf("inode %d chunk at %d: %w", ino, c.fileOff, err)
 			}
+			if err := img.checkInBlob(&c); err != nil {
+				return fmt.Errorf("inode %d chunk at %d: %w", ino, c.fileOff, err)
+			}
 		}
 		return fn(Chunk{FileOffset: c.fileOff, BlobIndex: c.blob, Hole: c.hole, ChunkInfo: c.ci})
 	})
+}
+
+// checkInBlob checks that a resolved chunk lies inside its blob, as far as
+// the blob table records the blob's size and chunk count.
+func (img *Image) checkInBlob(c *chunkRef) error {
+	b := img.blobs[c.blob]
+	if b.compressedSize != 0 && (c.ci.CompressedOffset > b.compressedSize || uint64(c.ci.CompressedSize) > b.compressedSize-c.ci.CompressedOffset) {
+		return formatErr("blob %s: chunk [%#x, +%d) ends past the blob's %d bytes", b.id, c.ci.CompressedOffset, c.ci.CompressedSize, b.compressedSize)
+	}
+	if c.needCI && b.chunkCount != 0 && c.ciIndex >= b.chunkCount {
+		return formatErr("blob %s: ci index %d of %d chunks", b.id, c.ciIndex, b.chunkCount)
+	}
+	return nil
 }

@@ -2,122 +2,92 @@ package rafs
 
 import (
 	"encoding/binary"
-	"errors"
-	"fmt"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
-// Super flags (v5 s_flags, v6 extended superblock s_flags).
+// The on-disk format lives in package layout; these are the names the
+// reader's files use for it.
+
+// Compression is a chunk compression algorithm, as numbered in blob tables.
+type Compression = layout.Compression
+
+// Compression algorithms.
 const (
-	flagCompressNone      = 0x1
-	flagCompressLZ4       = 0x2
-	flagHashBlake3        = 0x4
-	flagHashSHA256        = 0x8
-	flagExplicitUIDGID    = 0x10
-	flagHasXattr          = 0x20
-	flagCompressGzip      = 0x40
-	flagCompressZstd      = 0x80
-	flagInlinedDigest     = 0x100
-	flagTarfs             = 0x200
-	flagEncryptionNone    = 0x0100_0000
-	flagEncryptionAES128  = 0x0200_0000
-	flagCompatReserved    = 0xfc00_0000
-	knownSuperFlags       = 0x3ff | flagEncryptionNone | flagEncryptionAES128 | flagCompatReserved
-	compressionSuperFlags = flagCompressNone | flagCompressLZ4 | flagCompressGzip | flagCompressZstd
-	hashSuperFlags        = flagHashBlake3 | flagHashSHA256
+	CompressNone = layout.CompressNone
+	CompressLZ4  = layout.CompressLZ4
+	CompressGzip = layout.CompressGzip
+	CompressZstd = layout.CompressZstd
 )
 
-// flagCompression is the compression algorithm super flags name (LZ4 when
-// none is set, as nydus reads v5 images).
-func flagCompression(f uint64) Compression {
-	switch {
-	case f&flagCompressNone != 0:
-		return CompressNone
-	case f&flagCompressGzip != 0:
-		return CompressGzip
-	case f&flagCompressZstd != 0:
-		return CompressZstd
-	}
-	return CompressLZ4
-}
+// DigestAlgo is a chunk digest algorithm, as numbered in blob tables.
+type DigestAlgo = layout.DigestAlgo
 
-// flagDigest is the digest algorithm super flags name (BLAKE3 by default).
-func flagDigest(f uint64) DigestAlgo {
-	if f&flagHashSHA256 != 0 {
-		return DigestSHA256
-	}
-	return DigestBlake3
-}
-
-// Blob feature bits.
+// Digest algorithms.
 const (
-	blobAligned        = 0x1
-	blobInlinedFSMeta  = 0x2
-	blobChunkInfoV2    = 0x4
-	blobZran           = 0x8
-	blobSeparate       = 0x10
-	blobInlinedDigest  = 0x20
-	blobTarfs          = 0x40
-	blobBatch          = 0x80
-	blobEncrypted      = 0x100
-	blobExternal       = 0x800
-	blobHasTarHeader   = 0x1000_0000
-	blobHasTOC         = 0x2000_0000
-	blobCapTarTOC      = 0x4000_0000
-	blobV5NoExtTable   = 0x8000_0000
-	blobFeatureLowMask = 0xffff
-	blobFeatureLowOK   = 0x0fff
+	DigestBlake3 = layout.DigestBlake3
+	DigestSHA256 = layout.DigestSHA256
 )
 
-// Compression is a chunk compression algorithm.
-type Compression uint32
-
-// Compression algorithms, as numbered in blob tables.
-const (
-	CompressNone Compression = 0
-	CompressLZ4  Compression = 1
-	CompressGzip Compression = 2
-	CompressZstd Compression = 3
-)
-
-func (c Compression) String() string {
-	switch c {
-	case CompressNone:
-		return "none"
-	case CompressLZ4:
-		return "lz4_block"
-	case CompressGzip:
-		return "gzip"
-	case CompressZstd:
-		return "zstd"
-	}
-	return fmt.Sprintf("compression(%d)", uint32(c))
-}
-
-// DigestAlgo is a chunk digest algorithm.
-type DigestAlgo uint32
-
-// Digest algorithms, as numbered in blob tables.
-const (
-	DigestBlake3 DigestAlgo = 0
-	DigestSHA256 DigestAlgo = 1
-)
-
-func (d DigestAlgo) String() string {
-	switch d {
-	case DigestBlake3:
-		return "blake3"
-	case DigestSHA256:
-		return "sha256"
-	}
-	return fmt.Sprintf("digest(%d)", uint32(d))
-}
+// TOCEntry is one entry of a blob's table of contents (rafs.blob.toc).
+type TOCEntry = layout.TOCEntry
 
 // ErrFormat is wrapped by every error about malformed image bytes.
-var ErrFormat = errors.New("malformed RAFS image")
+var ErrFormat = layout.ErrFormat
 
 // formatErr returns an error wrapping ErrFormat.
-func formatErr(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrFormat, fmt.Sprintf(format, args...))
+var formatErr = layout.Errorf
+
+// Super flags and blob features the reader's files test.
+const (
+	flagExplicitUIDGID = layout.FlagExplicitUIDGID
+	flagHasXattr       = layout.FlagHasXattr
+	flagTarfs          = layout.FlagTarfs
+
+	blobInlinedFSMeta = layout.BlobInlinedFSMeta
+	blobChunkInfoV2   = layout.BlobChunkInfoV2
+	blobZran          = layout.BlobZran
+	blobSeparate      = layout.BlobSeparate
+	blobInlinedDigest = layout.BlobInlinedDigest
+	blobBatch         = layout.BlobBatch
+	blobEncrypted     = layout.BlobEncrypted
+	blobExternal      = layout.BlobExternal
+	blobHasTOC        = layout.BlobHasTOC
+	blobCapTarTOC     = layout.BlobCapTarTOC
+
+	ciHasCRC32      = layout.CIHasCRC32
+	tarBlockSize    = layout.TarBlockSize
+	tocEntrySize    = layout.TOCEntrySize
+	blobMetaHdrSize = layout.BlobMetaHdrSize
+	chunkInfoV5Size = layout.ChunkInfoV5Size
+)
+
+// Limits the reader puts on values read from an image, so that a crafted
+// image never makes it allocate or loop much more than the image's size.
+const (
+	maxBlobs         = 256
+	maxNameLen       = layout.MaxNameLen
+	maxSymlinkLen    = 4096
+	maxChunkCount    = 1 << 24
+	maxChunkSize     = 16 << 20
+	maxTOCSize       = 1 << 20
+	maxBootstrapSize = 1 << 31
+)
+
+// checkSuperFlags applies the loaders' flag rules.
+func checkSuperFlags(f uint64, v6 bool) error {
+	if f&^uint64(layout.KnownSuperFlags) != 0 {
+		return formatErr("unknown super flags %#x", f&^uint64(layout.KnownSuperFlags))
+	}
+	if v6 {
+		if c := f & layout.CompressionSuperFlags; !isPow2(c) {
+			return formatErr("super flags %#x: need exactly one compression bit", f)
+		}
+		if h := f & layout.HashSuperFlags; !isPow2(h) {
+			return formatErr("super flags %#x: need exactly one hash bit", f)
+		}
+	}
+	return nil
 }
 
 // span returns b[off:off+n] after checking that it lies inside b, so that
@@ -131,16 +101,6 @@ func span(b []byte, off, n uint64, what string) ([]byte, error) {
 
 var le = binary.LittleEndian
 
-// cstring returns b up to its first NUL.
-func cstring(b []byte) string {
-	for i, c := range b {
-		if c == 0 {
-			return string(b[:i])
-		}
-	}
-	return string(b)
-}
-
 func isPow2(v uint64) bool { return v != 0 && v&(v-1) == 0 }
 
-func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
+var alignUp = layout.AlignUp

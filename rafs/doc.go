@@ -15,7 +15,7 @@
 //		DigestValidate: true,
 //	})
 //	fs := rafs.NewFS(img, rafs.FSOptions{})   // a fuse.RawFileSystem
-//	srv, err := rafs.Mount(fs, "/mnt", nil)   // or hand fs to fusewire
+//	srv, err := hostmount.Mount(fs, "/mnt", nil) // or hand fs to fusewire
 //
 // # For builders
 //
@@ -64,10 +64,12 @@
 // the bytes it must lie in before it is used (see span), allocations are
 // bounded by the input that backs them, directory cycles are refused, and
 // every error about image bytes wraps ErrFormat. FuzzV5, FuzzV6 and
-// FuzzBlobMeta exercise the parsers.
+// FuzzBlobMeta exercise the parsers and assert what an accepted image
+// promises (its chunks lie inside its blobs).
 //
-// The format decoders are hand-written: no Go library reads RAFS, and the
-// EROFS readers that exist neither expose the RAFS chunk addressing nor
-// read lazily from a mapping. The byte layout follows
-// shared/docs/rafs-format.md.
+// The on-disk structures are defined once, in rafs/layout, which the
+// builder shares; docs/rafs-format.md describes the format with the
+// committed fixtures as worked examples. The decoders are hand-written: no
+// Go library reads RAFS, and the EROFS readers that exist neither expose
+// the RAFS chunk addressing nor read lazily from a mapping.
 package rafs

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
@@ -38,7 +39,7 @@ func mountImage(t *testing.T, boot, blobDir string, opts Options) string {
 		t.Fatal(err)
 	}
 	mnt := t.TempDir()
-	srv, err := Mount(NewFS(img, FSOptions{}), mnt, nil)
+	srv, err := hostmount.Mount(NewFS(img, FSOptions{}), mnt, nil)
 	if err != nil {
 		img.Close()
 		t.Fatal(err)
@@ -166,7 +167,7 @@ func TestFUSEMountSnapshotterV6(t *testing.T) {
 	}
 	defer img.Close()
 	mnt := t.TempDir()
-	srv, err := Mount(NewFS(img, FSOptions{}), mnt, nil)
+	srv, err := hostmount.Mount(NewFS(img, FSOptions{}), mnt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,24 +5,12 @@ import (
 	"fmt"
 	"sort"
 	"syscall"
-)
 
-const (
-	v5Magic        = 0x52414653
-	v5Version      = 0x500
-	v5SBSize       = 8192
-	v5InodeSize    = 128
-	v5ExtBlobSize  = 64
-	v5MaxSize      = 0x8000_0000
-	v5FlagSymlink  = 0x1
-	v5FlagHardlink = 0x2
-	v5FlagXattr    = 0x4
-	v5FlagHasHole  = 0x8
-	v5ChunkComp    = 0x1
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 func isV5(d []byte) bool {
-	return len(d) >= 8 && le.Uint32(d) == v5Magic && le.Uint32(d[4:]) == v5Version
+	return len(d) >= 8 && le.Uint32(d) == layout.V5Magic && le.Uint32(d[4:]) == layout.V5Version
 }
 
 // v5Inode holds the v5 fields the generic Inode does not.
@@ -53,95 +41,32 @@ type v5 struct {
 
 func openV5(d []byte) (*v5, error) {
 	size := uint64(len(d))
-	if size < v5SBSize || size > v5MaxSize || size%8 != 0 {
+	if size < layout.V5SuperSize || size > layout.V5MaxBootstrap || size%8 != 0 {
 		return nil, formatErr("v5: bootstrap size %d (must be >= 8192, <= 2 GiB, a multiple of 8)", size)
 	}
-	m := &v5{d: d}
-	if sb := le.Uint32(d[8:]); sb != v5SBSize {
-		return nil, formatErr("v5: s_sb_size %d, want 8192", sb)
+	var sb layout.SuperBlockV5
+	sb.Decode(d)
+	if sb.SuperSize != layout.V5SuperSize {
+		return nil, formatErr("v5: s_sb_size %d, want 8192", sb.SuperSize)
 	}
-	m.chunkSize = uint64(le.Uint32(d[12:]))
-	m.flags = le.Uint64(d[16:])
-	m.count = le.Uint64(d[24:])
-	itOff, pfOff, btOff := le.Uint64(d[32:]), le.Uint64(d[40:]), le.Uint64(d[48:])
-	m.entries = le.Uint32(d[56:])
-	pfEntries, btSize := uint64(le.Uint32(d[60:])), uint64(le.Uint32(d[64:]))
-	extEntries, extOff := uint64(le.Uint32(d[68:])), le.Uint64(d[72:])
+	m := &v5{d: d, chunkSize: uint64(sb.ChunkSize), flags: sb.Flags, count: sb.InodesCount, entries: sb.InodeTableEntries}
 	if !isPow2(m.chunkSize) || m.chunkSize < 4096 || m.chunkSize > maxChunkSize {
 		return nil, formatErr("v5: chunk size %#x", m.chunkSize)
 	}
 	if err := checkSuperFlags(m.flags, false); err != nil {
 		return nil, err
 	}
-	m.comp, m.dalgo = flagCompression(m.flags), flagDigest(m.flags)
+	m.comp, m.dalgo = layout.FlagCompression(m.flags), layout.FlagDigest(m.flags)
 	if m.entries == 0 || m.count > uint64(m.entries) {
 		return nil, formatErr("v5: %d inodes in a table of %d entries", m.count, m.entries)
 	}
-	type rng struct {
-		name     string
-		off, len uint64
+	if err := checkV5Tables(&sb, size); err != nil {
+		return nil, err
 	}
-	ranges := []rng{{"inode table", itOff, uint64(m.entries) * 4}, {"prefetch table", pfOff, pfEntries * 4}, {"blob table", btOff, btSize}}
-	if extOff != 0 {
-		ranges = append(ranges, rng{"extended blob table", extOff, extEntries * v5ExtBlobSize})
-	}
-	for i, r := range ranges {
-		if r.len == 0 {
-			continue
-		}
-		if r.off < v5SBSize || r.off > size || r.len > size-r.off {
-			return nil, formatErr("v5: %s [%d, +%d) is outside [8192, %d)", r.name, r.off, r.len, size)
-		}
-		for _, o := range ranges[:i] {
-			if o.len != 0 && r.off < o.off+o.len && o.off < r.off+r.len {
-				return nil, formatErr("v5: %s overlaps the %s", r.name, o.name)
-			}
-		}
-	}
-	m.inodes = d[itOff : itOff+uint64(m.entries)*4]
-	for i := uint64(0); i < pfEntries; i++ {
-		v := le.Uint32(d[pfOff+4*i:])
-		if v == 0 {
-			break
-		}
-		m.prefetch = append(m.prefetch, v)
-	}
-	bt := d[btOff : btOff+btSize]
-	for len(bt) >= 9 && len(m.blobs) < maxBlobs+1 {
-		rest := bt[8:]
-		id := rest
-		if z := bytes.IndexByte(rest, 0); z >= 0 {
-			id, bt = rest[:z], rest[z+1:]
-		} else {
-			bt = nil
-		}
-		if len(id) == 0 {
-			break
-		}
-		b := &blob{index: len(m.blobs), id: string(id), compression: m.comp, digestAlgo: m.dalgo,
-			chunkSize: uint32(m.chunkSize), features: blobV5NoExtTable}
-		if bytes.IndexByte(id, '/') >= 0 {
-			return nil, formatErr("v5: bad blob id %q", id)
-		}
-		m.blobs = append(m.blobs, b)
-	}
-	if len(m.blobs) > maxBlobs {
-		return nil, formatErr("v5: more than %d blobs", maxBlobs)
-	}
-	if extOff != 0 {
-		if extEntries < uint64(len(m.blobs)) {
-			return nil, formatErr("v5: %d extended blob entries for %d blobs", extEntries, len(m.blobs))
-		}
-		for i, b := range m.blobs {
-			e := d[extOff+uint64(i)*v5ExtBlobSize:]
-			b.chunkCount = le.Uint32(e)
-			b.features = le.Uint32(e[4:]) & (blobFeatureLowOK | 0x7000_0000)
-			b.uncompSize = le.Uint64(e[8:])
-			b.compressedSize = le.Uint64(e[16:])
-			if b.chunkCount > maxChunkCount {
-				return nil, formatErr("v5: blob %d: %d chunks", i, b.chunkCount)
-			}
-		}
+	m.inodes = d[sb.InodeTableOffset : sb.InodeTableOffset+uint64(m.entries)*4]
+	m.prefetch = layout.DecodePrefetch(d[sb.PrefetchTableOffset : sb.PrefetchTableOffset+uint64(sb.PrefetchTableEntries)*4])
+	if err := m.parseBlobs(&sb); err != nil {
+		return nil, err
 	}
 	root, err := m.inode(1)
 	if err != nil {
@@ -151,6 +76,66 @@ func openV5(d []byte) (*v5, error) {
 		return nil, formatErr("v5: root inode is not a directory")
 	}
 	return m, nil
+}
+
+// checkV5Tables checks that the tables the superblock names lie inside
+// the bootstrap, after the superblock, and do not overlap.
+func checkV5Tables(sb *layout.SuperBlockV5, size uint64) error {
+	type rng struct {
+		name     string
+		off, len uint64
+	}
+	ranges := []rng{{"inode table", sb.InodeTableOffset, uint64(sb.InodeTableEntries) * 4},
+		{"prefetch table", sb.PrefetchTableOffset, uint64(sb.PrefetchTableEntries) * 4},
+		{"blob table", sb.BlobTableOffset, uint64(sb.BlobTableSize)}}
+	if sb.ExtBlobTableOffset != 0 {
+		ranges = append(ranges, rng{"extended blob table", sb.ExtBlobTableOffset, uint64(sb.ExtBlobTableEntries) * layout.V5ExtBlobSize})
+	}
+	for i, r := range ranges {
+		if r.len == 0 {
+			continue
+		}
+		if r.off < layout.V5SuperSize || r.off > size || r.len > size-r.off {
+			return formatErr("v5: %s [%d, +%d) is outside [8192, %d)", r.name, r.off, r.len, size)
+		}
+		for _, o := range ranges[:i] {
+			if o.len != 0 && r.off < o.off+o.len && o.off < r.off+r.len {
+				return formatErr("v5: %s overlaps the %s", r.name, o.name)
+			}
+		}
+	}
+	return nil
+}
+
+// parseBlobs decodes the blob table and the extended blob table.
+func (m *v5) parseBlobs(sb *layout.SuperBlockV5) error {
+	ids := layout.DecodeBlobTableV5(m.d[sb.BlobTableOffset:sb.BlobTableOffset+uint64(sb.BlobTableSize)], maxBlobs+1)
+	if len(ids) > maxBlobs {
+		return formatErr("v5: more than %d blobs", maxBlobs)
+	}
+	for _, id := range ids {
+		if bytes.IndexByte(id, '/') >= 0 {
+			return formatErr("v5: bad blob id %q", id)
+		}
+		m.blobs = append(m.blobs, &blob{index: len(m.blobs), id: string(id), compression: m.comp, digestAlgo: m.dalgo,
+			chunkSize: uint32(m.chunkSize), features: layout.BlobV5NoExtTable})
+	}
+	if sb.ExtBlobTableOffset == 0 {
+		return nil
+	}
+	if uint64(sb.ExtBlobTableEntries) < uint64(len(m.blobs)) {
+		return formatErr("v5: %d extended blob entries for %d blobs", sb.ExtBlobTableEntries, len(m.blobs))
+	}
+	var e layout.ExtBlobEntryV5
+	for i, b := range m.blobs {
+		e.Decode(m.d[sb.ExtBlobTableOffset+uint64(i)*layout.V5ExtBlobSize:])
+		b.chunkCount, b.uncompSize, b.compressedSize = e.ChunkCount, e.UncompressedSize, e.CompressedSize
+		b.features = e.Features & (layout.BlobFeatureLowOK | 0x7000_0000)
+		if b.chunkCount > maxChunkCount {
+			return formatErr("v5: blob %d: %d chunks", i, b.chunkCount)
+		}
+	}
+	return nil
 }
 
 func (m *v5) version() int       { return 5 }
@@ -164,32 +149,20 @@ func (m *v5) inode(idx uint64) (*Inode, error) {
 		return nil, formatErr("v5: inode index %d of %d", idx, m.entries)
 	}
 	v := uint64(le.Uint32(m.inodes[(idx-1)*4:]))
-	if v <= v5SBSize>>3 || v >= 1<<29 {
+	if v <= layout.V5SuperSize>>3 || v >= 1<<29 {
 		return nil, formatErr("v5: inode %d: table value %#x", idx, v)
 	}
 	off := v << 3
-	b, err := span(m.d, off, v5InodeSize, "v5 inode")
+	b, err := span(m.d, off, layout.V5InodeSize, "v5 inode")
 	if err != nil {
 		return nil, err
 	}
-	n := &Inode{id: idx}
-	n.v5.off = off
-	copy(n.v5.digest[:], b[:32])
-	n.v5.parent = le.Uint64(b[32:])
-	n.rawIno = le.Uint64(b[40:])
-	n.UID, n.GID = le.Uint32(b[48:]), le.Uint32(b[52:])
-	n.Mode = le.Uint32(b[60:])
-	n.Size = le.Uint64(b[64:])
-	n.Blocks = le.Uint64(b[72:])
-	n.v5.flags = le.Uint64(b[80:])
-	n.Nlink = le.Uint32(b[88:])
-	n.v5.childIndex = le.Uint32(b[92:])
-	n.v5.childCount = le.Uint32(b[96:])
-	n.v5.nameSize = le.Uint16(b[100:])
-	n.v5.symlinkSize = le.Uint16(b[102:])
-	n.Rdev = le.Uint32(b[104:])
-	n.MtimeNsec = le.Uint32(b[108:])
-	n.Mtime = le.Uint64(b[112:])
+	var di layout.InodeV5
+	di.Decode(b)
+	n := &Inode{id: idx, rawIno: di.Ino, UID: di.UID, GID: di.GID, Mode: di.Mode, Size: di.Size, Blocks: di.Blocks,
+		Nlink: di.Nlink, Rdev: di.Rdev, MtimeNsec: di.MtimeNsec, Mtime: di.Mtime}
+	n.v5 = v5Inode{off: off, flags: di.Flags, parent: di.Parent, childIndex: di.ChildIndex, childCount: di.ChildCount,
+		nameSize: di.NameSize, symlinkSize: di.SymlinkSize, digest: di.Digest}
 	if n.v5.nameSize == 0 || n.v5.nameSize > maxNameLen && idx != 1 {
 		return nil, formatErr("v5: inode %d: name of %d bytes", idx, n.v5.nameSize)
 	}
@@ -206,7 +179,7 @@ func (m *v5) inode(idx uint64) (*Inode, error) {
 			return nil, formatErr("v5: inode %d: size %d", idx, n.Size)
 		}
 	case syscall.S_IFLNK:
-		if n.v5.flags&v5FlagSymlink == 0 || n.v5.symlinkSize == 0 {
+		if n.v5.flags&layout.V5InodeSymlink == 0 || n.v5.symlinkSize == 0 {
 			return nil, formatErr("v5: inode %d: symlink without a target", idx)
 		}
 		n.Size = uint64(n.v5.symlinkSize)
@@ -220,8 +193,8 @@ func (m *v5) inode(idx uint64) (*Inode, error) {
 // recordEnd is where the inode's record (with name, target, xattrs and
 // chunks) ends; inode() checks that it lies inside the bootstrap.
 func (m *v5) recordEnd(n *Inode) uint64 {
-	p := n.v5.off + v5InodeSize + alignUp(uint64(n.v5.nameSize), 8) + alignUp(uint64(n.v5.symlinkSize), 8)
-	if n.v5.flags&v5FlagXattr != 0 {
+	p := n.v5.off + layout.V5InodeSize + alignUp(uint64(n.v5.nameSize), 8) + alignUp(uint64(n.v5.symlinkSize), 8)
+	if n.v5.flags&layout.V5InodeXattr != 0 {
 		if p+8 <= uint64(len(m.d)) {
 			p += 8 + alignUp(min(le.Uint64(m.d[p:]), 1<<32), 8)
 		} else {
@@ -235,7 +208,7 @@ func (m *v5) recordEnd(n *Inode) uint64 {
 }
 
 func (m *v5) name(n *Inode) []byte {
-	p := n.v5.off + v5InodeSize
+	p := n.v5.off + layout.V5InodeSize
 	return m.d[p : p+uint64(n.v5.nameSize)]
 }
 
@@ -247,15 +220,15 @@ func (m *v5) chunkArea(n *Inode) (uint64, error) {
 }
 
 func (m *v5) readlink(n *Inode) ([]byte, error) {
-	p := n.v5.off + v5InodeSize + alignUp(uint64(n.v5.nameSize), 8)
+	p := n.v5.off + layout.V5InodeSize + alignUp(uint64(n.v5.nameSize), 8)
 	return span(m.d, p, uint64(n.v5.symlinkSize), "v5 symlink")
 }
 
 func (m *v5) xattrs(n *Inode) ([]Xattr, error) {
-	if n.v5.flags&v5FlagXattr == 0 {
+	if n.v5.flags&layout.V5InodeXattr == 0 {
 		return nil, nil
 	}
-	p := n.v5.off + v5InodeSize + alignUp(uint64(n.v5.nameSize), 8) + alignUp(uint64(n.v5.symlinkSize), 8)
+	p := n.v5.off + layout.V5InodeSize + alignUp(uint64(n.v5.nameSize), 8) + alignUp(uint64(n.v5.symlinkSize), 8)
 	hdr, err := span(m.d, p, 8, "v5 xattr size")
 	if err != nil {
 		return nil, err
@@ -285,7 +258,7 @@ func (m *v5) xattrs(n *Inode) ([]Xattr, error) {
 }
 
 func (m *v5) ino(n *Inode) uint64 {
-	if (n.v5.flags&v5FlagHardlink != 0 || n.Nlink > 1) && !n.IsDir() && n.rawIno >= 1 && n.rawIno <= uint64(m.entries) {
+	if (n.v5.flags&layout.V5InodeHardlink != 0 || n.Nlink > 1) && !n.IsDir() && n.rawIno >= 1 && n.rawIno <= uint64(m.entries) {
 		return n.rawIno
 	}
 	return n.id
@@ -363,20 +336,25 @@ func (m *v5) readdir(n *Inode, off uint64, fn func(name string, id uint64, dtype
 func (m *v5) flatData(n *Inode) ([]byte, bool, error) { return nil, false, nil }
 
 // decodeV5Chunk decodes an 80-byte RafsV5ChunkInfo.
-func decodeV5Chunk(e []byte) ChunkInfo {
-	ci := ChunkInfo{
-		Flags:              le.Uint32(e[36:]),
-		CompressedSize:     le.Uint32(e[40:]),
-		UncompressedSize:   le.Uint32(e[44:]),
-		CompressedOffset:   le.Uint64(e[48:]),
-		UncompressedOffset: le.Uint64(e[56:]),
-		Index:              le.Uint32(e[72:]),
-		CRC32:              le.Uint32(e[76:]),
+func decodeV5Chunk(b []byte) ChunkInfo {
+	var e layout.ChunkInfoV5
+	e.Decode(b)
+	return v5ChunkInfo(&e)
+}
+
+func v5ChunkInfo(e *layout.ChunkInfoV5) ChunkInfo {
+	return ChunkInfo{
+		Flags:              e.Flags,
+		CompressedSize:     e.CompressedSize,
+		UncompressedSize:   e.UncompressedSize,
+		CompressedOffset:   e.CompressedOffset,
+		UncompressedOffset: e.UncompressedOffset,
+		Index:              e.Index,
+		CRC32:              e.CRC32,
+		Digest:             e.Digest,
 		HasDigest:          true,
+		Compressed:         e.Flags&layout.ChunkCompressed != 0,
 	}
-	copy(ci.Digest[:], e[:32])
-	ci.Compressed = ci.Flags&v5ChunkComp != 0
-	return ci
 }
 
 func (m *v5) chunks(n *Inode, off, end uint64, fn func(c chunkRef) error) error {
@@ -386,20 +364,21 @@ func (m *v5) chunks(n *Inode, off, end uint64, fn func(c chunkRef) error) error 
 	}
 	count := uint64(n.v5.childCount)
 	start := uint64(0)
-	if n.v5.flags&v5FlagHasHole == 0 {
+	if n.v5.flags&layout.V5InodeHasHole == 0 {
 		start = min(off/m.chunkSize, count)
 	}
 	for k := start; k < count; k++ {
-		e := m.d[base+k*chunkInfoV5Size : base+(k+1)*chunkInfoV5Size]
-		fileOff := le.Uint64(e[64:])
-		ci := decodeV5Chunk(e)
-		if fileOff >= end && n.v5.flags&v5FlagHasHole == 0 {
+		var e layout.ChunkInfoV5
+		e.Decode(m.d[base+k*chunkInfoV5Size:])
+		fileOff := e.FileOffset
+		ci := v5ChunkInfo(&e)
+		if fileOff >= end && n.v5.flags&layout.V5InodeHasHole == 0 {
 			break
 		}
 		if fileOff >= end || fileOff+uint64(ci.UncompressedSize) <= off {
 			continue
 		}
-		c := chunkRef{fileOff: fileOff, blob: le.Uint32(e[32:]), ci: ci, length: ci.UncompressedSize}
+		c := chunkRef{fileOff: fileOff, blob: e.BlobIndex, ci: ci, length: ci.UncompressedSize}
 		if int(c.blob) >= len(m.blobs) {
 			return formatErr("v5: inode %d chunk %d: blob index %d of %d", n.id, k, c.blob, len(m.blobs))
 		}

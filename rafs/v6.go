@@ -5,35 +5,15 @@ import (
 	"fmt"
 	"hash/crc32"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
-)
 
-const (
-	erofsMagic       = 0xE0F5E1E2
-	erofsSBOffset    = 1024
-	rafsV6ExtSB      = 1152
-	compatSBChksum   = 0x1
-	compatRafsV6     = 0x4000_0000
-	incompatChunked  = 0x4
-	incompatDevTable = 0x8
-	rafsDevtSlotOff  = 11
-	devSlotSize      = 128
-	v6BlobEntrySize  = 256
-	chunkInfoV5Size  = 80
-	erofsNullAddr    = 0xffff_ffff
-	layoutFlatPlain  = 0
-	layoutFlatInline = 2
-	layoutChunkBased = 4
-	chunkFmtIndexes  = 0x20
-	chunkFmtBlkbits  = 0x1f
-	maxBlobs         = 256
-	maxNameLen       = 255
-	maxSymlinkLen    = 4096
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 func isV6(d []byte) bool {
-	return len(d) >= erofsSBOffset+128 && le.Uint32(d[erofsSBOffset:]) == erofsMagic
+	return len(d) >= layout.SuperOffset+layout.SuperSize && le.Uint32(d[layout.SuperOffset:]) == layout.ErofsMagic
 }
 
 // v6Inode holds the v6 fields the generic Inode does not.
@@ -75,75 +55,27 @@ type v6 struct {
 }
 
 func openV6(d []byte, allowPlain bool) (*v6, error) {
-	sb, err := span(d, erofsSBOffset, 128, "erofs superblock")
+	b, err := span(d, layout.SuperOffset, layout.SuperSize, "erofs superblock")
 	if err != nil {
 		return nil, err
 	}
-	m := &v6{d: d}
-	checksum := le.Uint32(sb[4:])
-	compat := le.Uint32(sb[8:])
-	m.blkbits = sb[12]
-	extslots := sb[13]
-	m.rootNid = uint64(le.Uint16(sb[14:]))
-	inos := le.Uint64(sb[16:])
-	m.inos = inos
-	m.buildTime = le.Uint64(sb[24:])
-	m.buildNsec = le.Uint32(sb[32:])
-	metaBlk := uint64(le.Uint32(sb[40:]))
-	xattrBlk := uint64(le.Uint32(sb[44:]))
-	incompat := le.Uint32(sb[80:])
-	u1 := le.Uint16(sb[84:])
-	extraDevs := uint64(le.Uint16(sb[86:]))
-	devtSlot := uint64(le.Uint16(sb[88:]))
-	m.rafs = compat&compatRafsV6 != 0
-
+	var sb layout.SuperBlock
+	sb.Decode(b)
+	m := &v6{d: d, blkbits: sb.BlkSzBits, rootNid: uint64(sb.RootNid), inos: sb.Inos,
+		buildTime: sb.BuildTime, buildNsec: sb.BuildTimeNsec, rafs: sb.FeatureCompat&layout.CompatRAFSV6 != 0}
+	extraDevs := uint64(sb.ExtraDevices)
 	if m.rafs {
-		if checksum != 0 {
-			return nil, formatErr("v6: superblock checksum %#x, RAFS requires 0", checksum)
-		}
-		if m.blkbits != 12 && m.blkbits != 9 {
-			return nil, formatErr("v6: block size bits %d, want 12 (or 9 for tarfs)", m.blkbits)
-		}
-		if incompat != incompatChunked|incompatDevTable {
-			return nil, formatErr("v6: feature_incompat %#x, want 0xc", incompat)
-		}
-		if devtSlot != rafsDevtSlotOff {
-			return nil, formatErr("v6: device table slot offset %d, want 11", devtSlot)
-		}
-		if xattrBlk != 0 || u1 != 0 {
-			return nil, formatErr("v6: xattr_blkaddr %d / u1 %d must be 0", xattrBlk, u1)
-		}
+		err = m.checkRAFSSuper(&sb)
 	} else {
-		if !allowPlain {
-			return nil, formatErr("plain EROFS image, not RAFS v6 (feature_compat %#x lacks 0x40000000)", compat)
-		}
-		if m.blkbits < 9 || m.blkbits > 16 {
-			return nil, formatErr("erofs: block size bits %d", m.blkbits)
-		}
-		if incompat&^(incompatChunked|incompatDevTable) != 0 {
-			return nil, formatErr("erofs: unsupported feature_incompat %#x (compression?)", incompat)
-		}
-		if compat&compatSBChksum != 0 {
-			bs := uint64(1) << m.blkbits
-			blk, err := span(d, erofsSBOffset, bs-erofsSBOffset, "erofs checksummed block")
-			if err != nil {
-				return nil, err
-			}
-			c := make([]byte, len(blk))
-			copy(c, blk)
-			le.PutUint32(c[4:], 0)
-			if got := ^crc32.Checksum(c, castagnoli); got != checksum {
-				return nil, formatErr("erofs: superblock checksum %#x, computed %#x", checksum, got)
-			}
-		}
-		if incompat&incompatDevTable == 0 {
-			extraDevs = 0
-		}
+		extraDevs, err = m.checkPlainSuper(&sb, allowPlain)
 	}
-	if extslots != 0 {
-		return nil, formatErr("v6: sb_extslots %d must be 0", extslots)
+	if err != nil {
+		return nil, err
 	}
-	if inos == 0 {
+	if sb.ExtSlots != 0 {
+		return nil, formatErr("v6: sb_extslots %d must be 0", sb.ExtSlots)
+	}
+	if sb.Inos == 0 {
 		return nil, formatErr("v6: inode count is 0")
 	}
 	m.bs = 1 << m.blkbits
@@ -151,59 +83,22 @@ func openV6(d []byte, allowPlain bool) (*v6, error) {
 	if m.rafs && (size < 4096 || size%m.bs != 0) {
 		return nil, formatErr("v6: bootstrap size %d is not a multiple of the %d-byte block", size, m.bs)
 	}
-	m.metaBase = metaBlk * m.bs
-	m.xattrBase = xattrBlk * m.bs
+	m.metaBase = uint64(sb.MetaBlkAddr) * m.bs
+	m.xattrBase = uint64(sb.XattrBlkAddr) * m.bs
 	if m.metaBase >= size {
-		return nil, formatErr("v6: meta_blkaddr %d is past the end of the %d-byte bootstrap", metaBlk, size)
+		return nil, formatErr("v6: meta_blkaddr %d is past the end of the %d-byte bootstrap", sb.MetaBlkAddr, size)
 	}
-	// Device table.
-	if extraDevs > maxBlobs {
-		return nil, formatErr("v6: %d devices (at most %d)", extraDevs, maxBlobs)
-	}
-	devt, err := span(d, devtSlot*devSlotSize, extraDevs*devSlotSize, "v6 device table")
+	devs, err := m.devices(uint64(sb.DevtSlotOff), extraDevs)
 	if err != nil {
 		return nil, err
 	}
-	type dev struct {
-		tag            string
-		blocks, mapped uint32
-	}
-	devs := make([]dev, extraDevs)
-	for i := range devs {
-		s := devt[i*devSlotSize:]
-		devs[i] = dev{tag: cstring(s[:64]), blocks: le.Uint32(s[64:]), mapped: le.Uint32(s[68:])}
-	}
 	if m.rafs {
-		if err := m.parseExt(); err != nil {
-			return nil, err
-		}
-		if uint64(len(m.blobs)) != extraDevs {
-			return nil, formatErr("v6: %d blobs but %d device slots", len(m.blobs), extraDevs)
-		}
-		seen := map[string]bool{}
-		for i, dv := range devs {
-			if dv.tag != m.blobs[i].id {
-				return nil, formatErr("v6: device slot %d names %q, blob table says %q", i, dv.tag, m.blobs[i].id)
-			}
-			if seen[dv.tag] {
-				return nil, formatErr("v6: blob %s appears twice", dv.tag)
-			}
-			seen[dv.tag] = true
-			if dv.blocks == 0 && !m.tarfs {
-				return nil, formatErr("v6: device slot %d has 0 blocks", i)
-			}
-			m.blobs[i].mappedBlkaddr = dv.mapped
-			m.blobs[i].blocks = dv.blocks
-		}
+		err = m.rafsBlobs(devs)
 	} else {
-		m.flags = flagExplicitUIDGID | flagHasXattr
-		for i, dv := range devs {
-			id := dv.tag
-			if id == "" {
-				id = "erofs-device-" + string(rune('1'+i%9))
-			}
-			m.blobs = append(m.blobs, &blob{index: i, id: id, raw: true, blocks: dv.blocks, mappedBlkaddr: dv.mapped})
-		}
+		m.plainBlobs(devs)
+	}
+	if err != nil {
+		return nil, err
 	}
 	root, err := m.inode(m.rootNid)
 	if err != nil {
@@ -215,18 +110,121 @@ func openV6(d []byte, allowPlain bool) (*v6, error) {
 	return m, nil
 }
 
+// checkRAFSSuper applies the rules nydus has for a RAFS v6 superblock.
+func (m *v6) checkRAFSSuper(sb *layout.SuperBlock) error {
+	switch {
+	case sb.Checksum != 0:
+		return formatErr("v6: superblock checksum %#x, RAFS requires 0", sb.Checksum)
+	case m.blkbits != 12 && m.blkbits != 9:
+		return formatErr("v6: block size bits %d, want 12 (or 9 for tarfs)", m.blkbits)
+	case sb.FeatureIncompat != layout.IncompatRAFS:
+		return formatErr("v6: feature_incompat %#x, want 0xc", sb.FeatureIncompat)
+	case sb.DevtSlotOff != layout.RAFSDevtSlotOff:
+		return formatErr("v6: device table slot offset %d, want 11", sb.DevtSlotOff)
+	case sb.XattrBlkAddr != 0 || sb.U1 != 0:
+		return formatErr("v6: xattr_blkaddr %d / u1 %d must be 0", sb.XattrBlkAddr, sb.U1)
+	}
+	return nil
+}
+
+// checkPlainSuper checks a plain EROFS superblock (and its checksum) and
+// returns the number of extra devices it has.
+func (m *v6) checkPlainSuper(sb *layout.SuperBlock, allowPlain bool) (uint64, error) {
+	if !allowPlain {
+		return 0, formatErr("plain EROFS image, not RAFS v6 (feature_compat %#x lacks 0x40000000)", sb.FeatureCompat)
+	}
+	if m.blkbits < 9 || m.blkbits > 16 {
+		return 0, formatErr("erofs: block size bits %d", m.blkbits)
+	}
+	if sb.FeatureIncompat&^layout.IncompatRAFS != 0 {
+		return 0, formatErr("erofs: unsupported feature_incompat %#x (compression?)", sb.FeatureIncompat)
+	}
+	if sb.FeatureCompat&layout.CompatSBChecksum != 0 {
+		bs := uint64(1) << m.blkbits
+		blk, err := span(m.d, layout.SuperOffset, bs-layout.SuperOffset, "erofs checksummed block")
+		if err != nil {
+			return 0, err
+		}
+		c := make([]byte, len(blk))
+		copy(c, blk)
+		le.PutUint32(c[4:], 0)
+		if got := ^crc32.Checksum(c, castagnoli); got != sb.Checksum {
+			return 0, formatErr("erofs: superblock checksum %#x, computed %#x", sb.Checksum, got)
+		}
+	}
+	if sb.FeatureIncompat&layout.IncompatDevTable == 0 {
+		return 0, nil
+	}
+	return uint64(sb.ExtraDevices), nil
+}
+
+// devices decodes the device table.
+func (m *v6) devices(slot, n uint64) ([]layout.DeviceSlot, error) {
+	if n > maxBlobs {
+		return nil, formatErr("v6: %d devices (at most %d)", n, maxBlobs)
+	}
+	devt, err := span(m.d, slot*layout.DeviceSlotSize, n*layout.DeviceSlotSize, "v6 device table")
+	if err != nil {
+		return nil, err
+	}
+	devs := make([]layout.DeviceSlot, n)
+	for i := range devs {
+		devs[i].Decode(devt[i*layout.DeviceSlotSize:])
+	}
+	return devs, nil
+}
+
+// rafsBlobs reads the extended superblock and blob table and matches the
+// blobs with their device slots.
+func (m *v6) rafsBlobs(devs []layout.DeviceSlot) error {
+	if err := m.parseExt(); err != nil {
+		return err
+	}
+	if len(m.blobs) != len(devs) {
+		return formatErr("v6: %d blobs but %d device slots", len(m.blobs), len(devs))
+	}
+	seen := map[string]bool{}
+	for i, dv := range devs {
+		if dv.Tag != m.blobs[i].id {
+			return formatErr("v6: device slot %d names %q, blob table says %q", i, dv.Tag, m.blobs[i].id)
+		}
+		if seen[dv.Tag] {
+			return formatErr("v6: blob %s appears twice", dv.Tag)
+		}
+		seen[dv.Tag] = true
+		if dv.Blocks == 0 && !m.tarfs {
+			return formatErr("v6: device slot %d has 0 blocks", i)
+		}
+		m.blobs[i].mappedBlkaddr = dv.MappedBlkAddr
+		m.blobs[i].blocks = dv.Blocks
+	}
+	return nil
+}
+
+// plainBlobs makes a raw blob of each plain EROFS device.
+func (m *v6) plainBlobs(devs []layout.DeviceSlot) {
+	m.flags = flagExplicitUIDGID | flagHasXattr
+	for i, dv := range devs {
+		id := dv.Tag
+		if id == "" {
+			id = "erofs-device-" + string(rune('1'+i%9))
+		}
+		m.blobs = append(m.blobs, &blob{index: i, id: id, raw: true, blocks: dv.Blocks, mappedBlkaddr: dv.MappedBlkAddr})
+	}
+}
+
 // parseExt decodes the RAFS v6 extended superblock and the tables it names.
 func (m *v6) parseExt() error {
 	d := m.d
-	ext, err := span(d, rafsV6ExtSB, 256, "v6 extended superblock")
+	b, err := span(d, layout.ExtSuperOffset, layout.ExtSuperSize, "v6 extended superblock")
 	if err != nil {
 		return err
 	}
-	m.flags = le.Uint64(ext[0:])
-	btOff, btSize := le.Uint64(ext[8:]), uint64(le.Uint32(ext[16:]))
-	m.chunkSize = uint64(le.Uint32(ext[20:]))
-	ctOff, ctSize := le.Uint64(ext[24:]), le.Uint64(ext[32:])
-	pfOff, pfSize := le.Uint64(ext[40:]), uint64(le.Uint32(ext[48:]))
+	var ext layout.ExtSuperBlock
+	ext.Decode(b)
+	m.flags, m.chunkSize = ext.Flags, uint64(ext.ChunkSize)
+	btOff, btSize := ext.BlobTableOffset, uint64(ext.BlobTableSize)
+	ctOff, ctSize := ext.ChunkTableOffset, ext.ChunkTableSize
 	if err := checkSuperFlags(m.flags, true); err != nil {
 		return err
 	}
@@ -237,15 +235,16 @@ func (m *v6) parseExt() error {
 	if !isPow2(m.chunkSize) || m.chunkSize < 4096 || m.chunkSize > maxChunkSize {
 		return formatErr("v6: chunk size %#x", m.chunkSize)
 	}
-	if btOff%4096 != 0 || btOff < 4096 || btSize%v6BlobEntrySize != 0 || btSize/v6BlobEntrySize > maxBlobs {
+	const es = layout.BlobEntryV6Size
+	if btOff%4096 != 0 || btOff < 4096 || btSize%es != 0 || btSize/es > maxBlobs {
 		return formatErr("v6: blob table at %#x, %d bytes", btOff, btSize)
 	}
 	bt, err := span(d, btOff, btSize, "v6 blob table")
 	if err != nil {
 		return err
 	}
-	for i := uint64(0); i < btSize/v6BlobEntrySize; i++ {
-		b, err := parseV6BlobEntry(bt[i*v6BlobEntrySize:(i+1)*v6BlobEntrySize], uint32(i), uint32(m.chunkSize), m.tarfs)
+	for i := uint64(0); i < btSize/es; i++ {
+		b, err := parseV6BlobEntry(bt[i*es:(i+1)*es], uint32(i), uint32(m.chunkSize), m.tarfs)
 		if err != nil {
 			return err
 		}
@@ -262,18 +261,12 @@ func (m *v6) parseExt() error {
 			m.chunkTable = d[ctOff : ctOff+ctSize]
 		}
 	}
-	if pfSize > 0 && pfOff != 0 {
-		pf, err := span(d, pfOff, pfSize&^3, "v6 prefetch table")
+	if pfSize := uint64(ext.PrefetchTableSize); pfSize > 0 && ext.PrefetchTableOffset != 0 {
+		pf, err := span(d, ext.PrefetchTableOffset, pfSize&^3, "v6 prefetch table")
 		if err != nil {
 			return err
 		}
-		for i := 0; i+4 <= len(pf); i += 4 {
-			v := le.Uint32(pf[i:])
-			if v == 0 {
-				break
-			}
-			m.prefetch = append(m.prefetch, v)
-		}
+		m.prefetch = layout.DecodePrefetch(pf)
 	}
 	if btOff < m.metaBase && btOff+btSize > m.metaBase {
 		return formatErr("v6: blob table overlaps the inode area")
@@ -281,48 +274,34 @@ func (m *v6) parseExt() error {
 	return nil
 }
 
-// checkSuperFlags applies the loaders' flag rules.
-func checkSuperFlags(f uint64, v6 bool) error {
-	if f&^uint64(knownSuperFlags) != 0 {
-		return formatErr("unknown super flags %#x", f&^uint64(knownSuperFlags))
-	}
-	if v6 {
-		if c := f & compressionSuperFlags; !isPow2(c) {
-			return formatErr("super flags %#x: need exactly one compression bit", f)
-		}
-		if h := f & hashSuperFlags; !isPow2(h) {
-			return formatErr("super flags %#x: need exactly one hash bit", f)
-		}
-	}
-	return nil
-}
-
-func parseV6BlobEntry(e []byte, idx, chunkSize uint32, tarfs bool) (*blob, error) {
+func parseV6BlobEntry(raw []byte, idx, chunkSize uint32, tarfs bool) (*blob, error) {
+	var e layout.BlobEntry
+	e.Decode(raw)
 	b := &blob{
 		index:          int(idx),
-		id:             cstring(e[:64]),
-		chunkSize:      le.Uint32(e[68:]),
-		chunkCount:     le.Uint32(e[72:]),
-		compression:    Compression(le.Uint32(e[76:])),
-		digestAlgo:     DigestAlgo(le.Uint32(e[80:])),
-		features:       le.Uint32(e[84:]),
-		compressedSize: le.Uint64(e[88:]),
-		uncompSize:     le.Uint64(e[96:]),
-		tocSize:        le.Uint32(e[104:]),
-		ciCompressor:   Compression(le.Uint32(e[108:])),
-		ciOffset:       le.Uint64(e[112:]),
-		ciCSize:        le.Uint64(e[120:]),
-		ciUSize:        le.Uint64(e[128:]),
-		cipher:         le.Uint32(e[216:]),
+		id:             e.ID,
+		chunkSize:      e.ChunkSize,
+		chunkCount:     e.ChunkCount,
+		compression:    e.Compressor,
+		digestAlgo:     e.Digester,
+		features:       e.Features,
+		compressedSize: e.CompressedSize,
+		uncompSize:     e.UncompressedSize,
+		tocSize:        e.TOCSize,
+		tocDigest:      e.TOCDigest,
+		ciCompressor:   e.CICompressor,
+		ciOffset:       e.CIOffset,
+		ciCSize:        e.CICompressedSize,
+		ciUSize:        e.CIUncompressed,
+		cipher:         e.Cipher,
 		raw:            tarfs,
 		hasCI:          true,
 	}
-	copy(b.tocDigest[:], e[136:168])
-	if b.id == "" || bytes.IndexByte([]byte(b.id), '/') >= 0 {
+	if b.id == "" || strings.IndexByte(b.id, '/') >= 0 {
 		return nil, formatErr("v6 blob %d: bad blob id %q", idx, b.id)
 	}
-	if le.Uint32(e[64:]) != idx {
-		return nil, formatErr("v6 blob %d: blob_index field says %d", idx, le.Uint32(e[64:]))
+	if e.Index != idx {
+		return nil, formatErr("v6 blob %d: blob_index field says %d", idx, e.Index)
 	}
 	if b.chunkSize != chunkSize {
 		return nil, formatErr("v6 blob %d: chunk size %#x, superblock says %#x", idx, b.chunkSize, chunkSize)
@@ -333,16 +312,16 @@ func parseV6BlobEntry(e []byte, idx, chunkSize uint32, tarfs bool) (*blob, error
 	if b.compression > CompressZstd || b.digestAlgo > DigestSHA256 || b.ciCompressor > CompressZstd {
 		return nil, formatErr("v6 blob %d: unknown compression %d / digest %d / ci compressor %d", idx, b.compression, b.digestAlgo, b.ciCompressor)
 	}
-	if b.features&blobFeatureLowMask&^blobFeatureLowOK != 0 || b.features&blobV5NoExtTable != 0 {
+	if b.features&layout.BlobFeatureLowMask&^layout.BlobFeatureLowOK != 0 || b.features&layout.BlobV5NoExtTable != 0 {
 		return nil, formatErr("v6 blob %d: invalid features %#x", idx, b.features)
 	}
-	if !tarfs && b.features&blobAligned == 0 {
+	if !tarfs && b.features&layout.BlobAligned == 0 {
 		return nil, formatErr("v6 blob %d: features %#x lack ALIGNED", idx, b.features)
 	}
 	if b.ciCSize > b.ciUSize {
 		return nil, formatErr("v6 blob %d: ci compressed size %d > uncompressed %d", idx, b.ciCSize, b.ciUSize)
 	}
-	if b.ciUSize > uint64(maxChunkCount)*ciV2Size*2 {
+	if b.ciUSize > uint64(maxChunkCount)*layout.CIV2Size*2 {
 		return nil, formatErr("v6 blob %d: ci array of %d bytes", idx, b.ciUSize)
 	}
 	return b, nil
@@ -355,64 +334,44 @@ func (m *v6) blobTable() []*blob { return m.blobs }
 
 // inode decodes the inode at nid.
 func (m *v6) inode(nid uint64) (*Inode, error) {
-	if nid > (uint64(len(m.d))-m.metaBase)/32 {
+	if nid > (uint64(len(m.d))-m.metaBase)/layout.InodeSlotSize {
 		return nil, formatErr("v6: nid %d is past the end of the bootstrap", nid)
 	}
-	off := m.metaBase + nid*32
-	b, err := span(m.d, off, 32, "v6 inode")
+	off := m.metaBase + nid*layout.InodeSlotSize
+	b, err := span(m.d, off, layout.InodeCompactSize, "v6 inode")
 	if err != nil {
 		return nil, err
 	}
-	fmtw := le.Uint16(b)
-	// Bit 4 is NLINK_1 for compact inodes of newer plain EROFS images;
-	// nydus rejects every bit above bit 3.
-	nlink1 := !m.rafs && fmtw&1 == 0 && fmtw&0x10 != 0
-	if nlink1 {
-		fmtw &^= 0x10
-	}
-	if fmtw > 0xf {
-		return nil, formatErr("v6: nid %d: i_format %#x has unknown bits", nid, fmtw)
-	}
-	n := &Inode{id: nid}
-	n.v6.off = off
-	n.v6.layout = uint8(fmtw>>1) & 7
-	icount := uint64(le.Uint16(b[2:]))
-	n.Mode = uint32(le.Uint16(b[4:]))
-	if fmtw&1 == 0 {
-		n.v6.isize = 32
-		n.Nlink = uint32(le.Uint16(b[6:]))
-		if nlink1 {
-			n.Nlink = 1
-		}
-		n.Size = uint64(le.Uint32(b[8:]))
-		n.Mtime = m.buildTime + uint64(le.Uint32(b[12:]))
-		n.MtimeNsec = m.buildNsec
-		n.v6.iu = le.Uint32(b[16:])
-		n.rawIno = uint64(le.Uint32(b[20:]))
-		n.UID, n.GID = uint32(le.Uint16(b[24:])), uint32(le.Uint16(b[26:]))
-	} else {
-		b, err = span(m.d, off, 64, "v6 extended inode")
-		if err != nil {
+	if b[0]&1 != 0 {
+		if b, err = span(m.d, off, layout.InodeExtendedSize, "v6 extended inode"); err != nil {
 			return nil, err
 		}
-		n.v6.isize = 64
-		n.Size = le.Uint64(b[8:])
-		n.v6.iu = le.Uint32(b[16:])
-		n.rawIno = uint64(le.Uint32(b[20:]))
-		n.UID, n.GID = le.Uint32(b[24:]), le.Uint32(b[28:])
-		n.Mtime, n.MtimeNsec = le.Uint64(b[32:]), le.Uint32(b[40:])
-		n.Nlink = le.Uint32(b[44:])
 	}
-	if icount > 0 {
-		n.v6.xsize = 12 + 4*(icount-1)
+	var di layout.Inode
+	di.Decode(b)
+	// Bit 4 is NLINK_1 for compact inodes of newer plain EROFS images;
+	// nydus rejects every bit above bit 3.
+	if !m.rafs && !di.Extended() && di.Format&0x10 != 0 {
+		di.Format &^= 0x10
+		di.Nlink = 1
 	}
+	if di.Format > 0xf {
+		return nil, formatErr("v6: nid %d: i_format %#x has unknown bits", nid, di.Format)
+	}
+	n := &Inode{id: nid, Mode: uint32(di.Mode), Nlink: di.Nlink, Size: di.Size, Mtime: di.Mtime,
+		MtimeNsec: di.MtimeNsec, rawIno: uint64(di.Ino), UID: di.UID, GID: di.GID}
+	if !di.Extended() {
+		n.Mtime += m.buildTime
+		n.MtimeNsec = m.buildNsec
+	}
+	n.v6 = v6Inode{off: off, isize: di.ISize(), xsize: di.XattrSize(), layout: di.Layout(), iu: di.U}
 	if _, err := span(m.d, off, n.v6.isize+n.v6.xsize, "v6 inode xattrs"); err != nil {
 		return nil, err
 	}
 	n.Blocks = (n.Size + 511) / 512
 	switch n.Mode & syscall.S_IFMT {
 	case syscall.S_IFDIR, syscall.S_IFLNK:
-		if n.v6.layout != layoutFlatPlain && n.v6.layout != layoutFlatInline {
+		if n.v6.layout != layout.LayoutFlatPlain && n.v6.layout != layout.LayoutFlatInline {
 			return nil, formatErr("v6: nid %d: directory/symlink with data layout %d", nid, n.v6.layout)
 		}
 		if n.IsSymlink() && n.Size > maxSymlinkLen {
@@ -423,11 +382,11 @@ func (m *v6) inode(nid uint64) (*Inode, error) {
 		}
 	case syscall.S_IFREG:
 		switch n.v6.layout {
-		case layoutFlatPlain, layoutFlatInline:
+		case layout.LayoutFlatPlain, layout.LayoutFlatInline:
 			if m.rafs && n.Size > 0 {
 				return nil, formatErr("v6: nid %d: RAFS regular file with flat layout", nid)
 			}
-		case layoutChunkBased:
+		case layout.LayoutChunkBased:
 			if err := m.checkChunkArray(n); err != nil {
 				return nil, err
 			}
@@ -452,9 +411,9 @@ func (m *v6) chunkGeometry(n *Inode) (cs, unit, pos uint64) {
 	if m.rafs {
 		cs, unit = m.chunkSize, 8
 	} else {
-		cs = uint64(1) << (uint64(m.blkbits) + uint64(cfmt&chunkFmtBlkbits))
+		cs = uint64(1) << (uint64(m.blkbits) + uint64(cfmt&layout.ChunkFormatBlkbits))
 		unit = 4
-		if cfmt&chunkFmtIndexes != 0 {
+		if cfmt&layout.ChunkFormatIndexes != 0 {
 			unit = 8
 		}
 	}
@@ -463,11 +422,11 @@ func (m *v6) chunkGeometry(n *Inode) (cs, unit, pos uint64) {
 
 func (m *v6) checkChunkArray(n *Inode) error {
 	cfmt := n.v6.iu & 0xffff
-	if m.rafs && cfmt&chunkFmtIndexes == 0 {
+	if m.rafs && cfmt&layout.ChunkFormatIndexes == 0 {
 		return formatErr("v6: nid %d: chunk format %#x lacks INDEXES", n.id, cfmt)
 	}
-	if !m.rafs && uint64(m.blkbits)+uint64(cfmt&chunkFmtBlkbits) > 30 {
-		return formatErr("erofs: nid %d: chunk bits %d", n.id, cfmt&chunkFmtBlkbits)
+	if !m.rafs && uint64(m.blkbits)+uint64(cfmt&layout.ChunkFormatBlkbits) > 30 {
+		return formatErr("erofs: nid %d: chunk bits %d", n.id, cfmt&layout.ChunkFormatBlkbits)
 	}
 	cs, unit, pos := m.chunkGeometry(n)
 	count := (n.Size + cs - 1) / cs
@@ -576,7 +535,7 @@ func (m *v6) block(n *Inode, k uint64) ([]byte, error) {
 	if k == nblocks-1 {
 		length = n.Size - k*m.bs
 	}
-	if n.v6.layout == layoutFlatInline && k == nblocks-1 {
+	if n.v6.layout == layout.LayoutFlatInline && k == nblocks-1 {
 		pos := n.v6.off + n.v6.isize + n.v6.xsize
 		if pos%m.bs+length > m.bs {
 			return nil, formatErr("v6: nid %d: inline data crosses a block boundary", n.id)
@@ -588,15 +547,15 @@ func (m *v6) block(n *Inode, k uint64) ([]byte, error) {
 
 // flatData returns the whole data of a flat inode.
 func (m *v6) flatData(n *Inode) ([]byte, bool, error) {
-	if n.v6.layout == layoutChunkBased {
+	if n.v6.layout == layout.LayoutChunkBased {
 		return nil, false, nil
 	}
 	if n.Size == 0 {
 		return nil, true, nil
 	}
 	nblocks := (n.Size + m.bs - 1) / m.bs
-	if n.v6.layout == layoutFlatPlain || nblocks == 1 {
-		if n.v6.layout == layoutFlatPlain {
+	if n.v6.layout == layout.LayoutFlatPlain || nblocks == 1 {
+		if n.v6.layout == layout.LayoutFlatPlain {
 			b, err := span(m.d, uint64(n.v6.iu)*m.bs, n.Size, "v6 flat data")
 			return b, true, err
 		}
@@ -632,20 +591,21 @@ type v6Dirent struct {
 
 // dirBlock decodes the entries of one directory block.
 func (m *v6) dirBlock(b []byte, fn func(i int, e v6Dirent) bool) error {
-	if len(b) < 12 {
+	if len(b) < layout.DirentSize {
 		return formatErr("v6: directory block of %d bytes", len(b))
 	}
-	first := uint64(le.Uint16(b[8:]))
-	if first < 12 || first%12 != 0 || first > uint64(len(b)) {
+	var e, next layout.Dirent
+	e.Decode(b)
+	first := uint64(e.NameOff)
+	if first < layout.DirentSize || first%layout.DirentSize != 0 || first > uint64(len(b)) {
 		return formatErr("v6: directory block: first nameoff %d", first)
 	}
-	count := int(first / 12)
+	count := int(first / layout.DirentSize)
 	for i := 0; i < count; i++ {
-		e := b[i*12:]
-		start := uint64(le.Uint16(e[8:]))
-		end := uint64(len(b))
+		start, end := uint64(e.NameOff), uint64(len(b))
 		if i+1 < count {
-			end = uint64(le.Uint16(e[20:]))
+			next.Decode(b[(i+1)*layout.DirentSize:])
+			end = uint64(next.NameOff)
 		}
 		if start < first || end < start || end > uint64(len(b)) {
 			return formatErr("v6: directory entry %d: name range [%d, %d)", i, start, end)
@@ -659,9 +619,10 @@ func (m *v6) dirBlock(b []byte, fn func(i int, e v6Dirent) bool) error {
 		if len(name) == 0 || len(name) > maxNameLen {
 			return formatErr("v6: directory entry %d: name of %d bytes", i, len(name))
 		}
-		if !fn(i, v6Dirent{nid: le.Uint64(e), ftype: e[10], name: name}) {
+		if !fn(i, v6Dirent{nid: e.Nid, ftype: e.FileType, name: name}) {
 			return nil
 		}
+		e = next
 	}
 	return nil
 }
@@ -686,7 +647,7 @@ func (m *v6) readdir(n *Inode, off uint64, fn func(name string, id uint64, dtype
 			if i < skip {
 				return true
 			}
-			if !fn(string(e.name), e.nid, dtypeMode(e.ftype), k*cookieBlock+uint64(i)+1) {
+			if !fn(string(e.name), e.nid, layout.FileTypeMode(e.ftype), k*cookieBlock+uint64(i)+1) {
 				stop = true
 				return false
 			}
@@ -697,27 +658,6 @@ func (m *v6) readdir(n *Inode, off uint64, fn func(name string, id uint64, dtype
 		}
 	}
 	return nil
-}
-
-// dtypeMode maps an EROFS file type to S_IFMT bits.
-func dtypeMode(t uint8) uint32 {
-	switch t {
-	case 1:
-		return syscall.S_IFREG
-	case 2:
-		return syscall.S_IFDIR
-	case 3:
-		return syscall.S_IFCHR
-	case 4:
-		return syscall.S_IFBLK
-	case 5:
-		return syscall.S_IFIFO
-	case 6:
-		return syscall.S_IFSOCK
-	case 7:
-		return syscall.S_IFLNK
-	}
-	return 0
 }
 
 // lookup binary-searches the sorted directory blocks, then the block.
@@ -760,31 +700,25 @@ func (m *v6) lookup(n *Inode, name string) (uint64, error) {
 	return 0, syscall.ENOENT
 }
 
-var xattrPrefixes = map[uint8]string{
-	1: "user.",
-	2: "system.posix_acl_access",
-	3: "system.posix_acl_default",
-	4: "trusted.",
-	6: "security.",
-}
-
 // xattrEntry decodes one EROFS xattr entry at the start of b and returns
 // it with its padded length.
 func xattrEntry(b []byte) (Xattr, uint64, error) {
-	if len(b) < 4 {
+	if len(b) < layout.XattrEntrySize {
 		return Xattr{}, 0, formatErr("xattr entry: %d bytes", len(b))
 	}
-	nl, idx, vl := uint64(b[0]), b[1], uint64(le.Uint16(b[2:]))
-	body, err := span(b, 4, nl+vl, "xattr entry")
+	var e layout.XattrEntry
+	e.Decode(b)
+	nl, vl := uint64(e.NameLen), uint64(e.ValueSize)
+	body, err := span(b, layout.XattrEntrySize, nl+vl, "xattr entry")
 	if err != nil {
 		return Xattr{}, 0, err
 	}
-	prefix, ok := xattrPrefixes[idx]
+	prefix, ok := layout.XattrPrefixOf(e.NameIndex)
 	if !ok {
-		return Xattr{}, 0, formatErr("xattr entry: unsupported name index %d", idx)
+		return Xattr{}, 0, formatErr("xattr entry: unsupported name index %d", e.NameIndex)
 	}
 	x := Xattr{Name: prefix + string(body[:nl]), Value: append([]byte(nil), body[nl:]...)}
-	return x, alignUp(4+nl+vl, 4), nil
+	return x, e.Size(), nil
 }
 
 func (m *v6) xattrs(n *Inode) ([]Xattr, error) {
@@ -796,12 +730,13 @@ func (m *v6) xattrs(n *Inode) ([]Xattr, error) {
 		return nil, err
 	}
 	shared := uint64(area[4])
-	if 12+4*shared > uint64(len(area)) {
+	const hdr = layout.XattrIbodyHeaderSize
+	if hdr+4*shared > uint64(len(area)) {
 		return nil, formatErr("v6: nid %d: %d shared xattrs do not fit", n.id, shared)
 	}
 	var out []Xattr
 	for i := uint64(0); i < shared; i++ {
-		id := uint64(le.Uint32(area[12+4*i:]))
+		id := uint64(le.Uint32(area[hdr+4*i:]))
 		if m.rafs {
 			return nil, formatErr("v6: nid %d: RAFS has no shared xattrs", n.id)
 		}
@@ -815,7 +750,7 @@ func (m *v6) xattrs(n *Inode) ([]Xattr, error) {
 		}
 		out = append(out, x)
 	}
-	rest := area[12+4*shared:]
+	rest := area[hdr+4*shared:]
 	for len(rest) >= 4 {
 		x, l, err := xattrEntry(rest)
 		if err != nil {
@@ -839,26 +774,27 @@ func (m *v6) chunks(n *Inode, off, end uint64, fn func(c chunkRef) error) error 
 			return err
 		}
 		c := chunkRef{fileOff: k * cs, length: uint32(min(cs, n.Size-k*cs))}
-		var blk uint64
+		var ix layout.ChunkIndex
 		if unit == 4 {
-			blk = uint64(le.Uint32(e))
+			ix.BlkAddr = le.Uint32(e)
 			c.primary = true
 		} else {
-			dev := le.Uint16(e[2:])
-			blk = uint64(le.Uint32(e[4:]))
-			if m.rafs {
-				if dev&0xff == 0 {
-					return formatErr("v6: nid %d chunk %d: blob index 0 (device id %#x)", n.id, k, dev)
+			ix.Decode(e)
+			switch {
+			case m.rafs:
+				blob, ok := ix.RAFSBlob()
+				if !ok {
+					return formatErr("v6: nid %d chunk %d: blob index 0 (device id %#x)", n.id, k, ix.DeviceID)
 				}
-				c.blob = uint32(dev&0xff) - 1
-				c.ciIndex = uint32(dev>>8)<<16 | uint32(le.Uint16(e))
-			} else if dev == 0 {
+				c.blob, c.ciIndex = blob, ix.RAFSCI()
+			case ix.DeviceID == 0:
 				c.primary = true
-			} else {
-				c.blob = uint32(dev) - 1
+			default:
+				c.blob = uint32(ix.DeviceID) - 1
 			}
 		}
-		if blk == erofsNullAddr && !m.rafs {
+		blk := uint64(ix.BlkAddr)
+		if blk == layout.NullAddr && !m.rafs {
 			c.hole = true
 		}
 		c.blkaddr = blk * m.bs
@@ -881,9 +817,10 @@ func (m *v6) chunks(n *Inode, off, end uint64, fn func(c chunkRef) error) error 
 func (m *v6) chunkTableEntry(blobIdx, ci uint32) (ChunkInfo, bool) {
 	m.ctOnce.Do(func() {
 		m.ctMap = make(map[uint64]uint32, len(m.chunkTable)/chunkInfoV5Size)
+		var e layout.ChunkInfoV5
 		for i := 0; i+chunkInfoV5Size <= len(m.chunkTable); i += chunkInfoV5Size {
-			e := m.chunkTable[i:]
-			m.ctMap[uint64(le.Uint32(e[32:]))<<32|uint64(le.Uint32(e[72:]))] = uint32(i)
+			e.Decode(m.chunkTable[i:])
+			m.ctMap[uint64(e.BlobIndex)<<32|uint64(e.Index)] = uint32(i)
 		}
 	})
 	i, ok := m.ctMap[uint64(blobIdx)<<32|uint64(ci)]

@@ -52,6 +52,31 @@ func (m *mount) leave(h *fuse.InHeader, orig uint64) {
 	m.release()
 }
 
+// onMount runs op on the mount a request's node lives in, with the node id
+// rewritten for the mounted filesystem (and restored, and the mount
+// released, when op returns or panics). A pseudo directory is answered
+// with pseudo, a node whose mount went away with ENOENT. Every operation
+// without a pseudo-directory answer of its own goes through it.
+func (v *VFS) onMount(h *fuse.InHeader, pseudo fuse.Status, op func(m *mount) fuse.Status) fuse.Status {
+	p, m, orig := v.enter(h)
+	if m == nil {
+		return pseudoErr(p, pseudo)
+	}
+	defer m.leave(h, orig)
+	return op(m)
+}
+
+// onMountN is onMount for operations that also return a value.
+func onMountN[T any](v *VFS, h *fuse.InHeader, pseudo fuse.Status, op func(m *mount) (T, fuse.Status)) (T, fuse.Status) {
+	p, m, orig := v.enter(h)
+	if m == nil {
+		var zero T
+		return zero, pseudoErr(p, pseudo)
+	}
+	defer m.leave(h, orig)
+	return op(m)
+}
+
 // gone is the answer for a node that is neither a pseudo directory nor in
 // a mounted filesystem (its mount went away).
 const gone = fuse.ENOENT
@@ -153,14 +178,11 @@ func (v *VFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Attr
 }
 
 func (v *VFS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	st := m.FS.SetAttr(cancel, in, out)
-	out.Ino = m.fixIno(out.Ino)
-	return st
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status {
+		st := m.FS.SetAttr(cancel, in, out)
+		out.Ino = m.fixIno(out.Ino)
+		return st
+	})
 }
 
 // pseudoErr is the answer for a pseudo directory (st), or for a gone node.
@@ -172,39 +194,19 @@ func pseudoErr(p *pnode, st fuse.Status) fuse.Status {
 }
 
 func (v *VFS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.fixEntry(out, m.FS.Mknod(cancel, in, name, out))
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status { return m.fixEntry(out, m.FS.Mknod(cancel, in, name, out)) })
 }
 
 func (v *VFS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.fixEntry(out, m.FS.Mkdir(cancel, in, name, out))
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status { return m.fixEntry(out, m.FS.Mkdir(cancel, in, name, out)) })
 }
 
 func (v *VFS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(h, orig)
-	return m.FS.Unlink(cancel, h, name)
+	return v.onMount(h, fuse.EROFS, func(m *mount) fuse.Status { return m.FS.Unlink(cancel, h, name) })
 }
 
 func (v *VFS) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(h, orig)
-	return m.FS.Rmdir(cancel, h, name)
+	return v.onMount(h, fuse.EROFS, func(m *mount) fuse.Status { return m.FS.Rmdir(cancel, h, name) })
 }
 
 // second routes a request's other node id (rename's new directory, link's
@@ -225,49 +227,33 @@ func (v *VFS) second(m *mount, id *uint64) (uint64, fuse.Status) {
 }
 
 func (v *VFS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	orig2, st := v.second(m, &in.Newdir)
-	if !st.Ok() {
-		return st
-	}
-	defer func() { in.Newdir = orig2 }()
-	return m.FS.Rename(cancel, in, oldName, newName)
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status {
+		orig2, st := v.second(m, &in.Newdir)
+		if !st.Ok() {
+			return st
+		}
+		defer func() { in.Newdir = orig2 }()
+		return m.FS.Rename(cancel, in, oldName, newName)
+	})
 }
 
 func (v *VFS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	orig2, st := v.second(m, &in.Oldnodeid)
-	if !st.Ok() {
-		return st
-	}
-	defer func() { in.Oldnodeid = orig2 }()
-	return m.fixEntry(out, m.FS.Link(cancel, in, name, out))
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status {
+		orig2, st := v.second(m, &in.Oldnodeid)
+		if !st.Ok() {
+			return st
+		}
+		defer func() { in.Oldnodeid = orig2 }()
+		return m.fixEntry(out, m.FS.Link(cancel, in, name, out))
+	})
 }
 
 func (v *VFS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(h, orig)
-	return m.fixEntry(out, m.FS.Symlink(cancel, h, target, name, out))
+	return v.onMount(h, fuse.EROFS, func(m *mount) fuse.Status { return m.fixEntry(out, m.FS.Symlink(cancel, h, target, name, out)) })
 }
 
 func (v *VFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return nil, pseudoErr(p, fuse.EINVAL)
-	}
-	defer m.leave(h, orig)
-	return m.FS.Readlink(cancel, h)
+	return onMountN(v, h, fuse.EINVAL, func(m *mount) ([]byte, fuse.Status) { return m.FS.Readlink(cancel, h) })
 }
 
 func (v *VFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
@@ -283,66 +269,31 @@ func (v *VFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
 }
 
 func (v *VFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return 0, pseudoErr(p, fuse.ENOATTR)
-	}
-	defer m.leave(h, orig)
-	return m.FS.GetXAttr(cancel, h, attr, dest)
+	return onMountN(v, h, fuse.ENOATTR, func(m *mount) (uint32, fuse.Status) { return m.FS.GetXAttr(cancel, h, attr, dest) })
 }
 
 func (v *VFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return 0, pseudoErr(p, fuse.OK)
-	}
-	defer m.leave(h, orig)
-	return m.FS.ListXAttr(cancel, h, dest)
+	return onMountN(v, h, fuse.OK, func(m *mount) (uint32, fuse.Status) { return m.FS.ListXAttr(cancel, h, dest) })
 }
 
 func (v *VFS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.SetXAttr(cancel, in, attr, data)
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status { return m.FS.SetXAttr(cancel, in, attr, data) })
 }
 
 func (v *VFS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(h, orig)
-	return m.FS.RemoveXAttr(cancel, h, attr)
+	return v.onMount(h, fuse.EROFS, func(m *mount) fuse.Status { return m.FS.RemoveXAttr(cancel, h, attr) })
 }
 
 func (v *VFS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.fixEntry(&out.EntryOut, m.FS.Create(cancel, in, name, out))
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status { return m.fixEntry(&out.EntryOut, m.FS.Create(cancel, in, name, out)) })
 }
 
 func (v *VFS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.fixEntry(&out.EntryOut, m.FS.Tmpfile(cancel, in, out))
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status { return m.fixEntry(&out.EntryOut, m.FS.Tmpfile(cancel, in, out)) })
 }
 
 func (v *VFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.Status(syscall.EISDIR))
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Open(cancel, in, out)
+	return v.onMount(&in.InHeader, fuse.Status(syscall.EISDIR), func(m *mount) fuse.Status { return m.FS.Open(cancel, in, out) })
 }
 
 // heldRead keeps a reference on the mount until the transport is done
@@ -390,39 +341,19 @@ func (v *VFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 }
 
 func (v *VFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EBADF)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Lseek(cancel, in, out)
+	return v.onMount(&in.InHeader, fuse.EBADF, func(m *mount) fuse.Status { return m.FS.Lseek(cancel, in, out) })
 }
 
 func (v *VFS) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.ENOSYS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.GetLk(cancel, in, out)
+	return v.onMount(&in.InHeader, fuse.ENOSYS, func(m *mount) fuse.Status { return m.FS.GetLk(cancel, in, out) })
 }
 
 func (v *VFS) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.ENOSYS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.SetLk(cancel, in)
+	return v.onMount(&in.InHeader, fuse.ENOSYS, func(m *mount) fuse.Status { return m.FS.SetLk(cancel, in) })
 }
 
 func (v *VFS) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.ENOSYS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.SetLkw(cancel, in)
+	return v.onMount(&in.InHeader, fuse.ENOSYS, func(m *mount) fuse.Status { return m.FS.SetLkw(cancel, in) })
 }
 
 func (v *VFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
@@ -433,109 +364,71 @@ func (v *VFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 }
 
 func (v *VFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return 0, pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Write(cancel, in, data)
+	return onMountN(v, &in.InHeader, fuse.EROFS, func(m *mount) (uint32, fuse.Status) { return m.FS.Write(cancel, in, data) })
 }
 
 func (v *VFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return 0, pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Writev(cancel, in, data)
+	return onMountN(v, &in.InHeader, fuse.EROFS, func(m *mount) (uint32, fuse.Status) { return m.FS.Writev(cancel, in, data) })
 }
 
 func (v *VFS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return 0, pseudoErr(p, fuse.EBADF)
-	}
-	defer m.leave(&in.InHeader, orig)
-	orig2, st := v.second(m, &in.NodeIdOut)
-	if !st.Ok() {
-		return 0, st
-	}
-	defer func() { in.NodeIdOut = orig2 }()
-	return m.FS.CopyFileRange(cancel, in)
+	return onMountN(v, &in.InHeader, fuse.EBADF, func(m *mount) (uint32, fuse.Status) {
+		orig2, st := v.second(m, &in.NodeIdOut)
+		if !st.Ok() {
+			return 0, st
+		}
+		defer func() { in.NodeIdOut = orig2 }()
+		return m.FS.CopyFileRange(cancel, in)
+	})
 }
 
 func (v *VFS) Ioctl(cancel <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.Status(syscall.ENOTTY))
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Ioctl(cancel, in, inbuf, out, outbuf)
+	return v.onMount(&in.InHeader, fuse.Status(syscall.ENOTTY), func(m *mount) fuse.Status { return m.FS.Ioctl(cancel, in, inbuf, out, outbuf) })
 }
 
 func (v *VFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.OK)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Flush(cancel, in)
+	return v.onMount(&in.InHeader, fuse.OK, func(m *mount) fuse.Status { return m.FS.Flush(cancel, in) })
 }
 
 func (v *VFS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.OK)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Fsync(cancel, in)
+	return v.onMount(&in.InHeader, fuse.OK, func(m *mount) fuse.Status { return m.FS.Fsync(cancel, in) })
 }
 
 func (v *VFS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.EROFS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.Fallocate(cancel, in)
+	return v.onMount(&in.InHeader, fuse.EROFS, func(m *mount) fuse.Status { return m.FS.Fallocate(cancel, in) })
 }
 
 func (v *VFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.OK)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.OpenDir(cancel, in, out)
+	return v.onMount(&in.InHeader, fuse.OK, func(m *mount) fuse.Status { return m.FS.OpenDir(cancel, in, out) })
 }
 
 func (v *VFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		if p == nil {
-			return gone
-		}
-		return v.pseudoReadDir(cancel, p, in.Offset, out, false)
-	}
-	defer m.leave(&in.InHeader, orig)
-	start := len(out.Bytes())
-	st := m.FS.ReadDir(cancel, in, out)
-	m.fixDirents(out.Bytes()[start:], false)
-	return st
+	return v.readDir(cancel, in, out, false)
 }
 
 func (v *VFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return v.readDir(cancel, in, out, true)
+}
+
+// readDir lists a pseudo directory, or passes READDIR(PLUS) on and
+// namespaces the node ids and inode numbers in the reply.
+func (v *VFS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
 	p, m, orig := v.enter(&in.InHeader)
 	if m == nil {
 		if p == nil {
 			return gone
 		}
-		return v.pseudoReadDir(cancel, p, in.Offset, out, true)
+		return v.pseudoReadDir(cancel, p, in.Offset, out, plus)
 	}
 	defer m.leave(&in.InHeader, orig)
 	start := len(out.Bytes())
-	st := m.FS.ReadDirPlus(cancel, in, out)
-	m.fixDirents(out.Bytes()[start:], true)
+	var st fuse.Status
+	if plus {
+		st = m.FS.ReadDirPlus(cancel, in, out)
+	} else {
+		st = m.FS.ReadDir(cancel, in, out)
+	}
+	m.fixDirents(out.Bytes()[start:], plus)
 	return st
 }
 
@@ -632,12 +525,7 @@ func (v *VFS) ReleaseDir(in *fuse.ReleaseIn) {
 }
 
 func (v *VFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.OK)
-	}
-	defer m.leave(&in.InHeader, orig)
-	return m.FS.FsyncDir(cancel, in)
+	return v.onMount(&in.InHeader, fuse.OK, func(m *mount) fuse.Status { return m.FS.FsyncDir(cancel, in) })
 }
 
 // StatFs of a pseudo directory reports an empty read-only filesystem.
@@ -656,27 +544,21 @@ func (v *VFS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsO
 }
 
 func (v *VFS) Statx(cancel <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
-	p, m, orig := v.enter(&in.InHeader)
-	if m == nil {
-		return pseudoErr(p, fuse.ENOSYS)
-	}
-	defer m.leave(&in.InHeader, orig)
-	st := m.FS.Statx(cancel, in, out)
-	out.Ino = m.fixIno(out.Ino)
-	return st
+	return v.onMount(&in.InHeader, fuse.ENOSYS, func(m *mount) fuse.Status {
+		st := m.FS.Statx(cancel, in, out)
+		out.Ino = m.fixIno(out.Ino)
+		return st
+	})
 }
 
 // SyncFS routes syncfs to the mounted filesystem if it implements it.
 func (v *VFS) SyncFS(cancel <-chan struct{}, h *fuse.InHeader) fuse.Status {
-	p, m, orig := v.enter(h)
-	if m == nil {
-		return pseudoErr(p, fuse.OK)
-	}
-	defer m.leave(h, orig)
-	if s, ok := m.FS.(fusewire.SyncFSer); ok {
-		return s.SyncFS(cancel, h)
-	}
-	return fuse.ENOSYS
+	return v.onMount(h, fuse.OK, func(m *mount) fuse.Status {
+		if s, ok := m.FS.(fusewire.SyncFSer); ok {
+			return s.SyncFS(cancel, h)
+		}
+		return fuse.ENOSYS
+	})
 }
 
 // Init hands the server to every filesystem, now and when mounted.

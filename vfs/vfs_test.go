@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -102,7 +103,7 @@ func kernelMount(t testing.TB, v *VFS) string {
 		testenv.Skip(t, "no /dev/fuse")
 	}
 	mnt := t.TempDir()
-	srv, err := rafs.Mount(v, mnt, &fuse.MountOptions{FsName: "vfs", Name: "vfs", DirectMount: true, MaxReadAhead: 1 << 20})
+	srv, err := hostmount.Mount(v, mnt, &fuse.MountOptions{FsName: "vfs", Name: "vfs", DirectMount: true, MaxReadAhead: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

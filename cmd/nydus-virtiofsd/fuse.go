@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
@@ -84,7 +85,7 @@ func runFuse(args []string) int {
 		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 		defer signal.Stop(sigs)
-		srv, err := rafs.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, rafs.MountOptions(*debug))
+		srv, err := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, hostmount.MountOptions(*debug))
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/imagetool"
 )
 
 const unpackLong = `Write a RAFS image's tree to a tar file, as nydus-image unpack does. The blobs are
@@ -60,7 +61,7 @@ func writeTarFile(img *rafs.Image, name string) error {
 	w := bufio.NewWriterSize(out, 1<<20)
 	err = writeRootEntry(img, w)
 	if err == nil {
-		err = img.WriteTar(context.Background(), w)
+		err = imagetool.WriteTar(context.Background(), img, w)
 	}
 	if err == nil {
 		err = w.Flush()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 
 	"golang.org/x/sys/unix"
@@ -88,7 +89,7 @@ func buildOnMount(t *testing.T, mnt string) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	srv, err := rafs.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, nil)
+	srv, err := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,54 +11,23 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
-// Blob feature bits (rafs-format.md §0.2).
 const (
-	blobFeatAligned       = 0x0000_0001
-	blobFeatInlinedFsMeta = 0x0000_0002
-	blobFeatZran          = 0x0000_0008
-	blobFeatSeparate      = 0x0000_0010
-	blobFeatInlinedDigest = 0x0000_0020
-	blobFeatTarfs         = 0x0000_0040
-	blobFeatBatch         = 0x0000_0080
-	blobFeatEncrypted     = 0x0000_0100
-	blobFeatExternal      = 0x0000_0800
-	blobFeatV5NoExtTable  = 0x8000_0000 // the reader's mark for a v5 blob without an extended entry
-	blobFeatHasTarHeader  = 0x1000_0000
-	blobFeatHasTOC        = 0x2000_0000
-	blobFeatCapTarTOC     = 0x4000_0000
-
-	blobMetaMagic   = 0xB10BB10B
-	blockSize       = 4096
-	tarBlock        = 512
-	ciV1Size        = 16
-	tocEntrySize    = 128
-	tocFlagNone     = 0x1
-	tocFlagZstd     = 0x2
-	blobMetaHdrSize = 4096
+	blockSize = layout.BlockSize
+	tarBlock  = layout.TarBlockSize
+	ciV1Size  = layout.CIV1Size
 )
 
 func align(v, a uint64) uint64 { return (v + a - 1) / a * a }
 
-// blobInfo is what the bootstrap's blob table records about a blob.
-type blobInfo struct {
-	ID               string
-	ChunkCount       uint32
-	Compressor       uint32
-	Digester         uint32
-	Features         uint32
-	CompressedSize   uint64
-	UncompressedSize uint64
-	TOCSize          uint32
-	CICompressor     uint32
-	CIOffset         uint64
-	CICompressedSize uint64
-	CIUncompressed   uint64
-	TOCDigest        [32]byte
-}
+// blobInfo is what the bootstrap's blob table records about a blob (its
+// Index and ChunkSize are filled in when the table is written).
+type blobInfo = layout.BlobEntry
 
-// blobWriter writes a native RAFS v6 blob (rafs-format.md §3.2) to a
+// blobWriter writes a native RAFS v6 blob (docs/rafs-format.md, "Blobs") to a
 // temporary file, hashing it on the way for the blob id.
 type blobWriter struct {
 	f          *os.File
@@ -191,38 +160,24 @@ func (b *blobWriter) addChunk(raw, comp []byte, digest [32]byte, release func())
 		b.off = b.uoff
 	}
 	b.q <- dataWrite{data: data, pad: pad, done: release}
-	b.ci = binary.LittleEndian.AppendUint64(b.ci, ciUncompInfo(ref.UOff, ref.USize))
-	b.ci = binary.LittleEndian.AppendUint64(b.ci, ciCompInfo(ref.COff, ref.CSize))
+	ci := layout.CIV1{UncompressedOffset: ref.UOff, UncompressedSize: ref.USize, CompressedOffset: ref.COff, CompressedSize: ref.CSize}
+	b.ci = append(b.ci, make([]byte, ciV1Size)...)
+	ci.Encode(b.ci[len(b.ci)-ciV1Size:])
 	b.digests = append(b.digests, digest[:]...)
 	return ref, nil
 }
 
-func ciUncompInfo(uoff uint64, usize uint32) uint64 {
-	s := uint64(usize - 1)
-	return uoff&0xFFF_FFFF_F000 | (s>>20&0xf)<<8 | (s&0xFFFFF)<<44
-}
-
-func ciCompInfo(coff uint64, csize uint32) uint64 {
-	s := uint64(csize - 1)
-	return coff&0xFF_FFFF_FFFF | (s>>20&0xf)<<40 | (s&0xFFFFF)<<44
-}
-
-// tarHeader is the GNU tar header nydus writes after each section: name,
-// size, zero mtime, checksum, type '0', magic "ustar  ".
+// tarHeader is the GNU tar header nydus writes after each section.
 func tarHeader(name string, size uint64) []byte {
 	h := make([]byte, tarBlock)
-	copy(h, name)
-	copy(h[124:136], fmt.Sprintf("%011o", size))
-	copy(h[136:148], "00000000000")
-	copy(h[148:156], "        ")
-	h[156] = '0'
-	copy(h[257:265], "ustar  \x00")
-	var sum uint64
-	for _, c := range h {
-		sum += uint64(c)
-	}
-	copy(h[148:156], fmt.Sprintf("%07o\x00", sum))
+	(&layout.TarHeader{Name: name, Size: size}).Encode(h)
 	return h
+}
+
+// appendTOC appends a ToC entry to the blob's table of contents.
+func (b *blobWriter) appendTOC(e layout.TOCEntry) {
+	b.toc = append(b.toc, make([]byte, layout.TOCEntrySize)...)
+	e.Encode(b.toc[len(b.toc)-layout.TOCEntrySize:])
 }
 
 // section ends the current section: writes its tar header and a ToC entry.
@@ -236,14 +191,9 @@ func (b *blobWriter) section(tarName, tocName string, start, csize, usize uint64
 		digest = b.idHash.Sum(nil)
 		b.inData = false
 	}
-	e := make([]byte, tocEntrySize)
-	binary.LittleEndian.PutUint32(e[0:], flags)
-	copy(e[8:24], tocName)
-	copy(e[24:56], digest)
-	binary.LittleEndian.PutUint64(e[56:], start)
-	binary.LittleEndian.PutUint64(e[64:], csize)
-	binary.LittleEndian.PutUint64(e[72:], usize)
-	b.toc = append(b.toc, e...)
+	e := layout.TOCEntry{Flags: flags, Name: tocName, CompressedOffset: start, CompressedSize: csize, UncompressedSize: usize}
+	copy(e.SHA256[:], digest)
+	b.appendTOC(e)
 	b.secHash.Reset()
 	return nil
 }
@@ -260,124 +210,33 @@ func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInf
 	if err := b.endData(); err != nil {
 		return blobInfo{}, nil, err
 	}
+	info := blobInfo{ChunkCount: uint32(len(b.ci) / ciV1Size), Compressor: compressorAlgo(b.compressor),
+		Digester: digesterAlgo(b.digester), UncompressedSize: b.uoff}
 	if b.v5 {
 		if err := b.w.Flush(); err != nil {
 			return blobInfo{}, nil, fmt.Errorf("write blob: %w", err)
 		}
-		return blobInfo{ID: hex.EncodeToString(b.idHash.Sum(nil)), ChunkCount: uint32(len(b.ci) / ciV1Size),
-			Compressor: compressorAlgo(b.compressor), Digester: digesterAlgo(b.digester),
-			CompressedSize: b.off, UncompressedSize: b.uoff}, nil, nil
+		info.ID, info.CompressedSize = hex.EncodeToString(b.idHash.Sum(nil)), b.off
+		return info, nil, nil
 	}
-	features := uint32(blobFeatAligned | blobFeatInlinedDigest | blobFeatHasTarHeader | blobFeatHasTOC | blobFeatCapTarTOC)
+	info.Features = layout.BlobAligned | layout.BlobInlinedDigest | layout.BlobHasTarHeader | layout.BlobHasTOC | layout.BlobCapTarTOC
 	if inline != nil {
-		features |= blobFeatInlinedFsMeta
+		info.Features |= layout.BlobInlinedFSMeta
 	}
-	n := uint64(len(b.ci) / ciV1Size)
-	dataSize := b.off
-	if err := b.section("image.blob", "image.blob", 0, dataSize, b.uoff, tocFlagNone, nil); err != nil {
+	if err := b.section("image.blob", "image.blob", 0, b.off, b.uoff, layout.TOCCompressNone, nil); err != nil {
 		return blobInfo{}, nil, err
 	}
-	// blob.meta: ci array (stored uncompressed) + 4 KiB header.
-	ciOff := b.off
-	ciDigest := sha256.Sum256(b.ci)
-	if err := b.write(b.ci, true); err != nil {
+	if err := b.writeMeta(&info); err != nil {
 		return blobInfo{}, nil, err
-	}
-	hdr := make([]byte, blobMetaHdrSize)
-	binary.LittleEndian.PutUint32(hdr[0:], blobMetaMagic)
-	binary.LittleEndian.PutUint32(hdr[4:], features)
-	binary.LittleEndian.PutUint32(hdr[8:], algoNone)
-	binary.LittleEndian.PutUint32(hdr[12:], uint32(n))
-	binary.LittleEndian.PutUint64(hdr[16:], ciOff)
-	binary.LittleEndian.PutUint64(hdr[24:], uint64(len(b.ci)))
-	binary.LittleEndian.PutUint64(hdr[32:], uint64(len(b.ci)))
-	binary.LittleEndian.PutUint32(hdr[4092:], blobMetaMagic)
-	hdrDigest := sha256.Sum256(hdr)
-	if err := b.write(hdr, true); err != nil {
-		return blobInfo{}, nil, err
-	}
-	metaHdrOff := ciOff + uint64(len(b.ci))
-	if err := b.section("blob.meta", "blob.meta", ciOff, uint64(len(b.ci)), uint64(len(b.ci)), tocFlagNone, ciDigest[:]); err != nil {
-		return blobInfo{}, nil, err
-	}
-	// The ToC has one entry per section; blob.meta.header is an extra one.
-	e := make([]byte, tocEntrySize)
-	binary.LittleEndian.PutUint32(e[0:], tocFlagNone)
-	copy(e[8:24], "blob.meta.header")
-	copy(e[24:56], hdrDigest[:])
-	binary.LittleEndian.PutUint64(e[56:], metaHdrOff)
-	binary.LittleEndian.PutUint64(e[64:], blobMetaHdrSize)
-	binary.LittleEndian.PutUint64(e[72:], blobMetaHdrSize)
-	b.toc = append(b.toc, e...)
-
-	digOff := b.off
-	digDigest := sha256.Sum256(b.digests)
-	if err := b.write(b.digests, false); err != nil {
-		return blobInfo{}, nil, err
-	}
-	if err := b.section("blob.digest", "blob.digest", digOff, uint64(len(b.digests)), uint64(len(b.digests)), tocFlagNone, digDigest[:]); err != nil {
-		return blobInfo{}, nil, err
-	}
-	info := blobInfo{
-		ChunkCount:       uint32(n),
-		Compressor:       compressorAlgo(b.compressor),
-		Digester:         digesterAlgo(b.digester),
-		Features:         features,
-		UncompressedSize: b.uoff,
-		CICompressor:     algoNone,
-		CIOffset:         ciOff,
-		CICompressedSize: uint64(len(b.ci)),
-		CIUncompressed:   uint64(len(b.ci)),
 	}
 	var boot []byte
 	if inline != nil {
-		c, err := newCompressor(CompressZstd)
-		if err != nil {
-			return blobInfo{}, nil, err
-		}
-		// The bootstrap records the blob's final size, which depends on the
-		// compressed bootstrap. Iterating to a fixed point can oscillate (a
-		// different size field compresses one byte longer or shorter), so the
-		// recorded size only grows, and a compressed bootstrap that comes out
-		// short is padded to it with a zstd skippable frame, which every zstd
-		// decoder steps over.
-		self := info
-		self.ID = inlinePlaceholderID
-		self.TOCSize = uint32(len(b.toc) + tocEntrySize + tarBlock) // + image.boot
-		var z []byte
-		for i := 0; ; i++ {
-			if boot, err = inline(self); err != nil {
-				return blobInfo{}, nil, err
-			}
-			z = c.zenc.EncodeAll(boot, nil)
-			size := b.off + uint64(len(z)) + tarBlock + uint64(self.TOCSize)
-			if size < self.CompressedSize && self.CompressedSize-size >= skippableFrameMin {
-				z = appendSkippableFrame(z, int(self.CompressedSize-size))
-				size = self.CompressedSize
-			}
-			if size == self.CompressedSize {
-				break
-			}
-			if i == 16 {
-				return blobInfo{}, nil, fmt.Errorf("inline bootstrap: blob size does not settle")
-			}
-			if size > self.CompressedSize {
-				self.CompressedSize = size
-			} else {
-				// Short by less than a skippable frame: leave room for one.
-				self.CompressedSize += 2 * skippableFrameMin
-			}
-		}
-		bootOff := b.off
-		bootDigest := sha256.Sum256(boot)
-		if err := b.write(z, true); err != nil {
-			return blobInfo{}, nil, err
-		}
-		if err := b.section("image.boot", "image.boot", bootOff, uint64(len(z)), uint64(len(boot)), tocFlagZstd, bootDigest[:]); err != nil {
+		var err error
+		if boot, err = b.writeInlineBoot(info, inline); err != nil {
 			return blobInfo{}, nil, err
 		}
 	}
-	toc := append(b.toc, tarHeader("rafs.blob.toc", uint64(len(b.toc)))...)
+	toc := append(b.toc, tarHeader(layout.TOCName, uint64(len(b.toc)))...)
 	info.TOCSize = uint32(len(toc))
 	info.TOCDigest = sha256.Sum256(toc)
 	if err := b.write(toc, true); err != nil {
@@ -389,6 +248,92 @@ func (b *blobWriter) finish(inline func(self blobInfo) ([]byte, error)) (blobInf
 	info.ID = hex.EncodeToString(b.idHash.Sum(nil))
 	info.CompressedSize = b.off
 	return info, boot, nil
+}
+
+// writeMeta writes the blob.meta section (the ci array, stored
+// uncompressed, and its 4 KiB header) and the blob.digest section, and
+// records the ci array in info.
+func (b *blobWriter) writeMeta(info *blobInfo) error {
+	ciOff, ciSize := b.off, uint64(len(b.ci))
+	ciDigest := sha256.Sum256(b.ci)
+	if err := b.write(b.ci, true); err != nil {
+		return err
+	}
+	hdr := make([]byte, layout.BlobMetaHdrSize)
+	h := layout.BlobMetaHeader{Magic: layout.BlobMetaMagic, Features: info.Features, CICompressor: layout.CompressNone,
+		CIEntries: info.ChunkCount, CIOffset: ciOff, CICompressedSize: ciSize, CIUncompSize: ciSize, Magic2: layout.BlobMetaMagic}
+	h.Encode(hdr)
+	hdrDigest := sha256.Sum256(hdr)
+	if err := b.write(hdr, true); err != nil {
+		return err
+	}
+	if err := b.section("blob.meta", "blob.meta", ciOff, ciSize, ciSize, layout.TOCCompressNone, ciDigest[:]); err != nil {
+		return err
+	}
+	// The ToC has one entry per section; blob.meta.header is an extra one.
+	b.appendTOC(layout.TOCEntry{Flags: layout.TOCCompressNone, Name: "blob.meta.header", SHA256: hdrDigest,
+		CompressedOffset: ciOff + ciSize, CompressedSize: layout.BlobMetaHdrSize, UncompressedSize: layout.BlobMetaHdrSize})
+
+	digOff, digSize := b.off, uint64(len(b.digests))
+	digDigest := sha256.Sum256(b.digests)
+	if err := b.write(b.digests, false); err != nil {
+		return err
+	}
+	if err := b.section("blob.digest", "blob.digest", digOff, digSize, digSize, layout.TOCCompressNone, digDigest[:]); err != nil {
+		return err
+	}
+	info.CICompressor, info.CIOffset, info.CICompressedSize, info.CIUncompressed = layout.CompressNone, ciOff, ciSize, ciSize
+	return nil
+}
+
+// writeInlineBoot writes the image.boot section: the bootstrap inline
+// makes for this blob, zstd-compressed. The bootstrap records the blob's
+// final size, which depends on the compressed bootstrap. Iterating to a
+// fixed point can oscillate (a different size field compresses one byte
+// longer or shorter), so the recorded size only grows, and a compressed
+// bootstrap that comes out short is padded to it with a zstd skippable
+// frame, which every zstd decoder steps over.
+func (b *blobWriter) writeInlineBoot(info blobInfo, inline func(self blobInfo) ([]byte, error)) ([]byte, error) {
+	c, err := newCompressor(CompressZstd)
+	if err != nil {
+		return nil, err
+	}
+	self := info
+	self.ID = inlinePlaceholderID
+	self.TOCSize = uint32(len(b.toc) + layout.TOCEntrySize + tarBlock) // + image.boot
+	var boot, z []byte
+	for i := 0; ; i++ {
+		if boot, err = inline(self); err != nil {
+			return nil, err
+		}
+		z = c.zenc.EncodeAll(boot, nil)
+		size := b.off + uint64(len(z)) + tarBlock + uint64(self.TOCSize)
+		if size < self.CompressedSize && self.CompressedSize-size >= skippableFrameMin {
+			z = appendSkippableFrame(z, int(self.CompressedSize-size))
+			size = self.CompressedSize
+		}
+		if size == self.CompressedSize {
+			break
+		}
+		if i == 16 {
+			return nil, fmt.Errorf("inline bootstrap: blob size does not settle")
+		}
+		if size > self.CompressedSize {
+			self.CompressedSize = size
+		} else {
+			// Short by less than a skippable frame: leave room for one.
+			self.CompressedSize += 2 * skippableFrameMin
+		}
+	}
+	bootOff := b.off
+	bootDigest := sha256.Sum256(boot)
+	if err := b.write(z, true); err != nil {
+		return nil, err
+	}
+	if err := b.section("image.boot", "image.boot", bootOff, uint64(len(z)), uint64(len(boot)), layout.TOCCompressZstd, bootDigest[:]); err != nil {
+		return nil, err
+	}
+	return boot, nil
 }
 
 // skippableFrameMin is the size of an empty zstd skippable frame: a 4-byte

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 // Stats counts what a build did.
@@ -233,13 +235,13 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 func newImage(root *inode, blobs []blobInfo, opts *Options) *image {
 	inodes := orderInodes(root)
 	img := &image{root: root, inodes: inodes, parents: parentsOf(root), blobs: blobs, chunkSize: opts.ChunkSize}
-	img.flags = compressorFlag(opts.Compressor) | digesterFlag(opts.Digester) | superFlagExplicitUIDGID
+	img.flags = compressorAlgo(opts.Compressor).SuperFlag() | digesterAlgo(opts.Digester).SuperFlag() | layout.FlagExplicitUIDGID
 	if opts.FsVersion == 6 {
-		img.flags |= superFlagInlinedDigest
+		img.flags |= layout.FlagInlinedDigest
 	}
 	for _, n := range inodes {
 		if len(n.Xattrs) > 0 {
-			img.flags |= superFlagHasXattr
+			img.flags |= layout.FlagHasXattr
 			break
 		}
 	}

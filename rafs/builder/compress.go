@@ -5,56 +5,28 @@ import (
 	"fmt"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 	"github.com/pierrec/lz4/v4"
 	"lukechampine.com/blake3"
 )
 
-// Enumerations shared by the blob table, the ci header and the super flags.
-const (
-	algoNone   = 0
-	algoLZ4    = 1
-	algoZstd   = 3
-	digBlake3  = 0
-	digSHA256  = 1
-	flagNone   = 0x1
-	flagLZ4    = 0x2
-	flagBlake3 = 0x4
-	flagSHA256 = 0x8
-	flagZstd   = 0x80
-)
-
-func compressorAlgo(c string) uint32 {
+// compressorAlgo is the blob-table number of a compressor name.
+func compressorAlgo(c string) layout.Compression {
 	switch c {
 	case CompressLZ4:
-		return algoLZ4
+		return layout.CompressLZ4
 	case CompressZstd:
-		return algoZstd
+		return layout.CompressZstd
 	}
-	return algoNone
+	return layout.CompressNone
 }
 
-func compressorFlag(c string) uint64 {
-	switch c {
-	case CompressLZ4:
-		return flagLZ4
-	case CompressZstd:
-		return flagZstd
-	}
-	return flagNone
-}
-
-func digesterAlgo(d string) uint32 {
+// digesterAlgo is the blob-table number of a digester name.
+func digesterAlgo(d string) layout.DigestAlgo {
 	if d == DigestSHA256 {
-		return digSHA256
+		return layout.DigestSHA256
 	}
-	return digBlake3
-}
-
-func digesterFlag(d string) uint64 {
-	if d == DigestSHA256 {
-		return flagSHA256
-	}
-	return flagBlake3
+	return layout.DigestBlake3
 }
 
 // chunkDigest hashes uncompressed chunk bytes with the image's digester.

@@ -55,7 +55,8 @@
 // renamed into place only when the whole build succeeded.
 //
 // Hand-written parts, and why: no Go library writes RAFS or EROFS, so the
-// on-disk structures follow shared/docs/rafs-format.md. Nothing here
+// on-disk structures are encoded with rafs/layout, the definitions the
+// reader decodes with (docs/rafs-format.md describes them). Nothing here
 // parses RAFS: parent bootstraps and ExportBlock's input are read with the
 // rafs reader, and tests read every build back through it. Compression uses
 // pierrec/lz4/v4 (raw blocks) and klauspost/compress/zstd, digests

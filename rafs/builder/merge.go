@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 // MergeLayer is one layer of a merged image: the bootstrap of a build of
@@ -93,7 +94,7 @@ func mergeLayerTree(ctx context.Context, l MergeLayer, opts *Options, base uint3
 		return nil, nil, err
 	}
 	defer img.Close()
-	t, err := imageTree(ctx, img, opts, parentBlobUnsupported&^blobFeatInlinedFsMeta)
+	t, err := imageTree(ctx, img, opts, parentBlobUnsupported&^layout.BlobInlinedFSMeta)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -107,7 +108,7 @@ func mergeLayerTree(ctx context.Context, l MergeLayer, opts *Options, base uint3
 		t.blobs[i].ID = l.BlobID
 		// The merged bootstrap is not inside the blob, and the flag would
 		// make readers name the blob after the bootstrap's file.
-		t.blobs[i].Features &^= blobFeatInlinedFsMeta
+		t.blobs[i].Features &^= layout.BlobInlinedFSMeta
 	}
 	for _, n := range dataOrder(t.root) {
 		for i := range n.Chunks {

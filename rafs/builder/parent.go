@@ -6,6 +6,7 @@ import (
 	"path"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 // parentImage is what a layered build takes from the layer below.
@@ -20,8 +21,8 @@ type parentImage struct {
 // (separate meta, ZRAN, batch, encryption, external blobs) or name the
 // blob in a way that does not survive layering (an inline bootstrap's
 // placeholder id, which nydusd resolves by the bootstrap's file name).
-const parentBlobUnsupported = blobFeatInlinedFsMeta | blobFeatZran | blobFeatSeparate |
-	blobFeatTarfs | blobFeatBatch | blobFeatEncrypted | blobFeatExternal
+const parentBlobUnsupported = layout.BlobInlinedFSMeta | layout.BlobZran | layout.BlobSeparate |
+	layout.BlobTarfs | layout.BlobBatch | layout.BlobEncrypted | layout.BlobExternal
 
 // loadParent reads the parent bootstrap through the rafs reader, from the
 // bootstrap alone (no blob is opened), and checks that a layer built with
@@ -61,9 +62,9 @@ func imageTree(ctx context.Context, img *rafs.Image, opts *Options, refused uint
 			s.Version, opts.FsVersion, s.Version)
 	case s.ChunkSize != opts.ChunkSize:
 		return nil, fmt.Errorf("chunk size %#x differs from the parent's %#x", opts.ChunkSize, s.ChunkSize)
-	case uint32(s.Digest) != digesterAlgo(opts.Digester):
+	case s.Digest != digesterAlgo(opts.Digester):
 		return nil, fmt.Errorf("digester %s differs from the parent's %s", opts.Digester, s.Digest)
-	case s.Version == 5 && uint32(s.Compression) != compressorAlgo(opts.Compressor):
+	case s.Version == 5 && s.Compression != compressorAlgo(opts.Compressor):
 		return nil, fmt.Errorf("compressor %s differs from the parent's %s (RAFS v5 names one compressor for all blobs)", opts.Compressor, s.Compression)
 	}
 	pi := &parentImage{chunks: map[[32]byte]chunkRef{}}
@@ -71,10 +72,10 @@ func imageTree(ctx context.Context, img *rafs.Image, opts *Options, refused uint
 		if b.Features&refused != 0 {
 			return nil, fmt.Errorf("blob %d (%s) has features %#x, which layered builds do not support", i, b.ID, b.Features)
 		}
-		pi.blobs = append(pi.blobs, blobInfo{ID: b.ID, ChunkCount: b.ChunkCount, Compressor: uint32(b.Compression),
-			Digester: uint32(b.Digest), Features: b.Features, CompressedSize: b.CompressedSize,
+		pi.blobs = append(pi.blobs, blobInfo{ID: b.ID, ChunkCount: b.ChunkCount, Compressor: b.Compression,
+			Digester: b.Digest, Features: b.Features, CompressedSize: b.CompressedSize,
 			UncompressedSize: b.UncompressedSize, TOCSize: b.TOCSize, TOCDigest: b.TOCDigest,
-			CICompressor: uint32(b.CICompression), CIOffset: b.CIOffset, CICompressedSize: b.CICompressedSize,
+			CICompressor: b.CICompression, CIOffset: b.CIOffset, CICompressedSize: b.CICompressedSize,
 			CIUncompressed: b.CIUncompressedSize})
 	}
 	if len(pi.blobs) >= 255 {

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 )
 
 // Mode type bits (the same values as syscall.S_IF*).
@@ -125,33 +127,13 @@ func cleanPath(p string) ([]string, error) {
 	return out, nil
 }
 
-// xattr name prefixes nydus and EROFS accept, with their EROFS indexes.
-var xattrPrefixes = []struct {
-	prefix string
-	index  uint8
-	exact  bool
-}{
-	{"user.", 1, false},
-	{"system.posix_acl_access", 2, true},
-	{"system.posix_acl_default", 3, true},
-	{"trusted.", 4, false},
-	{"security.", 6, false},
-}
-
 // xattrIndex splits a full xattr name into its EROFS prefix index and suffix.
 func xattrIndex(name string) (uint8, string, error) {
-	for _, p := range xattrPrefixes {
-		if p.exact {
-			if name == p.prefix {
-				return p.index, "", nil
-			}
-			continue
-		}
-		if strings.HasPrefix(name, p.prefix) && len(name) > len(p.prefix) {
-			return p.index, name[len(p.prefix):], nil
-		}
+	idx, suffix, ok := layout.SplitXattrName(name)
+	if !ok {
+		return 0, "", fmt.Errorf("xattr %q: only user., trusted., security., system.posix_acl_access and system.posix_acl_default are supported", name)
 	}
-	return 0, "", fmt.Errorf("xattr %q: only user., trusted., security., system.posix_acl_access and system.posix_acl_default are supported", name)
+	return idx, suffix, nil
 }
 
 // checkXattrs validates names and sizes, and sorts them.
@@ -227,27 +209,6 @@ func orderInodes(root *inode) []*inode {
 		}
 	}
 	return out
-}
-
-// direntType is the EROFS dirent file type of a mode.
-func direntType(mode uint32) uint8 {
-	switch mode & modeTypeMask {
-	case modeReg:
-		return 1
-	case modeDir:
-		return 2
-	case modeChr:
-		return 3
-	case modeBlk:
-		return 4
-	case modeFifo:
-		return 5
-	case modeSock:
-		return 6
-	case modeLnk:
-		return 7
-	}
-	return 0
 }
 
 // mergeLayer applies an upper layer's directory onto the lower one (the

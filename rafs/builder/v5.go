@@ -6,20 +6,8 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/layout"
 	"lukechampine.com/blake3"
-)
-
-// RAFS v5 constants (rafs-format.md §2).
-const (
-	rafsV5Magic      = 0x52414653
-	rafsV5Version    = 0x500
-	rafsV5SBSize     = 8192
-	v5InodeSize      = 128
-	v5ExtBlobSize    = 64
-	v5FlagSymlink    = 0x1
-	v5FlagHardlink   = 0x2
-	v5FlagXattr      = 0x4
-	v5MaxBootstrapSz = 0x8000_0000
 )
 
 // v5Rec is one inode-table entry: a name in a directory.
@@ -39,11 +27,12 @@ func v5Hash(digester string, b []byte) [32]byte {
 	return blake3.Sum256(b)
 }
 
-// writeV5 lays out and encodes a RAFS v5 bootstrap.
-func writeV5(img *image, digester string) ([]byte, error) {
-	// Indexes: a directory's children take consecutive indexes in name
-	// order, then each child directory is numbered in turn, depth first.
-	recs := []*v5Rec{{name: "/", ino: img.root, index: 1}}
+// v5Records numbers the tree's names: a directory's children take
+// consecutive indexes in name order, then each child directory is numbered
+// in turn, depth first. It also returns each inode's first index (hard
+// links share the inode number) and fills in the Merkle digests.
+func v5Records(root *inode, digester string) ([]*v5Rec, map[*inode]uint64) {
+	recs := []*v5Rec{{name: "/", ino: root, index: 1}}
 	var number func(r *v5Rec)
 	number = func(r *v5Rec) {
 		r.childIdx = uint64(len(recs) + 1)
@@ -85,23 +74,27 @@ func writeV5(img *image, digester string) ([]byte, error) {
 		}
 		r.digest = v5Hash(digester, buf)
 	}
+	return recs, firstIndex
+}
 
-	le := binary.LittleEndian
-	inodeTableOff := uint64(rafsV5SBSize)
-	prefetchOff := inodeTableOff + align(uint64(4*len(recs)), 8)
-	blobTableOff := prefetchOff + align(uint64(4*len(img.prefetch)), 8)
-	var blobTable []byte
+// writeV5 lays out and encodes a RAFS v5 bootstrap.
+func writeV5(img *image, digester string) ([]byte, error) {
+	recs, firstIndex := v5Records(img.root, digester)
+	sb := layout.SuperBlockV5{Magic: layout.V5Magic, Version: layout.V5Version, SuperSize: layout.V5SuperSize,
+		ChunkSize: img.chunkSize, Flags: img.flags, InodesCount: uint64(len(firstIndex)),
+		InodeTableOffset: layout.V5SuperSize, InodeTableEntries: uint32(len(recs)),
+		PrefetchTableEntries: uint32(len(img.prefetch)), ExtBlobTableEntries: uint32(len(img.blobs))}
+	sb.PrefetchTableOffset = sb.InodeTableOffset + align(uint64(4*len(recs)), 8)
+	sb.BlobTableOffset = sb.PrefetchTableOffset + align(uint64(4*len(img.prefetch)), 8)
+	ids := make([]string, len(img.blobs))
 	for i, b := range img.blobs {
-		blobTable = append(blobTable, make([]byte, 8)...)
-		blobTable = append(blobTable, b.ID...)
-		if i != len(img.blobs)-1 {
-			blobTable = append(blobTable, 0)
-		}
+		ids[i] = b.ID
 	}
-	blobTableSize := align(uint64(len(blobTable)), 8)
-	extOff := blobTableOff + blobTableSize
-	off := extOff + uint64(v5ExtBlobSize*len(img.blobs))
-	// record sizes
+	blobTable := layout.AppendBlobTableV5(nil, ids)
+	sb.BlobTableSize = uint32(align(uint64(len(blobTable)), 8))
+	sb.ExtBlobTableOffset = sb.BlobTableOffset + uint64(sb.BlobTableSize)
+	// Records follow the tables; each is placed before any is written.
+	off := sb.ExtBlobTableOffset + uint64(layout.V5ExtBlobSize*len(img.blobs))
 	type placed struct {
 		off   uint64
 		xattr []byte
@@ -110,102 +103,72 @@ func writeV5(img *image, digester string) ([]byte, error) {
 	for i, r := range recs {
 		pl[i].off = off
 		pl[i].xattr = v5Xattrs(r.ino.Xattrs)
-		off += v5InodeSize + align(uint64(len(r.name)), 8) + align(uint64(len(r.ino.Target)), 8) +
+		off += layout.V5InodeSize + align(uint64(len(r.name)), 8) + align(uint64(len(r.ino.Target)), 8) +
 			uint64(len(pl[i].xattr))
 		if r.ino.isReg() {
-			off += uint64(v6ChunkInfoSize * len(r.ino.Chunks))
+			off += uint64(layout.ChunkInfoV5Size * len(r.ino.Chunks))
 		}
 	}
-	if off > v5MaxBootstrapSz {
+	if off > layout.V5MaxBootstrap {
 		return nil, fmt.Errorf("RAFS v5 bootstrap would be %d bytes, more than 2 GiB", off)
 	}
 	buf := make([]byte, off)
-	le.PutUint32(buf[0:], rafsV5Magic)
-	le.PutUint32(buf[4:], rafsV5Version)
-	le.PutUint32(buf[8:], rafsV5SBSize)
-	le.PutUint32(buf[12:], img.chunkSize)
-	le.PutUint64(buf[16:], img.flags)
-	le.PutUint64(buf[24:], uint64(len(firstIndex)))
-	le.PutUint64(buf[32:], inodeTableOff)
-	le.PutUint64(buf[40:], prefetchOff)
-	le.PutUint64(buf[48:], blobTableOff)
-	le.PutUint32(buf[56:], uint32(len(recs)))
-	le.PutUint32(buf[60:], uint32(len(img.prefetch)))
-	le.PutUint32(buf[64:], uint32(blobTableSize))
-	le.PutUint32(buf[68:], uint32(len(img.blobs)))
-	le.PutUint64(buf[72:], extOff)
+	sb.Encode(buf)
 	for i := range recs {
-		le.PutUint32(buf[inodeTableOff+uint64(4*i):], uint32(pl[i].off>>3))
+		binary.LittleEndian.PutUint32(buf[sb.InodeTableOffset+uint64(4*i):], uint32(pl[i].off>>3))
 	}
-	for i, n := range img.prefetch {
-		le.PutUint32(buf[prefetchOff+uint64(4*i):], uint32(firstIndex[n]))
-	}
-	copy(buf[blobTableOff:], blobTable)
+	layout.EncodePrefetch(buf[sb.PrefetchTableOffset:], prefetchIDs(img.prefetch, func(n *inode) uint64 { return firstIndex[n] }))
+	copy(buf[sb.BlobTableOffset:], blobTable)
 	for i, b := range img.blobs {
-		e := buf[extOff+uint64(v5ExtBlobSize*i):]
-		le.PutUint32(e[0:], b.ChunkCount)
-		le.PutUint32(e[4:], b.Features&^blobFeatV5NoExtTable)
-		le.PutUint64(e[8:], b.UncompressedSize)
-		le.PutUint64(e[16:], b.CompressedSize)
+		e := layout.ExtBlobEntryV5{ChunkCount: b.ChunkCount, Features: b.Features &^ layout.BlobV5NoExtTable,
+			UncompressedSize: b.UncompressedSize, CompressedSize: b.CompressedSize}
+		e.Encode(buf[sb.ExtBlobTableOffset+uint64(layout.V5ExtBlobSize*i):])
 	}
 	for i, r := range recs {
-		n := r.ino
-		o := pl[i].off
-		in := buf[o:]
-		copy(in[0:32], r.digest[:])
-		le.PutUint64(in[32:], r.parent)
-		le.PutUint64(in[40:], firstIndex[n])
-		le.PutUint32(in[48:], n.UID)
-		le.PutUint32(in[52:], n.GID)
-		le.PutUint32(in[60:], n.Mode)
-		size := n.Size
-		var flags uint64
-		var childIdx, childCnt uint32
-		switch {
-		case n.isDir():
-			var names uint64
-			for _, c := range n.Children {
-				names += uint64(len(c.Name)) + 8
-			}
-			size = max(align(names, blockSize), blockSize)
-			// an empty directory still points at the next index, as nydus does
-			childIdx, childCnt = uint32(r.childIdx), uint32(len(n.Children))
-		case n.isReg():
-			childCnt = uint32(len(n.Chunks))
-			if n.nlink > 1 {
-				flags |= v5FlagHardlink
-			}
-		case n.isLnk():
-			flags |= v5FlagSymlink
-		}
-		if len(pl[i].xattr) > 0 {
-			flags |= v5FlagXattr
-		}
-		le.PutUint64(in[64:], size)
-		le.PutUint64(in[72:], (size+511)/512)
-		le.PutUint64(in[80:], flags)
-		le.PutUint32(in[88:], n.nlink)
-		le.PutUint32(in[92:], childIdx)
-		le.PutUint32(in[96:], childCnt)
-		le.PutUint16(in[100:], uint16(len(r.name)))
-		le.PutUint16(in[102:], uint16(len(n.Target)))
-		le.PutUint32(in[104:], uint32(n.Rdev))
-		le.PutUint32(in[108:], n.MtimeNsec)
-		le.PutUint64(in[112:], uint64(n.Mtime))
-		p := o + v5InodeSize
-		copy(buf[p:], r.name)
-		p += align(uint64(len(r.name)), 8)
-		copy(buf[p:], n.Target)
-		p += align(uint64(len(n.Target)), 8)
-		copy(buf[p:], pl[i].xattr)
-		p += uint64(len(pl[i].xattr))
-		if n.isReg() {
-			for k, c := range n.Chunks {
-				encodeChunkInfo(buf[p+uint64(k*v6ChunkInfoSize):], c, uint64(k)*uint64(img.chunkSize))
-			}
-		}
+		encodeV5Record(buf[pl[i].off:], r, firstIndex[r.ino], pl[i].xattr, img.chunkSize)
 	}
 	return buf, nil
+}
+
+// encodeV5Record writes one inode record: the inode, its name, symlink
+// target, xattrs and chunks.
+func encodeV5Record(b []byte, r *v5Rec, ino uint64, xattrs []byte, chunkSize uint32) {
+	n := r.ino
+	di := layout.InodeV5{Digest: r.digest, Parent: r.parent, Ino: ino, UID: n.UID, GID: n.GID, Mode: n.Mode,
+		Size: n.Size, Nlink: n.nlink, NameSize: uint16(len(r.name)), SymlinkSize: uint16(len(n.Target)),
+		Rdev: uint32(n.Rdev), MtimeNsec: n.MtimeNsec, Mtime: uint64(n.Mtime)}
+	switch {
+	case n.isDir():
+		var names uint64
+		for _, c := range n.Children {
+			names += uint64(len(c.Name)) + 8
+		}
+		di.Size = max(align(names, blockSize), blockSize)
+		// an empty directory still points at the next index, as nydus does
+		di.ChildIndex, di.ChildCount = uint32(r.childIdx), uint32(len(n.Children))
+	case n.isReg():
+		di.ChildCount = uint32(len(n.Chunks))
+		if n.nlink > 1 {
+			di.Flags |= layout.V5InodeHardlink
+		}
+	case n.isLnk():
+		di.Flags |= layout.V5InodeSymlink
+	}
+	if len(xattrs) > 0 {
+		di.Flags |= layout.V5InodeXattr
+	}
+	di.Blocks = (di.Size + 511) / 512
+	di.Encode(b)
+	copy(b[layout.V5InodeSize:], r.name)
+	p := di.XattrsOffset()
+	copy(b[layout.V5InodeSize+align(uint64(len(r.name)), 8):], n.Target)
+	copy(b[p:], xattrs)
+	p += uint64(len(xattrs))
+	if n.isReg() {
+		for k, c := range n.Chunks {
+			encodeChunkInfo(b[p+uint64(k*layout.ChunkInfoV5Size):], c, uint64(k)*uint64(chunkSize))
+		}
+	}
 }
 
 // v5Xattrs encodes the v5 xattr block: u64 size, then (u32 len, name, NUL,

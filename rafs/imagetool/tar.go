@@ -1,4 +1,4 @@
-package rafs
+package imagetool
 
 import (
 	"archive/tar"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
 // WriteTar writes the image's tree to w as a tar archive, as
@@ -15,11 +17,11 @@ import (
 // link entries to the first name, device numbers, modes, owners, mtimes
 // with nanoseconds and xattrs (PAX SCHILY.xattr records). Sockets are
 // skipped (tar cannot hold them).
-func (img *Image) WriteTar(ctx context.Context, w io.Writer) error {
+func WriteTar(ctx context.Context, img *rafs.Image, w io.Writer) error {
 	tw := tar.NewWriter(w)
 	firstName := map[uint64]string{}
 	buf := make([]byte, 1<<20)
-	err := img.Walk(func(p string, n *Inode) error {
+	err := img.Walk(func(p string, n *rafs.Inode) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -82,8 +84,8 @@ func (img *Image) WriteTar(ctx context.Context, w io.Writer) error {
 			return nil
 		}
 		for off := uint64(0); off < n.Size; {
-			got, err := img.readInto(ctx, n, buf, int64(off))
-			if err != nil {
+			got, err := img.ReadAt(ctx, n.Ino, buf[:min(uint64(len(buf)), n.Size-off)], int64(off))
+			if err != nil && err != io.EOF {
 				return fmt.Errorf("%s: read at %d: %w", p, off, err)
 			}
 			if got == 0 {

@@ -1,4 +1,4 @@
-package rafs
+package hostmount
 
 import (
 	"fmt"
