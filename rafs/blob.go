@@ -133,10 +133,6 @@ func (b *blob) open(ctx context.Context, be backend.Backend) (*openBlob, error) 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := h.Size(ctx); err != nil {
-		h.Close()
-		return nil, err
-	}
 	o := &openBlob{r: h, s: h}
 	b.opened.Store(o)
 	return o, nil
@@ -222,7 +218,7 @@ func (img *Image) readMeta(ctx context.Context, b *blob) error {
 			file := make([]byte, padded+blobMetaHdrSize)
 			copy(file, data)
 			copy(file[padded:], raw[b.ciCSize:])
-			o.s.WriteMeta(file)
+			o.s.WriteAux(storage.MetaSuffix, file)
 		}
 	}
 	ci, err := NewCIArray(data, b.chunkCount, b.features&blobChunkInfoV2 != 0)
@@ -231,10 +227,15 @@ func (img *Image) readMeta(ctx context.Context, b *blob) error {
 	}
 	b.ci = ci
 	if b.features&blobInlinedDigest != 0 && b.features&blobHasTOC != 0 && b.tocSize > 0 {
-		digests, err := img.readDigests(ctx, o, b)
-		if err != nil {
-			b.ci = nil
-			return err
+		want := uint64(b.chunkCount) * 32
+		digests := o.s.ReadAux(storage.DigestSuffix)
+		if uint64(len(digests)) != want {
+			var err error
+			if digests, err = img.readDigests(ctx, o, b); err != nil {
+				b.ci = nil
+				return err
+			}
+			o.s.WriteAux(storage.DigestSuffix, digests)
 		}
 		b.digests = digests
 	}
@@ -261,7 +262,7 @@ func (img *Image) cachedMeta(b *blob, o *openBlob) []byte {
 	if o.s == nil {
 		return nil
 	}
-	file := o.s.ReadMeta()
+	file := o.s.ReadAux(storage.MetaSuffix)
 	padded := (b.ciUSize + 4095) &^ 4095
 	if file == nil || uint64(len(file)) != padded+blobMetaHdrSize {
 		return nil

@@ -492,42 +492,49 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 	}
 }
 
-// ReadMeta returns the cached <blob_id>.blob.meta file's bytes, or nil
-// when there is none (or no persistent cache). The caller checks them.
-func (b *Blob) ReadMeta() []byte {
+// Metadata files a reader may keep in the cache directory, next to the
+// chunk data, named as nydusd names them.
+const (
+	MetaSuffix   = ".blob.meta"   // ci array padded to 4 KiB, then the blob.meta header
+	DigestSuffix = ".blob.digest" // chunk digest array, 32 bytes per chunk
+)
+
+// ReadAux returns the cached <blob_id><suffix> file's bytes, or nil when
+// there is none (or no persistent cache). The caller checks them.
+func (b *Blob) ReadAux(suffix string) []byte {
 	if !b.m.opts.persistent() {
 		return nil
 	}
-	data, err := os.ReadFile(filepath.Join(b.m.opts.WorkDir, b.e.desc.ID+".blob.meta"))
+	data, err := os.ReadFile(filepath.Join(b.m.opts.WorkDir, b.e.desc.ID+suffix))
 	if err != nil {
 		return nil
 	}
 	return data
 }
 
-// WriteMeta stores the <blob_id>.blob.meta file (written to a temporary
-// name and renamed into place). Failures only cost a refetch next time.
-func (b *Blob) WriteMeta(data []byte) {
+// WriteAux stores the <blob_id><suffix> file (written to a temporary name,
+// synced and renamed into place). Failures only cost a refetch next time.
+func (b *Blob) WriteAux(suffix string, data []byte) {
 	if !b.m.opts.persistent() {
 		return
 	}
-	path := filepath.Join(b.m.opts.WorkDir, b.e.desc.ID+".blob.meta")
-	tmp, err := os.CreateTemp(b.m.opts.WorkDir, b.e.desc.ID+".blob.meta.*.tmp")
-	if err != nil {
-		b.m.warnOnce("meta:"+b.e.desc.ID, "blob cache: blob %s: cannot store blob.meta: %v", b.e.desc.ID, err)
-		return
-	}
-	_, err = tmp.Write(data)
+	id := b.e.desc.ID
+	tmp, err := os.CreateTemp(b.m.opts.WorkDir, id+suffix+".*.tmp")
 	if err == nil {
-		err = tmp.Sync()
-	}
-	err = errors.Join(err, tmp.Close())
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
+		_, err = tmp.Write(data)
+		if err == nil {
+			err = tmp.Sync()
+		}
+		err = errors.Join(err, tmp.Close())
+		if err == nil {
+			err = os.Rename(tmp.Name(), filepath.Join(b.m.opts.WorkDir, id+suffix))
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
 	}
 	if err != nil {
-		os.Remove(tmp.Name())
-		b.m.warnOnce("meta:"+b.e.desc.ID, "blob cache: blob %s: cannot store blob.meta: %v", b.e.desc.ID, err)
+		b.m.warnOnce("aux:"+id+suffix, "blob cache: blob %s: cannot store %s%s: %v", id, id, suffix, err)
 	}
 }
 
