@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
@@ -50,7 +52,7 @@ type NewFS func(req MountRequest) (vfs.Mount, error)
 type FSOptions struct {
 	// RafsConfig serves a RAFS mount whose config is "" (nydusd's
 	// --config). Nil: such a mount fails.
-	RafsConfig *rafs.Config
+	RafsConfig *backend.Config
 	// Passthrough is the template of passthrough mounts; Xattr is always
 	// on (nydusd's API mounts passthrough with xattr).
 	Passthrough passthrough.Options
@@ -82,14 +84,18 @@ func DefaultNewFS(o FSOptions) NewFS {
 			cfg := o.RafsConfig
 			if req.Config != "" {
 				var err error
-				if cfg, err = rafs.ParseConfig([]byte(req.Config)); err != nil {
-					return vfs.Mount{}, fmt.Errorf("rafs config: %w", err)
+				if cfg, err = backend.ParseConfig([]byte(req.Config)); err != nil {
+					return vfs.Mount{}, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
 				}
 			}
 			if cfg == nil {
 				return vfs.Mount{}, errors.New("rafs config: empty, and the daemon has no --config")
 			}
-			img, err := rafs.Open(req.Source, rafs.Options{Backend: cfg.Backend(), DigestValidate: cfg.DigestValidate,
+			be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv})
+			if err != nil {
+				return vfs.Mount{}, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
+			}
+			img, err := rafs.Open(req.Source, rafs.Options{Backend: be, DigestValidate: cfg.DigestValidate(),
 				Log: o.Logger.WithField("layer", "rafs").WithField("bootstrap", req.Source)})
 			if err != nil {
 				return vfs.Mount{}, fmt.Errorf("rafs: %w", err)

@@ -11,8 +11,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/api"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
 )
 
@@ -22,9 +22,9 @@ import (
 // until ctx ends. exit is what PUT /api/v1/daemon/exit calls. The returned
 // cleanup closes the API socket and the table.
 func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func()) (fuse.RawFileSystem, func(), error) {
-	var rafsConfig *rafs.Config
+	var rafsConfig *backend.Config
 	if c.ConfigFile != "" {
-		rc, err := rafs.LoadConfig(c.ConfigFile)
+		rc, err := backend.LoadConfig(c.ConfigFile)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--config: %w", err)
 		}

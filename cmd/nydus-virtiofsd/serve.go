@@ -119,10 +119,10 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit)
 		return fs, fuse.MountOptions{}, cleanup, err
 	}
-	var rc *rafs.Config
+	var rc *backend.Config
 	if c.ConfigFile != "" {
 		var err error
-		if rc, err = rafs.LoadConfig(c.ConfigFile); err != nil {
+		if rc, err = backend.LoadConfig(c.ConfigFile); err != nil {
 			return nil, fuse.MountOptions{}, nil, fmt.Errorf("--config: %w", err)
 		}
 	}
@@ -135,7 +135,7 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 // the backend of the nydusd configuration rc, else from the image's own
 // directory. procSelfFD is the sandbox's fd of /proc/self/fd (nil:
 // passthrough opens it).
-func buildFS(c *daemonConfig, rc *rafs.Config, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
+func buildFS(c *daemonConfig, rc *backend.Config, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
 	var mo fuse.MountOptions
 	if c.Bootstrap != "" {
 		var be backend.Backend
@@ -143,13 +143,16 @@ func buildFS(c *daemonConfig, rc *rafs.Config, procSelfFD *os.File, log *logrus.
 		case c.BlobDir != "":
 			be = backend.NewLocalFS(c.BlobDir)
 		case rc != nil:
-			be = rc.Backend()
+			var err error
+			if be, err = rc.NewBackend(backend.Options{Getenv: os.Getenv}); err != nil {
+				return nil, mo, fmt.Errorf("--config: %w", err)
+			}
 		default:
 			be = backend.NewLocalFS(filepath.Dir(c.Bootstrap))
 		}
 		img, err := rafs.Open(c.Bootstrap, rafs.Options{
 			Backend:        be,
-			DigestValidate: rc != nil && rc.DigestValidate,
+			DigestValidate: rc != nil && rc.DigestValidate(),
 			Log:            log.WithField("layer", "rafs"),
 		})
 		if err != nil {
