@@ -91,6 +91,25 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// KillChildAfter runs this test binary in child mode mode with env added,
+// kills it with SIGKILL after d and checks that it died of that.
+func KillChildAfter(t testing.TB, mode string, d time.Duration, env ...string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), childEnv+"="+mode), env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(d)
+	cmd.Process.Signal(syscall.SIGKILL)
+	err := cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+		t.Fatalf("child was not killed: %v %s", err, stderr.String())
+	}
+}
+
 // TestKill9DuringFill kills a process filling the cache with SIGKILL at
 // different moments, then reads every chunk from the cache it left,
 // without digest checks: every byte must be right.
@@ -103,19 +122,7 @@ func TestKill9DuringFill(t *testing.T) {
 	for _, after := range []time.Duration{20 * time.Millisecond, 80 * time.Millisecond, 200 * time.Millisecond} {
 		t.Run(after.String(), func(t *testing.T) {
 			dir := t.TempDir()
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), childEnv+"=fill", "SRC="+src, "DIR="+dir)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(after)
-			cmd.Process.Signal(syscall.SIGKILL)
-			err := cmd.Wait()
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
-				t.Fatalf("child was not killed: %v %s", err, stderr.String())
-			}
+			KillChildAfter(t, "fill", after, "SRC="+src, "DIR="+dir)
 			be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}}
 			m := newManager(t, Options{Type: TypeBlobcache, WorkDir: dir, NoAmplify: true})
 			b := openTest(t, m, tb, be, tb)

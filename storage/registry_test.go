@@ -1,18 +1,15 @@
 package storage_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/md5"
 	"fmt"
 	"io"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -211,20 +208,7 @@ func TestRegistryKill9DuringFill(t *testing.T) {
 		t.Run(after.String(), func(t *testing.T) {
 			cacheDir := t.TempDir()
 			config := registryConfig(reg.Host, reg.Repo, "", cacheDir)
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), "NVFS_STORAGE_CHILD=registryfill", "CONFIG="+config, "BOOT="+boot,
-				"FILES="+strings.Join(paths, ","))
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(after)
-			cmd.Process.Signal(syscall.SIGKILL)
-			cmd.Wait()
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
-				t.Fatalf("child was not killed: %s", stderr.String())
-			}
+			storage.KillChildAfter(t, "registryfill", after, "CONFIG="+config, "BOOT="+boot, "FILES="+strings.Join(paths, ","))
 			maps, _ := filepath.Glob(filepath.Join(cacheDir, "*.chunk_map"))
 			pool := storage.NewPool(nil)
 			defer pool.Close()
