@@ -64,13 +64,6 @@ func localfsConfig(t testing.TB) string {
 	return snapshotterConfig("localfs", map[string]any{"dir": dir})
 }
 
-func registryConfig() string {
-	return snapshotterConfig("registry", map[string]any{
-		"host": "ghcr.io", "repo": "dragonflyoss/image-service/alpine", "auth": "dXNlcjpwYXNz",
-		"scheme": "https", "skip_verify": false, "timeout": 5, "connect_timeout": 5, "retry_limit": 2,
-	})
-}
-
 type daemon struct {
 	v      *vfs.VFS
 	sock   string
@@ -309,7 +302,10 @@ func TestErrors(t *testing.T) {
 		{"occupied", "POST", "/api/v1/mount?mountpoint=%2Fcontainers", mountBody("passthroughfs", shared, ""), 500, "occupied"},
 		{"nested", "POST", "/api/v1/mount?mountpoint=/containers/sub", mountBody("passthrough_fs", shared, ""), 500, "inside a mounted"},
 		{"umount unknown", "DELETE", "/api/v1/mount?mountpoint=/rafs/none/lowerdir", "", 500, "no filesystem is mounted"},
-		{"registry backend", "POST", "/api/v1/mount?mountpoint=/rafs/r/lowerdir", mountBody("rafs", bootstrap, registryConfig()), 500, `backend type "registry" is not supported yet`},
+		{"registry without repo", "POST", "/api/v1/mount?mountpoint=/rafs/r/lowerdir", mountBody("rafs", bootstrap, snapshotterConfig("registry", map[string]any{"host": "h"})), 400, "registry backend needs host and repo"},
+		{"registry bad auth", "POST", "/api/v1/mount?mountpoint=/rafs/r/lowerdir", mountBody("rafs", bootstrap, snapshotterConfig("registry", map[string]any{"host": "h", "repo": "r", "auth": "c2VjcmV0!"})), 400, "auth is not valid base64"},
+		{"unknown backend", "POST", "/api/v1/mount?mountpoint=/rafs/r/lowerdir", mountBody("rafs", bootstrap, `{"version":2,"backend":{"type":"ftp"}}`), 400, `unknown backend type "ftp"`},
+		{"relative socket", "POST", "/api/v1/mount?mountpoint=/rafs/r/lowerdir", mountBody("rafs", bootstrap, `{"version":2,"backend":{"type":"http-proxy","http-proxy":{"addr":"rel/sock"}}}`), 400, "absolute unix socket path"},
 		{"empty rafs config", "POST", "/api/v1/mount?mountpoint=/rafs/r/lowerdir", mountBody("rafs", bootstrap, ""), 500, "config"},
 		{"missing bootstrap", "POST", "/api/v1/mount?mountpoint=/rafs/r/lowerdir", mountBody("rafs", "/nonexistent/image.boot", localfsConfig(t)), 500, "no such file"},
 		{"missing share", "POST", "/api/v1/mount?mountpoint=/s", mountBody("passthrough_fs", "/nonexistent/share", ""), 500, "no such file"},

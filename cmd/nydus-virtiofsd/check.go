@@ -47,12 +47,14 @@ func (f *imageFlags) open(needBlobs bool, log logrus.FieldLogger) (*rafs.Image, 
 		if f.blobDir != "" || f.blob != "" {
 			return nil, usageErrorf("--config and --blob-dir/--blob are exclusive")
 		}
-		c, err := rafs.LoadConfig(f.config)
+		c, err := backend.LoadConfig(f.config)
 		if err != nil {
 			return nil, fmt.Errorf("--config %s: %w", f.config, err)
 		}
-		opts.Backend = c.Backend()
-		opts.DigestValidate = opts.DigestValidate || c.DigestValidate
+		if opts.Backend, err = c.NewBackend(backend.Options{Getenv: os.Getenv}); err != nil {
+			return nil, err
+		}
+		opts.DigestValidate = opts.DigestValidate || c.DigestValidate()
 	case f.blobDir != "" || f.blob != "":
 		opts.Backend = &backend.LocalFS{Dir: f.blobDir, BlobFile: f.blob}
 	case needBlobs:

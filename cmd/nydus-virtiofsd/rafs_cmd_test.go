@@ -73,7 +73,7 @@ func TestRafsSubcommands(t *testing.T) {
 		mnt := t.TempDir()
 		cfg := filepath.Join(t.TempDir(), "config.json")
 		abs, _ := filepath.Abs(v6)
-		os.WriteFile(cfg, []byte(`{"device":{"backend":{"type":"localfs","config":{"dir":"`+abs+`"}}},"digest_validate":true}`), 0o644)
+		os.WriteFile(cfg, []byte(`{"device":{"backend":{"type":"localfs","config":{"dir":"`+abs+`"}}},"mode":"direct","digest_validate":true}`), 0o644)
 		cmd := exec.Command(bin, "fuse", "--bootstrap", boot, "--config", cfg, "--mountpoint", mnt)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
@@ -111,12 +111,12 @@ func TestRafsSubcommands(t *testing.T) {
 			t.Error("still mounted after SIGTERM")
 		}
 	})
-	t.Run("fuse unsupported backend", func(t *testing.T) {
+	t.Run("fuse bad registry config", func(t *testing.T) {
 		cfg := filepath.Join(t.TempDir(), "config.json")
 		os.WriteFile(cfg, []byte(`{"version":2,"backend":{"type":"registry","registry":{"host":"r"}}}`), 0o644)
 		out, err := exec.Command(bin, "fuse", "--bootstrap", boot, "--config", cfg, "--mountpoint", t.TempDir()).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "not supported yet") {
-			t.Fatalf("fuse with a registry backend: %v\n%s", err, out)
+		if err == nil || !strings.Contains(string(out), "registry backend needs host and repo") {
+			t.Fatalf("fuse with a registry backend without repo: %v\n%s", err, out)
 		}
 	})
 }

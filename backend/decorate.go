@@ -1,0 +1,248 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// Wrapper is a decorator that can hand out what it wraps (so that, for
+// instance, SetAuth reaches a registry under its retry and metrics
+// layers).
+type Wrapper interface {
+	Unwrap() Backend
+}
+
+// AuthSetter is a backend whose credentials can be replaced at runtime.
+type AuthSetter interface {
+	SetAuth(auth string) error
+}
+
+// SetAuth replaces the credentials of b or of the backend it decorates.
+func SetAuth(b Backend, auth string) error {
+	for b != nil {
+		if s, ok := b.(AuthSetter); ok {
+			return s.SetAuth(auth)
+		}
+		w, ok := b.(Wrapper)
+		if !ok {
+			break
+		}
+		b = w.Unwrap()
+	}
+	return errors.New("backend has no credentials to replace")
+}
+
+// RetryPolicy says how often and how long a failed request is retried.
+type RetryPolicy struct {
+	// Retries after the first attempt.
+	Retries int
+	// Backoff before retry n (0-based) is Backoff << n.
+	Backoff time.Duration
+	// Timeout bounds each attempt (0: none).
+	Timeout time.Duration
+}
+
+// WithRetry makes b retry Open and ReadAt on retryable errors (transport
+// errors, 5xx, short or over-long bodies, an attempt's timeout) and bound
+// each attempt by p.Timeout. The caller's context ends all of it.
+func WithRetry(b Backend, p RetryPolicy) Backend { return &retrying{inner: b, p: p} }
+
+type retrying struct {
+	inner Backend
+	p     RetryPolicy
+}
+
+func (r *retrying) Unwrap() Backend { return r.inner }
+
+// do runs f with the policy's attempts. f gets a per-attempt context.
+func (p RetryPolicy) do(ctx context.Context, f func(ctx context.Context) error) error {
+	var err error
+	for n := 0; ; n++ {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if n == p.Retries && n > 0 {
+			actx = withLastAttempt(actx)
+		}
+		if p.Timeout > 0 {
+			actx, cancel = context.WithTimeout(actx, p.Timeout)
+		}
+		err = f(actx)
+		timedOut := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		if timedOut {
+			err = fmt.Errorf("attempt timed out after %v: %w", p.Timeout, err)
+		} else if !retryable(err) {
+			return err
+		}
+		if n >= p.Retries {
+			if n > 0 {
+				return fmt.Errorf("%d attempts: %w", n+1, err)
+			}
+			return err
+		}
+		t := time.NewTimer(p.Backoff << n)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (%w)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+func (r *retrying) Open(ctx context.Context, id string) (Blob, error) {
+	var b Blob
+	err := r.p.do(ctx, func(ctx context.Context) error {
+		var err error
+		b, err = r.inner.Open(ctx, id)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &retryBlob{Blob: b, p: r.p}, nil
+}
+
+type retryBlob struct {
+	Blob
+	p RetryPolicy
+}
+
+func (b *retryBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	var n int
+	var eof error
+	err := b.p.do(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = b.Blob.ReadAt(ctx, p, off)
+		if errors.Is(err, io.EOF) {
+			eof, err = err, nil // a read past the end: n bytes and io.EOF
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, eof
+}
+
+// Latency buckets (upper bounds) of the backend metrics, in ms; the last
+// bucket is everything above 2 s.
+var latencyBounds = [7]int64{1, 20, 50, 100, 500, 1000, 2000}
+
+// Size buckets (lower bounds): <1K, 1K, 4K, 16K, 64K, 128K, 512K, 1M+.
+var sizeBounds = [7]int64{1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20}
+
+// Metrics are nydusd's backend counters (GET /api/v1/metrics/backend),
+// updated without locks.
+type Metrics struct {
+	typ            string
+	readCount      atomic.Uint64
+	readErrors     atomic.Uint64
+	readAmount     atomic.Uint64
+	latencyTotalMS atomic.Uint64
+	latencyDist    [8]atomic.Uint64
+	sizeDist       [8]atomic.Uint64
+	latencySizes   [8][8]atomic.Uint64
+}
+
+// NewMetrics returns zeroed counters for a backend of type typ.
+func NewMetrics(typ string) *Metrics { return &Metrics{typ: typ} }
+
+// BackendMetrics is the JSON nydusd answers at /api/v1/metrics/backend.
+type BackendMetrics struct {
+	BackendType                      string       `json:"backend_type"`
+	ReadCount                        uint64       `json:"read_count"`
+	ReadErrors                       uint64       `json:"read_errors"`
+	ReadAmountTotal                  uint64       `json:"read_amount_total"`
+	ReadCumulativeLatencyMillisTotal uint64       `json:"read_cumulative_latency_millis_total"`
+	ReadCumulativeLatencyMillisDist  [8]uint64    `json:"read_cumulative_latency_millis_dist"`
+	ReadCountBlockSizeDist           [8]uint64    `json:"read_count_block_size_dist"`
+	ReadLatencySizesDist             [8][8]uint64 `json:"read_latency_sizes_dist"`
+}
+
+// Snapshot reads the counters.
+func (m *Metrics) Snapshot() BackendMetrics {
+	s := BackendMetrics{BackendType: m.typ, ReadCount: m.readCount.Load(), ReadErrors: m.readErrors.Load(),
+		ReadAmountTotal: m.readAmount.Load(), ReadCumulativeLatencyMillisTotal: m.latencyTotalMS.Load()}
+	for i := range 8 {
+		s.ReadCumulativeLatencyMillisDist[i] = m.latencyDist[i].Load()
+		s.ReadCountBlockSizeDist[i] = m.sizeDist[i].Load()
+		for j := range 8 {
+			s.ReadLatencySizesDist[i][j] = m.latencySizes[i][j].Load()
+		}
+	}
+	return s
+}
+
+func bucket(bounds *[7]int64, v int64, upper bool) int {
+	for i, b := range bounds {
+		if (upper && v <= b) || (!upper && v < b) {
+			return i
+		}
+	}
+	return 7
+}
+
+func (m *Metrics) record(n int, d time.Duration, err error) {
+	m.readCount.Add(1)
+	if err != nil {
+		m.readErrors.Add(1)
+		return
+	}
+	ms := d.Milliseconds()
+	m.readAmount.Add(uint64(n))
+	m.latencyTotalMS.Add(uint64(ms))
+	lb, sb := bucket(&latencyBounds, ms, true), bucket(&sizeBounds, int64(n), false)
+	m.latencyDist[lb].Add(uint64(ms))
+	m.sizeDist[sb].Add(1)
+	m.latencySizes[sb][lb].Add(1)
+}
+
+// MetricsSource is a backend that keeps metrics.
+type MetricsSource interface {
+	Metrics() BackendMetrics
+}
+
+// WithMetrics counts every ReadAt of b's blobs in m.
+func WithMetrics(b Backend, m *Metrics) Backend { return &metered{inner: b, m: m} }
+
+type metered struct {
+	inner Backend
+	m     *Metrics
+}
+
+func (w *metered) Unwrap() Backend         { return w.inner }
+func (w *metered) Metrics() BackendMetrics { return w.m.Snapshot() }
+
+func (w *metered) Open(ctx context.Context, id string) (Blob, error) {
+	b, err := w.inner.Open(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &meteredBlob{Blob: b, m: w.m}, nil
+}
+
+type meteredBlob struct {
+	Blob
+	m *Metrics
+}
+
+func (b *meteredBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	start := time.Now()
+	n, err := b.Blob.ReadAt(ctx, p, off)
+	if errors.Is(err, io.EOF) {
+		b.m.record(n, time.Since(start), nil)
+	} else {
+		b.m.record(n, time.Since(start), err)
+	}
+	return n, err
+}
