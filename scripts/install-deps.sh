@@ -4,6 +4,7 @@
 # what is missing, and the tests that need those tools skip with a reason.
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr xz-utils)
+pkgs+=(prometheus) # the observability test scrapes the daemon with a real Prometheus
 missing=()
 for p in "${pkgs[@]}"; do
 	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

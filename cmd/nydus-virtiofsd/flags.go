@@ -37,6 +37,8 @@ type daemonConfig struct {
 	Syslog   bool
 	Sandbox  string
 
+	Observe observeConfig // --metrics-addr, --log-format, --slow-request, --no-measure-latency
+
 	// SocketFlag is the option that names the socket, for messages:
 	// --socket-path, or --sock in nydusd's virtiofs mode.
 	SocketFlag string
@@ -158,6 +160,10 @@ func virtiofsdFlags() map[string]flagSpec {
 		"log-level":             {valueFlag, setLogLevel},
 		"log-file":              {valueFlag, setString(func(c *daemonConfig) *string { return &c.LogFile })},
 		"sandbox":               {valueFlag, setSandbox},
+		"metrics-addr":          {valueFlag, setString(func(c *daemonConfig) *string { return &c.Observe.MetricsAddr })},
+		"log-format":            {valueFlag, setLogFormat},
+		"slow-request":          {valueFlag, setSlowRequest},
+		"no-measure-latency":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Observe.NoMeasureLatency }, true)},
 		"print-capabilities":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
 		"help":                  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
 		"version":               {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Version }, true)},

@@ -45,6 +45,10 @@ Daemon:
   --log-level=LEVEL         error|warn|info|debug|trace|off (default info; -d is debug)
   --log-file=FILE           append the log to FILE instead of stderr
   --syslog                  log to syslog
+  --log-format=text|json    log line format (default text)
+  --metrics-addr=HOST:PORT  also serve Prometheus metrics on GET http://HOST:PORT/metrics
+  --slow-request=DURATION   log FUSE requests slower than this at warn (default 1s; 0: never)
+  --no-measure-latency      do not time requests (counts only)
   --print-capabilities      print the vhost-user backend capabilities and exit
   -h, --help                print this help and exit
   -V, --version             print the version and exit

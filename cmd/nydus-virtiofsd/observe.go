@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/metrics"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
+)
+
+// observeConfig is the observability part of the command line.
+type observeConfig struct {
+	MetricsAddr      string        // --metrics-addr HOST:PORT: Prometheus over TCP
+	LogFormat        string        // --log-format text|json
+	SlowRequest      time.Duration // --slow-request
+	SlowSet          bool          // --slow-request was given
+	NoMeasureLatency bool          // --no-measure-latency
+}
+
+// defaultSlowRequest is the slow-request threshold unless --slow-request.
+const defaultSlowRequest = time.Second
+
+func setLogFormat(c *daemonConfig, v string) error {
+	switch v {
+	case "text", "json":
+		c.Observe.LogFormat = v
+		return nil
+	}
+	return fmt.Errorf("--log-format: want text or json, got %q", v)
+}
+
+func setSlowRequest(c *daemonConfig, v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("--slow-request: want a duration such as 500ms or 0 (never), got %q", v)
+	}
+	c.Observe.SlowRequest, c.Observe.SlowSet = d, true
+	return nil
+}
+
+// applyLogFormat sets the logger's line format.
+func applyLogFormat(l *logrus.Logger, format string) {
+	if format == "json" {
+		l.SetFormatter(&logrus.JSONFormatter{})
+	}
+}
+
+// observer is a daemon's counters and where they are served.
+type observer struct {
+	d      *metrics.Daemon
+	prom   http.Handler
+	log    *logrus.Entry
+	addr   string
+	caches metrics.CacheSource
+}
+
+// newObserver makes the daemon's counters. Error log lines are kept for
+// /api/v1/daemon/events.
+func newObserver(o observeConfig, log *logrus.Entry) *observer {
+	slow := defaultSlowRequest
+	if o.SlowSet {
+		slow = o.SlowRequest
+	}
+	d := metrics.NewDaemon(metrics.Options{
+		Defaults: metrics.Settings{MeasureLatency: !o.NoMeasureLatency},
+		Transport: metrics.TransportOptions{Logger: log.WithField("layer", "fuse"), SlowThreshold: slow,
+			MeasureLatency: !o.NoMeasureLatency},
+	})
+	log.Logger.AddHook(d.Events)
+	return &observer{d: d, log: log, addr: o.MetricsAddr}
+}
+
+// setCaches makes the blob caches' counters part of the Prometheus
+// series; call it before serve and before the API starts.
+func (o *observer) setCaches(c *storage.Pool) {
+	if c != nil {
+		o.caches = c
+	}
+	o.prom = metrics.Handler(metrics.Registry(o.d, o.caches))
+}
+
+// wrap counts fs as mount id.
+func (o *observer) wrap(id string, fs fuse.RawFileSystem) fuse.RawFileSystem {
+	return metrics.Wrap(fs, o.d.Mount(path.Clean(id)))
+}
+
+// serve serves GET /metrics on --metrics-addr until ctx ends; it returns
+// once the listener is open (or failed).
+func (o *observer) serve(ctx context.Context) error {
+	if o.addr == "" {
+		return nil
+	}
+	if o.prom == nil {
+		o.setCaches(nil)
+	}
+	l, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", o.prom)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			o.log.WithError(err).Error("metrics server stopped")
+		}
+	}()
+	o.log.Infof("serving Prometheus metrics on http://%s/metrics", l.Addr())
+	return nil
+}

@@ -1,0 +1,63 @@
+package fusewire
+
+import (
+	"context"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Observer is told about every FUSE request the device frames: Begin once
+// its header is read (it may return a context carrying, say, a trace span,
+// which the filesystem's ReadContext then gets), End once the reply is
+// written (or the request dropped). Both run on the queue worker serving
+// the request and must be quick; they must not keep info.
+type Observer interface {
+	Begin(ctx context.Context, info *RequestInfo) context.Context
+	End(ctx context.Context, info *RequestInfo)
+}
+
+// RequestInfo describes one request to an Observer.
+type RequestInfo struct {
+	// Queue is the virtqueue (0: hiprio); ID the device's request id.
+	Queue int
+	ID    uint64
+	// Unique, Opcode and NodeID come from the request header.
+	Unique uint64
+	Opcode uint32
+	NodeID uint64
+	// Start is when the header was read.
+	Start time.Time
+	// At End: the reply's errno (0: success), the bytes the reply carried
+	// after its header (READ data, directory entries...), and for WRITE
+	// the bytes written.
+	Errno   int32
+	Replied int
+	Written int
+}
+
+// observation is a request's Observer bookkeeping.
+type observation struct {
+	info RequestInfo
+}
+
+// begin tells the observer a request has been framed.
+func (r *request) begin(o Observer) {
+	h := r.header()
+	r.obs.info = RequestInfo{Queue: r.queue, ID: r.id, Unique: h.Unique, Opcode: h.Opcode, NodeID: h.NodeId,
+		Start: time.Now()}
+	r.ctx = o.Begin(r.ctx, &r.obs.info)
+}
+
+// end tells the observer the request is done; n is the reply length.
+func (r *request) end(o Observer, n *int) {
+	in := &r.obs.info
+	in.Errno = int32(r.status)
+	if *n > outHeaderSize {
+		in.Replied = *n - outHeaderSize
+	}
+	if in.Opcode == OpWrite && r.status.Ok() && *n >= outHeaderSize+sz[fuse.WriteOut]() {
+		in.Written = int(outStruct[fuse.WriteOut](r).Size)
+	}
+	o.End(r.ctx, in)
+}
