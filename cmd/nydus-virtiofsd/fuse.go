@@ -48,6 +48,7 @@ func runFuse(args []string) int {
 	apiSock := flags.StringP("apisock", "A", "", "serve nydusd's HTTP API (daemon info, metrics, events, GET /metrics) on this unix socket")
 	var oc observeConfig
 	flags.StringVar(&oc.MetricsAddr, "metrics-addr", "", "also serve Prometheus metrics on GET http://HOST:PORT/metrics")
+	flags.StringVar(&oc.LogFormat, "log-format", "text", "log line format: text or json")
 	flags.BoolVar(&oc.NoMeasureLatency, "no-measure-latency", false, "do not time requests (counts only)")
 	var ignored []string
 	for _, n := range []string{"id", "supervisor", "failover-policy", "prefetch-files"} {
@@ -60,6 +61,10 @@ func runFuse(args []string) int {
 		if err != nil {
 			return err
 		}
+		if err := setLogFormat(&daemonConfig{}, oc.LogFormat); err != nil {
+			return usageError{err}
+		}
+		applyLogFormat(log, oc.LogFormat)
 		if err := required(flags, "bootstrap", "mountpoint"); err != nil {
 			return err
 		}
