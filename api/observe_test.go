@@ -39,10 +39,10 @@ type observed struct {
 	promAddr string
 }
 
-func startObserved(t *testing.T) *observed {
+func startObserved(t *testing.T, to metrics.TransportOptions) *observed {
 	t.Helper()
-	md := metrics.NewDaemon(metrics.Options{Defaults: metrics.Settings{MeasureLatency: true},
-		Transport: metrics.TransportOptions{MeasureLatency: true}})
+	to.MeasureLatency = true
+	md := metrics.NewDaemon(metrics.Options{Defaults: metrics.Settings{MeasureLatency: true}, Transport: to})
 	caches := storage.NewPool(quiet())
 	t.Cleanup(func() { caches.Close() })
 	reg := metrics.Registry(md, caches)
@@ -174,7 +174,7 @@ func (o *observed) workload(t *testing.T, mnt string) (ino uint64, size int) {
 // TestMetricsAPIWorkload checks nydusd's metrics routes against a scripted
 // guest workload: exact counts under nydusd's JSON names.
 func TestMetricsAPIWorkload(t *testing.T) {
-	o := startObserved(t)
+	o := startObserved(t, metrics.TransportOptions{})
 	const mnt = "/img"
 	if r := o.do(t, "POST", "/api/v1/mount?mountpoint="+mnt, mountBody("rafs", bootstrap, observedConfig(t))); r.status != http.StatusNoContent {
 		t.Fatalf("%d %s", r.status, r.body)
@@ -308,7 +308,7 @@ func TestPrometheusScrapesDaemon(t *testing.T) {
 	if err != nil {
 		testenv.Skip(t, "prometheus not installed (scripts/install-deps.sh installs it)")
 	}
-	o := startObserved(t)
+	o := startObserved(t, metrics.TransportOptions{})
 	const mnt = "/img"
 	if r := o.do(t, "POST", "/api/v1/mount?mountpoint="+mnt, mountBody("rafs", bootstrap, observedConfig(t))); r.status != http.StatusNoContent {
 		t.Fatalf("%d %s", r.status, r.body)

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 )
@@ -39,6 +42,11 @@ type TransportOptions struct {
 	// MeasureLatency keeps the per-opcode latency histograms (the
 	// requests are counted either way).
 	MeasureLatency bool
+	// Tracer, if set, starts a span for every SampleEvery-th request
+	// (default 100); the span rides on the request's context to the
+	// filesystem, the storage layer and the backend (package spans).
+	Tracer      trace.Tracer
+	SampleEvery uint64
 }
 
 // opCounters are one queue's counters for one opcode.
@@ -77,11 +85,15 @@ type Transport struct {
 	slowAt  atomic.Int64
 	slow    atomic.Uint64
 	measure atomic.Bool
+	sampled atomic.Uint64
 }
 
 func newTransport(d *Daemon, o TransportOptions) *Transport {
 	if o.SlowLogInterval <= 0 {
 		o.SlowLogInterval = time.Second
+	}
+	if o.SampleEvery == 0 {
+		o.SampleEvery = 100
 	}
 	t := &Transport{d: d, opts: o}
 	t.measure.Store(o.MeasureLatency)
@@ -113,10 +125,32 @@ func (t *Transport) QueueWait(q int, d time.Duration) {
 	c.waitCount.Add(1)
 }
 
-// Begin counts the request in flight.
+// Begin counts the request in flight and, for a sampled request, starts
+// its span.
 func (t *Transport) Begin(ctx context.Context, info *fusewire.RequestInfo) context.Context {
 	t.queue(info.Queue).inflight.Add(1)
+	if t.opts.Tracer != nil && t.sampled.Add(1)%t.opts.SampleEvery == 0 {
+		ctx, _ = t.opts.Tracer.Start(ctx, "FUSE "+fusewire.OpName(info.Opcode), trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithTimestamp(info.Start), trace.WithAttributes(
+				attribute.Int("fuse.queue", info.Queue),
+				attribute.Int64("fuse.unique", int64(info.Unique)),
+				attribute.Int64("fuse.nodeid", int64(info.NodeID)),
+				attribute.Int("fuse.opcode", int(info.Opcode))))
+	}
 	return ctx
+}
+
+// endSpan ends a sampled request's span with its result.
+func endSpan(ctx context.Context, info *fusewire.RequestInfo) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(attribute.Int("fuse.errno", int(info.Errno)), attribute.Int("fuse.reply_bytes", info.Replied))
+	if info.Errno != 0 {
+		span.SetStatus(codes.Error, errnoName(info.Errno))
+	}
+	span.End()
 }
 
 // End counts the finished request and logs it.
@@ -147,6 +181,9 @@ func (t *Transport) End(ctx context.Context, info *fusewire.RequestInfo) {
 	}
 	if l := t.opts.Logger; l != nil {
 		t.log(l, info, d)
+	}
+	if t.opts.Tracer != nil {
+		endSpan(ctx, info)
 	}
 }
 

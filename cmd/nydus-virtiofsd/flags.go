@@ -164,6 +164,8 @@ func virtiofsdFlags() map[string]flagSpec {
 		"log-format":            {valueFlag, setLogFormat},
 		"slow-request":          {valueFlag, setSlowRequest},
 		"no-measure-latency":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Observe.NoMeasureLatency }, true)},
+		"otlp-endpoint":         {valueFlag, setString(func(c *daemonConfig) *string { return &c.Observe.OTLPEndpoint })},
+		"trace-sample-every":    {valueFlag, setInt(func(c *daemonConfig) *int { return &c.Observe.TraceEvery }, "trace-sample-every")},
 		"print-capabilities":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
 		"help":                  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
 		"version":               {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Version }, true)},

@@ -93,6 +93,7 @@ func runFuse(args []string) int {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		obs := newObserver(oc, logrus.NewEntry(log))
+		defer obs.close()
 		obs.setCaches(nil)
 		if *apiSock != "" {
 			wait, err := serveFuseAPI(ctx, *apiSock, obs, logrus.NewEntry(log))

@@ -11,8 +11,10 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/metrics"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
 
@@ -23,6 +25,8 @@ type observeConfig struct {
 	SlowRequest      time.Duration // --slow-request
 	SlowSet          bool          // --slow-request was given
 	NoMeasureLatency bool          // --no-measure-latency
+	OTLPEndpoint     string        // --otlp-endpoint: trace export (else OTEL_EXPORTER_OTLP_ENDPOINT)
+	TraceEvery       int           // --trace-sample-every: trace one request in N
 }
 
 // defaultSlowRequest is the slow-request threshold unless --slow-request.
@@ -55,6 +59,7 @@ func applyLogFormat(l *logrus.Logger, format string) {
 
 // observer is a daemon's counters and where they are served.
 type observer struct {
+	tp     *sdktrace.TracerProvider
 	d      *metrics.Daemon
 	prom   http.Handler
 	log    *logrus.Entry
@@ -69,13 +74,34 @@ func newObserver(o observeConfig, log *logrus.Entry) *observer {
 	if o.SlowSet {
 		slow = o.SlowRequest
 	}
-	d := metrics.NewDaemon(metrics.Options{
-		Defaults: metrics.Settings{MeasureLatency: !o.NoMeasureLatency},
-		Transport: metrics.TransportOptions{Logger: log.WithField("layer", "fuse"), SlowThreshold: slow,
-			MeasureLatency: !o.NoMeasureLatency},
-	})
+	every := o.TraceEvery
+	if every <= 0 {
+		every = 100
+	}
+	to := metrics.TransportOptions{Logger: log.WithField("layer", "fuse"), SlowThreshold: slow,
+		MeasureLatency: !o.NoMeasureLatency, SampleEvery: uint64(every)}
+	tp, err := spans.Setup(context.Background(), spans.Options{Endpoint: o.OTLPEndpoint})
+	switch {
+	case err == nil:
+		to.Tracer = tp.Tracer(spans.Instrumentation)
+		log.Infof("tracing: one FUSE request in %d is exported over OTLP/HTTP", every)
+	case !errors.Is(err, spans.ErrOff):
+		log.WithError(err).Warn("tracing is off")
+	}
+	d := metrics.NewDaemon(metrics.Options{Defaults: metrics.Settings{MeasureLatency: !o.NoMeasureLatency}, Transport: to})
 	log.Logger.AddHook(d.Events)
-	return &observer{d: d, log: log, addr: o.MetricsAddr}
+	return &observer{d: d, log: log, addr: o.MetricsAddr, tp: tp}
+}
+
+// close flushes the traces.
+func (o *observer) close() {
+	if o.tp != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := o.tp.Shutdown(ctx); err != nil {
+			o.log.WithError(err).Warn("tracing: flushing the last spans")
+		}
+	}
 }
 
 // setCaches makes the blob caches' counters part of the Prometheus

@@ -124,6 +124,7 @@ func runDaemon(c daemonConfig) int {
 	}
 
 	obs := newObserver(c.Observe, log)
+	defer obs.close()
 	fs, mountOpts, cleanup, err := buildRoot(ctx, &c, box.ProcSelfFD, log, exit, obs)
 	if err != nil {
 		log.Error(err)

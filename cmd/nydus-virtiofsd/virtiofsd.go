@@ -49,6 +49,8 @@ Daemon:
   --metrics-addr=HOST:PORT  also serve Prometheus metrics on GET http://HOST:PORT/metrics
   --slow-request=DURATION   log FUSE requests slower than this at warn (default 1s; 0: never)
   --no-measure-latency      do not time requests (counts only)
+  --otlp-endpoint=URL       export traces over OTLP/HTTP (default: $OTEL_EXPORTER_OTLP_ENDPOINT; unset: off)
+  --trace-sample-every=N    trace one FUSE request in N (default 100)
   --print-capabilities      print the vhost-user backend capabilities and exit
   -h, --help                print this help and exit
   -V, --version             print the version and exit
