@@ -2,7 +2,6 @@ package fusewire
 
 import (
 	"context"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -26,8 +25,9 @@ type RequestInfo struct {
 	Unique uint64
 	Opcode uint32
 	NodeID uint64
-	// Start is when the header was read.
-	Start time.Time
+	// Stamp is the Observer's own: Begin may set it (say, to a clock
+	// reading) for End to use. fusewire reads no clock itself.
+	Stamp [2]int64
 	// At End: the reply's errno (0: success), the bytes the reply carried
 	// after its header (READ data, directory entries...), and for WRITE
 	// the bytes written.
@@ -44,8 +44,7 @@ type observation struct {
 // begin tells the observer a request has been framed.
 func (r *request) begin(o Observer) {
 	h := r.header()
-	r.obs.info = RequestInfo{Queue: r.queue, ID: r.id, Unique: h.Unique, Opcode: h.Opcode, NodeID: h.NodeId,
-		Start: time.Now()}
+	r.obs.info = RequestInfo{Queue: r.queue, ID: r.id, Unique: h.Unique, Opcode: h.Opcode, NodeID: h.NodeId}
 	r.ctx = o.Begin(r.ctx, &r.obs.info)
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // ErrNoMount is returned for an id no mount has.
@@ -18,9 +20,13 @@ type Daemon struct {
 	mu     sync.RWMutex
 	mounts map[string]*Mount
 
-	inflight  inflight
-	Events    *Events
-	Transport *Transport
+	inflight inflight
+	epoch    time.Time // the origin of the monotonic timestamps of the hot path
+	// transported is set once the Transport has seen a request: from then
+	// on it keeps the inflight table.
+	transported atomic.Bool
+	Events      *Events
+	Transport   *Transport
 }
 
 // Options configure a Daemon.
@@ -34,7 +40,7 @@ type Options struct {
 
 // NewDaemon returns an empty set of counters.
 func NewDaemon(o Options) *Daemon {
-	d := &Daemon{defaults: o.Defaults, mounts: map[string]*Mount{}, Events: NewEvents(0, 0)}
+	d := &Daemon{defaults: o.Defaults, mounts: map[string]*Mount{}, Events: NewEvents(0, 0), epoch: time.Now()}
 	d.Transport = newTransport(d, o.Transport)
 	return d
 }
@@ -103,4 +109,4 @@ func (d *Daemon) Global() Global {
 }
 
 // Inflight returns the requests in progress, oldest unique first.
-func (d *Daemon) Inflight() []Inflight { return d.inflight.list() }
+func (d *Daemon) Inflight() []Inflight { return d.inflight.list(d.epoch) }

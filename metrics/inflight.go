@@ -15,9 +15,15 @@ const inflightSlots = 512
 type inflightSlot struct {
 	key   atomic.Uint64
 	ino   atomic.Uint64
-	fop   atomic.Int64
-	start atomic.Int64 // unix nanoseconds
-	_     [32]byte
+	op    atomic.Uint32
+	start atomic.Int64 // nanoseconds since Daemon.epoch, +1 (0: unset)
+	// Set by a counted filesystem under the transport (Mount.begin):
+	// the mount and fop whose latency the transport adds at End, and the
+	// operation's result (bytes read, or -1: failed).
+	mount  atomic.Pointer[Mount]
+	fop    atomic.Int32
+	result atomic.Int64
+	_      [8]byte
 }
 
 // inflight is a lock-free table of the requests in progress: a request
@@ -27,22 +33,39 @@ type inflight struct {
 	slots [inflightSlots]inflightSlot
 }
 
-func (t *inflight) enter(ino uint64, f Fop, unique uint64, start time.Time) *inflightSlot {
+// enter records a request with FUSE opcode op; it returns the slot's
+// index + 1 for leave, or 0 when the table is full around its place.
+func (t *inflight) enter(ino uint64, op uint32, unique uint64, start time.Duration) int {
 	key := unique + 1
 	for i := range uint64(16) {
-		s := &t.slots[(unique+i)%inflightSlots]
+		idx := (unique + i) % inflightSlots
+		s := &t.slots[idx]
 		if s.key.Load() == 0 && s.key.CompareAndSwap(0, key) {
 			s.ino.Store(ino)
-			s.fop.Store(int64(f))
-			s.start.Store(start.UnixNano())
-			return s
+			s.op.Store(op)
+			s.start.Store(int64(start) + 1)
+			return int(idx) + 1
 		}
 	}
-	return nil
+	return 0
 }
 
-func (t *inflight) leave(s *inflightSlot) {
-	if s != nil {
+// find returns the slot (index + 1) of the request with FUSE unique, or
+// 0.
+func (t *inflight) find(unique uint64) int {
+	key := unique + 1
+	for i := range uint64(16) {
+		idx := (unique + i) % inflightSlots
+		if t.slots[idx].key.Load() == key {
+			return int(idx) + 1
+		}
+	}
+	return 0
+}
+
+func (t *inflight) leave(slot int) {
+	if slot > 0 {
+		s := &t.slots[slot-1]
 		s.start.Store(0)
 		s.key.Store(0)
 	}
@@ -56,7 +79,7 @@ type Inflight struct {
 	TimestampSecs int64  `json:"timestamp_secs"`
 }
 
-func (t *inflight) list() []Inflight {
+func (t *inflight) list(epoch time.Time) []Inflight {
 	var out []Inflight
 	for i := range t.slots {
 		s := &t.slots[i]
@@ -64,12 +87,12 @@ func (t *inflight) list() []Inflight {
 		if key == 0 {
 			continue
 		}
-		e := Inflight{Inode: s.ino.Load(), Opcode: Fop(s.fop.Load()).Opcode(), Unique: key - 1}
+		e := Inflight{Inode: s.ino.Load(), Opcode: s.op.Load(), Unique: key - 1}
 		start := s.start.Load()
 		if s.key.Load() != key || start == 0 {
 			continue // finished while we looked
 		}
-		e.TimestampSecs = start / int64(time.Second)
+		e.TimestampSecs = epoch.Add(time.Duration(start - 1)).Unix()
 		out = append(out, e)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Unique < out[j].Unique })

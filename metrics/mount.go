@@ -36,7 +36,6 @@ type Mount struct {
 	patterns sync.Map // uint64 -> *access
 	latestMu sync.Mutex
 	latestS  map[uint64]struct{}
-	start    time.Time
 }
 
 // ID is the mount's id (its mountpoint).
@@ -71,14 +70,29 @@ type op struct {
 	fop    Fop
 	ino    uint64
 	unique uint64
-	start  time.Time
-	slot   *inflightSlot
+	start  time.Duration // since Daemon.epoch
+	slot   int           // in the inflight table, 0: not there
+	// handoff: the transport times the request (slot is its).
+	handoff bool
 }
 
 // begin starts counting an operation on inode ino.
 func (m *Mount) begin(f Fop, ino, unique uint64) op {
-	o := op{m: m, fop: f, ino: ino, unique: unique, start: time.Now()}
-	o.slot = m.d.inflight.enter(ino, f, unique, o.start)
+	o := op{m: m, fop: f, ino: ino, unique: unique}
+	if m.d.transported.Load() && unique != 0 {
+		// The transport lists the request in flight and times it:
+		// tell it which mount and fop to add the time to at its End,
+		// and read no clock here.
+		if o.slot = m.d.inflight.find(unique); o.slot > 0 {
+			o.handoff = true
+			return o
+		}
+	}
+	// One monotonic clock read (time.Now reads the wall clock too).
+	o.start = time.Since(m.d.epoch)
+	if !m.d.transported.Load() {
+		o.slot = m.d.inflight.enter(ino, f.Opcode(), unique, o.start)
+	}
 	return o
 }
 
@@ -86,26 +100,33 @@ func (m *Mount) begin(f Fop, ino, unique uint64) op {
 // READ) or 0.
 func (o op) end(ok bool, n int) {
 	m := o.m
-	m.d.inflight.leave(o.slot)
 	s := m.c.pick(o.unique)
 	s.hits[o.fop].Add(1)
 	if !ok {
 		s.errors[o.fop].Add(1)
 	}
-	measure := m.measure.Load()
-	var d time.Duration
-	if measure {
-		d = time.Since(o.start)
-		s.latencyUS[o.fop].Add(uint64(d.Microseconds()))
+	if o.handoff {
+		if m.measure.Load() {
+			sl := &m.d.inflight.slots[o.slot-1]
+			sl.fop.Store(int32(o.fop))
+			res := int64(n)
+			if !ok {
+				res = -1
+			}
+			sl.result.Store(res)
+			sl.mount.Store(m)
+		}
+	} else {
+		m.d.inflight.leave(o.slot)
+		if m.measure.Load() {
+			m.addLatency(s, o.fop, time.Since(m.d.epoch)-o.start, ok)
+		}
 	}
 	switch o.fop {
 	case FopRead:
 		if ok {
 			s.dataRead.Add(uint64(n))
 			s.blockCount[SizeBucket(n)].Add(1)
-			if measure {
-				s.readDist[LatencyBucket(d)].Add(1)
-			}
 		}
 	case FopOpen:
 		if ok {
@@ -122,6 +143,15 @@ func (o op) end(ok bool, n int) {
 		m.latestMu.Lock()
 		m.latestS[o.ino] = struct{}{}
 		m.latestMu.Unlock()
+	}
+}
+
+// addLatency adds an operation's time to the fop's cumulative latency
+// and, for a successful read, to read_latency_dist.
+func (m *Mount) addLatency(s *shard, f Fop, d time.Duration, ok bool) {
+	s.latencyUS[f].Add(uint64(d.Microseconds()))
+	if f == FopRead && ok {
+		s.readDist[LatencyBucket(d)].Add(1)
 	}
 }
 

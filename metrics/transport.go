@@ -129,9 +129,15 @@ func (t *Transport) QueueWait(q int, d time.Duration) {
 // its span.
 func (t *Transport) Begin(ctx context.Context, info *fusewire.RequestInfo) context.Context {
 	t.queue(info.Queue).inflight.Add(1)
+	if !t.d.transported.Load() {
+		t.d.transported.Store(true)
+	}
+	start := time.Since(t.d.epoch) // one monotonic clock read
+	info.Stamp[0] = int64(start)
+	info.Stamp[1] = int64(t.d.inflight.enter(info.NodeID, info.Opcode, info.Unique, start))
 	if t.opts.Tracer != nil && t.sampled.Add(1)%t.opts.SampleEvery == 0 {
 		ctx, _ = t.opts.Tracer.Start(ctx, "FUSE "+fusewire.OpName(info.Opcode), trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithTimestamp(info.Start), trace.WithAttributes(
+			trace.WithTimestamp(t.d.epoch.Add(start)), trace.WithAttributes(
 				attribute.Int("fuse.queue", info.Queue),
 				attribute.Int64("fuse.unique", int64(info.Unique)),
 				attribute.Int64("fuse.nodeid", int64(info.NodeID)),
@@ -159,11 +165,23 @@ func (t *Transport) End(ctx context.Context, info *fusewire.RequestInfo) {
 	q.inflight.Add(-1)
 	c := &q.ops[opIndex(info.Opcode)]
 	c.requests.Add(1)
+	measure := t.measure.Load()
 	var d time.Duration
-	if t.measure.Load() || t.opts.SlowThreshold > 0 || t.opts.Logger != nil {
-		d = time.Since(info.Start)
+	if measure || t.opts.SlowThreshold > 0 || t.opts.Logger != nil {
+		d = time.Since(t.d.epoch) - time.Duration(info.Stamp[0])
 	}
-	if t.measure.Load() {
+	if slot := int(info.Stamp[1]); slot > 0 {
+		// A counted filesystem handed its fop's timing over (Mount.begin).
+		sl := &t.d.inflight.slots[slot-1]
+		if m := sl.mount.Swap(nil); m != nil {
+			if !measure {
+				d = time.Since(t.d.epoch) - time.Duration(info.Stamp[0])
+			}
+			m.addLatency(m.c.pick(info.Unique), Fop(sl.fop.Load()), d, sl.result.Load() >= 0)
+		}
+		t.d.inflight.leave(slot)
+	}
+	if measure {
 		c.sumNanos.Add(uint64(d))
 		c.buckets[bucketOf(d)].Add(1)
 	}
@@ -188,14 +206,21 @@ func (t *Transport) End(ctx context.Context, info *fusewire.RequestInfo) {
 }
 
 func bucketOf(d time.Duration) int {
-	s := d.Seconds()
-	for i, b := range opLatencyBounds {
-		if s <= b {
+	for i, b := range opLatencyNanos {
+		if d <= b {
 			return i
 		}
 	}
-	return len(opLatencyBounds)
+	return len(opLatencyNanos)
 }
+
+// opLatencyNanos are opLatencyBounds as durations.
+var opLatencyNanos = func() (out [len(opLatencyBounds)]time.Duration) {
+	for i, b := range opLatencyBounds {
+		out[i] = time.Duration(b * 1e9)
+	}
+	return out
+}()
 
 func (t *Transport) errno(op uint32, errno int32) *atomic.Uint64 {
 	k := errKey{op: uint32(opIndex(op)), errno: errno}
