@@ -2,6 +2,7 @@ package fusewire
 
 import (
 	"context"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -59,4 +60,19 @@ func (r *request) end(o Observer, n *int) {
 		in.Written = int(outStruct[fuse.WriteOut](r).Size)
 	}
 	o.End(r.ctx, in)
+}
+
+// QueueWaiter is an Observer that also takes how long chains waited in
+// their virtqueue (kick to pop).
+type QueueWaiter interface {
+	QueueWait(queue int, d time.Duration)
+}
+
+// QueueWait passes a chain's wait in its virtqueue on to the Observer, if
+// it takes it (QueueWaiter). The vhost-user layer calls it, through an
+// interface of its own, before HandleChain.
+func (d *Device) QueueWait(queue int, wait time.Duration) {
+	if qw, ok := d.opts.Observer.(QueueWaiter); ok {
+		qw.QueueWait(queue, wait)
+	}
 }

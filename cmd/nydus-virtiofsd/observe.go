@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/metrics"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
@@ -145,4 +146,12 @@ func (o *observer) serve(ctx context.Context) error {
 	}()
 	o.log.Infof("serving Prometheus metrics on http://%s/metrics", l.Addr())
 	return nil
+}
+
+// QueueWait passes the vhost-user layer's per-chain queue wait on to the
+// device (and so to the counters); sessionCounter would hide it.
+func (s *sessionCounter) QueueWait(queue int, wait time.Duration) {
+	if w, ok := s.Device.(fusewire.QueueWaiter); ok {
+		w.QueueWait(queue, wait)
+	}
 }
