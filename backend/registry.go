@@ -220,7 +220,9 @@ func (r *Registry) route(ctx context.Context, method, target, rng string) (*http
 		}
 		drain(resp)
 	}
-	if p := r.proxy; p != nil && !lastAttempt(ctx) {
+	// The last retry of a read bypasses the proxy, unless fallback is off
+	// (then the origin is never to be asked directly).
+	if p := r.proxy; p != nil && !(lastAttempt(ctx) && p.cfg.Fallback) {
 		if p.healthy(ctx) {
 			resp, err := r.authed(ctx, p.client, method, p.rewrite(target), rng, nil)
 			if err == nil && resp.StatusCode < 500 {
@@ -436,7 +438,7 @@ func (m *mirror) usable(context.Context) bool {
 func (m *mirror) fail() {
 	if m.failures.Add(1) == m.limit {
 		m.health.ok.Store(false)
-		m.health.last.Store(0)
+		m.health.last.Store(m.health.now().UnixNano()) // ping after the interval
 	}
 }
 

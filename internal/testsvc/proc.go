@@ -58,7 +58,7 @@ func (s *syncBuffer) String() string {
 
 // startProc starts a service process that the test's cleanup kills, and
 // waits until ready answers true (at most 30 s).
-func startProc(t testing.TB, name string, ready func() bool, bin string, args ...string) *syncBuffer {
+func startProc(t testing.TB, name string, ready func() bool, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	// The host's AWS_* settings (AWS_CA_BUNDLE breaks distribution's S3
@@ -75,9 +75,9 @@ func startProc(t testing.TB, name string, ready func() bool, bin string, args ..
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
+	p := &proc{out: out, stop: func() { cmd.Process.Kill(); <-done }}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
+		p.stop()
 		if t.Failed() {
 			t.Logf("%s output:\n%s", name, tail(out.String(), 4000))
 		}
@@ -94,7 +94,13 @@ func startProc(t testing.TB, name string, ready func() bool, bin string, args ..
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return out
+	return p
+}
+
+// proc is a started service process.
+type proc struct {
+	out  *syncBuffer
+	stop func() // kills it and waits (idempotent)
 }
 
 func tail(s string, n int) string {

@@ -9,7 +9,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -33,6 +35,9 @@ type RegistryOptions struct {
 	S3 *S3
 	// TokenTTL is the lifetime of issued tokens (AuthToken; 0: 10 min).
 	TokenTTL time.Duration
+	// TokenRefusePOST makes the token issuer refuse POST (clients must
+	// fall back to GET).
+	TokenRefusePOST bool
 }
 
 // Registry is a running docker-registry.
@@ -43,6 +48,7 @@ type Registry struct {
 	Pass   string
 	Issuer *TokenIssuer // AuthToken only
 	s3     *S3
+	root   string // filesystem storage
 	// Log is the registry's output so far.
 	Log func() string
 }
@@ -62,7 +68,7 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 	bin := need(t, "docker-registry")
 	dir := t.TempDir()
 	port := FreePort(t)
-	r := &Registry{Host: addr(port), Repo: "test/blobs", s3: o.S3}
+	r := &Registry{Host: addr(port), Repo: "test/blobs", s3: o.S3, root: filepath.Join(dir, "data")}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nhttp:\n  addr: %s\n  secret: testsvc-secret\n", r.Host)
 	if o.S3 != nil {
@@ -81,14 +87,14 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 		fmt.Fprintf(&cfg, "auth:\n  htpasswd:\n    realm: testsvc\n    path: %s\n", hp)
 	case AuthToken:
 		r.User, r.Pass = "tester", "t0ken-"+strconv.FormatInt(time.Now().UnixNano(), 36)
-		iss := StartTokenIssuer(t, TokenIssuerOptions{User: r.User, Pass: r.Pass, Service: "testsvc-registry", TTL: o.TokenTTL})
+		iss := StartTokenIssuer(t, TokenIssuerOptions{User: r.User, Pass: r.Pass, Service: "testsvc-registry", TTL: o.TokenTTL, RefusePOST: o.TokenRefusePOST})
 		r.Issuer = iss
 		fmt.Fprintf(&cfg, "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n",
 			iss.Realm, iss.Service, iss.Name, iss.CertFile)
 	}
 	cfgPath := writeFile(t, dir, "config.yml", cfg.String())
 	out := startProc(t, "docker-registry", func() bool { return answers("http://" + r.Host + "/v2/") }, bin, "serve", cfgPath)
-	r.Log = out.String
+	r.Log = out.out.String
 	return r
 }
 
@@ -111,11 +117,9 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 	id := hex.EncodeToString(sum[:])
 	if r.s3 != nil {
 		// s3rver lacks ListMultipartUploads, which distribution's S3
-		// driver needs for uploads: write the blob and the repository's
-		// layer link where the driver keeps them.
-		root := "registry/docker/registry/v2/"
-		r.s3.Put(t, root+"blobs/sha256/"+id[:2]+"/"+id+"/data", data)
-		r.s3.Put(t, root+"repositories/"+r.Repo+"/_layers/sha256/"+id+"/link", []byte("sha256:"+id))
+		// driver needs for uploads: store the blob where the driver keeps
+		// it.
+		r.SeedBlob(t, id, data)
 		return id
 	}
 	req, _ := http.NewRequest(http.MethodPost, "http://"+r.Host+"/v2/"+r.Repo+"/blobs/uploads/", nil)
@@ -148,6 +152,31 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 		t.Fatalf("finish upload: HTTP %d %s", resp.StatusCode, body)
 	}
 	return id
+}
+
+// SeedBlob stores data as blob id (hex) in the registry's storage
+// directly, with the repository's layer link, where distribution keeps
+// them: for test images whose blob ids are not the sha256 of the blob
+// file (as some nydus fixtures), and for S3 storage. The registry serves
+// it as it serves any blob.
+func (r *Registry) SeedBlob(t testing.TB, id string, data []byte) {
+	t.Helper()
+	blob := "docker/registry/v2/blobs/sha256/" + id[:2] + "/" + id + "/data"
+	link := "docker/registry/v2/repositories/" + r.Repo + "/_layers/sha256/" + id + "/link"
+	if r.s3 != nil {
+		r.s3.Put(t, "registry/"+blob, data)
+		r.s3.Put(t, "registry/"+link, []byte("sha256:"+id))
+		return
+	}
+	for name, content := range map[string][]byte{blob: data, link: []byte("sha256:" + id)} {
+		p := filepath.Join(r.root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // BlobURL is the registry URL of blob id.
