@@ -447,6 +447,11 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 			err = b.m.limiter.wait(ctx, int64(last-first))
 		} else {
 			b.m.limiter.take(int64(last - first))
+			b.m.demand.Add(1)
+			defer func() {
+				b.m.lastDemand.Store(time.Now().UnixNano())
+				b.m.demand.Add(-1)
+			}()
 		}
 	}
 	var buf []byte

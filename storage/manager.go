@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -83,8 +84,13 @@ type Manager struct {
 
 	metrics Metrics
 	backend BackendMetrics
-	limiter *limiter
-	pf      prefetcher
+	// demand counts on-demand backend reads in flight and lastDemand is
+	// when the last one ended (unix ns): prefetch waits while reads are
+	// fetching.
+	demand     atomic.Int64
+	lastDemand atomic.Int64
+	limiter    *limiter
+	pf         prefetcher
 
 	warnMu sync.Mutex
 	warned map[string]bool
