@@ -234,8 +234,11 @@ func (e *entry) close() error {
 	}
 	e.flush()
 	e.pmu.Lock()
+	defer e.pmu.Unlock()
+	if e.closed {
+		return nil
+	}
 	e.closed = true
-	e.pmu.Unlock()
 	return errors.Join(e.cmap.close(), e.data.Close())
 }
 
