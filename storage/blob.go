@@ -76,13 +76,38 @@ type Blob struct {
 	opened backend.Blob
 	fileFd int // the backend blob's fd when it is a local file, else -1
 	closed bool
+
+	// life is held shared by every operation on the handle (reads,
+	// prefetch requests) and exclusively by Close, so that the entry's
+	// files are never closed under one.
+	life sync.RWMutex
+	dead bool // under life
 }
+
+// errClosed is returned by operations on a closed handle.
+var errClosed = errors.New("blob handle closed")
+
+// enter starts an operation; false when the handle is closed.
+func (b *Blob) enter() bool {
+	b.life.RLock()
+	if b.dead {
+		b.life.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (b *Blob) leave() { b.life.RUnlock() }
 
 // ID is the blob's id.
 func (b *Blob) ID() string { return b.e.desc.ID }
 
-// Close releases the handle (and the entry, when it was the last one).
+// Close releases the handle (and the entry, when it was the last one),
+// after the operations in progress on it have finished.
 func (b *Blob) Close() error {
+	b.life.Lock()
+	b.dead = true
+	b.life.Unlock()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -133,6 +158,10 @@ func (b *Blob) Size(ctx context.Context) (int64, error) {
 // ReadRange reads exactly n bytes at off from the backend blob (metadata:
 // blob.meta, ToC, digests), counted in the backend metrics.
 func (b *Blob) ReadRange(ctx context.Context, off, n uint64) ([]byte, error) {
+	if !b.enter() {
+		return nil, fmt.Errorf("blob %s: %w", b.e.desc.ID, errClosed)
+	}
+	defer b.leave()
 	h, _, err := b.backendBlob(ctx)
 	if err != nil {
 		return nil, err
@@ -164,6 +193,10 @@ func (b *Blob) readBackend(ctx context.Context, h backend.Blob, buf []byte, off 
 // Get finds each chunk's bytes, fetching (merged), checking and storing
 // the missing ones first. out must be as long as chunks.
 func (b *Blob) Get(ctx context.Context, chunks []Chunk, out []Location) error {
+	if !b.enter() {
+		return fmt.Errorf("blob %s: %w", b.e.desc.ID, errClosed)
+	}
+	defer b.leave()
 	e := b.e
 	mt := &b.m.metrics
 	mt.total.Add(1)

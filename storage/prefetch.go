@@ -159,12 +159,13 @@ func (p *prefetcher) work() {
 		p.queue = p.queue[1:]
 		p.mu.Unlock()
 		p.yield(r.ctx)
-		if r.ctx.Err() == nil {
+		if r.ctx.Err() == nil && r.b.enter() {
 			start := time.Now()
 			mine, _ := r.b.claim(r.chunks, true)
 			if len(mine) > 0 {
 				r.b.fetchRuns(r.ctx, mine, true)
 			}
+			r.b.leave()
 			p.m.metrics.prefetchMillis.Add(time.Since(start).Milliseconds())
 		}
 		r.job.finish()
