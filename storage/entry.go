@@ -39,7 +39,10 @@ type entry struct {
 
 	pmu     sync.Mutex
 	pending []uint32 // written, not yet synced and marked
-	closed  bool
+
+	// fmu serializes flushes and close; writers never wait for it.
+	fmu    sync.Mutex
+	closed bool
 }
 
 // flight is one chunk being fetched; done closes when it is settled.
@@ -203,22 +206,36 @@ func (e *entry) store(c *Chunk, b []byte) bool {
 }
 
 // flush syncs the data file and then marks the chunks written since the
-// last flush in the chunk map (see the package doc: crash safety).
+// last flush in the chunk map (see the package doc: crash safety). Writers
+// only wait for the swap of the pending list, never for the sync.
 func (e *entry) flush() {
+	e.fmu.Lock()
+	defer e.fmu.Unlock()
+	if e.closed {
+		return
+	}
 	e.pmu.Lock()
-	defer e.pmu.Unlock()
-	if len(e.pending) == 0 || e.closed {
+	batch := e.pending
+	e.pending = nil
+	e.pmu.Unlock()
+	if len(batch) == 0 {
 		return
 	}
 	if err := unix.Fdatasync(e.fd); err != nil {
 		e.m.warnOnce("sync:"+e.desc.ID, "blob cache: blob %s: fdatasync: %v; its chunk map is not updated", e.desc.ID, err)
+		e.pmu.Lock()
+		e.pending = append(e.pending, batch...) // retried at the next flush
+		e.pmu.Unlock()
 		return
 	}
-	for _, i := range e.pending {
+	for _, i := range batch {
 		e.cmap.set(i)
 	}
-	e.pending = e.pending[:0]
-	if e.nready.Load() == int64(e.desc.ChunkCount) && !e.cmap.allReady() {
+	// all_ready only once nothing written is still waiting for a sync.
+	e.pmu.Lock()
+	synced := len(e.pending) == 0
+	e.pmu.Unlock()
+	if synced && e.nready.Load() == int64(e.desc.ChunkCount) && !e.cmap.allReady() {
 		e.cmap.setAllReady()
 	}
 }
@@ -233,8 +250,8 @@ func (e *entry) close() error {
 		return nil
 	}
 	e.flush()
-	e.pmu.Lock()
-	defer e.pmu.Unlock()
+	e.fmu.Lock()
+	defer e.fmu.Unlock()
 	if e.closed {
 		return nil
 	}
