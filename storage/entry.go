@@ -197,10 +197,11 @@ func (e *entry) store(c *Chunk, b []byte) bool {
 		done += n
 	}
 	if setBit(e.ready, c.Index) {
-		e.nready.Add(1)
+		// pending before nready: flush reads them the other way round.
 		e.pmu.Lock()
 		e.pending = append(e.pending, c.Index)
 		e.pmu.Unlock()
+		e.nready.Add(1)
 	}
 	return true
 }
@@ -231,11 +232,13 @@ func (e *entry) flush() {
 	for _, i := range batch {
 		e.cmap.set(i)
 	}
-	// all_ready only once nothing written is still waiting for a sync.
+	// all_ready only once nothing written is still waiting for a sync
+	// (nready first: a chunk is pending before it is counted).
+	full := e.nready.Load() == int64(e.desc.ChunkCount)
 	e.pmu.Lock()
 	synced := len(e.pending) == 0
 	e.pmu.Unlock()
-	if synced && e.nready.Load() == int64(e.desc.ChunkCount) && !e.cmap.allReady() {
+	if full && synced && !e.cmap.allReady() {
 		e.cmap.setAllReady()
 	}
 }
