@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -209,5 +210,110 @@ func TestFaultInjectorMirror(t *testing.T) {
 	checkRanges(t, be, id, data)
 	if m := len(mirror.Seen()); m != n {
 		t.Errorf("disabled mirror still asked: %d -> %d requests", n, m)
+	}
+}
+
+// TestRegistryTLS: a registry with a self-signed certificate is reached
+// with ca_cert_files or skip_verify, and refused without either.
+func TestRegistryTLS(t *testing.T) {
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthBasic, TLS: true})
+	data := randomBlob(100<<10, 8)
+	id := reg.PushBlob(t, data)
+	for _, tc := range []struct {
+		name string
+		edit func(*RegistryConfig)
+		ok   bool
+	}{
+		{"ca_cert_files", func(r *RegistryConfig) { r.CACertFiles = []string{reg.CACert} }, true},
+		{"skip_verify", func(r *RegistryConfig) { r.SkipVerify = true }, true},
+		{"untrusted", func(*RegistryConfig) {}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
+			cfg.Registry.Host, cfg.Registry.Repo, cfg.Registry.Auth = reg.Host, reg.Repo, reg.AuthB64()
+			tc.edit(&cfg.Registry)
+			be, err := New(&cfg, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.ok {
+				checkRanges(t, be, id, data)
+				return
+			}
+			if b, err := be.Open(context.Background(), id); err == nil {
+				b.Close()
+				t.Fatal("opened a blob over TLS with an untrusted certificate")
+			}
+		})
+	}
+}
+
+// TestHTTPProxyThroughProxy: the http-proxy backend honours proxy too
+// (an nginx forward proxy in front of an nginx blob server), and falls
+// back to the origin when the proxy is gone.
+func TestHTTPProxyThroughProxy(t *testing.T) {
+	root := t.TempDir()
+	data := randomBlob(300<<10, 22)
+	id := randomID()
+	if err := os.WriteFile(filepath.Join(root, id), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	origin := testsvc.StartNginx(t, testsvc.NginxOptions{Root: root})
+	fwd := testsvc.StartNginx(t, testsvc.NginxOptions{ForwardProxy: true})
+	cfg := BackendConfig{Type: "http-proxy", HTTPProxy: defaultConfig().Backend.HTTPProxy}
+	cfg.HTTPProxy.Addr, cfg.HTTPProxy.Path = "http://"+origin.Host, "/blobs"
+	cfg.HTTPProxy.Proxy = ProxyConfig{URL: "http://" + fwd.Host, Fallback: true, CheckInterval: 5}
+	be, err := New(&cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRanges(t, be, id, data)
+	if fwd.Requests() == 0 {
+		t.Fatal("nothing went through the proxy")
+	}
+	fwd.Stop()
+	checkRanges(t, be, id, data)
+}
+
+// TestRegistryConcurrentFirstReads: 16 readers start at once on a new
+// backend; the first request settles auth alone, so one token serves them
+// all.
+func TestRegistryConcurrentFirstReads(t *testing.T) {
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthToken})
+	data := randomBlob(1<<20, 23)
+	id := reg.PushBlob(t, data)
+	cfg := registryTestConfig(reg)
+	be, err := New(&cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			b, err := be.Open(context.Background(), id)
+			if err != nil {
+				errs <- err
+				return
+			}
+			p := make([]byte, 4096)
+			off := i * 60000
+			if _, err := b.ReadAt(context.Background(), p, int64(off)); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(p, data[off:off+4096]) {
+				errs <- errors.New("wrong bytes")
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := len(reg.Issuer.Requests()); n != 1 {
+		t.Errorf("%d token requests, want 1", n)
 	}
 }

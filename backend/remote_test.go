@@ -72,8 +72,7 @@ func TestRegistryReal(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := testsvc.StartRegistry(t, tc.o(t))
 			id := reg.PushBlob(t, data)
-			cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
-			cfg.Registry.Scheme, cfg.Registry.Host, cfg.Registry.Repo, cfg.Registry.Auth = "http", reg.Host, reg.Repo, reg.AuthB64()
+			cfg := registryTestConfig(reg)
 			be, err := New(&cfg, Options{})
 			if err != nil {
 				t.Fatal(err)
@@ -88,6 +87,15 @@ func TestRegistryReal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// registryTestConfig is a registry backend config for reg (plain http,
+// its credentials), with nydusd's defaults.
+func registryTestConfig(reg *testsvc.Registry) BackendConfig {
+	cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
+	r := &cfg.Registry
+	r.Scheme, r.Host, r.Repo, r.Auth = "http", reg.Host, reg.Repo, reg.AuthB64()
+	return cfg
 }
 
 func randomID() string {

@@ -47,7 +47,7 @@ func (f *imageFlags) open(needBlobs bool) (*rafs.Image, error) {
 		if err != nil {
 			return nil, err
 		}
-		if opts.Backend, err = c.NewBackend(backend.Options{Getenv: os.Getenv}); err != nil {
+		if opts.Backend, err = c.NewBackend(backend.Options{Getenv: os.Getenv, Log: logrus.WithField("layer", "backend")}); err != nil {
 			return nil, err
 		}
 		opts.DigestValidate = opts.DigestValidate || c.DigestValidate()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
@@ -202,8 +201,13 @@ var remoteScenarios = []remoteScenario{
 	}},
 }
 
+// checkNoSecrets checks a daemon's debug output: it logged its backend
+// requests, and no secret.
 func checkNoSecrets(t *testing.T, what, out string, secrets []string) {
 	t.Helper()
+	if what != "daemon info" && !strings.Contains(out, "backend request") {
+		t.Errorf("%s output logged no backend request", what)
+	}
 	for _, s := range append(secrets, "Bearer ", "Basic ") {
 		if s != "" && strings.Contains(out, s) {
 			t.Errorf("%s output shows a secret (%.8s…)", what, s)
@@ -227,35 +231,8 @@ func TestRemoteBackendsFuse(t *testing.T) {
 			os.WriteFile(cfgPath, []byte(cfg), 0o600)
 			for _, img := range imgs {
 				t.Run(img.name, func(t *testing.T) {
-					mnt := t.TempDir()
-					cmd := exec.Command(bin, "fuse", "--log-level", "debug", "--bootstrap", img.boot, "--config", cfgPath, "--mountpoint", mnt)
-					var out bytes.Buffer
-					cmd.Stdout, cmd.Stderr = &out, &out
-					if err := cmd.Start(); err != nil {
-						t.Fatal(err)
-					}
-					defer func() {
-						cmd.Process.Signal(syscall.SIGTERM)
-						done := make(chan struct{})
-						go func() { cmd.Wait(); close(done) }()
-						select {
-						case <-done:
-						case <-time.After(10 * time.Second):
-							cmd.Process.Kill()
-							<-done
-						}
-						checkNoSecrets(t, "fuse", out.String(), secrets)
-					}()
-					var st syscall.Statfs_t
-					for i := 0; ; i++ {
-						if syscall.Statfs(mnt, &st) == nil && st.Type == 0x65735546 { // FUSE_SUPER_MAGIC
-							break
-						}
-						if i == 400 {
-							t.Fatalf("not mounted after 10 s:\n%s", out.String())
-						}
-						time.Sleep(25 * time.Millisecond)
-					}
+					mnt, out := fuseMount(t, bin, img.boot, cfgPath)
+					defer func() { checkNoSecrets(t, "fuse", out.String(), secrets) }()
 					for path, want := range img.md5s {
 						b, err := os.ReadFile(filepath.Join(mnt, path))
 						sum := md5.Sum(b)
@@ -267,6 +244,39 @@ func TestRemoteBackendsFuse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fuseMount runs `fuse --config cfg` for boot until the test ends (SIGTERM,
+// then kill) and returns the mountpoint once mounted, and the daemon's
+// output.
+func fuseMount(t *testing.T, bin, boot, cfg string) (string, *testsvc.Buffer) {
+	t.Helper()
+	mnt := t.TempDir()
+	cmd := exec.Command(bin, "fuse", "--log-level", "debug", "--bootstrap", boot, "--config", cfg, "--mountpoint", mnt)
+	out := &testsvc.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	var st syscall.Statfs_t
+	for i := 0; syscall.Statfs(mnt, &st) != nil || st.Type != 0x65735546; i++ { // FUSE_SUPER_MAGIC
+		if i == 400 {
+			t.Fatalf("not mounted after 10 s:\n%s", out.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return mnt, out
 }
 
 // TestRemoteBackendsAPI mounts each image through POST /api/v1/mount with

@@ -3,6 +3,7 @@ package testsvc
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -38,19 +39,19 @@ func need(t testing.TB, name string) string {
 	return p
 }
 
-// syncBuffer is a log buffer written by a child process.
-type syncBuffer struct {
+// Buffer is a process's output, safe to read while the process writes it.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *Buffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -68,7 +69,7 @@ func startProc(t testing.TB, name string, ready func() bool, bin string, args ..
 			cmd.Env = append(cmd.Env, e)
 		}
 	}
-	out := &syncBuffer{}
+	out := &Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("%s: %v", name, err)
@@ -99,7 +100,7 @@ func startProc(t testing.TB, name string, ready func() bool, bin string, args ..
 
 // proc is a started service process.
 type proc struct {
-	out  *syncBuffer
+	out  *Buffer
 	stop func() // kills it and waits (idempotent)
 }
 
@@ -115,7 +116,9 @@ func answers(url string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := http.DefaultTransport.RoundTrip(req)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // readiness only
+	defer tr.CloseIdleConnections()
+	resp, err := tr.RoundTrip(req)
 	if err != nil {
 		return false
 	}

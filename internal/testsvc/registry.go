@@ -3,6 +3,8 @@ package testsvc
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -35,6 +37,9 @@ type RegistryOptions struct {
 	S3 *S3
 	// TokenTTL is the lifetime of issued tokens (AuthToken; 0: 10 min).
 	TokenTTL time.Duration
+	// TLS serves HTTPS with a new self-signed certificate for 127.0.0.1
+	// (Registry.CACert is its PEM file).
+	TLS bool
 	// TokenRefusePOST makes the token issuer refuse POST (clients must
 	// fall back to GET).
 	TokenRefusePOST bool
@@ -49,6 +54,9 @@ type Registry struct {
 	Issuer *TokenIssuer // AuthToken only
 	s3     *S3
 	root   string // filesystem storage
+	scheme string
+	// CACert is the PEM certificate of a TLS registry.
+	CACert string
 	// Log is the registry's output so far.
 	Log func() string
 }
@@ -71,6 +79,13 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 	r := &Registry{Host: addr(port), Repo: "test/blobs", s3: o.S3, root: filepath.Join(dir, "data")}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nhttp:\n  addr: %s\n  secret: testsvc-secret\n", r.Host)
+	scheme := "http"
+	if o.TLS {
+		scheme = "https"
+		var key string
+		r.CACert, key = selfSignedCert(t, dir)
+		fmt.Fprintf(&cfg, "  tls:\n    certificate: %s\n    key: %s\n", r.CACert, key)
+	}
 	if o.S3 != nil {
 		fmt.Fprintf(&cfg, "storage:\n  s3:\n    accesskey: %s\n    secretkey: %s\n    region: %s\n    regionendpoint: http://%s\n    bucket: %s\n    secure: false\n    v4auth: true\n    rootdirectory: /registry\n  redirect:\n    disable: false\n",
 			o.S3.AccessKey, o.S3.SecretKey, o.S3.Region, o.S3.Endpoint, o.S3.Bucket)
@@ -93,7 +108,8 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 			iss.Realm, iss.Service, iss.Name, iss.CertFile)
 	}
 	cfgPath := writeFile(t, dir, "config.yml", cfg.String())
-	out := startProc(t, "docker-registry", func() bool { return answers("http://" + r.Host + "/v2/") }, bin, "serve", cfgPath)
+	out := startProc(t, "docker-registry", func() bool { return answers(scheme + "://" + r.Host + "/v2/") }, bin, "serve", cfgPath)
+	r.scheme = scheme
 	r.Log = out.out.String
 	return r
 }
@@ -122,9 +138,10 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 		r.SeedBlob(t, id, data)
 		return id
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+r.Host+"/v2/"+r.Repo+"/blobs/uploads/", nil)
+	req, _ := http.NewRequest(http.MethodPost, r.scheme+"://"+r.Host+"/v2/"+r.Repo+"/blobs/uploads/", nil)
 	r.authorize(t, req)
-	resp, err := http.DefaultClient.Do(req)
+	hc := r.client()
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +159,7 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 	req, _ = http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(data))
 	req.Header.Set("Content-Type", "application/octet-stream")
 	r.authorize(t, req)
-	resp, err = http.DefaultClient.Do(req)
+	resp, err = hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +198,7 @@ func (r *Registry) SeedBlob(t testing.TB, id string, data []byte) {
 
 // BlobURL is the registry URL of blob id.
 func (r *Registry) BlobURL(id string) string {
-	return (&url.URL{Scheme: "http", Host: r.Host, Path: "/v2/" + r.Repo + "/blobs/sha256:" + id}).String()
+	return (&url.URL{Scheme: r.scheme, Host: r.Host, Path: "/v2/" + r.Repo + "/blobs/sha256:" + id}).String()
 }
 
 func drainClose(resp *http.Response) {
@@ -190,3 +207,14 @@ func drainClose(resp *http.Response) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// client is an HTTP client that trusts the registry's certificate.
+func (r *Registry) client() *http.Client {
+	if r.CACert == "" {
+		return http.DefaultClient
+	}
+	pool := x509.NewCertPool()
+	pem, _ := os.ReadFile(r.CACert)
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
