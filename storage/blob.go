@@ -340,8 +340,8 @@ func (b *Blob) fetch(ctx context.Context, want []Chunk, prefetch bool) ([]Locati
 				return nil, ctx.Err()
 			}
 			switch {
-			case f.err != nil && (errors.Is(f.err, context.Canceled) || errors.Is(f.err, context.DeadlineExceeded)) && ctx.Err() == nil:
-				retry = true // the fetcher gave up, not the backend
+			case f.err != nil && f.abandoned && ctx.Err() == nil:
+				retry = true // the fetcher's request went away, not the backend
 			case f.err != nil:
 				return nil, f.err
 			case f.stored:
@@ -467,6 +467,10 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 	e := b.e
 	settle := func(cl claimed, stored bool, data []byte, err error) {
 		cl.f.stored, cl.f.data, cl.f.err = stored, data, err
+		// Failed because this fetcher's own request ended (a guest
+		// request abandoned, a prefetch stopped): waiters fetch
+		// themselves. A backend timeout is a failure like any other.
+		cl.f.abandoned = err != nil && ctx.Err() != nil
 		if e.persist {
 			e.mu.Lock()
 			delete(e.inflight, cl.c.Index)

@@ -47,10 +47,11 @@ type entry struct {
 
 // flight is one chunk being fetched; done closes when it is settled.
 type flight struct {
-	done   chan struct{}
-	stored bool   // in the data file
-	data   []byte // its uncompressed bytes when not stored
-	err    error
+	done      chan struct{}
+	stored    bool   // in the data file
+	data      []byte // its uncompressed bytes when not stored
+	err       error
+	abandoned bool // err because the fetcher's context ended
 }
 
 func newEntry(m *Manager, d BlobDesc, persist bool) *entry {
