@@ -72,7 +72,7 @@ type FSOptions struct {
 // The returned function closes the image and releases its cache. Config
 // errors wrap ErrBadRequest.
 func OpenRafs(source string, cfg *backend.Config, caches *storage.Pool, prefetchFiles []string, log *logrus.Entry) (*rafs.Image, func() error, error) {
-	be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv})
+	be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv, Log: log.WithField("layer", "backend")})
 	if err != nil {
 		return nil, nil, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
 	}
@@ -100,8 +100,8 @@ func OpenRafs(source string, cfg *backend.Config, caches *storage.Pool, prefetch
 }
 
 // DefaultNewFS builds passthrough shares and RAFS images. A RAFS config is
-// a nydusd v1 or v2 JSON (or v2 TOML) string; only the localfs backend is
-// supported so far.
+// a nydusd v1 or v2 JSON (or v2 TOML) string naming any backend of package
+// backend; a config it refuses is a 400.
 func DefaultNewFS(o FSOptions) NewFS {
 	if o.Logger == nil {
 		o.Logger = logrus.NewEntry(logrus.StandardLogger())

@@ -126,12 +126,12 @@ type authState struct {
 	cur    atomic.Pointer[authHeader]
 	now    func() time.Time
 
-	mu       sync.Mutex // one refresh at a time
-	useGET   sync.Map   // token host -> true once POST failed there
-	backoff  time.Duration
-	retryAt  time.Time
-	settleMu sync.Mutex
-	settled  atomic.Bool
+	mu      sync.Mutex // one refresh at a time
+	useGET  sync.Map   // token host -> true once POST failed there
+	backoff time.Duration
+	retryAt time.Time
+	settle  chan struct{} // a one-slot lock that waits with a context
+	settled atomic.Bool
 }
 
 func (a *authState) setCreds(auth string) {

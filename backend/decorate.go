@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
@@ -48,6 +49,8 @@ type RetryPolicy struct {
 	Backoff time.Duration
 	// Timeout bounds each attempt (0: none).
 	Timeout time.Duration
+	// Log gets retried and slow reads at warn level (nil: none).
+	Log logrus.FieldLogger
 }
 
 // WithRetry makes b retry Open and ReadAt on retryable errors (transport
@@ -97,6 +100,9 @@ func (p RetryPolicy) do(ctx context.Context, f func(ctx context.Context) error) 
 		if spans.Recording(ctx) {
 			spans.Event(ctx, "retry", attribute.Int("attempt", n+1), attribute.String("error", err.Error()))
 		}
+		if p.Log != nil {
+			p.Log.WithField("attempt", n+1).Warnf("backend: %v; retrying", err)
+		}
 		t := time.NewTimer(p.Backoff << n)
 		select {
 		case <-ctx.Done():
@@ -130,7 +136,11 @@ func (b *retryBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error
 	var eof error
 	err := b.p.do(ctx, func(ctx context.Context) error {
 		var err error
+		start := time.Now()
 		n, err = b.Blob.ReadAt(ctx, p, off)
+		if d := time.Since(start); b.p.Log != nil && err == nil && slow(len(p), d) {
+			b.p.Log.WithField("offset", off).WithField("size", len(p)).WithField("ms", d.Milliseconds()).Warn("backend: slow read")
+		}
 		if errors.Is(err, io.EOF) {
 			eof, err = err, nil // a read past the end: n bytes and io.EOF
 		}
@@ -140,6 +150,15 @@ func (b *retryBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error
 		return 0, err
 	}
 	return n, eof
+}
+
+// slow reports whether a read of n bytes that took d is worth a warning,
+// as nydusd judges it: 250 ms, or 1 s above 4 MiB.
+func slow(n int, d time.Duration) bool {
+	if n > 4<<20 {
+		return d >= time.Second
+	}
+	return d >= 250*time.Millisecond
 }
 
 // Latency buckets (upper bounds) of the backend metrics, in ms; the last

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 // StatusError is an HTTP answer a backend did not expect. Its message
@@ -68,15 +70,20 @@ func redactURL(u *url.URL) string {
 }
 
 // doRequest runs req on c and strips the URL query from transport errors
-// (net/http quotes the whole URL in them).
+// (net/http quotes the whole URL in them). A transport error keeps only
+// its text, so that no errno (ECONNRESET…) reaches the guest: every
+// backend failure is EIO there. Context errors stay wrapped.
 func doRequest(c *http.Client, req *http.Request) (*http.Response, error) {
 	resp, err := c.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			return nil, fmt.Errorf("%s %s: %w", req.Method, redactURL(req.URL), ue.Err)
+			err = ue.Err
 		}
-		return nil, fmt.Errorf("%s %s: %w", req.Method, redactURL(req.URL), err)
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return nil, fmt.Errorf("%s %s: %w", req.Method, redactURL(req.URL), ctxErr)
+		}
+		return nil, fmt.Errorf("%s %s: %v", req.Method, redactURL(req.URL), err)
 	}
 	return resp, nil
 }
@@ -272,4 +279,35 @@ func sendPlain(ctx context.Context, c *http.Client, method, u, rng string, sign 
 		sign(req)
 	}
 	return doRequest(c, req)
+}
+
+// logTransport logs every request at debug level: method, URL without
+// its query, status or error, duration, and whether it carried
+// credentials (never the credentials).
+type logTransport struct {
+	inner http.RoundTripper
+	log   logrus.FieldLogger
+}
+
+func withLog(rt http.RoundTripper, log logrus.FieldLogger) http.RoundTripper {
+	if log == nil {
+		return rt
+	}
+	return &logTransport{inner: rt, log: log}
+}
+
+func (l *logTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := l.inner.RoundTrip(req)
+	e := l.log.WithField("method", req.Method).WithField("url", redactURL(req.URL)).
+		WithField("auth", req.Header.Get("Authorization") != "").WithField("ms", time.Since(start).Milliseconds())
+	if r := req.Header.Get("Range"); r != "" {
+		e = e.WithField("range", r)
+	}
+	if err != nil {
+		e.WithField("error", "transport").Debug("backend request failed")
+		return nil, err
+	}
+	e.WithField("status", resp.StatusCode).Debug("backend request")
+	return resp, nil
 }

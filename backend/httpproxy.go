@@ -17,10 +17,11 @@ import (
 type HTTPProxy struct {
 	base   string // scheme://host{path}/
 	client *http.Client
+	proxy  *proxyRoute // nil: none
 }
 
 // NewHTTPProxy returns an http-proxy backend.
-func NewHTTPProxy(cfg HTTPProxyConfig) (*HTTPProxy, error) {
+func NewHTTPProxy(cfg HTTPProxyConfig, o Options) (*HTTPProxy, error) {
 	bc := BackendConfig{Type: "http-proxy", HTTPProxy: cfg}
 	if err := bc.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
@@ -42,7 +43,11 @@ func NewHTTPProxy(cfg HTTPProxyConfig) (*HTTPProxy, error) {
 	if path != "" {
 		path = "/" + path
 	}
-	return &HTTPProxy{base: base + path + "/", client: &http.Client{Transport: tr, CheckRedirect: noRedirect}}, nil
+	p, err := newProxyRoute(&cfg.ConnConfig, tr, o)
+	if err != nil {
+		return nil, err
+	}
+	return &HTTPProxy{base: base + path + "/", client: &http.Client{Transport: withLog(tr, o.Log), CheckRedirect: noRedirect}, proxy: p}, nil
 }
 
 // Open HEADs the blob for its size.
@@ -52,6 +57,8 @@ func (h *HTTPProxy) Open(ctx context.Context, id string) (Blob, error) {
 	}
 	u := h.base + id
 	return openRanged(ctx, "http-proxy", id, func(ctx context.Context, method, rng string) (*http.Response, error) {
-		return sendPlain(ctx, h.client, method, u, rng, nil)
+		return h.proxy.send(ctx, h.client, u, func(c *http.Client, u string) (*http.Response, error) {
+			return sendPlain(ctx, c, method, u, rng, nil)
+		})
 	})
 }

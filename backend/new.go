@@ -28,10 +28,10 @@ func New(c *BackendConfig, o Options) (Backend, error) {
 		b, err = NewOSS(c.OSS, o)
 		conn = &c.OSS.ConnConfig
 	case "s3":
-		b, err = NewS3(c.S3)
+		b, err = NewS3(c.S3, o)
 		conn = &c.S3.ConnConfig
 	case "http-proxy":
-		b, err = NewHTTPProxy(c.HTTPProxy)
+		b, err = NewHTTPProxy(c.HTTPProxy, o)
 		conn = &c.HTTPProxy.ConnConfig
 	default:
 		return nil, fmt.Errorf("%w: unknown backend type %q", ErrBadConfig, short(c.Type))
@@ -39,7 +39,9 @@ func New(c *BackendConfig, o Options) (Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return WithMetrics(WithRetry(b, PolicyFor(conn)), NewMetrics(c.Type)), nil
+	p := PolicyFor(conn)
+	p.Log = o.Log
+	return WithMetrics(WithRetry(b, p), NewMetrics(c.Type)), nil
 }
 
 // PolicyFor is the retry policy of a connection config: retry_limit

@@ -20,6 +20,7 @@ import (
 type OSS struct {
 	cfg    OSSConfig
 	client *http.Client
+	proxy  *proxyRoute // nil: none
 	now    func() time.Time
 }
 
@@ -33,7 +34,11 @@ func NewOSS(cfg OSSConfig, o Options) (*OSS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: oss: %w", ErrBadConfig, err)
 	}
-	return &OSS{cfg: cfg, client: &http.Client{Transport: tr, CheckRedirect: noRedirect}, now: o.now()}, nil
+	p, err := newProxyRoute(&cfg.ConnConfig, tr, o)
+	if err != nil {
+		return nil, err
+	}
+	return &OSS{cfg: cfg, client: &http.Client{Transport: withLog(tr, o.Log), CheckRedirect: noRedirect}, proxy: p, now: o.now()}, nil
 }
 
 // object is the object key of blob id.
@@ -65,6 +70,8 @@ func (s *OSS) Open(ctx context.Context, id string) (Blob, error) {
 	key := s.object(id)
 	u := s.cfg.Scheme + "://" + s.cfg.BucketName + "." + s.cfg.Endpoint + "/" + key
 	return openRanged(ctx, "oss", id, func(ctx context.Context, method, rng string) (*http.Response, error) {
-		return sendPlain(ctx, s.client, method, u, rng, func(req *http.Request) { s.sign(req, key) })
+		return s.proxy.send(ctx, s.client, u, func(c *http.Client, u string) (*http.Response, error) {
+			return sendPlain(ctx, c, method, u, rng, func(req *http.Request) { s.sign(req, key) })
+		})
 	})
 }

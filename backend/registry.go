@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
@@ -35,6 +36,9 @@ type Options struct {
 	Getenv func(string) string
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+	// Log gets every request at debug level and slow or retried reads at
+	// warn, never a secret; nil: no logging.
+	Log logrus.FieldLogger
 }
 
 func (o Options) now() func() time.Time {
@@ -60,17 +64,18 @@ func NewRegistry(cfg RegistryConfig, o Options) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: registry: %w", ErrBadConfig, err)
 	}
+	rt := withLog(tr, o.Log)
 	r := &Registry{
 		cfg:    cfg,
 		base:   cfg.Scheme + "://" + cfg.Host + "/v2/" + strings.Trim(cfg.Repo, "/") + "/blobs/sha256:",
-		direct: &http.Client{Transport: tr, CheckRedirect: noRedirect},
+		direct: &http.Client{Transport: rt, CheckRedirect: noRedirect},
 	}
-	r.auth = &authState{repo: cfg.Repo, client: &http.Client{Transport: tr}, now: o.now()}
+	r.auth = &authState{repo: cfg.Repo, client: &http.Client{Transport: rt}, now: o.now(), settle: make(chan struct{}, 1)}
 	r.auth.setCreds(cfg.Auth)
 	if cfg.RegistryToken != "" {
 		r.auth.cur.Store(&authHeader{value: "Bearer " + cfg.RegistryToken})
 	}
-	if r.proxy, err = newProxyRoute(&cfg.ConnConfig, tr, o.now()); err != nil {
+	if r.proxy, err = newProxyRoute(&cfg.ConnConfig, tr, o); err != nil {
 		return nil, err
 	}
 	for _, m := range cfg.Mirrors {
@@ -136,8 +141,12 @@ func (r *Registry) fetch(ctx context.Context, method, id, rng string) (*http.Res
 	}
 	// The first request runs alone, so that it settles auth for the rest.
 	if !r.auth.settled.Load() {
-		r.auth.settleMu.Lock()
-		defer r.auth.settleMu.Unlock()
+		select {
+		case r.auth.settle <- struct{}{}:
+			defer func() { <-r.auth.settle }()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	resp, err := r.route(ctx, method, r.base+id, rng)
 	if err != nil {
@@ -228,23 +237,9 @@ func (r *Registry) route(ctx context.Context, method, target, rng string) (*http
 		}
 		drain(resp)
 	}
-	if p := r.proxy; p != nil && !lastAttempt(ctx) {
-		if p.healthy(ctx) {
-			resp, err := r.authed(ctx, p.client, method, p.rewrite(target), rng, nil)
-			if err == nil && resp.StatusCode < 500 {
-				return resp, nil
-			}
-			if !p.cfg.Fallback || ctx.Err() != nil {
-				return resp, err
-			}
-			if err == nil {
-				drain(resp)
-			}
-		} else if !p.cfg.Fallback {
-			return nil, errors.New("proxy is unhealthy and fallback is off")
-		}
-	}
-	return r.authed(ctx, r.direct, method, target, rng, nil)
+	return r.proxy.send(ctx, r.direct, target, func(c *http.Client, target string) (*http.Response, error) {
+		return r.authed(ctx, c, method, target, rng, nil)
+	})
 }
 
 // authed sends a request with the cached Authorization and runs the 401
@@ -360,7 +355,7 @@ type proxyRoute struct {
 	health health
 }
 
-func newProxyRoute(c *ConnConfig, base *http.Transport, now func() time.Time) (*proxyRoute, error) {
+func newProxyRoute(c *ConnConfig, base *http.Transport, o Options) (*proxyRoute, error) {
 	if c.Proxy.URL == "" {
 		return nil, nil
 	}
@@ -370,11 +365,37 @@ func newProxyRoute(c *ConnConfig, base *http.Transport, now func() time.Time) (*
 	}
 	tr := base.Clone()
 	tr.Proxy = http.ProxyURL(pu)
-	p := &proxyRoute{cfg: c.Proxy, client: &http.Client{Transport: tr, CheckRedirect: noRedirect}}
+	p := &proxyRoute{cfg: c.Proxy, client: &http.Client{Transport: withLog(tr, o.Log), CheckRedirect: noRedirect}}
 	p.health = health{pingURL: c.Proxy.PingURL, interval: time.Duration(max(c.Proxy.CheckInterval, 1)) * time.Second,
-		client: &http.Client{Transport: base}, now: now}
+		client: &http.Client{Transport: withLog(base, o.Log)}, now: o.now()}
 	p.health.ok.Store(true)
 	return p, nil
+}
+
+// send sends a request (do, to target with client c) through the proxy
+// while it is healthy, falling back to the origin (direct) on a transport
+// error or a 5xx when fallback is on; while it is unhealthy, to the origin
+// with fallback, nowhere without. The last retry of a read bypasses the
+// proxy, unless fallback is off (then the origin is never asked). A nil
+// proxy sends to the origin.
+func (p *proxyRoute) send(ctx context.Context, direct *http.Client, target string, do func(c *http.Client, target string) (*http.Response, error)) (*http.Response, error) {
+	if p != nil && !(lastAttempt(ctx) && p.cfg.Fallback) {
+		if p.healthy(ctx) {
+			resp, err := do(p.client, p.rewrite(target))
+			if err == nil && resp.StatusCode < 500 {
+				return resp, nil
+			}
+			if !p.cfg.Fallback || ctx.Err() != nil {
+				return resp, err
+			}
+			if err == nil {
+				drain(resp)
+			}
+		} else if !p.cfg.Fallback {
+			return nil, errors.New("proxy is unhealthy and fallback is off")
+		}
+	}
+	return do(direct, target)
 }
 
 func (p *proxyRoute) healthy(context.Context) bool {
@@ -444,7 +465,7 @@ func (m *mirror) usable(context.Context) bool {
 func (m *mirror) fail() {
 	if m.failures.Add(1) == m.limit {
 		m.health.ok.Store(false)
-		m.health.last.Store(0)
+		m.health.last.Store(m.health.now().UnixNano()) // ping after the interval
 	}
 }
 

@@ -37,6 +37,8 @@ func checkRanges(t *testing.T, be Backend, id string, want []byte) {
 		t.Fatalf("size %d, want %d", b.Size(), len(want))
 	}
 	for _, r := range []struct{ off, n int }{{1, 1}, {0, 4096}, {12345, 1 << 20}, {len(want) - 100, 100}, {0, len(want)}} {
+		r.off %= len(want)
+		r.n = min(r.n, len(want)-r.off)
 		p := make([]byte, r.n)
 		n, err := b.ReadAt(ctx, p, int64(r.off))
 		if err != nil || n != r.n || !bytes.Equal(p, want[r.off:r.off+r.n]) {
@@ -70,8 +72,7 @@ func TestRegistryReal(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := testsvc.StartRegistry(t, tc.o(t))
 			id := reg.PushBlob(t, data)
-			cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
-			cfg.Registry.Scheme, cfg.Registry.Host, cfg.Registry.Repo, cfg.Registry.Auth = "http", reg.Host, reg.Repo, reg.AuthB64()
+			cfg := registryTestConfig(reg)
 			be, err := New(&cfg, Options{})
 			if err != nil {
 				t.Fatal(err)
@@ -86,6 +87,15 @@ func TestRegistryReal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// registryTestConfig is a registry backend config for reg (plain http,
+// its credentials), with nydusd's defaults.
+func registryTestConfig(reg *testsvc.Registry) BackendConfig {
+	cfg := BackendConfig{Type: "registry", Registry: defaultConfig().Backend.Registry}
+	r := &cfg.Registry
+	r.Scheme, r.Host, r.Repo, r.Auth = "http", reg.Host, reg.Repo, reg.AuthB64()
+	return cfg
 }
 
 func randomID() string {

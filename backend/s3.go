@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
@@ -20,7 +21,7 @@ type S3 struct {
 }
 
 // NewS3 returns an s3 backend. The endpoint defaults to s3.amazonaws.com.
-func NewS3(cfg S3Config) (*S3, error) {
+func NewS3(cfg S3Config, o Options) (*S3, error) {
 	bc := BackendConfig{Type: "s3", S3: cfg}
 	if err := bc.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
@@ -31,6 +32,15 @@ func NewS3(cfg S3Config) (*S3, error) {
 	tr, err := newTransport(&cfg.ConnConfig)
 	if err != nil {
 		return nil, fmt.Errorf("%w: s3: %w", ErrBadConfig, err)
+	}
+	if cfg.Proxy.URL != "" {
+		// minio-go owns the requests: the proxy is a plain forward proxy
+		// here, without health checks or fallback.
+		pu, err := url.Parse(cfg.Proxy.URL)
+		if err != nil || pu.Host == "" {
+			return nil, fmt.Errorf("%w: s3: proxy url is not a valid URL", ErrBadConfig)
+		}
+		tr.Proxy = http.ProxyURL(pu)
 	}
 	var creds *credentials.Credentials
 	if cfg.AccessKeyID != "" {
@@ -43,7 +53,7 @@ func NewS3(cfg S3Config) (*S3, error) {
 		Secure:       cfg.Scheme == "https",
 		Region:       cfg.Region,
 		BucketLookup: minio.BucketLookupPath,
-		Transport:    tr,
+		Transport:    withLog(tr, o.Log),
 		MaxRetries:   1, // retries are WithRetry's job
 	})
 	if err != nil {
@@ -72,8 +82,10 @@ func (s *S3) s3Err(method, key string, err error) error {
 		return fmt.Errorf("s3: %s %s: %w", method, u, ErrNotFound)
 	case resp.StatusCode != 0:
 		return fmt.Errorf("s3: %w (%s)", &StatusError{Method: method, URL: u, Code: resp.StatusCode}, short(resp.Code))
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("s3: %s %s: %w", method, u, err)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("s3: %s %s: %w", method, u, context.Canceled)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("s3: %s %s: %w", method, u, context.DeadlineExceeded)
 	}
 	return fmt.Errorf("s3: %s %s: %s", method, u, scrub(err, s.cfg.AccessKeySecret))
 }

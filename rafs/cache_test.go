@@ -134,12 +134,14 @@ func buildTree(t *testing.T, files int, opts builder.Options) (boot, blobDir str
 // the backend is down: everything comes from the cache directory.
 func TestBlobCacheServesAfterBackendGoes(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		opts builder.Options
+		name       string
+		opts       builder.Options
+		compressed bool // cache.compressed: .blob.raw
 	}{
-		{"v6-none", builder.Options{ChunkSize: 64 << 10}},
-		{"v6-zstd", builder.Options{ChunkSize: 64 << 10, Compressor: builder.CompressZstd}},
-		{"v5-lz4", builder.Options{ChunkSize: 64 << 10, FsVersion: 5, Compressor: builder.CompressLZ4}},
+		{"v6-none", builder.Options{ChunkSize: 64 << 10}, false},
+		{"v6-zstd", builder.Options{ChunkSize: 64 << 10, Compressor: builder.CompressZstd}, false},
+		{"v6-zstd-compressed-cache", builder.Options{ChunkSize: 64 << 10, Compressor: builder.CompressZstd}, true},
+		{"v5-lz4", builder.Options{ChunkSize: 64 << 10, FsVersion: 5, Compressor: builder.CompressLZ4}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			boot, blobDir, want := buildTree(t, 60, tc.opts)
@@ -149,7 +151,7 @@ func TestBlobCacheServesAfterBackendGoes(t *testing.T) {
 				if round == 1 {
 					be.down.Store(true)
 				}
-				m, err := storage.NewManager(storage.Options{Type: storage.TypeBlobcache, WorkDir: cacheDir, Log: quiet()})
+				m, err := storage.NewManager(storage.Options{Type: storage.TypeBlobcache, WorkDir: cacheDir, Compressed: tc.compressed, Log: quiet()})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -169,6 +171,13 @@ func TestBlobCacheServesAfterBackendGoes(t *testing.T) {
 			ids, _ := filepath.Glob(filepath.Join(cacheDir, "*.blob.data.chunk_map"))
 			if len(ids) != 1 {
 				t.Fatalf("chunk maps: %v", ids)
+			}
+			data := strings.TrimSuffix(ids[0], ".blob.data.chunk_map") + ".blob.data"
+			if tc.compressed {
+				data = strings.TrimSuffix(data, ".data") + ".raw"
+			}
+			if _, err := os.Stat(data); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

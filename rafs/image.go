@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -131,9 +132,11 @@ type Image struct {
 	store  *storage.Manager
 	// ownStore is set when store is the image's private one.
 	ownStore bool
-	// ctx ends when the image is closed (stops its prefetch).
+	// ctx ends when the image is closed (stops its prefetch); Close waits
+	// for the prefetch goroutines (they read the mapping) in bg.
 	ctx    context.Context
 	cancel context.CancelFunc
+	bg     sync.WaitGroup
 	uid    uint32
 	gid    uint32
 
@@ -299,6 +302,7 @@ func (img *Image) Close() error {
 		return nil
 	}
 	img.cancel()
+	img.bg.Wait()
 	var errs []error
 	for _, b := range img.blobs {
 		errs = append(errs, b.close())

@@ -55,8 +55,13 @@ func (img *Image) StartPrefetch(o PrefetchOptions) (*Prefetch, error) {
 			return nil, fmt.Errorf("prefetch file %q: not an absolute path", f)
 		}
 	}
+	if img.closed.Load() {
+		return nil, errors.New("prefetch: image closed")
+	}
 	p := &Prefetch{done: make(chan struct{})}
+	img.bg.Add(1)
 	go func() {
+		defer img.bg.Done()
 		defer close(p.done)
 		p.err = img.prefetch(img.ctx, o, p)
 		if p.err != nil && !errors.Is(p.err, context.Canceled) && img.logOK() {

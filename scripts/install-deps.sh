@@ -4,6 +4,17 @@
 # what is missing, and the tests that need those tools skip with a reason.
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr xz-utils)
+# Remote backend tests (internal/testsvc): distribution 2.8's registry,
+# htpasswd for its Basic auth, nginx as http-proxy/forward proxy.
+pkgs+=(docker-registry apache2-utils nginx-light)
+# The S3 server of those tests is npm's s3rver (MinIO's server is AGPL).
+if ! command -v s3rver >/dev/null 2>&1; then
+	if [ "$(id -u)" = 0 ] && command -v npm >/dev/null 2>&1; then
+		npm install -g --no-fund --no-audit s3rver@3.7.1
+	else
+		echo "install-deps: s3rver missing (npm install -g s3rver@3.7.1)" >&2
+	fi
+fi
 pkgs+=(prometheus) # the observability test scrapes the daemon with a real Prometheus
 missing=()
 for p in "${pkgs[@]}"; do

@@ -78,13 +78,38 @@ type Blob struct {
 	opened backend.Blob
 	fileFd int // the backend blob's fd when it is a local file, else -1
 	closed bool
+
+	// life is held shared by every operation on the handle (reads,
+	// prefetch requests) and exclusively by Close, so that the entry's
+	// files are never closed under one.
+	life sync.RWMutex
+	dead bool // under life
 }
+
+// errClosed is returned by operations on a closed handle.
+var errClosed = errors.New("blob handle closed")
+
+// enter starts an operation; false when the handle is closed.
+func (b *Blob) enter() bool {
+	b.life.RLock()
+	if b.dead {
+		b.life.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (b *Blob) leave() { b.life.RUnlock() }
 
 // ID is the blob's id.
 func (b *Blob) ID() string { return b.e.desc.ID }
 
-// Close releases the handle (and the entry, when it was the last one).
+// Close releases the handle (and the entry, when it was the last one),
+// after the operations in progress on it have finished.
 func (b *Blob) Close() error {
+	b.life.Lock()
+	b.dead = true
+	b.life.Unlock()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -135,6 +160,10 @@ func (b *Blob) Size(ctx context.Context) (int64, error) {
 // ReadRange reads exactly n bytes at off from the backend blob (metadata:
 // blob.meta, ToC, digests), counted in the backend metrics.
 func (b *Blob) ReadRange(ctx context.Context, off, n uint64) ([]byte, error) {
+	if !b.enter() {
+		return nil, fmt.Errorf("blob %s: %w", b.e.desc.ID, errClosed)
+	}
+	defer b.leave()
 	h, _, err := b.backendBlob(ctx)
 	if err != nil {
 		return nil, err
@@ -172,6 +201,10 @@ func (b *Blob) readBackend(ctx context.Context, h backend.Blob, buf []byte, off 
 // Get finds each chunk's bytes, fetching (merged), checking and storing
 // the missing ones first. out must be as long as chunks.
 func (b *Blob) Get(ctx context.Context, chunks []Chunk, out []Location) error {
+	if !b.enter() {
+		return fmt.Errorf("blob %s: %w", b.e.desc.ID, errClosed)
+	}
+	defer b.leave()
 	// trace: the storage read (package spans; no-op unless sampled).
 	ctx, span := spans.Start(ctx, "storage.read")
 	if span.IsRecording() {
@@ -321,8 +354,8 @@ func (b *Blob) fetch(ctx context.Context, want []Chunk, prefetch bool) ([]Locati
 				return nil, ctx.Err()
 			}
 			switch {
-			case f.err != nil && (errors.Is(f.err, context.Canceled) || errors.Is(f.err, context.DeadlineExceeded)) && ctx.Err() == nil:
-				retry = true // the fetcher gave up, not the backend
+			case f.err != nil && f.abandoned && ctx.Err() == nil:
+				retry = true // the fetcher's request went away, not the backend
 			case f.err != nil:
 				return nil, f.err
 			case f.stored:
@@ -454,6 +487,10 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 	e := b.e
 	settle := func(cl claimed, stored bool, data []byte, err error) {
 		cl.f.stored, cl.f.data, cl.f.err = stored, data, err
+		// Failed because this fetcher's own request ended (a guest
+		// request abandoned, a prefetch stopped): waiters fetch
+		// themselves. A backend timeout is a failure like any other.
+		cl.f.abandoned = err != nil && ctx.Err() != nil
 		if e.persist {
 			e.mu.Lock()
 			delete(e.inflight, cl.c.Index)
@@ -467,6 +504,11 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 			err = b.m.limiter.wait(ctx, int64(last-first))
 		} else {
 			b.m.limiter.take(int64(last - first))
+			b.m.demand.Add(1)
+			defer func() {
+				b.m.lastDemand.Store(time.Now().UnixNano())
+				b.m.demand.Add(-1)
+			}()
 		}
 	}
 	var buf []byte

@@ -39,15 +39,19 @@ type entry struct {
 
 	pmu     sync.Mutex
 	pending []uint32 // written, not yet synced and marked
-	closed  bool
+
+	// fmu serializes flushes and close; writers never wait for it.
+	fmu    sync.Mutex
+	closed bool
 }
 
 // flight is one chunk being fetched; done closes when it is settled.
 type flight struct {
-	done   chan struct{}
-	stored bool   // in the data file
-	data   []byte // its uncompressed bytes when not stored
-	err    error
+	done      chan struct{}
+	stored    bool   // in the data file
+	data      []byte // its uncompressed bytes when not stored
+	err       error
+	abandoned bool // err because the fetcher's context ended
 }
 
 func newEntry(m *Manager, d BlobDesc, persist bool) *entry {
@@ -194,31 +198,48 @@ func (e *entry) store(c *Chunk, b []byte) bool {
 		done += n
 	}
 	if setBit(e.ready, c.Index) {
-		e.nready.Add(1)
+		// pending before nready: flush reads them the other way round.
 		e.pmu.Lock()
 		e.pending = append(e.pending, c.Index)
 		e.pmu.Unlock()
+		e.nready.Add(1)
 	}
 	return true
 }
 
 // flush syncs the data file and then marks the chunks written since the
-// last flush in the chunk map (see the package doc: crash safety).
+// last flush in the chunk map (see the package doc: crash safety). Writers
+// only wait for the swap of the pending list, never for the sync.
 func (e *entry) flush() {
+	e.fmu.Lock()
+	defer e.fmu.Unlock()
+	if e.closed {
+		return
+	}
 	e.pmu.Lock()
-	defer e.pmu.Unlock()
-	if len(e.pending) == 0 || e.closed {
+	batch := e.pending
+	e.pending = nil
+	e.pmu.Unlock()
+	if len(batch) == 0 {
 		return
 	}
 	if err := unix.Fdatasync(e.fd); err != nil {
 		e.m.warnOnce("sync:"+e.desc.ID, "blob cache: blob %s: fdatasync: %v; its chunk map is not updated", e.desc.ID, err)
+		e.pmu.Lock()
+		e.pending = append(e.pending, batch...) // retried at the next flush
+		e.pmu.Unlock()
 		return
 	}
-	for _, i := range e.pending {
+	for _, i := range batch {
 		e.cmap.set(i)
 	}
-	e.pending = e.pending[:0]
-	if e.nready.Load() == int64(e.desc.ChunkCount) && !e.cmap.allReady() {
+	// all_ready only once nothing written is still waiting for a sync
+	// (nready first: a chunk is pending before it is counted).
+	full := e.nready.Load() == int64(e.desc.ChunkCount)
+	e.pmu.Lock()
+	synced := len(e.pending) == 0
+	e.pmu.Unlock()
+	if full && synced && !e.cmap.allReady() {
 		e.cmap.setAllReady()
 	}
 }
@@ -233,9 +254,12 @@ func (e *entry) close() error {
 		return nil
 	}
 	e.flush()
-	e.pmu.Lock()
+	e.fmu.Lock()
+	defer e.fmu.Unlock()
+	if e.closed {
+		return nil
+	}
 	e.closed = true
-	e.pmu.Unlock()
 	return errors.Join(e.cmap.close(), e.data.Close())
 }
 

@@ -26,6 +26,7 @@ type faultInjector struct {
 	reads, bytes atomic.Int64
 	delay        time.Duration
 	fail         atomic.Bool
+	failErr      error // what a failing read returns (nil: a generic error)
 	corrupt      atomic.Bool
 	mu           sync.Mutex
 	ranges       [][2]int64
@@ -58,6 +59,9 @@ func (b *faultBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error
 		}
 	}
 	if f.fail.Load() {
+		if f.failErr != nil {
+			return 0, f.failErr
+		}
 		return 0, errors.New("fault injector: injected backend failure")
 	}
 	if off >= int64(len(b.data)) {

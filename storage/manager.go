@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -83,8 +84,13 @@ type Manager struct {
 
 	metrics Metrics
 	backend BackendMetrics
-	limiter *limiter
-	pf      prefetcher
+	// demand counts on-demand backend reads in flight and lastDemand is
+	// when the last one ended (unix ns): prefetch waits while reads are
+	// fetching.
+	demand     atomic.Int64
+	lastDemand atomic.Int64
+	limiter    *limiter
+	pf         prefetcher
 
 	warnMu sync.Mutex
 	warned map[string]bool
@@ -140,8 +146,9 @@ func (m *Manager) warnOnce(key, format string, args ...any) {
 	}
 }
 
-// Close stops prefetch, syncs and marks what was written, and closes every
-// entry still open.
+// Close stops prefetch and the flusher and syncs and marks what was
+// written. Entries still held by open Blobs stay open until those close
+// (each closes its entry, syncing it, when it is the last).
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -158,13 +165,11 @@ func (m *Manager) Close() error {
 	for _, e := range m.entries {
 		es = append(es, e)
 	}
-	m.entries = map[string]*entry{}
 	m.mu.Unlock()
-	var errs []error
 	for _, e := range es {
-		errs = append(errs, e.close())
+		e.flush()
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // BlobDesc describes a blob to the cache.

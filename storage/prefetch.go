@@ -158,14 +158,41 @@ func (p *prefetcher) work() {
 		p.queue[0] = pfReq{}
 		p.queue = p.queue[1:]
 		p.mu.Unlock()
-		if r.ctx.Err() == nil {
+		p.yield(r.ctx)
+		if r.ctx.Err() == nil && r.b.enter() {
 			start := time.Now()
 			mine, _ := r.b.claim(r.chunks, true)
 			if len(mine) > 0 {
 				r.b.fetchRuns(r.ctx, mine, true)
 			}
+			r.b.leave()
 			p.m.metrics.prefetchMillis.Add(time.Since(start).Milliseconds())
 		}
 		r.job.finish()
+	}
+}
+
+// demandQuiet is how long guest reads must have left the backend alone
+// before a prefetch request starts.
+const demandQuiet = 20 * time.Millisecond
+
+// yield holds a prefetch request back while guest reads are fetching (or
+// fetched within demandQuiet), so that they get the backend and the CPU
+// first; for at most a second at a time, so that prefetch still
+// progresses under a steady read load.
+func (p *prefetcher) yield(ctx context.Context) {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		busy := p.m.demand.Load() > 0 || time.Since(time.Unix(0, p.m.lastDemand.Load())) < demandQuiet
+		if !busy {
+			return
+		}
+		t := time.NewTimer(2 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
 	}
 }

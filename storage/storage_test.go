@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -353,5 +354,39 @@ func TestEvictColdBlobs(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, blobs[1].id+".blob.data")); err == nil {
 		t.Fatal("the coldest closed blob survived")
+	}
+}
+
+// A backend that times out fails the read once (no retries of our own on
+// top of the backend's); a reader whose fetcher's request was abandoned
+// fetches the chunk itself.
+func TestFaultInjectorTimeoutNotRetried(t *testing.T) {
+	tb := newTestBlob("to", 4, 4096, 30)
+	// The backend's own per-attempt timeout: a deadline error while the
+	// reader's context is alive.
+	be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}, failErr: fmt.Errorf("attempt: %w", context.DeadlineExceeded)}
+	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), NoAmplify: true})
+	b := openTest(t, m, tb, be, nil)
+	be.fail.Store(true)
+	if err := b.Get(context.Background(), tb.chunks[:1], make([]Location, 1)); err == nil {
+		t.Fatal("timed-out read succeeded")
+	}
+	if n := be.reads.Load(); n != 1 {
+		t.Fatalf("%d backend reads for one timed-out read", n)
+	}
+	be.fail.Store(false)
+	be.delay = 200 * time.Millisecond
+	// Reader A's request goes away while B waits for A's fetch.
+	actx, acancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Get(actx, tb.chunks[1:2], make([]Location, 1)) }()
+	time.Sleep(50 * time.Millisecond)
+	bdone := make(chan []byte, 1)
+	go func() { bdone <- readAll(t, b, tb.chunks[1:2]) }()
+	time.Sleep(50 * time.Millisecond)
+	acancel()
+	<-done
+	if got := <-bdone; !bytes.Equal(got, tb.data[4096:8192]) {
+		t.Fatal("waiter did not fetch after its fetcher went away")
 	}
 }

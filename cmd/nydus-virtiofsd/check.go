@@ -51,7 +51,7 @@ func (f *imageFlags) open(needBlobs bool, log logrus.FieldLogger) (*rafs.Image, 
 		if err != nil {
 			return nil, fmt.Errorf("--config %s: %w", f.config, err)
 		}
-		if opts.Backend, err = c.NewBackend(backend.Options{Getenv: os.Getenv}); err != nil {
+		if opts.Backend, err = c.NewBackend(backend.Options{Getenv: os.Getenv, Log: logrus.WithField("layer", "backend")}); err != nil {
 			return nil, err
 		}
 		opts.DigestValidate = opts.DigestValidate || c.DigestValidate()

@@ -3,6 +3,7 @@ package testsvc
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -38,19 +39,19 @@ func need(t testing.TB, name string) string {
 	return p
 }
 
-// syncBuffer is a log buffer written by a child process.
-type syncBuffer struct {
+// Buffer is a process's output, safe to read while the process writes it.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *Buffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -58,7 +59,7 @@ func (s *syncBuffer) String() string {
 
 // startProc starts a service process that the test's cleanup kills, and
 // waits until ready answers true (at most 30 s).
-func startProc(t testing.TB, name string, ready func() bool, bin string, args ...string) *syncBuffer {
+func startProc(t testing.TB, name string, ready func() bool, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	// The host's AWS_* settings (AWS_CA_BUNDLE breaks distribution's S3
@@ -68,16 +69,16 @@ func startProc(t testing.TB, name string, ready func() bool, bin string, args ..
 			cmd.Env = append(cmd.Env, e)
 		}
 	}
-	out := &syncBuffer{}
+	out := &Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
+	p := &proc{out: out, stop: func() { cmd.Process.Kill(); <-done }}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
+		p.stop()
 		if t.Failed() {
 			t.Logf("%s output:\n%s", name, tail(out.String(), 4000))
 		}
@@ -94,7 +95,13 @@ func startProc(t testing.TB, name string, ready func() bool, bin string, args ..
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return out
+	return p
+}
+
+// proc is a started service process.
+type proc struct {
+	out  *Buffer
+	stop func() // kills it and waits (idempotent)
 }
 
 func tail(s string, n int) string {
@@ -109,7 +116,9 @@ func answers(url string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := http.DefaultTransport.RoundTrip(req)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // readiness only
+	defer tr.CloseIdleConnections()
+	resp, err := tr.RoundTrip(req)
 	if err != nil {
 		return false
 	}

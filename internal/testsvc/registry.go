@@ -3,13 +3,17 @@ package testsvc
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -33,6 +37,12 @@ type RegistryOptions struct {
 	S3 *S3
 	// TokenTTL is the lifetime of issued tokens (AuthToken; 0: 10 min).
 	TokenTTL time.Duration
+	// TLS serves HTTPS with a new self-signed certificate for 127.0.0.1
+	// (Registry.CACert is its PEM file).
+	TLS bool
+	// TokenRefusePOST makes the token issuer refuse POST (clients must
+	// fall back to GET).
+	TokenRefusePOST bool
 }
 
 // Registry is a running docker-registry.
@@ -43,6 +53,10 @@ type Registry struct {
 	Pass   string
 	Issuer *TokenIssuer // AuthToken only
 	s3     *S3
+	root   string // filesystem storage
+	scheme string
+	// CACert is the PEM certificate of a TLS registry.
+	CACert string
 	// Log is the registry's output so far.
 	Log func() string
 }
@@ -62,9 +76,16 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 	bin := need(t, "docker-registry")
 	dir := t.TempDir()
 	port := FreePort(t)
-	r := &Registry{Host: addr(port), Repo: "test/blobs", s3: o.S3}
+	r := &Registry{Host: addr(port), Repo: "test/blobs", s3: o.S3, root: filepath.Join(dir, "data")}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nhttp:\n  addr: %s\n  secret: testsvc-secret\n", r.Host)
+	scheme := "http"
+	if o.TLS {
+		scheme = "https"
+		var key string
+		r.CACert, key = selfSignedCert(t, dir)
+		fmt.Fprintf(&cfg, "  tls:\n    certificate: %s\n    key: %s\n", r.CACert, key)
+	}
 	if o.S3 != nil {
 		fmt.Fprintf(&cfg, "storage:\n  s3:\n    accesskey: %s\n    secretkey: %s\n    region: %s\n    regionendpoint: http://%s\n    bucket: %s\n    secure: false\n    v4auth: true\n    rootdirectory: /registry\n  redirect:\n    disable: false\n",
 			o.S3.AccessKey, o.S3.SecretKey, o.S3.Region, o.S3.Endpoint, o.S3.Bucket)
@@ -81,14 +102,15 @@ func StartRegistry(t testing.TB, o RegistryOptions) *Registry {
 		fmt.Fprintf(&cfg, "auth:\n  htpasswd:\n    realm: testsvc\n    path: %s\n", hp)
 	case AuthToken:
 		r.User, r.Pass = "tester", "t0ken-"+strconv.FormatInt(time.Now().UnixNano(), 36)
-		iss := StartTokenIssuer(t, TokenIssuerOptions{User: r.User, Pass: r.Pass, Service: "testsvc-registry", TTL: o.TokenTTL})
+		iss := StartTokenIssuer(t, TokenIssuerOptions{User: r.User, Pass: r.Pass, Service: "testsvc-registry", TTL: o.TokenTTL, RefusePOST: o.TokenRefusePOST})
 		r.Issuer = iss
 		fmt.Fprintf(&cfg, "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n",
 			iss.Realm, iss.Service, iss.Name, iss.CertFile)
 	}
 	cfgPath := writeFile(t, dir, "config.yml", cfg.String())
-	out := startProc(t, "docker-registry", func() bool { return answers("http://" + r.Host + "/v2/") }, bin, "serve", cfgPath)
-	r.Log = out.String
+	out := startProc(t, "docker-registry", func() bool { return answers(scheme + "://" + r.Host + "/v2/") }, bin, "serve", cfgPath)
+	r.scheme = scheme
+	r.Log = out.out.String
 	return r
 }
 
@@ -111,16 +133,15 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 	id := hex.EncodeToString(sum[:])
 	if r.s3 != nil {
 		// s3rver lacks ListMultipartUploads, which distribution's S3
-		// driver needs for uploads: write the blob and the repository's
-		// layer link where the driver keeps them.
-		root := "registry/docker/registry/v2/"
-		r.s3.Put(t, root+"blobs/sha256/"+id[:2]+"/"+id+"/data", data)
-		r.s3.Put(t, root+"repositories/"+r.Repo+"/_layers/sha256/"+id+"/link", []byte("sha256:"+id))
+		// driver needs for uploads: store the blob where the driver keeps
+		// it.
+		r.SeedBlob(t, id, data)
 		return id
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+r.Host+"/v2/"+r.Repo+"/blobs/uploads/", nil)
+	req, _ := http.NewRequest(http.MethodPost, r.scheme+"://"+r.Host+"/v2/"+r.Repo+"/blobs/uploads/", nil)
 	r.authorize(t, req)
-	resp, err := http.DefaultClient.Do(req)
+	hc := r.client()
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +159,7 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 	req, _ = http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(data))
 	req.Header.Set("Content-Type", "application/octet-stream")
 	r.authorize(t, req)
-	resp, err = http.DefaultClient.Do(req)
+	resp, err = hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,9 +171,34 @@ func (r *Registry) PushBlob(t testing.TB, data []byte) string {
 	return id
 }
 
+// SeedBlob stores data as blob id (hex) in the registry's storage
+// directly, with the repository's layer link, where distribution keeps
+// them: for test images whose blob ids are not the sha256 of the blob
+// file (as some nydus fixtures), and for S3 storage. The registry serves
+// it as it serves any blob.
+func (r *Registry) SeedBlob(t testing.TB, id string, data []byte) {
+	t.Helper()
+	blob := "docker/registry/v2/blobs/sha256/" + id[:2] + "/" + id + "/data"
+	link := "docker/registry/v2/repositories/" + r.Repo + "/_layers/sha256/" + id + "/link"
+	if r.s3 != nil {
+		r.s3.Put(t, "registry/"+blob, data)
+		r.s3.Put(t, "registry/"+link, []byte("sha256:"+id))
+		return
+	}
+	for name, content := range map[string][]byte{blob: data, link: []byte("sha256:" + id)} {
+		p := filepath.Join(r.root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // BlobURL is the registry URL of blob id.
 func (r *Registry) BlobURL(id string) string {
-	return (&url.URL{Scheme: "http", Host: r.Host, Path: "/v2/" + r.Repo + "/blobs/sha256:" + id}).String()
+	return (&url.URL{Scheme: r.scheme, Host: r.Host, Path: "/v2/" + r.Repo + "/blobs/sha256:" + id}).String()
 }
 
 func drainClose(resp *http.Response) {
@@ -161,3 +207,14 @@ func drainClose(resp *http.Response) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// client is an HTTP client that trusts the registry's certificate.
+func (r *Registry) client() *http.Client {
+	if r.CACert == "" {
+		return http.DefaultClient
+	}
+	pool := x509.NewCertPool()
+	pem, _ := os.ReadFile(r.CACert)
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
