@@ -1,9 +1,14 @@
 package metrics
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 )
 
 func TestBuckets(t *testing.T) {
@@ -70,5 +75,42 @@ func TestInflightTable(t *testing.T) {
 	tab.leave(b)
 	if l := tab.list(epoch); len(l) != 0 {
 		t.Errorf("after leave: %+v", l)
+	}
+}
+
+func TestRequestLogs(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		level logrus.Level
+		slow  time.Duration
+		want  string // "" for no line
+	}{
+		{"debug: every request", logrus.DebugLevel, 0, "level=debug msg=\"fuse request\""},
+		{"info: quiet", logrus.InfoLevel, 0, ""},
+		{"slow at warn", logrus.InfoLevel, time.Nanosecond, "level=warning msg=\"slow FUSE request"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf strings.Builder
+			l := logrus.New()
+			l.SetOutput(&buf)
+			l.SetLevel(tc.level)
+			d := NewDaemon(Options{Transport: TransportOptions{Logger: logrus.NewEntry(l), SlowThreshold: tc.slow, MeasureLatency: true}})
+			info := &fusewire.RequestInfo{Queue: 1, Unique: 42, Opcode: fusewire.OpGetattr, NodeID: 7, Errno: 2}
+			ctx := d.Transport.Begin(context.Background(), info)
+			time.Sleep(time.Millisecond)
+			d.Transport.End(ctx, info)
+			out := buf.String()
+			if tc.want == "" {
+				if out != "" {
+					t.Fatalf("logged %q", out)
+				}
+				return
+			}
+			for _, w := range []string{tc.want, "req=q1-42", "op=GETATTR", "nodeid=7", "result=\"no such file or directory\"", "duration_us="} {
+				if !strings.Contains(out, w) {
+					t.Errorf("no %q in %q", w, out)
+				}
+			}
+		})
 	}
 }
