@@ -23,7 +23,7 @@ type inflightSlot struct {
 	mount  atomic.Pointer[Mount]
 	fop    atomic.Int32
 	result atomic.Int64
-	_      [8]byte
+	mino   atomic.Uint64 // the inode in the mount (ino is the guest's node id)
 }
 
 // inflight is a lock-free table of the requests in progress: a request

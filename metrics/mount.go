@@ -100,29 +100,43 @@ func (m *Mount) begin(f Fop, ino, unique uint64) op {
 // READ) or 0.
 func (o op) end(ok bool, n int) {
 	m := o.m
-	s := m.c.pick(o.unique)
-	s.hits[o.fop].Add(1)
-	if !ok {
-		s.errors[o.fop].Add(1)
-	}
 	if o.handoff {
-		if m.measure.Load() {
-			sl := &m.d.inflight.slots[o.slot-1]
-			sl.fop.Store(int32(o.fop))
-			res := int64(n)
-			if !ok {
-				res = -1
-			}
-			sl.result.Store(res)
-			sl.mount.Store(m)
+		// The transport finishes the accounting at its End, with the
+		// request's time and the bytes that reached the guest (a
+		// file-segment result's Size is what was asked for; the copy
+		// stops at the end of the file).
+		sl := &m.d.inflight.slots[o.slot-1]
+		sl.fop.Store(int32(o.fop))
+		sl.mino.Store(o.ino)
+		res := int64(n)
+		if !ok {
+			res = -1
 		}
-	} else {
-		m.d.inflight.leave(o.slot)
-		if m.measure.Load() {
-			m.addLatency(s, o.fop, time.Since(m.d.epoch)-o.start, ok)
-		}
+		sl.result.Store(res)
+		sl.mount.Store(m)
+		return
 	}
-	switch o.fop {
+	m.d.inflight.leave(o.slot)
+	var d time.Duration
+	measured := m.measure.Load()
+	if measured {
+		d = time.Since(m.d.epoch) - o.start
+	}
+	m.record(o.fop, o.ino, o.unique, ok, n, d, measured)
+}
+
+// record counts a finished operation: ok says whether it succeeded, n is
+// the bytes read (a READ), d its time when measured.
+func (m *Mount) record(f Fop, ino, unique uint64, ok bool, n int, d time.Duration, measured bool) {
+	s := m.c.pick(unique)
+	s.hits[f].Add(1)
+	if !ok {
+		s.errors[f].Add(1)
+	}
+	if measured {
+		m.addLatency(s, f, d, ok)
+	}
+	switch f {
 	case FopRead:
 		if ok {
 			s.dataRead.Add(uint64(n))
@@ -134,14 +148,14 @@ func (o op) end(ok bool, n int) {
 		}
 	}
 	if m.files.Load() {
-		m.fileStats(o.ino).record(o.fop, ok, n)
+		m.fileStats(ino).record(f, ok, n)
 	}
-	if m.pattern.Load() && o.ino != 0 {
-		m.access(o.ino, o.fop == FopRead && ok)
+	if m.pattern.Load() && ino != 0 {
+		m.access(ino, f == FopRead && ok)
 	}
-	if o.fop == FopRead && ok && m.latest.Load() {
+	if f == FopRead && ok && m.latest.Load() {
 		m.latestMu.Lock()
-		m.latestS[o.ino] = struct{}{}
+		m.latestS[ino] = struct{}{}
 		m.latestMu.Unlock()
 	}
 }

@@ -174,10 +174,16 @@ func (t *Transport) End(ctx context.Context, info *fusewire.RequestInfo) {
 		// A counted filesystem handed its fop's timing over (Mount.begin).
 		sl := &t.d.inflight.slots[slot-1]
 		if m := sl.mount.Swap(nil); m != nil {
-			if !measure {
+			f, ok := Fop(sl.fop.Load()), sl.result.Load() >= 0
+			n := int(sl.result.Load())
+			if f == FopRead && ok && info.Errno == 0 {
+				n = info.Replied // what reached the guest
+			}
+			measured := m.measure.Load()
+			if measured && !measure {
 				d = time.Since(t.d.epoch) - time.Duration(info.Stamp[0])
 			}
-			m.addLatency(m.c.pick(info.Unique), Fop(sl.fop.Load()), d, sl.result.Load() >= 0)
+			m.record(f, sl.mino.Load(), info.Unique, ok, n, d, measured)
 		}
 		t.d.inflight.leave(slot)
 	}

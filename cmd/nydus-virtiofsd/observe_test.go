@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/metrics"
 )
@@ -141,4 +142,66 @@ func TestFuseAPIAndCtl(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestDaemonMetricsAddr runs the virtio-fs daemon on each command line
+// with --metrics-addr, reads a file from a guest (testdriver) and finds
+// the requests in GET /metrics over TCP; in nydusd's mode also through
+// ctl on the API socket.
+func TestDaemonMetricsAddr(t *testing.T) {
+	bin := buildBinary(t)
+	for _, tc := range []struct {
+		name   string
+		nydusd bool
+	}{{"virtiofsd", false}, {"nydusd virtiofs", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sock := filepath.Join(dir, "vfs.sock")
+			api := filepath.Join(dir, "api.sock")
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			maddr := l.Addr().String()
+			l.Close()
+			args := []string{"--socket-path=" + sock, "--shared-dir=" + shareDir(t), "--sandbox=none", "--metrics-addr=" + maddr}
+			if tc.nydusd {
+				args = []string{"virtiofs", "--sock", sock, "--apisock", api, "--shared-dir", shareDir(t), "--metrics-addr", maddr}
+			}
+			d := startDaemon(t, bin, nil, args...)
+			drv, c := connectFUSE(t, d, sock, testdriver.QEMU)
+			defer drv.Close()
+			if got := readFile(t, c, "hello.txt"); got != "hello, guest\n" {
+				t.Fatalf("read %q", got)
+			}
+			resp, err := http.Get("http://" + maddr + "/metrics")
+			if err != nil {
+				t.Fatalf("%v\n%s", err, d.log())
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, w := range []string{
+				`nydus_virtiofsd_fuse_requests_total{opcode="READ"} 1`,
+				`nydus_virtiofsd_fuse_requests_total{opcode="OPEN"} 1`,
+				`nydus_virtiofsd_fuse_read_bytes_total 13`,
+				`nydus_virtiofsd_fop_hits_total{fop="read",mount="/"} 1`,
+				`nydus_virtiofsd_virtqueue_inflight_requests{queue="1"} 0`,
+			} {
+				if !strings.Contains(string(body), w) {
+					t.Errorf("no %q in\n%s", w, body)
+				}
+			}
+			if !tc.nydusd {
+				return
+			}
+			out, err := exec.Command(bin, "ctl", "--sock", api, "--raw", "metrics").CombinedOutput()
+			var g metrics.Global
+			if err != nil || json.Unmarshal(out, &g) != nil {
+				t.Fatalf("ctl: %v\n%s", err, out)
+			}
+			if g.NrOpens != 1 || g.DataRead != 13 || g.FopHits[metrics.FopRead] != 1 {
+				t.Errorf("ctl metrics: %+v", g)
+			}
+		})
+	}
 }
