@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
@@ -106,7 +107,11 @@ func runFuse(args []string) int {
 		if err := obs.serve(ctx); err != nil {
 			return err
 		}
-		srv, err := rafs.Mount(obs.wrap(fuseMountID, rafs.NewFS(img, rafs.FSOptions{})), mnt, rafs.MountOptions(*debug))
+		var rc *backend.Config // its iostats_files and access_pattern
+		if f.config != "" {
+			rc, _ = backend.LoadConfig(f.config) // loaded once already by openVerified
+		}
+		srv, err := rafs.Mount(obs.wrap(fuseMountID, rafs.NewFS(img, rafs.FSOptions{}), rc), mnt, rafs.MountOptions(*debug))
 		if err != nil {
 			return err
 		}

@@ -47,7 +47,7 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 		if c.Bootstrap != "" {
 			typ = api.BackendRafs
 		}
-		fs = obs.wrap(c.VirtualMountpoint, fs)
+		fs = obs.wrap(c.VirtualMountpoint, fs, rafsConfig)
 		if err := table.Mount(c.VirtualMountpoint, vfs.Mount{FS: fs, Type: typ, Close: closeFS}); err != nil {
 			closeFS()
 			closeTable()

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/metrics"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
@@ -114,9 +115,18 @@ func (o *observer) setCaches(c *storage.Pool) {
 	o.prom = metrics.Handler(metrics.Registry(o.d, o.caches))
 }
 
-// wrap counts fs as mount id.
-func (o *observer) wrap(id string, fs fuse.RawFileSystem) fuse.RawFileSystem {
-	return metrics.Wrap(fs, o.d.Mount(path.Clean(id)))
+// wrap counts fs as mount id, with the per-file and access-pattern
+// switches of the nydusd config rc (nil: the defaults).
+func (o *observer) wrap(id string, fs fuse.RawFileSystem, rc *backend.Config) fuse.RawFileSystem {
+	m := o.d.Mount(path.Clean(id))
+	if rc != nil {
+		set := m.Settings()
+		set.FilesAccount = set.FilesAccount || rc.Rafs.IOStatsFiles
+		set.AccessPattern = set.AccessPattern || rc.Rafs.AccessPattern
+		set.LatestReadFiles = set.LatestReadFiles || rc.Rafs.LatestReadFiles
+		m.Apply(set)
+	}
+	return metrics.Wrap(fs, m)
 }
 
 // serve serves GET /metrics on --metrics-addr until ctx ends; it returns

@@ -232,7 +232,7 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 		return nil, mo, nil, err
 	}
 	obs.setCaches(caches)
-	return obs.wrap("/", fs), mo, func() { closeFS(); caches.Close() }, nil
+	return obs.wrap("/", fs, rc), mo, func() { closeFS(); caches.Close() }, nil
 }
 
 // buildFS makes a filesystem to serve: a passthrough share of a host
