@@ -189,6 +189,9 @@ func (s *Server) daemonBackend(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if u, ok := fs.(interface{ Unwrap() fuse.RawFileSystem }); ok {
+		fs = u.Unwrap() // counted (Options.Metrics)
+	}
 	rfs, ok := fs.(*rafs.FS)
 	if !ok {
 		return badRequest("%s is not a RAFS mount", p)

@@ -265,6 +265,11 @@ func TestMetricsAPIWorkload(t *testing.T) {
 			t.Errorf("pattern %+v has no inode %d read twice", p, ino)
 		}
 	})
+	t.Run("daemon backend of a counted mount", func(t *testing.T) {
+		if r := o.do(t, "GET", "/api/v1/daemon/backend?mountpoint="+mnt, ""); r.status != http.StatusOK {
+			t.Errorf("%d %s", r.status, r.body)
+		}
+	})
 	t.Run("events", func(t *testing.T) {
 		o.m.Events.Add("test error")
 		var ev metrics.EventsReply
