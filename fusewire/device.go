@@ -34,13 +34,8 @@ type Options struct {
 	// request, before the chain goes back to the guest, so it must not wait
 	// for the device to stop.
 	OnDestroy func()
-}
-
-// SyncFSer is implemented by filesystems that can answer SYNCFS (the
-// guest's syncfs(2)). Others get ENOSYS, which the guest remembers and
-// treats as success.
-type SyncFSer interface {
-	SyncFS(cancel <-chan struct{}, header *fuse.InHeader) fuse.Status
+	// Observer, if set, is told about every request (see Observer).
+	Observer Observer
 }
 
 // Session is what INIT negotiated.

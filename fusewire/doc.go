@@ -24,7 +24,8 @@
 // # Reads
 //
 // READ offers the filesystem the guest's data buffer when it is one
-// descriptor. A result that is a SegmentedResult (FileResult,
+// descriptor (a filesystem with fsapi.ContextReader gets the request's
+// context too). A result that is a SegmentedResult (fsapi's; FileResult,
 // SegmentsResult: a passthrough file, a chunk in the blob cache) is read
 // with preadv straight into the writable descriptors, in batches of
 // IOV_MAX, stopping at end of file; OutHeader.Len carries the real size.
@@ -94,6 +95,14 @@
 // filesystem becomes EIO. Violations are logged once a second at most as
 // warnings (with request id, unique, opcode, nodeid and queue), the rest at
 // debug level.
+//
+// # Observers
+//
+// Options.Observer sees every framed request (Begin with its queue, FUSE
+// unique, opcode and node id, End with its errno and reply size) on the
+// queue worker serving it; Begin may put a trace span into the request's
+// context, which ReadContext passes to the filesystem. The observer
+// (package metrics) keeps the counters; fusewire itself reads no clock.
 //
 // Package fusewire/fuseclient builds requests for tests.
 package fusewire

@@ -8,7 +8,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fsapi"
 )
 
 // DefaultTimeout is the entry and attr timeout: images are immutable, so
@@ -25,12 +25,14 @@ type FSOptions struct {
 	DisableZeroCopy bool
 }
 
+var _ fsapi.ContextReader = (*FS)(nil)
+
 // FS is a read-only fuse.RawFileSystem over an Image. It keeps no state
 // per inode or per open file: every answer is decoded from the image.
 type FS struct {
-	fuse.RawFileSystem
-	img  *Image
-	opts FSOptions
+	ReadOnly // every operation that would change the image answers EROFS
+	img      *Image
+	opts     FSOptions
 }
 
 // NewFS returns the filesystem over img. The caller keeps ownership of img.
@@ -41,7 +43,7 @@ func NewFS(img *Image, opts FSOptions) *FS {
 	if opts.AttrTimeout == 0 {
 		opts.AttrTimeout = DefaultTimeout
 	}
-	return &FS{RawFileSystem: fuse.NewDefaultRawFileSystem(), img: img, opts: opts}
+	return &FS{ReadOnly: NewReadOnly(), img: img, opts: opts}
 }
 
 // Image returns the image the filesystem serves.
@@ -138,6 +140,12 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 }
 
 func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	return fs.ReadContext(fsapi.CancelContext(cancel), in, buf)
+}
+
+// ReadContext is Read with the FUSE request's context (fsapi.ContextReader),
+// which reaches the storage layer and the backend.
+func (fs *FS) ReadContext(ctx context.Context, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	n, err := fs.img.Inode(in.NodeId)
 	if err != nil {
 		return nil, fs.status("read", in.NodeId, err)
@@ -153,12 +161,12 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 		}
 	}
 	buf = buf[:size]
-	segs, got, err := fs.img.readFile(cancelContext{cancel}, n, buf, in.Offset, !fs.opts.DisableZeroCopy)
+	segs, got, err := fs.img.readFile(ctx, n, buf, in.Offset, !fs.opts.DisableZeroCopy)
 	if err != nil {
 		return nil, fs.status("read", in.NodeId, err)
 	}
 	if segs != nil {
-		return fusewire.SegmentsResult(segs), fuse.OK
+		return fsapi.SegmentsResult(segs), fuse.OK
 	}
 	return fuse.ReadResultData(buf[:got]), fuse.OK
 }
@@ -293,78 +301,3 @@ const (
 	unixWOK = 2
 	unixXOK = 1
 )
-
-// Every operation that would change the image answers EROFS.
-
-func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
-	return 0, fuse.EROFS
-}
-func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
-	return 0, fuse.EROFS
-}
-func (fs *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
-	return 0, fuse.EROFS
-}
-func (fs *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
-	return fuse.EROFS
-}
-
-// Flush and Fsync have nothing to write back.
-func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status    { return fuse.OK }
-func (fs *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status    { return fuse.OK }
-func (fs *FS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status { return fuse.OK }
-
-// cancelContext turns a FUSE request's cancel channel into a context
-// without starting a goroutine per request.
-type cancelContext struct{ c <-chan struct{} }
-
-func (c cancelContext) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c cancelContext) Done() <-chan struct{}       { return c.c }
-func (c cancelContext) Err() error {
-	if c.c == nil {
-		return nil
-	}
-	select {
-	case <-c.c:
-		return context.Canceled
-	default:
-		return nil
-	}
-}
-func (c cancelContext) Value(any) any { return nil }

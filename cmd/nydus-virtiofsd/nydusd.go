@@ -13,6 +13,7 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/api"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
 )
 
@@ -21,7 +22,7 @@ import (
 // given), and, with --apisock, nydusd's HTTP API serving mounts into it
 // until ctx ends. exit is what PUT /api/v1/daemon/exit calls. The returned
 // cleanup closes the API socket and the table.
-func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func()) (fuse.RawFileSystem, func(), error) {
+func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func(), obs *observer) (fuse.RawFileSystem, func(), error) {
 	var rafsConfig *backend.Config
 	if c.ConfigFile != "" {
 		rc, err := backend.LoadConfig(c.ConfigFile)
@@ -31,18 +32,25 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 		rafsConfig = rc
 	}
 	table := vfs.New(vfs.Options{Logger: log.WithField("layer", "vfs")})
-	cleanup := func() { table.Close() }
+	// The blob caches of every RAFS mount, closed after the table.
+	caches := storage.NewPool(log.WithField("layer", "storage"))
+	obs.setCaches(caches)
+	closeTable := func() { table.Close(); caches.Close() }
+	cleanup := closeTable
 	if c.SharedDir != "" || c.Bootstrap != "" {
-		fs, _, err := buildFS(c, rafsConfig, procSelfFD, log)
+		fs, _, closeFS, err := buildFS(c, rafsConfig, caches, procSelfFD, log)
 		if err != nil {
+			closeTable()
 			return nil, nil, err
 		}
 		typ := api.BackendPassthrough
 		if c.Bootstrap != "" {
 			typ = api.BackendRafs
 		}
-		if err := table.Mount(c.VirtualMountpoint, vfs.Mount{FS: fs, Type: typ}); err != nil {
-			table.Close()
+		fs = obs.wrap(c.VirtualMountpoint, fs, rafsConfig)
+		if err := table.Mount(c.VirtualMountpoint, vfs.Mount{FS: fs, Type: typ, Close: closeFS}); err != nil {
+			closeFS()
+			closeTable()
 			return nil, nil, fmt.Errorf("mount at %s: %w", c.VirtualMountpoint, err)
 		}
 	}
@@ -65,12 +73,16 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 			Passthrough: passthrough.Options{Cache: c.Cache, ProcSelfFD: procSelfFD, AnnounceSubmounts: c.AnnounceSubmounts,
 				Xattr: true, XattrMap: c.xattrMap()},
 			Logger: log,
+			Caches: caches,
 		}),
-		Exit:   exit,
-		Logger: log.WithField("layer", "api"),
+		Exit:       exit,
+		Logger:     log.WithField("layer", "api"),
+		Caches:     caches,
+		Metrics:    obs.d,
+		Prometheus: obs.prom,
 	})
 	if err != nil {
-		table.Close()
+		closeTable()
 		return nil, nil, fmt.Errorf("api: %w", err)
 	}
 	if err := socketDirError("--apisock", c.APISock); err != nil {
@@ -79,8 +91,8 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 	}
 	l, err := api.Listen(c.APISock)
 	if err != nil {
-		table.Close()
-		return nil, nil, fmt.Errorf("--apisock: %w", err)
+		closeTable()
+		return nil, nil, fmt.Errorf("--apisock %s: %w", c.APISock, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -93,7 +105,7 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 	return table, func() {
 		<-done // Serve returns once ctx ends
 		os.Remove(apiSock)
-		table.Close()
+		closeTable()
 	}, nil
 }
 
