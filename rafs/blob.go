@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -179,6 +180,9 @@ func (img *Image) loadMeta(ctx context.Context, b *blob) error {
 		return nil
 	}
 	if err := img.readMeta(ctx, b); err != nil {
+		if strings.Contains(err.Error(), b.id) { // the storage layer named it
+			return fmt.Errorf("blob metadata: %w", err)
+		}
 		return fmt.Errorf("blob %s metadata: %w", b.id, err)
 	}
 	b.metaDone.Store(true)
