@@ -16,7 +16,7 @@
 # over iterations and the ratios ours/C (target >= 1.0, md5 >= 1.1), and
 # draws them as a PNG chart (gnuplot).
 #
-# Env: BENCHTIME (iterations, default 3x), NVFS_BENCH_THREADS, NVFS_BENCH_CACHE
+# Env: ITERATIONS (default 3), NVFS_BENCH_THREADS, NVFS_BENCH_CACHE
 #      (default auto), OUT (directory for the .tsv and .png, default
 #      guest-tests/.cache/bench-workloads). Needs root, QEMU, gnuplot.
 set -euo pipefail
@@ -26,7 +26,8 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 tsv=$out/runs.tsv
 export NVFS_BACKENDS=${NVFS_BACKENDS:-c,go} NVFS_BENCH_OUT=$tsv
-log=$(go test -count=1 -run '^$' -bench '^BenchmarkGuestWorkloads$' -benchtime "${BENCHTIME:-3x}" -timeout 120m ./guest-tests/ 2>&1) || {
+export NVFS_BENCH_ITERATIONS=${ITERATIONS:-3}
+log=$(go test -count=1 -run '^$' -bench '^BenchmarkGuestWorkloads$' -benchtime 1x -timeout 120m ./guest-tests/ 2>&1) || {
 	echo "$log" >&2
 	exit 1
 }

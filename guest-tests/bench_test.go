@@ -115,6 +115,10 @@ func BenchmarkGuest(b *testing.B) {
 // "1,0".
 const EnvBenchThreads = "NVFS_BENCH_THREADS"
 
+// EnvBenchIterations names the environment variable with the number of
+// iterations of BenchmarkGuestWorkloads (default 3).
+const EnvBenchIterations = "NVFS_BENCH_ITERATIONS"
+
 // EnvBenchOut names the file BenchmarkGuestWorkloads writes its per-boot
 // figures to (tab separated; bench/guest-bench.sh makes the table and the
 // chart from it). Default guest-tests/.cache/bench-workloads.tsv.
@@ -138,8 +142,8 @@ var workloadMetrics = []struct{ step, metric, name string }{
 // stat by path of the 10,000 files and an MD5 of each of them (check.
 // MetaRead). Each boot reports medians of 3 repetitions; the benchmark
 // reports, per thread-pool setting and backend, the median over
-// iterations, and the ratios ours/C. Run it with -benchtime Nx (N
-// iterations) through bench/guest-bench.sh.
+// iterations, and the ratios ours/C. Run it with -benchtime 1x through
+// bench/guest-workloads.sh (NVFS_BENCH_ITERATIONS iterations).
 //
 // The C virtiofsd of Debian 12 cannot run a thread pool (its pool threads
 // die in its own seccomp filter, see CVirtiofsd), so it always runs with
@@ -196,7 +200,15 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 			testenv.Skipf(b, "backend %s cannot serve yet: %v", s.Backend.Name, s.Unavailable)
 		}
 	}
-	for i := 0; i < b.N; i++ {
+	iterations := 3
+	if v := os.Getenv(EnvBenchIterations); v != "" {
+		if iterations, err = strconv.Atoi(v); err != nil || iterations < 1 {
+			b.Fatalf("%s: bad value %q", EnvBenchIterations, v)
+		}
+	}
+	// Not b.N: the testing package runs a benchmark with N=1 before the
+	// N asked for, which would boot the whole set twice.
+	for i := 0; i < iterations; i++ {
 		for _, tp := range threads {
 			order := env.backends
 			if i%2 == 1 { // who goes first alternates too
