@@ -74,13 +74,20 @@ type daemon struct {
 }
 
 // startDaemon serves the API on a unix socket in a temporary directory.
-func startDaemon(t testing.TB) *daemon {
+func startDaemon(t testing.TB) *daemon { return startDaemonWith(t, nil) }
+
+// startDaemonWith is startDaemon with more options set by edit.
+func startDaemonWith(t testing.TB, edit func(*Options)) *daemon {
 	t.Helper()
 	d := &daemon{v: vfs.New(vfs.Options{NoCache: true, Logger: quiet()}), sock: filepath.Join(t.TempDir(), "nydusd-api.sock")}
-	s, err := New(Options{VFS: d.v, ID: "", Version: Version{PackageVer: "v0.1.0", GitCommit: "abc", BuildTime: "now", Profile: "release", Rustc: "go"},
+	o := Options{VFS: d.v, ID: "", Version: Version{PackageVer: "v0.1.0", GitCommit: "abc", BuildTime: "now", Profile: "release", Rustc: "go"},
 		SetLogLevel: func(l string) error { d.level.Store(l); return nil },
 		Exit:        func() { d.exited.Add(1) },
-		Logger:      quiet()})
+		Logger:      quiet()}
+	if edit != nil {
+		edit(&o)
+	}
+	s, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

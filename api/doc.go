@@ -10,7 +10,13 @@
 //	DELETE /api/v1/mount?mountpoint=  204
 //	GET    /api/v1/metrics/blobcache  200 the blob caches' counters (nydusd's names; Options.Caches)
 //	GET    /api/v1/metrics/backend    200 the backend reads the blob caches made (nydusd's names)
-//	GET    /api/v1/metrics[/...]      404 for an unknown id, else 501: no other counters are kept yet
+//	GET    /api/v1/metrics            200 nydusd's fop counters of ?id= (a mountpoint), or the daemon's (Options.Metrics)
+//	GET    /api/v1/metrics/files      200 per-file counters (iostats_files; ?latest=true: read since the last call)
+//	GET    /api/v1/metrics/pattern    200 the access pattern (access_pattern), in first-access order
+//	GET    /api/v1/metrics/inflight   200 the requests being served, 204 when idle
+//	GET    /api/v1/daemon/events      200 the recent errors, bounded (Options.Metrics)
+//	GET    /metrics                   200 Prometheus text format (Options.Prometheus)
+//	GET    /api/v1/metrics[/...]      404 for an unknown id; 501 when the daemon keeps no counters
 //	GET    /api/v1/daemon/backend?mountpoint=  200 the RAFS image's superblock settings and blob ids
 //	PUT    /api/v1/daemon/start       204: the daemon serves from the start, nothing to do
 //	GET    /api/v2/daemon             200 daemon info without backend_collection (PUT: as v1)
@@ -27,7 +33,7 @@
 // ids may contain it and the Go runtime does not escape it.
 //
 // mounted_time is RFC 3339 (UTC, nanoseconds); no Kata client reads it.
-// Not served (404): /api/v1/daemon/{events,fuse/...} and /api/v1/config:
+// Not served (404): /api/v1/daemon/fuse/... and /api/v1/config:
 // neither Kata runtime calls them (they serve nydus-snapshotter's own
 // fusedev/fscache daemons and their failover).
 //

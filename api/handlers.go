@@ -189,6 +189,9 @@ func (s *Server) daemonBackend(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if u, ok := fs.(interface{ Unwrap() fuse.RawFileSystem }); ok {
+		fs = u.Unwrap() // counted (Options.Metrics)
+	}
 	rfs, ok := fs.(*rafs.FS)
 	if !ok {
 		return badRequest("%s is not a RAFS mount", p)
@@ -236,6 +239,7 @@ func (s *Server) mount(w http.ResponseWriter, r *http.Request) error {
 		if err := s.opts.VFS.Umount(p); err != nil {
 			return err
 		}
+		s.forgetCounters(p)
 		s.log.WithField("mountpoint", p).Info("api: unmounted")
 		return noContent(w)
 	default:
@@ -283,6 +287,7 @@ func (s *Server) mount(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	m.FS = s.countFS(p, req, m.FS)
 	if r.Method == http.MethodPut {
 		err = s.opts.VFS.Remount(p, m)
 	} else {
@@ -344,6 +349,9 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 		if _, err := s.opts.VFS.Info(id); err != nil {
 			return &Error{Status: http.StatusNotFound, Message: fmt.Sprintf("no counter found for id %q", id)}
 		}
+	}
+	if done, err := s.fsMetrics(w, r, id, ok); done {
+		return err
 	}
 	if c := s.opts.Caches; c != nil {
 		switch r.URL.Path {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/metrics"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
 )
@@ -58,6 +59,12 @@ type Options struct {
 	// Caches, when set, answers /api/v1/metrics/blobcache and
 	// /api/v1/metrics/backend (the blob caches' counters).
 	Caches *storage.Pool
+	// Metrics, when set, counts each mount's requests and answers
+	// /api/v1/metrics, /metrics/files, /metrics/pattern, /metrics/inflight
+	// and /api/v1/daemon/events.
+	Metrics *metrics.Daemon
+	// Prometheus, when set, answers GET /metrics.
+	Prometheus http.Handler
 }
 
 // Server serves the API.
@@ -114,6 +121,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		err = s.blobsV2(w, r)
 	case p == "/api/v1/mount":
 		err = s.mount(w, r)
+	case p == "/api/v1/daemon/events":
+		err = s.events(w, r)
+	case p == "/metrics":
+		err = s.prometheus(w, r)
 	case metricsRoutes[p]:
 		err = s.metrics(w, r)
 	default:

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
 )
 
 // Wrapper is a decorator that can hand out what it wraps (so that, for
@@ -92,6 +95,10 @@ func (p RetryPolicy) do(ctx context.Context, f func(ctx context.Context) error) 
 				return fmt.Errorf("%d attempts: %w", n+1, err)
 			}
 			return err
+		}
+		// trace: a retry is an event of the backend request's span.
+		if spans.Recording(ctx) {
+			spans.Event(ctx, "retry", attribute.Int("attempt", n+1), attribute.String("error", err.Error()))
 		}
 		if p.Log != nil {
 			p.Log.WithField("attempt", n+1).Warnf("backend: %v; retrying", err)

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
 )
 
 // Registry is nydusd's registry backend: a blob is
@@ -154,6 +157,10 @@ func (r *Registry) fetch(ctx context.Context, method, id, rng string) (*http.Res
 	}
 	for hops := 0; isRedirect(resp.StatusCode); hops++ {
 		loc, err := r.location(resp)
+		// trace: a redirect is an event of the backend request's span.
+		if spans.Recording(ctx) {
+			spans.Event(ctx, "redirect", attribute.Int("status", resp.StatusCode), attribute.String("host", hostOf(loc)))
+		}
 		drain(resp)
 		if err != nil {
 			return nil, err
@@ -465,4 +472,13 @@ func (m *mirror) fail() {
 func (m *mirror) rewrite(target string) string {
 	i := strings.Index(target, "/v2/")
 	return m.host + target[i:]
+}
+
+// hostOf is the host of a URL, for trace events (never its query, which
+// may hold a signature).
+func hostOf(u string) string {
+	if p, err := url.Parse(u); err == nil {
+		return p.Host
+	}
+	return ""
 }

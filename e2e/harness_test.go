@@ -77,6 +77,12 @@ func startDaemon(t testing.TB, fs fuse.RawFileSystem, queues, workers int) *daem
 // wrap (nil: not wrapped).
 func startWrapped(t testing.TB, fs fuse.RawFileSystem, queues, workers int, wrap func(*fusewire.Device) vhostuser.Device) *daemon {
 	t.Helper()
+	return startObserved(t, fs, queues, workers, wrap, nil)
+}
+
+// startObserved is startWrapped with obs as the device's Observer.
+func startObserved(t testing.TB, fs fuse.RawFileSystem, queues, workers int, wrap func(*fusewire.Device) vhostuser.Device, obs fusewire.Observer) *daemon {
+	t.Helper()
 	// Not t.TempDir(): sub-test names make paths longer than sun_path.
 	dir, err := os.MkdirTemp("", "e2e-sock-")
 	if err != nil {
@@ -88,7 +94,7 @@ func startWrapped(t testing.TB, fs fuse.RawFileSystem, queues, workers int, wrap
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := fusewire.NewDevice(fs, fusewire.Options{RequestQueues: queues, Logger: quietLogger()})
+	dev := fusewire.NewDevice(fs, fusewire.Options{RequestQueues: queues, Logger: quietLogger(), Observer: obs})
 	var served vhostuser.Device = dev
 	if wrap != nil {
 		served = wrap(dev)

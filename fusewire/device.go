@@ -34,6 +34,8 @@ type Options struct {
 	// request, before the chain goes back to the guest, so it must not wait
 	// for the device to stop.
 	OnDestroy func()
+	// Observer, if set, is told about every request (see Observer).
+	Observer Observer
 }
 
 // Session is what INIT negotiated.

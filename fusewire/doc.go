@@ -101,5 +101,13 @@
 // warnings (with request id, unique, opcode, nodeid and queue), the rest at
 // debug level.
 //
+// # Observers
+//
+// Options.Observer sees every framed request (Begin with its queue, FUSE
+// unique, opcode and node id, End with its errno and reply size) on the
+// queue worker serving it; Begin may put a trace span into the request's
+// context, which ReadContext passes to the filesystem. The observer
+// (package metrics) keeps the counters; fusewire itself reads no clock.
+//
 // Package fusewire/fuseclient builds requests for tests.
 package fusewire

@@ -53,6 +53,7 @@ type request struct {
 	status  fuse.Status
 	// logged is set once the request has been logged, to log it once.
 	logged bool
+	obs    observation // Options.Observer's bookkeeping
 
 	// direct is the guest slice offered to the filesystem as its data
 	// buffer; pooled is a scratch buffer to give back.
@@ -107,11 +108,15 @@ func outStruct[T any](r *request) *T {
 
 // serve frames, dispatches and answers the request; it returns the number
 // of bytes written into r.out.
-func (r *request) serve() int {
+func (r *request) serve() (n int) {
 	total := r.in.Len()
 	if !virtqueue.ReadObj(&r.in, (*fuse.InHeader)(unsafe.Pointer(&r.inBuf[0]))) {
 		r.violation(fmt.Sprintf("request of %d bytes is shorter than the FUSE header", total))
 		return 0
+	}
+	if o := r.d.opts.Observer; o != nil {
+		r.begin(o)
+		defer r.end(o, &n)
 	}
 	h := r.header()
 	if h.Opcode < opCount {
@@ -139,7 +144,7 @@ func (r *request) serve() int {
 		return r.writeReply()
 	}
 	r.call()
-	n := r.writeReply()
+	n = r.writeReply()
 	if r.header().Opcode == OpDestroy && r.status.Ok() && r.d.opts.OnDestroy != nil {
 		r.d.opts.OnDestroy()
 	}

@@ -30,9 +30,9 @@ var _ fsapi.ContextReader = (*FS)(nil)
 // FS is a read-only fuse.RawFileSystem over an Image. It keeps no state
 // per inode or per open file: every answer is decoded from the image.
 type FS struct {
-	fuse.RawFileSystem
-	img  *Image
-	opts FSOptions
+	ReadOnly // every operation that would change the image answers EROFS
+	img      *Image
+	opts     FSOptions
 }
 
 // NewFS returns the filesystem over img. The caller keeps ownership of img.
@@ -43,7 +43,7 @@ func NewFS(img *Image, opts FSOptions) *FS {
 	if opts.AttrTimeout == 0 {
 		opts.AttrTimeout = DefaultTimeout
 	}
-	return &FS{RawFileSystem: fuse.NewDefaultRawFileSystem(), img: img, opts: opts}
+	return &FS{ReadOnly: NewReadOnly(), img: img, opts: opts}
 }
 
 // Image returns the image the filesystem serves.
@@ -301,59 +301,3 @@ const (
 	unixWOK = 2
 	unixXOK = 1
 )
-
-// Every operation that would change the image answers EROFS.
-
-func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
-	return fuse.EROFS
-}
-func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
-	return 0, fuse.EROFS
-}
-func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
-	return 0, fuse.EROFS
-}
-func (fs *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
-	return 0, fuse.EROFS
-}
-func (fs *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
-	return fuse.EROFS
-}
-
-// Flush and Fsync have nothing to write back.
-func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status    { return fuse.OK }
-func (fs *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status    { return fuse.OK }
-func (fs *FS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status { return fuse.OK }

@@ -21,7 +21,16 @@ func (img *Image) VerifyBlobs(ctx context.Context) error {
 	}
 	var errs []string
 	for _, b := range img.blobs {
-		if _, err := b.open(ctx, be); err != nil {
+		o, err := b.open(ctx, be)
+		if err == nil {
+			// The storage layer opens the backend's blob lazily; asking
+			// for its size makes it do so now (or answers from a cache
+			// that holds the blob).
+			if _, err = o.r.Size(ctx); err != nil && !strings.Contains(err.Error(), b.id) {
+				err = fmt.Errorf("blob %s: %w", b.id, err)
+			}
+		}
+		if err != nil {
 			// open prefixes the blob id; the backend's error names it
 			// already when it says where it looked.
 			if inner := errors.Unwrap(err); inner != nil && strings.Contains(inner.Error(), b.id) {

@@ -17,6 +17,7 @@ if ! command -v s3rver >/dev/null 2>&1; then
 		echo "install-deps: s3rver missing (npm install -g s3rver@3.7.1)" >&2
 	fi
 fi
+pkgs+=(prometheus) # the observability test scrapes the daemon with a real Prometheus
 missing=()
 for p in "${pkgs[@]}"; do
 	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

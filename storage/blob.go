@@ -11,9 +11,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
 )
 
 // Chunk is one chunk of a blob as the image describes it.
@@ -177,7 +179,13 @@ func (b *Blob) ReadRange(ctx context.Context, off, n uint64) ([]byte, error) {
 	return buf, nil
 }
 
-func (b *Blob) readBackend(ctx context.Context, h backend.Blob, buf []byte, off uint64) error {
+func (b *Blob) readBackend(ctx context.Context, h backend.Blob, buf []byte, off uint64) (err error) {
+	// trace: the backend request (package spans; no-op unless sampled).
+	ctx, span := spans.Start(ctx, "backend.read")
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("blob.id", b.e.desc.ID), attribute.Int64("offset", int64(off)), attribute.Int("bytes", len(buf)))
+	}
+	defer func() { spans.End(span, err) }()
 	start := time.Now()
 	got, err := h.ReadAt(ctx, buf, int64(off))
 	b.m.backend.record(len(buf), got == len(buf), time.Since(start))
@@ -197,6 +205,12 @@ func (b *Blob) Get(ctx context.Context, chunks []Chunk, out []Location) error {
 		return fmt.Errorf("blob %s: %w", b.e.desc.ID, errClosed)
 	}
 	defer b.leave()
+	// trace: the storage read (package spans; no-op unless sampled).
+	ctx, span := spans.Start(ctx, "storage.read")
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("blob.id", b.e.desc.ID), attribute.Int("chunks", len(chunks)))
+	}
+	defer span.End()
 	e := b.e
 	mt := &b.m.metrics
 	mt.total.Add(1)
@@ -464,6 +478,12 @@ func (b *Blob) fetchRuns(ctx context.Context, mine []claimed, prefetch bool) {
 }
 
 func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, prefetch bool) {
+	// trace: the cache fill (package spans; no-op unless sampled).
+	ctx, span := spans.Start(ctx, "cache.fill")
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("chunks", len(run)), attribute.Int64("bytes", int64(last-first)), attribute.Bool("prefetch", prefetch))
+	}
+	defer span.End()
 	e := b.e
 	settle := func(cl claimed, stored bool, data []byte, err error) {
 		cl.f.stored, cl.f.data, cl.f.err = stored, data, err

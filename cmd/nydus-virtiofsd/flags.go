@@ -38,6 +38,8 @@ type daemonConfig struct {
 	Sandbox  string
 	Security securityConfig // --modcaps, --seccomp, --xattrmap (security.go)
 
+	Observe observeConfig // --metrics-addr, --log-format, --slow-request, --no-measure-latency
+
 	// SocketFlag is the option that names the socket, for messages:
 	// --socket-path, or --sock in nydusd's virtiofs mode.
 	SocketFlag string
@@ -162,6 +164,12 @@ func virtiofsdFlags() map[string]flagSpec {
 		"xattrmap":              {valueFlag, setXattrmap},
 		"seccomp":               {valueFlag, setSeccomp},
 		"modcaps":               {valueFlag, setModcaps},
+		"metrics-addr":          {valueFlag, setString(func(c *daemonConfig) *string { return &c.Observe.MetricsAddr })},
+		"log-format":            {valueFlag, setLogFormat},
+		"slow-request":          {valueFlag, setSlowRequest},
+		"no-measure-latency":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Observe.NoMeasureLatency }, true)},
+		"otlp-endpoint":         {valueFlag, setString(func(c *daemonConfig) *string { return &c.Observe.OTLPEndpoint })},
+		"trace-sample-every":    {valueFlag, setInt(func(c *daemonConfig) *int { return &c.Observe.TraceEvery }, "trace-sample-every")},
 		"print-capabilities":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
 		"help":                  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
 		"version":               {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Version }, true)},

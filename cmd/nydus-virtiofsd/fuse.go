@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
@@ -45,7 +47,11 @@ func runFuse(args []string) int {
 	// nydusd fuse's options that mean nothing here, accepted with a warning.
 	threads := flags.Int("thread-num", 0, "accepted for nydusd compatibility: requests are served concurrently anyway")
 	flags.IntVar(threads, "fuse-threads", 0, "the same as --thread-num")
-	apiSock := flags.StringP("apisock", "A", "", "accepted for nydusd compatibility: the fuse mode serves no API (a warning says so)")
+	apiSock := flags.StringP("apisock", "A", "", "serve nydusd's HTTP API (daemon info, metrics, events, GET /metrics) on this unix socket")
+	var oc observeConfig
+	flags.StringVar(&oc.MetricsAddr, "metrics-addr", "", "also serve Prometheus metrics on GET http://HOST:PORT/metrics")
+	flags.StringVar(&oc.LogFormat, "log-format", "text", "log line format: text or json")
+	flags.BoolVar(&oc.NoMeasureLatency, "no-measure-latency", false, "do not time requests (counts only)")
 	var ignored []string
 	for _, n := range []string{"id", "supervisor", "failover-policy", "prefetch-files"} {
 		flags.String(n, "", "accepted for nydusd compatibility; ignored with a warning")
@@ -57,14 +63,15 @@ func runFuse(args []string) int {
 		if err != nil {
 			return err
 		}
+		if err := setLogFormat(&daemonConfig{}, oc.LogFormat); err != nil {
+			return usageError{err}
+		}
+		applyLogFormat(log, oc.LogFormat)
 		if err := required(flags, "bootstrap", "mountpoint"); err != nil {
 			return err
 		}
 		if *threads != 0 {
 			log.Warnf("--thread-num %d: ignored; FUSE requests are served concurrently by as many goroutines as needed", *threads)
-		}
-		if *apiSock != "" {
-			log.Warnf("--apisock %s: ignored; the fuse mode serves no HTTP API (use the virtiofs subcommand for one)", *apiSock)
 		}
 		for _, n := range ignored {
 			if flags.Changed(n) {
@@ -85,7 +92,27 @@ func runFuse(args []string) int {
 		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 		defer signal.Stop(sigs)
-		srv, err := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, hostmount.MountOptions(*debug))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		obs := newObserver(oc, logrus.NewEntry(log))
+		defer obs.close()
+		obs.setCaches(nil)
+		if *apiSock != "" {
+			wait, err := serveFuseAPI(ctx, *apiSock, obs, logrus.NewEntry(log))
+			if err != nil {
+				return err
+			}
+			defer wait()
+			defer cancel()
+		}
+		if err := obs.serve(ctx); err != nil {
+			return err
+		}
+		var rc *backend.Config // its iostats_files and access_pattern
+		if f.config != "" {
+			rc, _ = backend.LoadConfig(f.config) // loaded once already by openVerified
+		}
+		srv, err := hostmount.Mount(obs.wrap(fuseMountID, rafs.NewFS(img, rafs.FSOptions{}), rc), mnt, hostmount.MountOptions(*debug))
 		if err != nil {
 			return err
 		}

@@ -25,6 +25,7 @@ func newLogger(c *daemonConfig) (*logrus.Entry, []string, error) {
 	l := logrus.New()
 	l.SetOutput(os.Stderr)
 	l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true})
+	applyLogFormat(l, c.Observe.LogFormat)
 	var warnings []string
 	switch c.LogLevel {
 	case "off":

@@ -22,7 +22,7 @@ import (
 // given), and, with --apisock, nydusd's HTTP API serving mounts into it
 // until ctx ends. exit is what PUT /api/v1/daemon/exit calls. The returned
 // cleanup closes the API socket and the table.
-func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func()) (fuse.RawFileSystem, func(), error) {
+func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func(), obs *observer) (fuse.RawFileSystem, func(), error) {
 	var rafsConfig *backend.Config
 	if c.ConfigFile != "" {
 		rc, err := backend.LoadConfig(c.ConfigFile)
@@ -34,6 +34,7 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 	table := vfs.New(vfs.Options{Logger: log.WithField("layer", "vfs")})
 	// The blob caches of every RAFS mount, closed after the table.
 	caches := storage.NewPool(log.WithField("layer", "storage"))
+	obs.setCaches(caches)
 	closeTable := func() { table.Close(); caches.Close() }
 	cleanup := closeTable
 	if c.SharedDir != "" || c.Bootstrap != "" {
@@ -46,6 +47,7 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 		if c.Bootstrap != "" {
 			typ = api.BackendRafs
 		}
+		fs = obs.wrap(c.VirtualMountpoint, fs, rafsConfig)
 		if err := table.Mount(c.VirtualMountpoint, vfs.Mount{FS: fs, Type: typ, Close: closeFS}); err != nil {
 			closeFS()
 			closeTable()
@@ -73,22 +75,24 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 			Logger: log,
 			Caches: caches,
 		}),
-		Exit:   exit,
-		Logger: log.WithField("layer", "api"),
-		Caches: caches,
+		Exit:       exit,
+		Logger:     log.WithField("layer", "api"),
+		Caches:     caches,
+		Metrics:    obs.d,
+		Prometheus: obs.prom,
 	})
 	if err != nil {
 		closeTable()
 		return nil, nil, fmt.Errorf("api: %w", err)
 	}
 	if err := socketDirError("--apisock", c.APISock); err != nil {
-		closeTable()
+		table.Close()
 		return nil, nil, err
 	}
 	l, err := api.Listen(c.APISock)
 	if err != nil {
 		closeTable()
-		return nil, nil, fmt.Errorf("--apisock: %w", err)
+		return nil, nil, fmt.Errorf("--apisock %s: %w", c.APISock, err)
 	}
 	done := make(chan struct{})
 	go func() {

@@ -123,9 +123,16 @@ func runDaemon(c daemonConfig) int {
 		claim.forget() // the pid file's path would now name a file in the share
 	}
 
-	fs, mountOpts, cleanup, err := buildRoot(ctx, &c, box.ProcSelfFD, log, exit)
+	obs := newObserver(c.Observe, log)
+	defer obs.close()
+	fs, mountOpts, cleanup, err := buildRoot(ctx, &c, box.ProcSelfFD, log, exit, obs)
 	if err != nil {
 		log.Error(err)
+		return exitFailure
+	}
+	if err := obs.serve(ctx); err != nil {
+		log.Error(err)
+		cleanup()
 		return exitFailure
 	}
 	defer func() {
@@ -137,6 +144,7 @@ func runDaemon(c daemonConfig) int {
 		AnnounceSubmounts: c.AnnounceSubmounts,
 		Logger:            log.WithField("layer", "fuse"),
 		Mount:             mountOpts,
+		Observer:          obs.d.Transport,
 	})}
 
 	if err := confine(&c, box.Confiner, log); err != nil {
@@ -209,9 +217,9 @@ func checkDir(flag, dir string) error {
 // buildRoot makes the filesystem the device serves and what releases it:
 // with virtiofsd's command line the share or image itself, with nydusd's a
 // mount table (and its HTTP API). exit stops the daemon.
-func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func()) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
+func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func(), obs *observer) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
 	if c.Nydusd {
-		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit)
+		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit, obs)
 		return fs, fuse.MountOptions{}, cleanup, err
 	}
 	var rc *backend.Config
@@ -227,7 +235,8 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 		caches.Close()
 		return nil, mo, nil, err
 	}
-	return fs, mo, func() { closeFS(); caches.Close() }, nil
+	obs.setCaches(caches)
+	return obs.wrap("/", fs, rc), mo, func() { closeFS(); caches.Close() }, nil
 }
 
 // buildFS makes a filesystem to serve: a passthrough share of a host

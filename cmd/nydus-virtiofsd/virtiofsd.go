@@ -48,6 +48,12 @@ Daemon:
   --seccomp=kill|log|trap|none   action for a system call off the allow-list (default kill)
   --modcaps=+cap:-cap       change the capabilities kept (see docs/security.md)
   --xattrmap=RULES          map or refuse xattr names (virtiofsd's rules; default refuses trusted.*)
+  --log-format=text|json    log line format (default text)
+  --metrics-addr=HOST:PORT  also serve Prometheus metrics on GET http://HOST:PORT/metrics
+  --slow-request=DURATION   log FUSE requests slower than this at warn (default 1s; 0: never)
+  --no-measure-latency      do not time requests (counts only)
+  --otlp-endpoint=URL       export traces over OTLP/HTTP (default: $OTEL_EXPORTER_OTLP_ENDPOINT; unset: off)
+  --trace-sample-every=N    trace one FUSE request in N (default 100)
   --print-capabilities      print the vhost-user backend capabilities and exit
   -h, --help                print this help and exit
   -V, --version             print the version and exit
