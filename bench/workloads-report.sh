@@ -57,7 +57,7 @@ set style fill solid 0.8 border -1
 set ylabel "ratio ours / C (higher is better)"
 set yrange [0:*]
 set grid ytics
-set key top left
+set key outside bottom center horizontal
 set xtics rotate by -20
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb "red"
 plot for [c=2:*] "$out/ratios.dat" using c:xtic(1) title columnheader
