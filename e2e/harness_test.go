@@ -102,7 +102,8 @@ func startObserved(t testing.TB, fs fuse.RawFileSystem, queues, workers int, wra
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- vhostuser.Serve(ctx, l, served, vhostuser.Options{RequestQueues: queues, Workers: workers, Logger: quietLogger()})
+		done <- vhostuser.Serve(ctx, l, served, vhostuser.Options{RequestQueues: queues, Workers: workers, Logger: quietLogger(),
+			PollBeforeSleep: pollBeforeSleep(t)})
 	}()
 	t.Cleanup(func() {
 		// The driver's Close (registered later, run earlier) has
@@ -313,3 +314,20 @@ func (r *readCounter) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) 
 // fixturesDir is where the repository keeps the real RAFS images (copied
 // unmodified from the shared fixtures; see its PROVENANCE.md).
 const fixturesDir = "../rafs/testdata/fixtures"
+
+// EnvPoll names the environment variable that sets the daemons'
+// vhostuser.Options.PollBeforeSleep in these tests (a Go duration; "0"
+// is the default: no polling), to compare both in the same benchmark run.
+const EnvPoll = "NVFS_POLL_BEFORE_SLEEP"
+
+func pollBeforeSleep(t testing.TB) time.Duration {
+	v := os.Getenv(EnvPoll)
+	if v == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("%s: %v", EnvPoll, err)
+	}
+	return d
+}

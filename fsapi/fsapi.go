@@ -6,6 +6,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
 // Segment is a run of bytes in a host file: Len bytes of Fd starting at Off.
@@ -70,26 +72,44 @@ func (r *fileResult) Size() int {
 // Bytes reads the segments into buf, stopping at the first short read (end
 // of file), as pread would.
 func (r *fileResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	bufs := [1][]byte{buf}
+	w := virtqueue.NewCursor(bufs[:])
+	n, err := FillSegments(&w, r.segs)
+	if err != nil && n == 0 {
+		return nil, fuse.ToStatus(err)
+	}
+	return buf[:n], fuse.OK
+}
+
+// SegmentFiller is where FillSegments puts the bytes: a virtqueue.Cursor
+// over a chain's writable buffers (or over one buffer).
+type SegmentFiller interface {
+	Len() int
+	FillFromFile(fd int, off int64, n int) (int, error)
+}
+
+// FillSegments reads the segments in order into w, as much as w has room
+// for, and returns the bytes read. It stops at the first short segment
+// (end of file). An error after some bytes were read ends the data there,
+// as read(2) would; the error is returned with the count.
+func FillSegments(w SegmentFiller, segs []Segment) (int, error) {
 	total := 0
-	for _, s := range r.segs {
-		want := min(s.Len, len(buf)-total)
-		got := 0
-		for got < want {
-			n, err := unix.Pread(s.Fd, buf[total+got:total+want], s.Off+int64(got))
-			if err != nil {
-				return nil, fuse.ToStatus(err)
-			}
-			if n == 0 {
-				break
-			}
-			got += n
-		}
-		total += got
-		if got < s.Len {
+	for _, s := range segs {
+		room := w.Len()
+		if room == 0 {
 			break
 		}
+		if s.Len < 0 || s.Off < 0 {
+			return total, unix.EINVAL
+		}
+		want := min(s.Len, room)
+		n, err := w.FillFromFile(s.Fd, s.Off, want)
+		total += n
+		if err != nil || n < want {
+			return total, err
+		}
 	}
-	return buf[:total], fuse.OK
+	return total, nil
 }
 
 func (r *fileResult) Done() {}

@@ -32,8 +32,13 @@
 // go-fuse's fuse.ReadResultFd goes the same way (as one segment), other
 // results that can Readv use it. Anything else goes through Bytes, into
 // the guest buffer when possible, else into a pooled buffer and then
-// scattered. Done is always called. The preadv path allocates nothing: the
-// iovec array lives in the pooled request.
+// scattered. Done is always called. doRead does all of this in one pass
+// (filesystem call, then the data into place); writeReply only adds the
+// header. Every walk over the chain's buffers goes through
+// virtqueue.Cursor (read an object, split, write, fill from a file), and
+// the one end-of-file-aware segment loop is fsapi.FillSegments. The
+// preadv path allocates nothing: the cursors and their iovec space live
+// in the pooled request.
 //
 // # Why not go-fuse's ProtocolServer
 //

@@ -92,8 +92,8 @@ func FuzzFraming(f *testing.F) {
 		if err := check(); err != nil {
 			t.Fatal(err)
 		}
-		if n > iovLen(bufs) {
-			t.Fatalf("%d bytes written into %d", n, iovLen(bufs))
+		if n > virtqueue.BuffersLen(bufs) {
+			t.Fatalf("%d bytes written into %d", n, virtqueue.BuffersLen(bufs))
 		}
 		if n == 0 {
 			return

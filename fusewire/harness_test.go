@@ -51,8 +51,8 @@ func sender(dev *Device, queue int) fuseclient.SendFunc {
 		if err := check(); err != nil {
 			return nil, err
 		}
-		if int(n) > iovLen(bufs) {
-			return nil, fmt.Errorf("device claims %d bytes written into %d", n, iovLen(bufs))
+		if int(n) > virtqueue.BuffersLen(bufs) {
+			return nil, fmt.Errorf("device claims %d bytes written into %d", n, virtqueue.BuffersLen(bufs))
 		}
 		out := make([]byte, 0, n)
 		for _, b := range bufs {

@@ -10,7 +10,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
 // request is one FUSE request in flight. Requests are pooled; reset
@@ -24,8 +25,10 @@ type request struct {
 	queue  int
 	sess   *Session
 
-	// The chain: the request bytes and the room for the reply.
-	in, out [][]byte
+	// The chain: a reader over the request bytes (advanced as the request
+	// is parsed) and a writer over the room for the reply (kept at its
+	// start; replies write through copies of it).
+	in, out virtqueue.Cursor
 	room    int
 
 	op *opHandler
@@ -43,9 +46,11 @@ type request struct {
 	outBuf     [outBufSize / 8]uint64
 	outData    []byte
 	outPayload []byte
-	readResult fuse.ReadResult
-	readSize   int
-	status     fuse.Status
+	// data is the reply's data part once READ has put its bytes there
+	// (dataLen of them), straight from the filesystem's result.
+	data    virtqueue.Cursor
+	dataLen int
+	status  fuse.Status
 	// logged is set once the request has been logged, to log it once.
 	logged bool
 	obs    observation // Options.Observer's bookkeeping
@@ -54,30 +59,29 @@ type request struct {
 	// buffer; pooled is a scratch buffer to give back.
 	direct []byte
 	pooled *[]byte
-	// iovs, segIovs and iovecs are scratch space for scatter lists, kept
-	// across requests.
-	iovs, segIovs [][]byte
-	iovecs        []unix.Iovec
+	// iovs is scratch space for a scatter list, kept across requests (as
+	// is the cursors' iovec space).
+	iovs [][]byte
 }
 
 func (r *request) reset(d *Device, ctx context.Context, queue int, in, out [][]byte) {
-	*r = request{d: d, ctx: ctx, cancel: ctx.Done(), queue: queue, in: in, out: out,
-		iovs: r.iovs, segIovs: r.segIovs, iovecs: r.iovecs}
+	*r = request{d: d, ctx: ctx, cancel: ctx.Done(), queue: queue,
+		in: r.in, out: r.out, data: r.data, iovs: r.iovs}
+	r.in.Reset(in)
+	r.out.Reset(out)
 	r.id = d.nextID.Add(1)
 	r.sess = d.session.Load()
 }
 
 func (r *request) release() {
-	if r.readResult != nil {
-		r.readResult.Done()
-	}
 	if r.pooled != nil {
 		r.d.buffers.Put(r.pooled)
 	}
 	clear(r.iovs[:cap(r.iovs)])
-	clear(r.segIovs[:cap(r.segIovs)])
-	clear(r.iovecs[:cap(r.iovecs)])
-	*r = request{iovs: r.iovs[:0], segIovs: r.segIovs[:0], iovecs: r.iovecs[:0]}
+	r.in.Clear()
+	r.out.Clear()
+	r.data.Clear()
+	*r = request{in: r.in, out: r.out, data: r.data, iovs: r.iovs[:0]}
 }
 
 func (r *request) inBytes() []byte {
@@ -105,12 +109,11 @@ func outStruct[T any](r *request) *T {
 // serve frames, dispatches and answers the request; it returns the number
 // of bytes written into r.out.
 func (r *request) serve() (n int) {
-	total := iovLen(r.in)
-	if total < inHeaderSize {
+	total := r.in.Len()
+	if !virtqueue.ReadObj(&r.in, (*fuse.InHeader)(unsafe.Pointer(&r.inBuf[0]))) {
 		r.violation(fmt.Sprintf("request of %d bytes is shorter than the FUSE header", total))
 		return 0
 	}
-	gather(r.inBytes()[:inHeaderSize], r.in, 0)
 	if o := r.d.opts.Observer; o != nil {
 		r.begin(o)
 		defer r.end(o, &n)
@@ -119,7 +122,7 @@ func (r *request) serve() (n int) {
 	if h.Opcode < opCount {
 		r.op = &opTable[h.Opcode]
 	}
-	r.room = iovLen(r.out)
+	r.room = r.out.Len()
 	st := r.parse(total)
 	if r.op != nil && r.op.noReply {
 		if st.Ok() {
@@ -173,7 +176,7 @@ func (r *request) parse(total int) fuse.Status {
 	if total < inSize {
 		return fuse.EIO
 	}
-	gather(r.inBytes()[inHeaderSize:inSize], r.in, inHeaderSize)
+	r.in.CopyOut(r.inBytes()[inHeaderSize:inSize])
 
 	r.payloadLen = total - inSize
 	if ext := int(h.TotalExtlen) * 8; ext > 0 {
@@ -191,7 +194,8 @@ func (r *request) parse(total int) fuse.Status {
 	if r.payloadLen > limit {
 		return fuse.EINVAL
 	}
-	r.payload = subIov(r.payloadStore[:0], r.in, inSize, r.payloadLen)
+	payload := r.in.Split(r.payloadLen)
+	r.payload = payload.Buffers(r.payloadStore[:0])
 
 	// The reply must fit: OutHeader, struct and the data asked for.
 	r.outData = r.outBytes()[:r.op.out]
@@ -233,7 +237,6 @@ func (r *request) call() {
 	defer func() {
 		if v := recover(); v != nil {
 			r.status = fuse.EIO
-			r.readResult = nil
 			r.logged = true
 			if r.d.warnAllowed() {
 				r.d.log.WithFields(r.fields()).Errorf("filesystem panic: %v\n%s", v, debug.Stack())
@@ -255,7 +258,9 @@ func (r *request) payloadBytes() []byte {
 		return r.payload[0]
 	}
 	b := make([]byte, r.payloadLen)
-	gather(b, r.payload, 0)
+	for i, n := 0, 0; i < len(r.payload); i++ {
+		n += copy(b[n:], r.payload[i])
+	}
 	return b
 }
 
@@ -299,8 +304,9 @@ func (r *request) dataBuffer(n int, aligned bool) []byte {
 	if n == 0 {
 		return nil
 	}
-	off := outHeaderSize + len(r.outData)
-	if b, ok := contiguous(r.out, off, n); ok && (!aligned || uintptr(unsafe.Pointer(&b[0]))%8 == 0) {
+	w := r.out
+	w.Skip(outHeaderSize + len(r.outData))
+	if b, ok := w.Contiguous(n); ok && (!aligned || uintptr(unsafe.Pointer(&b[0]))%8 == 0) {
 		r.direct = b
 		return b
 	}
@@ -312,14 +318,8 @@ func (r *request) dataBuffer(n int, aligned bool) []byte {
 // writeReply writes OutHeader, the reply struct and the data into r.out
 // and returns the byte count.
 func (r *request) writeReply() int {
-	if r.status.Ok() && r.readResult != nil {
-		n, st := r.readInto()
-		r.readResult.Done()
-		r.readResult = nil
-		if st.Ok() {
-			return r.writeHeader(n)
-		}
-		r.status = st
+	if r.status.Ok() && r.dataLen > 0 {
+		return r.writeHeader(r.dataLen) // READ: the data is in place
 	}
 	if !r.status.Ok() {
 		r.outData = nil
@@ -336,9 +336,11 @@ func (r *request) writeReply() int {
 		r.outData, r.outPayload = nil, nil
 		return r.writeHeader(0)
 	}
-	off := outHeaderSize + scatter(r.out, outHeaderSize, r.outData)
+	w := r.out
+	w.Skip(outHeaderSize)
+	w.CopyIn(r.outData)
 	if len(r.outPayload) > 0 && !(len(r.direct) > 0 && &r.direct[0] == &r.outPayload[0]) {
-		scatter(r.out, off, r.outPayload)
+		w.CopyIn(r.outPayload)
 	}
 	return r.writeHeader(size)
 }
@@ -354,7 +356,8 @@ func (r *request) writeHeader(size int) int {
 		Status: -int32(r.status),
 		Unique: r.header().Unique,
 	}
-	scatter(r.out, 0, unsafe.Slice((*byte)(unsafe.Pointer(&oh)), outHeaderSize))
+	w := r.out
+	virtqueue.WriteObj(&w, &oh)
 	return outHeaderSize + size
 }
 

@@ -1,9 +1,14 @@
 package guesttests
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,4 +107,167 @@ func BenchmarkGuest(b *testing.B) {
 			b.ReportMetric(check.Median(stat), "stat_files/s")
 		})
 	}
+}
+
+// EnvBenchThreads names the environment variable listing the
+// --thread-pool-size settings BenchmarkGuestWorkloads compares (comma
+// separated; 0 is each daemon's default, 1 is what Kata passes). Default
+// "1,0".
+const EnvBenchThreads = "NVFS_BENCH_THREADS"
+
+// EnvBenchIterations names the environment variable with the number of
+// iterations of BenchmarkGuestWorkloads (default 3).
+const EnvBenchIterations = "NVFS_BENCH_ITERATIONS"
+
+// EnvBenchOut names the file BenchmarkGuestWorkloads writes its per-boot
+// figures to (tab separated; bench/guest-bench.sh makes the table and the
+// chart from it). Default guest-tests/.cache/bench-workloads.tsv.
+const EnvBenchOut = "NVFS_BENCH_OUT"
+
+// workloadMetrics are the figures of one boot of BenchmarkGuestWorkloads,
+// in the order of the table.
+var workloadMetrics = []struct{ step, metric, name string }{
+	{"seqread", "MBps", "seqread_MB/s"},
+	{"metaread", "cold_find_ps", "find_cold_entries/s"},
+	{"metaread", "warm_find_ps", "find_warm_entries/s"},
+	{"metaread", "stat_files_ps", "stat_files/s"},
+	{"metaread", "md5_files_ps", "md5_files/s"},
+}
+
+// BenchmarkGuestWorkloads is issue 15's workload set: one guest boot per
+// backend, thread-pool setting and iteration, the backends ALTERNATED
+// within each iteration (C, ours, C, ours, ...) so that both see the same
+// host load, on the same directory (benchShare) and cache mode: a cold
+// 256 MiB sequential read, cold and warm find over the 10,101 entries,
+// stat by path of the 10,000 files and an MD5 of each of them (check.
+// MetaRead). Each boot reports medians of 3 repetitions; the benchmark
+// reports, per thread-pool setting and backend, the median over
+// iterations, and the ratios ours/C. Run it with -benchtime 1x through
+// bench/guest-workloads.sh (NVFS_BENCH_ITERATIONS iterations).
+//
+// The C virtiofsd of Debian 12 cannot run a thread pool (its pool threads
+// die in its own seccomp filter, see CVirtiofsd), so it always runs with
+// its default, no pool: requests served on the queue thread, the closest
+// to Kata's --thread-pool-size=1. Our daemon gets the setting.
+func BenchmarkGuestWorkloads(b *testing.B) {
+	env := setupGuests(b)
+	share := benchShare(b)
+	cache := os.Getenv(EnvBenchCache)
+	if cache == "" {
+		cache = "auto"
+	}
+	var threads []int
+	for _, f := range strings.Split(cmp.Or(os.Getenv(EnvBenchThreads), "1,0"), ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			b.Fatalf("%s: bad value %q", EnvBenchThreads, f)
+		}
+		threads = append(threads, n)
+	}
+	out := os.Getenv(EnvBenchOut)
+	if out == "" {
+		root, err := ModuleRoot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out = filepath.Join(root, "guest-tests", ".cache", "bench-workloads.tsv")
+	}
+	tsv, err := os.Create(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tsv.Close()
+	fmt.Fprintf(tsv, "iteration\tthreads\tbackend\tload1")
+	for _, m := range workloadMetrics {
+		fmt.Fprintf(tsv, "\t%s", m.name)
+	}
+	fmt.Fprintln(tsv)
+
+	steps := []check.Step{
+		{Name: "seqread", Kind: check.KindSeqRead, File: "big.bin", Reps: 3},
+		{Name: "metaread", Kind: check.KindMetaRead, Dir: "many", Reps: 3},
+	}
+	type key struct {
+		threads int
+		backend string
+	}
+	figures := map[key][][]float64{} // per metric, one value per iteration
+	for _, s := range env.backends {
+		if s.Unavailable != nil {
+			if s.Requested {
+				b.Fatalf("backend %s cannot serve: %v", s.Backend.Name, s.Unavailable)
+			}
+			testenv.Skipf(b, "backend %s cannot serve yet: %v", s.Backend.Name, s.Unavailable)
+		}
+	}
+	iterations := 3
+	if v := os.Getenv(EnvBenchIterations); v != "" {
+		if iterations, err = strconv.Atoi(v); err != nil || iterations < 1 {
+			b.Fatalf("%s: bad value %q", EnvBenchIterations, v)
+		}
+	}
+	// Not b.N: the testing package runs a benchmark with N=1 before the
+	// N asked for, which would boot the whole set twice.
+	for i := 0; i < iterations; i++ {
+		for _, tp := range threads {
+			order := env.backends
+			if i%2 == 1 { // who goes first alternates too
+				order = slices.Clone(order)
+				slices.Reverse(order)
+			}
+			for _, s := range order {
+				serveThreads := tp
+				if s.Backend.Name == "c" {
+					serveThreads = 0
+				}
+				res, err := Run(context.Background(), RunOptions{
+					Guest: env.guest, Backend: s.Backend,
+					Serve:   BackendConfig{SharedDir: share, Cache: cache, ThreadPoolSize: serveThreads},
+					Config:  check.Config{Opts: "ro", Steps: steps},
+					LogDir:  logDir(b),
+					Timeout: 600 * time.Second,
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := Verify(res, steps); err != nil {
+					b.Fatalf("%v\n%s", err, res.Tails(15))
+				}
+				k := key{tp, s.Backend.Name}
+				if figures[k] == nil {
+					figures[k] = make([][]float64, len(workloadMetrics))
+				}
+				fmt.Fprintf(tsv, "%d\t%d\t%s\t%.2f", i+1, tp, s.Backend.Name, loadAverage())
+				for j, m := range workloadMetrics {
+					v := res.Result(m.step).Metrics[m.metric]
+					figures[k][j] = append(figures[k][j], v)
+					fmt.Fprintf(tsv, "\t%.1f", v)
+				}
+				fmt.Fprintln(tsv)
+			}
+		}
+	}
+	b.ReportMetric(0, "ns/op") // a boot's wall time says nothing here
+	for _, tp := range threads {
+		c, g := figures[key{tp, "c"}], figures[key{tp, "go"}]
+		for j, m := range workloadMetrics {
+			if c != nil && g != nil && check.Median(c[j]) > 0 {
+				b.ReportMetric(check.Median(g[j])/check.Median(c[j]), fmt.Sprintf("tp%d_%s_go/c", tp, m.metric))
+			}
+		}
+	}
+}
+
+// loadAverage is the host's 1-minute load average (0 if unknown).
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }

@@ -7,6 +7,8 @@ pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr x
 # Remote backend tests (internal/testsvc): distribution 2.8's registry,
 # htpasswd for its Basic auth, nginx as http-proxy/forward proxy.
 pkgs+=(docker-registry apache2-utils nginx-light)
+# The guest benchmark's chart (bench/workloads-report.sh).
+pkgs+=(gnuplot-nox)
 # The S3 server of those tests is npm's s3rver (MinIO's server is AGPL).
 if ! command -v s3rver >/dev/null 2>&1; then
 	if [ "$(id -u)" = 0 ] && command -v npm >/dev/null 2>&1; then

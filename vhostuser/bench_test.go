@@ -21,9 +21,14 @@ import (
 func BenchmarkTransportEcho(b *testing.B) {
 	for _, tc := range []struct {
 		queues, inflight int
-	}{{1, 1}, {1, 8}, {4, 8}} {
-		b.Run(fmt.Sprintf("queues=%d/inflight=%d", tc.queues, tc.inflight), func(b *testing.B) {
-			s := startServer(b, vhostuser.Options{RequestQueues: tc.queues})
+		poll             time.Duration
+	}{{1, 1, 0}, {1, 1, 20 * time.Microsecond}, {1, 8, 0}, {1, 8, 20 * time.Microsecond}, {4, 8, 0}} {
+		name := fmt.Sprintf("queues=%d/inflight=%d", tc.queues, tc.inflight)
+		if tc.poll > 0 {
+			name += "/poll=" + tc.poll.String() // Options.PollBeforeSleep
+		}
+		b.Run(name, func(b *testing.B) {
+			s := startServer(b, vhostuser.Options{RequestQueues: tc.queues, PollBeforeSleep: tc.poll})
 			d := connect(b, s, testdriver.Options{Sequence: testdriver.CloudHypervisor, RequestQueues: tc.queues, QueueSize: 256})
 			req := [][]byte{[]byte("0123456789abcdef")}
 			sizes := []int{17}

@@ -66,6 +66,16 @@ type Options struct {
 	// docs/notifications.md). 0 means DefaultIdleCheck; negative turns the
 	// check off.
 	IdleCheck time.Duration
+	// PollBeforeSleep is how long a queue's leader that found its ring
+	// empty keeps looking at it, with kicks still suppressed, before it
+	// re-arms kicks and sleeps: a request published within that window is
+	// popped without a kick (no guest exit, no eventfd, no wake-up of a
+	// sleeping thread), at the price of a CPU spinning for that long after
+	// every burst. 0 (the default) or negative: no polling. Measured in
+	// docs/benchmarks.md (issue 15): it pays for requests arriving back to
+	// back and costs the one-at-a-time READ stream on a 2-core host, so it
+	// is off until measured on guests that issue requests in parallel.
+	PollBeforeSleep time.Duration
 }
 
 // DefaultWorkers is the per-request-queue worker count when Options.Workers is 0.

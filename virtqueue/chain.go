@@ -17,19 +17,7 @@ type Chain struct {
 }
 
 // ReadableLen returns the total size of the readable buffers.
-func (c *Chain) ReadableLen() int {
-	n := 0
-	for _, b := range c.Readable {
-		n += len(b)
-	}
-	return n
-}
+func (c *Chain) ReadableLen() int { return BuffersLen(c.Readable) }
 
 // WritableLen returns the total size of the writable buffers.
-func (c *Chain) WritableLen() int {
-	n := 0
-	for _, b := range c.Writable {
-		n += len(b)
-	}
-	return n
-}
+func (c *Chain) WritableLen() int { return BuffersLen(c.Writable) }

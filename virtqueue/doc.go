@@ -32,6 +32,12 @@
 // suppression uses avail_event or the NO_NOTIFY flag (DisableNotify,
 // EnableNotify).
 //
+// Cursor walks a chain's buffers as one byte stream, the way a device
+// reads a request and writes a reply: copy an object out or in, split off
+// the next n bytes, or fill the next bytes from a file with preadv (zero
+// copy into guest memory). Every step is clipped to what is left, so
+// nothing written through a Cursor can overrun the guest's buffers.
+//
 // Memory ordering: the guest runs on other CPUs. Ring index fields are read
 // and written with single 16-bit accesses, and the order between them and
 // the ring contents is enforced with real barriers (fence_*.s: MFENCE or

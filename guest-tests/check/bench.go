@@ -1,6 +1,7 @@
 package check
 
 import (
+	"crypto/md5"
 	"fmt"
 	"io"
 	"os"
@@ -67,7 +68,7 @@ func SeqRead(file string, reps int) (map[string]float64, error) {
 // path by name with no readdir before it (one LOOKUP each). It reports
 // entries/s and files/s as medians of reps runs.
 func StatWalk(dir string, reps int) (map[string]float64, error) {
-	var walkRates, pathRates []float64
+	var walkRates []float64
 	var paths []string
 	entries := 0
 	for i := 0; i < max(reps, 1); i++ {
@@ -87,6 +88,92 @@ func StatWalk(dir string, reps int) (map[string]float64, error) {
 		paths, entries = got, n
 		walkRates = append(walkRates, float64(n)/d)
 	}
+	pathRates, err := coldStats(dir, paths, reps)
+	if err != nil {
+		return nil, fmt.Errorf("statwalk: %w", err)
+	}
+	return map[string]float64{
+		"entries":         float64(entries),
+		"files":           float64(len(paths)),
+		"walk_entries_ps": Median(walkRates),
+		"stat_files_ps":   Median(pathRates),
+	}, nil
+}
+
+// MetaRead is the container-start workload set over dir (a tree of many
+// small files), every figure a median of reps runs:
+//   - cold_find_ps: entries/s of a find-like walk (getdents plus lstat of
+//     every entry) after dropping the caches;
+//   - warm_find_ps: the same walk again, caches kept (what the attribute
+//     and entry timeouts allow the guest to answer alone);
+//   - stat_files_ps: lstat of every file by path with cold caches and no
+//     readdir first (one LOOKUP per path component not cached);
+//   - md5_files_ps: open, read and MD5 of every file with cold caches (as
+//     md5sum -c: LOOKUP, OPEN, READ, RELEASE per file).
+func MetaRead(dir string, reps int) (map[string]float64, error) {
+	reps = max(reps, 1)
+	var cold, warm, sums []float64
+	var paths []string
+	walk := func() (float64, error) {
+		t0 := time.Now()
+		var got []string
+		n, err := walkCount(dir, ".", &got)
+		d := time.Since(t0).Seconds()
+		if err != nil {
+			return 0, err
+		}
+		if paths != nil && len(got) != len(paths) {
+			return 0, fmt.Errorf("metaread: %d entries, then %d", len(paths), len(got))
+		}
+		paths = got
+		return float64(n) / d, nil
+	}
+	for i := 0; i < reps; i++ {
+		if err := DropCaches(); err != nil {
+			return nil, err
+		}
+		r, err := walk()
+		if err != nil {
+			return nil, err
+		}
+		cold = append(cold, r)
+		if r, err = walk(); err != nil {
+			return nil, err
+		}
+		warm = append(warm, r)
+	}
+	stat, err := coldStats(dir, paths, reps)
+	if err != nil {
+		return nil, fmt.Errorf("metaread: %w", err)
+	}
+	buf := make([]byte, 64<<10)
+	for i := 0; i < reps; i++ {
+		if err := DropCaches(); err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		for _, p := range paths {
+			h := md5.New()
+			if _, err := sysReadFile(filepath.Join(dir, p), buf, func(b []byte) { h.Write(b) }); err != nil {
+				return nil, fmt.Errorf("metaread: read %s: %w", p, err)
+			}
+			_ = h.Sum(buf[:0:0])
+		}
+		sums = append(sums, float64(len(paths))/time.Since(t0).Seconds())
+	}
+	return map[string]float64{
+		"files":         float64(len(paths)),
+		"cold_find_ps":  Median(cold),
+		"warm_find_ps":  Median(warm),
+		"stat_files_ps": Median(stat),
+		"md5_files_ps":  Median(sums),
+	}, nil
+}
+
+// coldStats lstat()s every path below dir, reps times after dropping the
+// caches, and returns the rates (paths/s).
+func coldStats(dir string, paths []string, reps int) ([]float64, error) {
+	var rates []float64
 	for i := 0; i < max(reps, 1); i++ {
 		if err := DropCaches(); err != nil {
 			return nil, err
@@ -95,17 +182,12 @@ func StatWalk(dir string, reps int) (map[string]float64, error) {
 		t0 := time.Now()
 		for _, p := range paths {
 			if err := sysLstat(filepath.Join(dir, p), &st); err != nil {
-				return nil, fmt.Errorf("statwalk: lstat %s: %w", p, err)
+				return nil, fmt.Errorf("lstat %s: %w", p, err)
 			}
 		}
-		pathRates = append(pathRates, float64(len(paths))/time.Since(t0).Seconds())
+		rates = append(rates, float64(len(paths))/time.Since(t0).Seconds())
 	}
-	return map[string]float64{
-		"entries":         float64(entries),
-		"files":           float64(len(paths)),
-		"walk_entries_ps": Median(walkRates),
-		"stat_files_ps":   Median(pathRates),
-	}, nil
+	return rates, nil
 }
 
 // walkCount lstat()s every entry below root/rel and collects the paths of

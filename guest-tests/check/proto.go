@@ -28,6 +28,7 @@ const (
 	KindReread   = "reread"   // cold read of File, then Reps-1 re-reads; pages kept across close (Cache)
 	KindSeqRead  = "seqread"  // benchmark: cold sequential read of File, Reps times
 	KindStatWalk = "statwalk" // benchmark: cold readdir+lstat walk and lstat-by-path of Dir
+	KindMetaRead = "metaread" // benchmark: cold and warm walks, lstat by path, md5 of every file of Dir
 	KindDemo     = "demo"     // print a listing of Dir and the content of File
 	KindExec     = "exec"     // run Argv (cwd = Dir) with output on the console; fails on a non-zero exit
 	KindShell    = "shell"    // interactive /bin/sh on the console (cwd = Dir; needs BuildOptions.Busybox)

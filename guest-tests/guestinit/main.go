@@ -237,6 +237,12 @@ func runStep(mnt string, st check.Step) (r check.Result) {
 		if err != nil {
 			r.Errors = []string{err.Error()}
 		}
+	case check.KindMetaRead:
+		m, err := check.MetaRead(dir, st.Reps)
+		r.Metrics = m
+		if err != nil {
+			r.Errors = []string{err.Error()}
+		}
 	case check.KindDemo:
 		file := ""
 		if st.File != "" {

@@ -1,0 +1,289 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
+)
+
+// cVirtiofsd is Debian's C virtiofsd (QEMU 7.2), the reference.
+const cVirtiofsd = "/usr/lib/qemu/virtiofsd"
+
+// BenchmarkPerOpVsC serves the same directory with the C virtiofsd and with
+// our daemon (the real binary, both as separate processes, each with its
+// default options, and ours also with Kata's --thread-pool-size=1), drives
+// each from this process as a guest would (testdriver, one request at a
+// time), and reports per FUSE request, for LOOKUP (a new name, then its
+// FORGET), GETATTR, OPEN, READ of 4 KiB, RELEASE and READDIRPLUS (100
+// entries): the daemon's system calls (the daemon run under strace -c -f,
+// less a run that only starts, serves INIT and stops; -v logs the
+// summaries) and, in a second, untraced run, the round trip. The runs of
+// one op follow one another on every daemon so that they see the same
+// host load. (CPU time per request from /proc/PID/stat moved by whole
+// 10 ms ticks only over these runs, too coarse to report.)
+func BenchmarkPerOpVsC(b *testing.B) {
+	if os.Getuid() != 0 {
+		testenv.Skip(b, "the C virtiofsd needs root")
+	}
+	if _, err := os.Stat(cVirtiofsd); err != nil {
+		testenv.Skipf(b, "no C virtiofsd: %v", err)
+	}
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		testenv.Skipf(b, "no strace: %v", err)
+	}
+	share := b.TempDir()
+	const files = 4000
+	for i := 0; i < files; i++ {
+		if err := os.WriteFile(filepath.Join(share, "f"+strconv.Itoa(i)), bytes.Repeat([]byte{'x'}, 4096), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(share, "d"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		if err := os.WriteFile(filepath.Join(share, "d", "e"+strconv.Itoa(i)), nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bin := filepath.Join(b.TempDir(), "nydus-virtiofsd")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/nydus-virtiofsd").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	daemons := []struct {
+		name string
+		args []string
+	}{
+		{"c", []string{cVirtiofsd, "-o", "source=" + share, "-o", "cache=auto"}},
+		{"go", []string{bin, "--shared-dir=" + share, "--cache=auto"}},
+		{"go-tps1", []string{bin, "--shared-dir=" + share, "--cache=auto", "--thread-pool-size=1"}},
+	}
+	// start runs one daemon (under strace -c -f -o file when traced: a
+	// process attached to later reports nothing on these hosts) and
+	// returns an initialised client and a stop function
+	// returning the system calls strace counted (0 untraced).
+	start := func(b *testing.B, args []string, traced bool) (*fuseclient.Client, func() int) {
+		dir, err := os.MkdirTemp("", "perop-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(dir) })
+		sock := filepath.Join(dir, "s")
+		args = append(args[:len(args):len(args)], "--socket-path="+sock)
+		summary := filepath.Join(dir, "strace")
+		if traced {
+			args = append([]string{strace, "-c", "-f", "-o", summary}, args...)
+		}
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		killed := false
+		b.Cleanup(func() {
+			if !killed {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				cmd.Wait()
+			}
+		})
+		for t0 := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if time.Since(t0) > 10*time.Second {
+				b.Fatalf("%v: no socket after 10 s", args)
+			}
+		}
+		drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.QEMU, RequestQueues: 1,
+			QueueSize: queueSize, MemRegions: []uint64{64 << 20}})
+		if err != nil {
+			b.Fatalf("%v: connect: %v", args, err)
+		}
+		g := &guest{t: b, drv: drv}
+		c := g.client(1, testdriver.Layout{})
+		if _, err := c.Init(38, linuxInitFlags, 128<<10); err != nil {
+			b.Fatalf("%v: INIT: %v", args, err)
+		}
+		stop := func() int {
+			drv.Close() // the daemons exit when the frontend leaves
+			done := make(chan struct{})
+			go func() { cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+				<-done
+			}
+			killed = true
+			if !traced {
+				return 0
+			}
+			if raw, err := os.ReadFile(summary); err == nil {
+				b.Logf("%s:\n%s", args[5], raw)
+			}
+			return straceTotal(b, summary)
+		}
+		return c, stop
+	}
+
+	// Each op is set up (untimed) by prep, then run n times by run(i).
+	type op struct {
+		name string
+		prep func(c *fuseclient.Client, n int) (run func(i int) error)
+	}
+	ops := []op{
+		{"LOOKUP", func(c *fuseclient.Client, n int) func(int) error {
+			return func(i int) error {
+				e, err := c.Lookup(fuse.FUSE_ROOT_ID, "f"+strconv.Itoa(i%files))
+				if err != nil {
+					return err
+				}
+				return c.Forget(e.NodeId, 1)
+			}
+		}},
+		{"GETATTR", func(c *fuseclient.Client, n int) func(int) error {
+			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "f0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			return func(int) error { _, err := c.GetAttr(e.NodeId); return err }
+		}},
+		{"OPEN+RELEASE", func(c *fuseclient.Client, n int) func(int) error {
+			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "f1")
+			if err != nil {
+				b.Fatal(err)
+			}
+			return func(int) error {
+				o, err := c.Open(e.NodeId, syscall.O_RDONLY)
+				if err != nil {
+					return err
+				}
+				return c.Release(e.NodeId, o.Fh)
+			}
+		}},
+		{"READ4K", func(c *fuseclient.Client, n int) func(int) error {
+			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "f2")
+			if err != nil {
+				b.Fatal(err)
+			}
+			o, err := c.Open(e.NodeId, syscall.O_RDONLY)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return func(int) error {
+				d, err := c.Read(e.NodeId, o.Fh, 0, 4096)
+				if err == nil && len(d) != 4096 {
+					err = fmt.Errorf("READ gave %d bytes", len(d))
+				}
+				return err
+			}
+		}},
+		{"READDIRPLUS", func(c *fuseclient.Client, n int) func(int) error {
+			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "d")
+			if err != nil {
+				b.Fatal(err)
+			}
+			return func(int) error {
+				o, err := c.OpenDir(e.NodeId)
+				if err != nil {
+					return err
+				}
+				ents, err := c.ReadDirPlus(e.NodeId, o.Fh, 0, 32<<10)
+				if err != nil {
+					return err
+				}
+				if len(ents) < 100 {
+					return fmt.Errorf("READDIRPLUS gave %d entries", len(ents))
+				}
+				var forget [][2]uint64
+				for _, en := range ents {
+					if en.Entry != nil && en.Entry.NodeId != 0 && en.Name != "." && en.Name != ".." {
+						forget = append(forget, [2]uint64{en.Entry.NodeId, 1})
+					}
+				}
+				if len(forget) > 0 {
+					if err := c.BatchForget(forget); err != nil {
+						return err
+					}
+				}
+				return c.ReleaseDir(e.NodeId, o.Fh)
+			}
+		}},
+	}
+	const n = 2000
+	// Syscalls of a daemon that starts, serves INIT and stops: subtracted.
+	base := map[string]int{}
+	for _, d := range daemons {
+		_, stop := start(b, d.args, true)
+		base[d.name] = stop()
+	}
+	for _, o := range ops {
+		b.Run(o.name, func(b *testing.B) {
+			for _, d := range daemons {
+				// Untraced: the round trip.
+				c, stop := start(b, d.args, false)
+				run := o.prep(c, n)
+				t0 := time.Now()
+				for k := 0; k < n; k++ {
+					if err := run(k); err != nil {
+						b.Fatalf("%s %s: %v", d.name, o.name, err)
+					}
+				}
+				wall := time.Since(t0)
+				stop()
+				// Traced: system calls, less the start/INIT/stop baseline
+				// (the op's own set-up, one or two requests, stays in).
+				c, stop = start(b, d.args, true)
+				run = o.prep(c, n)
+				for k := 0; k < n; k++ {
+					if err := run(k); err != nil {
+						b.Fatalf("%s %s (traced): %v", d.name, o.name, err)
+					}
+				}
+				calls := stop() - base[d.name]
+				b.ReportMetric(float64(calls)/n, d.name+"-syscalls/op")
+				b.ReportMetric(float64(wall.Microseconds())/n, d.name+"-rtt-us/op")
+			}
+		})
+	}
+}
+
+// straceTotal returns the total number of system calls in an strace -c
+// summary file.
+func straceTotal(t testing.TB, path string) int {
+	fh, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		fl := strings.Fields(sc.Text())
+		// "100.00    0.012345   1   12345   67  total" (errors may be empty)
+		if len(fl) >= 4 && fl[len(fl)-1] == "total" {
+			n, err := strconv.Atoi(fl[3])
+			if err != nil {
+				t.Fatalf("strace total line %q", sc.Text())
+			}
+			return n
+		}
+	}
+	raw, _ := os.ReadFile(path)
+	t.Fatalf("no total in strace's summary:\n%s", raw)
+	return 0
+}
