@@ -6,8 +6,6 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
 // Segment is a run of bytes in a host file: Len bytes of Fd starting at Off.
@@ -72,8 +70,7 @@ func (r *fileResult) Size() int {
 // Bytes reads the segments into buf, stopping at the first short read (end
 // of file), as pread would.
 func (r *fileResult) Bytes(buf []byte) ([]byte, fuse.Status) {
-	bufs := [1][]byte{buf}
-	w := virtqueue.NewCursor(bufs[:])
+	w := bufFiller{buf: buf}
 	n, err := FillSegments(&w, r.segs)
 	if err != nil && n == 0 {
 		return nil, fuse.ToStatus(err)
@@ -113,6 +110,34 @@ func FillSegments(w SegmentFiller, segs []Segment) (int, error) {
 }
 
 func (r *fileResult) Done() {}
+
+// bufFiller fills one plain buffer (the transport fills guest buffers
+// through virtqueue.Cursor; this package stays below the transport).
+type bufFiller struct {
+	buf []byte
+	n   int
+}
+
+func (b *bufFiller) Len() int { return len(b.buf) - b.n }
+
+func (b *bufFiller) FillFromFile(fd int, off int64, n int) (int, error) {
+	got := 0
+	for got < n {
+		m, err := unix.Pread(fd, b.buf[b.n:b.n+n-got], off+int64(got))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return got, err
+		}
+		if m == 0 {
+			break
+		}
+		got += m
+		b.n += m
+	}
+	return got, nil
+}
 
 // CancelContext turns a go-fuse cancel channel into a context without
 // starting a goroutine: for callers of the channel-based API (go-fuse's
