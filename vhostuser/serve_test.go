@@ -32,6 +32,14 @@ type echoDevice struct {
 	started chan struct{} // receives when a slow request begins
 	served  atomic.Int64
 	ends    atomic.Int64
+	waits   atomic.Int64 // QueueWait calls
+	waited  atomic.Int64 // their total, ns
+}
+
+// QueueWait makes echoDevice a vhostuser.QueueWaiter.
+func (d *echoDevice) QueueWait(queue int, w time.Duration) {
+	d.waits.Add(1)
+	d.waited.Add(int64(w))
 }
 
 func newEchoDevice(queues int) *echoDevice {
@@ -260,6 +268,23 @@ func TestManyInFlightAcrossQueues(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// TestQueueWaitReported: a device that takes queue waits gets one per
+// chain it serves, before serving it, and they are not all zero (each
+// chain here follows a kick).
+func TestQueueWaitReported(t *testing.T) {
+	s := startServer(t, vhostuser.Options{RequestQueues: 1})
+	d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 16})
+	for i := 0; i < 40; i++ {
+		wantEcho(t, d, 1, []byte(fmt.Sprintf("waited %d", i)), testdriver.Layout{})
+	}
+	if got, served := s.dev.waits.Load(), s.dev.served.Load(); got != served || got < 40 {
+		t.Fatalf("%d queue waits reported for %d chains served, want one each (>= 40)", got, served)
+	}
+	if s.dev.waited.Load() <= 0 {
+		t.Fatal("every queue wait was 0")
 	}
 }
 

@@ -59,6 +59,15 @@ type slot struct {
 	chain virtqueue.Chain
 	snap  *virtqueue.Snapshot
 	busy  atomic.Bool
+	wait  time.Duration // from the kick that woke the leader to the pop (QueueWaiter only)
+}
+
+// QueueWaiter is a Device that also takes how long each chain waited in
+// its queue between the kick that woke the leader and being popped (an
+// upper bound for chains found without a kick). Only then is the time
+// measured.
+type QueueWaiter interface {
+	QueueWait(queue int, d time.Duration)
 }
 
 // runner runs one started queue with a pool of goroutines in a
@@ -97,11 +106,13 @@ type runner struct {
 	poppedO sync.Once
 	workers sync.WaitGroup
 	warn    ratelog.Limiter // guest-triggered warnings
+	qw      QueueWaiter     // dev, when it takes queue waits; else nil
 
 	// Owned by the leader (the token orders successive leaders).
 	scratch   virtqueue.Chain
 	draining  bool // kicks are disabled while popping
 	kickBuf   [8]byte
+	kickAt    time.Time // when the last kick woke the leader (QueueWaiter only)
 	idleUsed  uint16    // used index at the last idle check
 	deadline  time.Time // of the kick reads, while waiting is bounded
 	afterIdle bool      // the last wait ended by the idle bound
@@ -116,6 +127,7 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 		quit:   make(chan struct{}),
 		popped: make(chan struct{}),
 	}
+	r.qw, _ = dev.(QueueWaiter)
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	_ = r.kick.SetReadDeadline(time.Time{}) // a previous runner may have left one
 	workers := opts.Workers
@@ -295,6 +307,12 @@ func (r *runner) next() (head uint16, ok bool) {
 				r.limited(logrus.InfoLevel, logrus.Fields{"head": head}, "idle queue: found a chain published without a kick (or with its kick still unread)")
 			}
 			s.busy.Store(true)
+			if r.qw != nil {
+				s.wait = 0
+				if !r.kickAt.IsZero() {
+					s.wait = time.Since(r.kickAt)
+				}
+			}
 			s.chain, r.scratch = r.scratch, s.chain
 			s.snap = snap
 			return head, true
@@ -372,6 +390,9 @@ func (r *runner) waitKick() bool {
 	if r.stop.Load() {
 		return false
 	}
+	if r.qw != nil && err == nil {
+		r.kickAt = time.Now()
+	}
 	switch {
 	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -426,6 +447,9 @@ func (r *runner) handle(s *slot) (n uint32) {
 			n = 0
 		}
 	}()
+	if r.qw != nil {
+		r.qw.QueueWait(r.index, s.wait)
+	}
 	return r.dev.HandleChain(r.ctx, r.index, &s.chain)
 }
 
