@@ -73,6 +73,9 @@ func runCreate(args []string) int {
 			return err
 		}
 		opts.Type = typ
+		if err := opts.Validate(); err != nil {
+			return usageErrorf("%v", err)
+		}
 		if *prefetchFiles != "" && *prefetchPolicy == "none" {
 			*prefetchPolicy = "fs"
 		}

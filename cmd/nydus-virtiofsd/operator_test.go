@@ -282,6 +282,7 @@ func TestCreateOperator(t *testing.T) {
 		{"no --bootstrap", []string{"--blob-dir", "{out}", src}, "", 2, "--bootstrap is required"},
 		{"no source", []string{"--bootstrap", "{out}/boot", "--blob-dir", "{out}"}, "", 2, "no SOURCE given"},
 		{"two sources", []string{"--bootstrap", "{out}/boot", "--blob-dir", "{out}", src, src}, "", 2, "one SOURCE expected, got 2"},
+		{"unknown compressor", []string{"--bootstrap", "{out}/boot", "--blob-dir", "{out}", "--compressor", "brotli", src}, "", 2, "compressor"},
 		{"tar detected", []string{"--bootstrap", "{out}/boot", "--blob-dir", "{out}", tarFile}, "", 0, "bootstrap:"},
 		{"tar.gz detected", []string{"--bootstrap", "{out}/boot", "--blob-dir", "{out}", gzFile}, "", 0, "bootstrap:"},
 		{"tar with --type dir-rafs", []string{"--type", "dir-rafs", "--bootstrap", "{out}/boot", "--blob-dir", "{out}", tarFile}, "", 2, "use --type tar-rafs"},

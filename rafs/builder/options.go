@@ -96,6 +96,11 @@ type Options struct {
 	Log logrus.FieldLogger
 }
 
+// Validate reports an option value Build would refuse (an unknown
+// compressor, digester, fs version, chunk size, ...), without building:
+// command lines use it to tell a wrong command line from a failed build.
+func (o Options) Validate() error { return o.normalize() }
+
 func (o *Options) normalize() error {
 	if o.FsVersion == 0 {
 		o.FsVersion = 6
