@@ -32,7 +32,7 @@ var version = "0.1.0-dev"
 
 // waitingLine is what Kata's runtime-rs waits for on stderr before it starts
 // the VMM.
-const waitingLine = "Waiting for vhost-user socket connection..."
+const waitingLine = vhostuser.WaitingLine
 
 // runDaemon runs the virtio-fs daemon that c describes until the frontend
 // disconnects (or, with KeepListening, until SIGTERM/SIGINT) and returns the
@@ -151,14 +151,13 @@ func runDaemon(c daemonConfig) int {
 		log.Error(err)
 		return 1
 	}
-	// Kata's runtime-rs reads stderr for this exact line, whatever the log
-	// destination or level.
-	fmt.Fprintln(os.Stderr, waitingLine)
+	vlog := log.WithField("layer", "vhost-user")
 	err = vhostuser.Serve(ctx, l, dev, vhostuser.Options{
 		RequestQueues: c.RequestQueues,
 		Workers:       max(c.ThreadPoolSize, vhostuser.DefaultWorkers),
 		KeepListening: c.KeepListening,
-		Logger:        log.WithField("layer", "vhost-user"),
+		Logger:        vlog,
+		OnWaiting:     announceWaiting(vlog),
 	})
 	if err != nil {
 		log.WithError(err).Error("vhost-user session failed")
@@ -166,6 +165,20 @@ func runDaemon(c daemonConfig) int {
 	}
 	log.Info(exitReason(ctx, dev.sessions.Load()))
 	return exitOK
+}
+
+// announceWaiting is the daemon's vhostuser.Options.OnWaiting. Kata's
+// runtime-rs reads stderr for the waiting line verbatim, whatever the log
+// destination or level, so it goes there as it is; a log kept elsewhere
+// (--log-file, --syslog) records it too.
+func announceWaiting(log *logrus.Entry) func() {
+	logsToStderr := log.Logger.Out == os.Stderr
+	return func() {
+		fmt.Fprintln(os.Stderr, waitingLine)
+		if !logsToStderr {
+			log.Info(waitingLine)
+		}
+	}
 }
 
 // exitReason says why the daemon stops, after vhostuser.Serve returned
