@@ -349,6 +349,12 @@ func (img *Image) Inode(ino uint64) (*Inode, error) {
 	if err != nil {
 		return nil, err
 	}
+	return img.inodeOf(id)
+}
+
+// inodeOf decodes the inode with the format's id and fills in what the
+// image decides (owners without explicit ids).
+func (img *Image) inodeOf(id uint64) (*Inode, error) {
 	n, err := img.f.inode(id)
 	if err != nil {
 		return nil, err
@@ -372,11 +378,7 @@ func (img *Image) Lookup(dir uint64, name string) (*Inode, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := img.f.inode(id)
-	if err != nil {
-		return nil, err
-	}
-	return img.fill(n), nil
+	return img.inodeOf(id)
 }
 
 // ReadDir calls fn for the entries of directory dir from cookie off on
