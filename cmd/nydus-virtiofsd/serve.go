@@ -230,7 +230,7 @@ func checkDir(flag, dir string) error {
 // buildRoot makes the filesystem the device serves and what releases it:
 // with virtiofsd's command line the share or image itself, with nydusd's a
 // mount table (and its HTTP API). exit stops the daemon.
-func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func(), obs *observer) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
+func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log logrus.FieldLogger, exit func(), obs *observer) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
 	if c.Nydusd {
 		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit, obs)
 		return fs, fuse.MountOptions{}, cleanup, err
@@ -257,7 +257,7 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 // the backend of the nydusd configuration rc, else from the image's own
 // directory. procSelfFD is the sandbox's fd of /proc/self/fd (nil:
 // passthrough opens it).
-func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, func() error, error) {
+func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelfFD *os.File, log logrus.FieldLogger) (fuse.RawFileSystem, fuse.MountOptions, func() error, error) {
 	var mo fuse.MountOptions
 	nop := func() error { return nil }
 	if c.Bootstrap != "" && c.BlobDir == "" && rc != nil {
