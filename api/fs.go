@@ -17,7 +17,8 @@ import (
 )
 
 // The filesystem types of a mount request (after normalizeFsType), and
-// the backend types the daemon info reports.
+// the types the daemon info reports for a mount (nydusd's API calls them
+// backend_type; elsewhere "backend" means a blob source, package backend).
 const (
 	FsRafs        = "rafs"
 	FsPassthrough = "passthrough_fs"
@@ -59,7 +60,7 @@ type FSOptions struct {
 	// on (nydusd's API mounts passthrough with xattr).
 	Passthrough passthrough.Options
 	// Logger for the filesystems; nil: logrus' standard logger.
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
 	// Caches holds the blob caches RAFS mounts read through, shared by
 	// mounts naming the same cache directory. Nil: no cache directory is
 	// used (every read goes to the backend).
@@ -71,7 +72,7 @@ type FSOptions struct {
 // enables prefetch or prefetchFiles is not empty, a background prefetch.
 // The returned function closes the image and releases its cache. Config
 // errors wrap ErrBadRequest.
-func OpenRafs(source string, cfg *backend.Config, caches *storage.Pool, prefetchFiles []string, log *logrus.Entry) (*rafs.Image, func() error, error) {
+func OpenRafs(source string, cfg *backend.Config, caches *storage.Pool, prefetchFiles []string, log logrus.FieldLogger) (*rafs.Image, func() error, error) {
 	be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv, Log: log.WithField("layer", "backend")})
 	if err != nil {
 		return nil, nil, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
@@ -104,7 +105,7 @@ func OpenRafs(source string, cfg *backend.Config, caches *storage.Pool, prefetch
 // backend; a config it refuses is a 400.
 func DefaultNewFS(o FSOptions) NewFS {
 	if o.Logger == nil {
-		o.Logger = logrus.NewEntry(logrus.StandardLogger())
+		o.Logger = logrus.StandardLogger()
 	}
 	return func(req MountRequest) (vfs.Mount, error) {
 		switch req.FsType {

@@ -55,7 +55,7 @@ type Options struct {
 	// the endpoint answers 501.
 	Exit func()
 	// Logger receives request errors; nil logs to logrus' standard logger.
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
 	// Caches, when set, answers /api/v1/metrics/blobcache and
 	// /api/v1/metrics/backend (the blob caches' counters).
 	Caches *storage.Pool
@@ -70,7 +70,7 @@ type Options struct {
 // Server serves the API.
 type Server struct {
 	opts Options
-	log  *logrus.Entry
+	log  logrus.FieldLogger
 }
 
 // New returns the API server.
@@ -79,13 +79,13 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("api: no mount table")
 	}
 	if opts.Logger == nil {
-		opts.Logger = logrus.NewEntry(logrus.StandardLogger())
+		opts.Logger = logrus.StandardLogger()
 	}
 	if opts.NewFS == nil {
 		opts.NewFS = DefaultNewFS(FSOptions{Logger: opts.Logger})
 	}
 	if opts.SetLogLevel == nil {
-		l := opts.Logger.Logger
+		l := opts.Logger.WithFields(nil).Logger // the logrus.Logger behind any FieldLogger
 		opts.SetLogLevel = func(level string) error {
 			lv, err := logrus.ParseLevel(level)
 			if err != nil {

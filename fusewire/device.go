@@ -4,11 +4,11 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ratelog"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
@@ -21,7 +21,7 @@ type Options struct {
 	// creates a submount wherever the filesystem sets FUSE_ATTR_SUBMOUNT.
 	AnnounceSubmounts bool
 	// Logger receives the device's logs (default: logrus' standard logger).
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
 	// Mount carries what the filesystem wants from INIT, with go-fuse's
 	// meaning: MaxWrite (default 1 MiB here), MaxReadAhead, MaxBackground,
 	// CongestionThreshold, EnableLocks, EnableSymlinkCaching, EnableAcl,
@@ -55,12 +55,12 @@ type Session struct {
 type Device struct {
 	fs       fuse.RawFileSystem
 	opts     Options
-	log      *logrus.Entry
+	log      logrus.FieldLogger
 	maxWrite int
 
 	session atomic.Pointer[Session]
 	nextID  atomic.Uint64
-	warnAt  atomic.Int64 // unix nanoseconds before which warnings are demoted
+	warns   ratelog.Limiter // guest-triggered warnings: one a second, the rest at debug
 
 	requests sync.Pool // *request
 	buffers  sync.Pool // *[]byte of pooledBufferMaxCap
@@ -72,7 +72,7 @@ func NewDevice(fs fuse.RawFileSystem, opts Options) *Device {
 		opts.RequestQueues = 1
 	}
 	if opts.Logger == nil {
-		opts.Logger = logrus.NewEntry(logrus.StandardLogger())
+		opts.Logger = logrus.StandardLogger()
 	}
 	d := &Device{fs: fs, opts: opts, log: opts.Logger, maxWrite: opts.Mount.MaxWrite}
 	if d.maxWrite <= 0 {
@@ -126,7 +126,6 @@ func (d *Device) getBuffer(n int) ([]byte, *[]byte) {
 // warning: at most once a second, so that a hostile guest cannot flood the
 // logs. Others go to debug.
 func (d *Device) warnAllowed() bool {
-	now := time.Now().UnixNano()
-	at := d.warnAt.Load()
-	return now >= at && d.warnAt.CompareAndSwap(at, now+int64(time.Second))
+	ok, _ := d.warns.Allow()
+	return ok
 }

@@ -40,33 +40,18 @@
 // preadv path allocates nothing: the cursors and their iovec space live
 // in the pooled request.
 //
-// # Why not go-fuse's ProtocolServer
+// # Why a dispatch table of our own
 //
-// go-fuse v2.12 has fuse.NewProtocolServer(fs, opts).HandleRequest(in,
-// out), marked experimental. In v2.12.1 it copies the first 128 request
-// bytes, so split headers work, and it can preadv into the reply iov. We
-// still dispatch with our own table (opTable: one row per opcode with its
-// struct sizes, name count, payload bound and handler; each handler is a
-// few lines calling the RawFileSystem method) because the ProtocolServer
-// cannot meet the virtio-fs rules without a shim that would redo its work:
-//   - Its INIT reply cannot be steered: MaxPages comes from MaxWrite capped
-//     by the host's /proc/sys/fs/fuse/max_pages_limit (the guest's limit is
-//     what matters), the minor is capped at go-fuse's 7.28, and
-//     READDIRPLUS_AUTO, ATOMIC_O_TRUNC and EXPORT_SUPPORT are only offered
-//     through ExtraCapabilities.
-//   - It answers a reply room smaller than the op's struct and data with no
-//     reply at all; a guest waiting for that reply would hang. We reply
-//     with an errno whenever there is room for a header.
-//   - It logs every malformed request through the global log package
-//     (parseRequest, doInit), which a hostile guest can flood; it keeps
-//     per-request interrupt bookkeeping behind one mutex for INTERRUPTs a
-//     virtio-fs guest never sends (virtio_fs.c leaves them a TODO).
-//   - A SegmentedResult (our zero-copy contract) would have to grow a
-//     Readv method to reach its preadv path, and it cannot report DESTROY
-//     or tell hiprio from request queues.
-//
-// The table costs about as many lines as that shim and leaves framing,
-// bounds, logging and INIT in one place we test.
+// go-fuse has an experimental request server for byte buffers, but a
+// virtio-fs device needs what it cannot give without a shim that would redo
+// its work: an INIT reply steered by the guest's limits, an errno (never
+// silence) when the reply room is too small, no logging a guest can flood,
+// the zero-copy SegmentedResult path, DESTROY and the hiprio queue. So
+// requests go through opTable: one row per opcode with its struct sizes,
+// name count, payload bound and a handler of a few lines calling the
+// RawFileSystem method; framing, bounds, logging and INIT stay in one place
+// we test. docs/notes-upstream.md records what the go-fuse version in
+// go.mod does in each case.
 //
 // # virtio-fs rules
 //
@@ -109,5 +94,5 @@
 // context, which ReadContext passes to the filesystem. The observer
 // (package metrics) keeps the counters; fusewire itself reads no clock.
 //
-// Package fusewire/fuseclient builds requests for tests.
+// Package internal/fuseclient builds requests for tests.
 package fusewire

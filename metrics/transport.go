@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ratelog"
 )
 
 // Transport bounds: opcodes at or above maxOpcodes are counted as one
@@ -32,7 +33,7 @@ var opLatencyBounds = [...]float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 
 type TransportOptions struct {
 	// Logger gets the request logs: each request at debug level, slow ones
 	// at warn. Nil: no request logs.
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
 	// SlowThreshold is the duration from which a request is logged as
 	// slow (0: never).
 	SlowThreshold time.Duration
@@ -81,8 +82,9 @@ type Transport struct {
 	d       *Daemon
 	opts    TransportOptions
 	queues  [maxQueues]queueCounters
-	byErrno sync.Map // errKey -> *atomic.Uint64
-	slowAt  atomic.Int64
+	byErrno sync.Map      // errKey -> *atomic.Uint64
+	logger  *logrus.Entry // Logger as an Entry, for its level check; nil: no request logs
+	slowLog ratelog.Limiter
 	slow    atomic.Uint64
 	measure atomic.Bool
 	sampled atomic.Uint64
@@ -95,7 +97,10 @@ func newTransport(d *Daemon, o TransportOptions) *Transport {
 	if o.SampleEvery == 0 {
 		o.SampleEvery = 100
 	}
-	t := &Transport{d: d, opts: o}
+	t := &Transport{d: d, opts: o, slowLog: ratelog.Limiter{Interval: o.SlowLogInterval}}
+	if o.Logger != nil {
+		t.logger = o.Logger.WithFields(nil)
+	}
 	t.measure.Store(o.MeasureLatency)
 	return t
 }
@@ -167,7 +172,7 @@ func (t *Transport) End(ctx context.Context, info *fusewire.RequestInfo) {
 	c.requests.Add(1)
 	measure := t.measure.Load()
 	var d time.Duration
-	if measure || t.opts.SlowThreshold > 0 || t.opts.Logger != nil {
+	if measure || t.opts.SlowThreshold > 0 || t.logger != nil {
 		d = time.Since(t.d.epoch) - time.Duration(info.Stamp[0])
 	}
 	if slot := int(info.Stamp[1]); slot > 0 {
@@ -203,7 +208,7 @@ func (t *Transport) End(ctx context.Context, info *fusewire.RequestInfo) {
 	case fusewire.OpWrite:
 		q.bytesWrite.Add(uint64(info.Written))
 	}
-	if l := t.opts.Logger; l != nil {
+	if l := t.logger; l != nil {
 		t.log(l, info, d)
 	}
 	if t.opts.Tracer != nil {
@@ -253,7 +258,10 @@ func (t *Transport) log(l *logrus.Entry, info *fusewire.RequestInfo, d time.Dura
 	}
 	if slow {
 		t.slow.Add(1)
-		if t.slowAllowed() {
+		if ok, suppressed := t.slowLog.Allow(); ok {
+			if suppressed > 0 {
+				f["slow_suppressed"] = suppressed
+			}
 			q := t.queue(info.Queue)
 			if n := q.waitCount.Load(); n > 0 {
 				f["queue_wait_avg_us"] = time.Duration(q.waitNanos.Load() / n).Microseconds()
@@ -264,12 +272,6 @@ func (t *Transport) log(l *logrus.Entry, info *fusewire.RequestInfo, d time.Dura
 		}
 	}
 	l.WithFields(f).Debug("fuse request")
-}
-
-func (t *Transport) slowAllowed() bool {
-	now := time.Now().UnixNano()
-	at := t.slowAt.Load()
-	return now >= at && t.slowAt.CompareAndSwap(at, now+int64(t.opts.SlowLogInterval))
 }
 
 // requestID names a request in logs: queue and FUSE unique.

@@ -69,7 +69,7 @@ type Options struct {
 	// filesystem is in use.
 	ProcSelfFD *os.File
 	// Logger receives warnings; nil logs to logrus' standard logger.
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
 }
 
 func (o *Options) normalize() error {
@@ -88,7 +88,7 @@ func (o *Options) normalize() error {
 		return fmt.Errorf("passthrough: unknown inode-file-handles mode %q", o.InodeFileHandles)
 	}
 	if o.Logger == nil {
-		o.Logger = logrus.NewEntry(logrus.StandardLogger())
+		o.Logger = logrus.StandardLogger()
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/ratelog"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
 
@@ -143,24 +144,23 @@ type Image struct {
 	explicitIDs bool
 	closed      atomic.Bool
 
-	// logSecond and logCount rate-limit warnings a guest can trigger.
-	logSecond atomic.Int64
-	logCount  atomic.Int32
+	// logs rate-limits warnings a guest can trigger.
+	logs ratelog.Limiter
 }
 
-// logsPerSecond is how many guest-triggerable warnings are logged per second.
-const logsPerSecond = 10
+// logInterval is the least time between two guest-triggerable warnings
+// (ten a second).
+const logInterval = time.Second / 10
 
 // logOK reports whether another guest-triggerable warning may be logged
-// this second, so that a hostile guest cannot flood the log.
+// now, so that a hostile guest cannot flood the log; when it may, the
+// warnings held back since the last one are counted in the log first.
 func (img *Image) logOK() bool {
-	now := time.Now().Unix()
-	if img.logSecond.Swap(now) != now {
-		if n := img.logCount.Swap(0); n > logsPerSecond {
-			img.log.Warnf("rafs: %d similar messages suppressed", n-logsPerSecond)
-		}
+	ok, suppressed := img.logs.Allow()
+	if ok && suppressed > 0 {
+		img.log.Warnf("rafs: %d similar messages suppressed", suppressed)
 	}
-	return img.logCount.Add(1) <= logsPerSecond
+	return ok
 }
 
 // chunkSize is the image's chunk size (for sizing the chunk cache).
@@ -223,7 +223,7 @@ func OpenBytes(data []byte, name string, opts Options) (*Image, error) {
 }
 
 func open(data []byte, name string, opts Options) (*Image, error) {
-	img := &Image{name: name, opts: opts, log: opts.Log}
+	img := &Image{name: name, opts: opts, log: opts.Log, logs: ratelog.Limiter{Interval: logInterval}}
 	if img.log == nil {
 		img.log = logrus.StandardLogger()
 	}
@@ -349,6 +349,12 @@ func (img *Image) Inode(ino uint64) (*Inode, error) {
 	if err != nil {
 		return nil, err
 	}
+	return img.inodeOf(id)
+}
+
+// inodeOf decodes the inode with the format's id and fills in what the
+// image decides (owners without explicit ids).
+func (img *Image) inodeOf(id uint64) (*Inode, error) {
 	n, err := img.f.inode(id)
 	if err != nil {
 		return nil, err
@@ -372,11 +378,7 @@ func (img *Image) Lookup(dir uint64, name string) (*Inode, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := img.f.inode(id)
-	if err != nil {
-		return nil, err
-	}
-	return img.fill(n), nil
+	return img.inodeOf(id)
 }
 
 // ReadDir calls fn for the entries of directory dir from cookie off on

@@ -141,7 +141,7 @@ func exitCode(ps *os.ProcessState) int {
 // through the returned O_PATH fd of /proc/self/fd, opened before the
 // pivot; nothing of it is in the new root, so the guest sees nothing but
 // the share.
-func enterNamespaceRoot(shared string, log *logrus.Entry) (*os.File, *Confiner, error) {
+func enterNamespaceRoot(shared string, log logrus.FieldLogger) (*os.File, *Confiner, error) {
 	wrap := func(what string, err error) error {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
 			return fmt.Errorf("sandbox namespace (%s): %s: %w: %s", shared, what, err, hint)

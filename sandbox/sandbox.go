@@ -46,7 +46,7 @@ type Config struct {
 	// SharedDir is the host directory to confine the daemon to.
 	SharedDir string
 	// Logger gets the sandbox's own messages; nil discards them.
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
 	// Args is the command line the namespace child is started with
 	// (default os.Args; Args[0] is only its name, the binary is
 	// /proc/self/exe).
@@ -62,7 +62,7 @@ type Config struct {
 type Sandbox struct {
 	cfg   Config
 	child bool // this process is namespace mode's re-executed child
-	log   *logrus.Entry
+	log   logrus.FieldLogger
 }
 
 // Result is what Enter reports.
@@ -121,7 +121,7 @@ func New(c Config) (*Sandbox, error) {
 	if log == nil {
 		l := logrus.New()
 		l.SetOutput(io.Discard)
-		log = logrus.NewEntry(l)
+		log = l
 	}
 	s := &Sandbox{cfg: c, log: log, child: os.Getenv(childEnv) != ""}
 	if s.child {

@@ -45,7 +45,7 @@ func (v *VFS) enter(h *fuse.InHeader) (*pnode, *mount, uint64) {
 	orig := h.NodeId
 	p, m := v.route(orig)
 	if m != nil {
-		h.NodeId = m.backend(orig)
+		h.NodeId = m.inner(orig)
 	}
 	return p, m, orig
 }
@@ -159,7 +159,7 @@ func (v *VFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 
 func (v *VFS) Forget(nodeid, nlookup uint64) {
 	if _, m := v.route(nodeid); m != nil {
-		m.FS.Forget(m.backend(nodeid), nlookup)
+		m.FS.Forget(m.inner(nodeid), nlookup)
 		m.release()
 	}
 }
@@ -225,7 +225,7 @@ func (v *VFS) second(m *mount, id *uint64) (uint64, fuse.Status) {
 	if m2 != m {
 		return orig, fuse.EXDEV
 	}
-	*id = m.backend(orig)
+	*id = m.inner(orig)
 	return orig, fuse.OK
 }
 

@@ -67,7 +67,7 @@ type mount struct {
 	root  bool   // mounted at "/": answers for node id 1
 	time  time.Time
 	refs  atomic.Int64
-	log   *logrus.Entry
+	log   logrus.FieldLogger
 }
 
 func (m *mount) acquire() bool {
@@ -112,8 +112,9 @@ func (m *mount) guest(id uint64) (uint64, bool) {
 	return m.base | id, true
 }
 
-// backend turns a guest node id routed to m into the filesystem's.
-func (m *mount) backend(guest uint64) uint64 {
+// inner turns a guest node id routed to m into the filesystem's (the
+// inverse of guest).
+func (m *mount) inner(guest uint64) uint64 {
 	if m.root && guest == fuse.FUSE_ROOT_ID {
 		return guest
 	}
@@ -179,7 +180,7 @@ type Options struct {
 	// NoCache makes EntryTimeout 0.
 	NoCache bool
 	// Logger receives warnings; nil logs to logrus' standard logger.
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
 }
 
 // VFS is the mount table. It is a fuse.RawFileSystem; its zero value is
@@ -187,7 +188,7 @@ type Options struct {
 type VFS struct {
 	fuse.RawFileSystem
 	opts    Options
-	log     *logrus.Entry
+	log     logrus.FieldLogger
 	created time.Time
 
 	tab atomic.Pointer[table]
@@ -208,7 +209,7 @@ func New(opts Options) *VFS {
 		opts.EntryTimeout = time.Second
 	}
 	if opts.Logger == nil {
-		opts.Logger = logrus.NewEntry(logrus.StandardLogger())
+		opts.Logger = logrus.StandardLogger()
 	}
 	v := &VFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), opts: opts, log: opts.Logger,
 		created: time.Now(), nextIndex: 1, nextIno: fuse.FUSE_ROOT_ID + 1}

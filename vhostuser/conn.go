@@ -32,7 +32,8 @@ func (m *Message) CloseFds() {
 }
 
 // Conn carries vhost-user messages with SCM_RIGHTS fds over a unix stream
-// socket. Both the backend (this package) and frontends (testdriver) use it.
+// socket. Both the device side (this package) and frontends (testdriver) use
+// it.
 // Recv and Send may run concurrently with each other but not with
 // themselves; Send is additionally serialised so replies never interleave.
 type Conn struct {

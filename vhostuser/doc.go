@@ -1,7 +1,8 @@
-// Package vhostuser is the device (backend) side of the vhost-user
-// protocol for virtio-fs: the unix socket, the message codec, the session
-// state machine, and the per-queue kick loops and workers that hand
-// descriptor chains to a Device.
+// Package vhostuser is the device side of the vhost-user protocol for
+// virtio-fs (the specification's "back-end"; in this repository "backend"
+// means a blob source, package backend): the unix socket, the message
+// codec, the session state machine, and the per-queue kick loops and
+// workers that hand descriptor chains to a Device.
 //
 // Socket: Listen creates the socket (stale socket removed, mode 0600) and
 // ListenerFromFD adopts an inherited listening fd (virtiofsd --fd=N).

@@ -50,7 +50,11 @@ type Options struct {
 	// disconnects instead of returning (virtiofsd returns).
 	KeepListening bool
 	// Logger receives the logs; nil means logrus's standard logger.
-	Logger *logrus.Entry
+	Logger logrus.FieldLogger
+	// OnWaiting, if set, is called instead of logging WaitingLine each
+	// time Serve starts waiting for a frontend (a daemon that has to put
+	// the line on stderr verbatim, whatever its log destination).
+	OnWaiting func()
 	// StopTimeout bounds how long stopping a queue (GET_VRING_BASE,
 	// SET_VRING_ENABLE(0), a new kick fd, RESET_OWNER, the frontend
 	// leaving) waits for requests still in the device: after half of it
@@ -87,6 +91,11 @@ const DefaultStopTimeout = 4 * time.Second
 // DefaultIdleCheck is Options.IdleCheck's default.
 const DefaultIdleCheck = time.Second
 
+// WaitingLine announces that Serve waits for a frontend to connect. Kata's
+// runtime-rs waits for this exact text on the daemon's stderr before it
+// starts the VMM.
+const WaitingLine = "Waiting for vhost-user socket connection..."
+
 // MaxMemSlots is what GET_MAX_MEM_SLOTS reports.
 const MaxMemSlots = 509
 
@@ -104,7 +113,7 @@ func (o Options) withDefaults(dev Device) Options {
 		o.Workers = DefaultWorkers
 	}
 	if o.Logger == nil {
-		o.Logger = logrus.NewEntry(logrus.StandardLogger())
+		o.Logger = logrus.StandardLogger()
 	}
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = DefaultStopTimeout
@@ -128,7 +137,11 @@ func Serve(ctx context.Context, l *net.UnixListener, dev Device, opts Options) e
 	defer stopAccept()
 	defer l.Close()
 	for {
-		opts.Logger.Info("Waiting for vhost-user socket connection...")
+		if opts.OnWaiting != nil {
+			opts.OnWaiting()
+		} else {
+			opts.Logger.Info(WaitingLine)
+		}
 		c, err := l.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil {

@@ -48,7 +48,7 @@ type session struct {
 }
 
 func newSession(ctx, shutdown context.Context, conn *Conn, dev Device, opts Options) *session {
-	s := &session{ctx: ctx, shutdown: shutdown, conn: conn, dev: dev, opts: opts, log: opts.Logger, mem: virtqueue.NewGuestMemory()}
+	s := &session{ctx: ctx, shutdown: shutdown, conn: conn, dev: dev, opts: opts, log: opts.Logger.WithFields(nil), mem: virtqueue.NewGuestMemory()}
 	for i := 0; i < 1+opts.RequestQueues; i++ {
 		s.vrings = append(s.vrings, &vring{index: i})
 	}

@@ -22,7 +22,7 @@ import (
 // given), and, with --apisock, nydusd's HTTP API serving mounts into it
 // until ctx ends. exit is what PUT /api/v1/daemon/exit calls. The returned
 // cleanup closes the API socket and the table.
-func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func(), obs *observer) (fuse.RawFileSystem, func(), error) {
+func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log logrus.FieldLogger, exit func(), obs *observer) (fuse.RawFileSystem, func(), error) {
 	var rafsConfig *backend.Config
 	if c.ConfigFile != "" {
 		rc, err := backend.LoadConfig(c.ConfigFile)

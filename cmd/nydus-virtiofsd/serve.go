@@ -32,7 +32,7 @@ var version = "0.1.0-dev"
 
 // waitingLine is what Kata's runtime-rs waits for on stderr before it starts
 // the VMM.
-const waitingLine = "Waiting for vhost-user socket connection..."
+const waitingLine = vhostuser.WaitingLine
 
 // runDaemon runs the virtio-fs daemon that c describes until the frontend
 // disconnects (or, with KeepListening, until SIGTERM/SIGINT) and returns the
@@ -151,14 +151,13 @@ func runDaemon(c daemonConfig) int {
 		log.Error(err)
 		return 1
 	}
-	// Kata's runtime-rs reads stderr for this exact line, whatever the log
-	// destination or level.
-	fmt.Fprintln(os.Stderr, waitingLine)
+	vlog := log.WithField("layer", "vhost-user")
 	err = vhostuser.Serve(ctx, l, dev, vhostuser.Options{
 		RequestQueues: c.RequestQueues,
 		Workers:       max(c.ThreadPoolSize, vhostuser.DefaultWorkers),
 		KeepListening: c.KeepListening,
-		Logger:        log.WithField("layer", "vhost-user"),
+		Logger:        vlog,
+		OnWaiting:     announceWaiting(vlog),
 	})
 	if err != nil {
 		log.WithError(err).Error("vhost-user session failed")
@@ -166,6 +165,20 @@ func runDaemon(c daemonConfig) int {
 	}
 	log.Info(exitReason(ctx, dev.sessions.Load()))
 	return exitOK
+}
+
+// announceWaiting is the daemon's vhostuser.Options.OnWaiting. Kata's
+// runtime-rs reads stderr for the waiting line verbatim, whatever the log
+// destination or level, so it goes there as it is; a log kept elsewhere
+// (--log-file, --syslog) records it too.
+func announceWaiting(log *logrus.Entry) func() {
+	logsToStderr := log.Logger.Out == os.Stderr
+	return func() {
+		fmt.Fprintln(os.Stderr, waitingLine)
+		if !logsToStderr {
+			log.Info(waitingLine)
+		}
+	}
 }
 
 // exitReason says why the daemon stops, after vhostuser.Serve returned
@@ -217,7 +230,7 @@ func checkDir(flag, dir string) error {
 // buildRoot makes the filesystem the device serves and what releases it:
 // with virtiofsd's command line the share or image itself, with nydusd's a
 // mount table (and its HTTP API). exit stops the daemon.
-func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *logrus.Entry, exit func(), obs *observer) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
+func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log logrus.FieldLogger, exit func(), obs *observer) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
 	if c.Nydusd {
 		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit, obs)
 		return fs, fuse.MountOptions{}, cleanup, err
@@ -244,7 +257,7 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 // the backend of the nydusd configuration rc, else from the image's own
 // directory. procSelfFD is the sandbox's fd of /proc/self/fd (nil:
 // passthrough opens it).
-func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, func() error, error) {
+func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelfFD *os.File, log logrus.FieldLogger) (fuse.RawFileSystem, fuse.MountOptions, func() error, error) {
 	var mo fuse.MountOptions
 	nop := func() error { return nil }
 	if c.Bootstrap != "" && c.BlobDir == "" && rc != nil {

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"archive/tar"
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"time"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/imagetool"
@@ -59,7 +56,7 @@ func writeTarFile(img *rafs.Image, name string) error {
 		return flagPathError("--output", name, err)
 	}
 	w := bufio.NewWriterSize(out, 1<<20)
-	err = writeRootEntry(img, w)
+	err = imagetool.WriteRootEntry(img, w)
 	if err == nil {
 		err = imagetool.WriteTar(context.Background(), img, w)
 	}
@@ -76,37 +73,4 @@ func writeTarFile(img *rafs.Image, name string) error {
 		os.Remove(name)
 	}
 	return err
-}
-
-// writeRootEntry writes the tar header of the image's root directory, with
-// its mode, owner, mtime and xattrs (WriteTar starts below the root).
-func writeRootEntry(img *rafs.Image, w io.Writer) error {
-	root, err := img.Inode(rafs.RootIno)
-	if err != nil {
-		return fmt.Errorf("root inode: %w", err)
-	}
-	h := &tar.Header{
-		Typeflag: tar.TypeDir,
-		Name:     "./",
-		Mode:     int64(root.Mode & 0o7777),
-		Uid:      int(root.UID),
-		Gid:      int(root.GID),
-		ModTime:  time.Unix(int64(root.Mtime), int64(root.MtimeNsec)),
-		Format:   tar.FormatPAX,
-	}
-	xs, err := img.Xattrs(root.Ino)
-	if err != nil {
-		return fmt.Errorf("root xattrs: %w", err)
-	}
-	for _, x := range xs {
-		if h.PAXRecords == nil {
-			h.PAXRecords = map[string]string{}
-		}
-		h.PAXRecords["SCHILY.xattr."+x.Name] = string(x.Value)
-	}
-	tw := tar.NewWriter(w)
-	if err := tw.WriteHeader(h); err != nil {
-		return err
-	}
-	return tw.Flush() // no Close: the archive goes on
 }

@@ -1,7 +1,6 @@
 package fuseclient_test
 
 import (
-	"context"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -12,7 +11,7 @@ import (
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testdriver"
 )
 
 func TestBuild(t *testing.T) {
@@ -61,23 +60,9 @@ func TestAgainstDevice(t *testing.T) {
 	}
 	l := logrus.New()
 	l.SetLevel(logrus.ErrorLevel)
-	dev := fusewire.NewDevice(fs.NewNodeFS(root, &fs.Options{}), fusewire.Options{Logger: logrus.NewEntry(l)})
-	send := func(queue int) fuseclient.SendFunc {
-		return func(readable [][]byte, sizes []int) ([]byte, error) {
-			var w [][]byte
-			for _, n := range sizes {
-				w = append(w, make([]byte, n))
-			}
-			n := dev.HandleChain(context.Background(), queue, &virtqueue.Chain{Readable: readable, Writable: w})
-			var out []byte
-			for _, b := range w {
-				out = append(out, b...)
-			}
-			return out[:n], nil
-		}
-	}
-	c := fuseclient.New(send(1))
-	c.Hiprio = send(0)
+	dev := fusewire.NewDevice(fs.NewNodeFS(root, &fs.Options{}), fusewire.Options{Logger: l})
+	c := fuseclient.New(testdriver.Direct(dev, 1))
+	c.Hiprio = testdriver.Direct(dev, 0)
 	if _, err := c.Init(38, 1<<0|1<<13, 1<<17); err != nil {
 		t.Fatal(err)
 	}

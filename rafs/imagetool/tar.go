@@ -12,6 +12,52 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
+// WriteRootEntry writes the tar header of the image's root directory ("./",
+// with its mode, owner, mtime and xattrs), which WriteTar leaves out: an
+// archive meant to recreate the root's attributes starts with it. The tar
+// stream is flushed, not closed, so that WriteTar can follow.
+func WriteRootEntry(img *rafs.Image, w io.Writer) error {
+	root, err := img.Inode(rafs.RootIno)
+	if err != nil {
+		return fmt.Errorf("root inode: %w", err)
+	}
+	h, err := header(img, "./", root)
+	if err != nil {
+		return fmt.Errorf("root: %w", err)
+	}
+	h.Typeflag = tar.TypeDir
+	tw := tar.NewWriter(w)
+	if err := tw.WriteHeader(h); err != nil {
+		return err
+	}
+	return tw.Flush()
+}
+
+// header is the tar header of n named name, with what every entry carries:
+// mode bits, owner, mtime with nanoseconds and xattrs as PAX SCHILY.xattr
+// records. The caller sets the type.
+func header(img *rafs.Image, name string, n *rafs.Inode) (*tar.Header, error) {
+	h := &tar.Header{
+		Name:    name,
+		Mode:    int64(n.Mode & 0o7777),
+		Uid:     int(n.UID),
+		Gid:     int(n.GID),
+		ModTime: time.Unix(int64(n.Mtime), int64(n.MtimeNsec)),
+		Format:  tar.FormatPAX,
+	}
+	xs, err := img.Xattrs(n.Ino)
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range xs {
+		if h.PAXRecords == nil {
+			h.PAXRecords = map[string]string{}
+		}
+		h.PAXRecords["SCHILY.xattr."+x.Name] = string(x.Value)
+	}
+	return h, nil
+}
+
 // WriteTar writes the image's tree to w as a tar archive, as
 // `nydus-image unpack` does: paths relative to the root, hard links as
 // link entries to the first name, device numbers, modes, owners, mtimes
@@ -29,23 +75,9 @@ func WriteTar(ctx context.Context, img *rafs.Image, w io.Writer) error {
 			return nil
 		}
 		name := strings.TrimPrefix(p, "/")
-		h := &tar.Header{
-			Name:    name,
-			Mode:    int64(n.Mode & 0o7777),
-			Uid:     int(n.UID),
-			Gid:     int(n.GID),
-			ModTime: time.Unix(int64(n.Mtime), int64(n.MtimeNsec)),
-			Format:  tar.FormatPAX,
-		}
-		xs, err := img.Xattrs(n.Ino)
+		h, err := header(img, name, n)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
-		}
-		for _, x := range xs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+x.Name] = string(x.Value)
 		}
 		switch n.Mode & syscall.S_IFMT {
 		case syscall.S_IFDIR:
