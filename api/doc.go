@@ -8,7 +8,9 @@
 //	POST   /api/v1/mount?mountpoint=  {"fs_type","source","config"[,"prefetch_files"]} → 204
 //	PUT    /api/v1/mount?mountpoint=  remount a RAFS image with a new bootstrap/config → 204
 //	DELETE /api/v1/mount?mountpoint=  204
-//	GET    /api/v1/metrics[/...]      404 for an unknown id, else 501: no counters are kept yet
+//	GET    /api/v1/metrics/blobcache  200 the blob caches' counters (nydusd's names; Options.Caches)
+//	GET    /api/v1/metrics/backend    200 the backend reads the blob caches made (nydusd's names)
+//	GET    /api/v1/metrics[/...]      404 for an unknown id, else 501: no other counters are kept yet
 //	GET    /api/v1/daemon/backend?mountpoint=  200 the RAFS image's superblock settings and blob ids
 //	PUT    /api/v1/daemon/start       204: the daemon serves from the start, nothing to do
 //	GET    /api/v2/daemon             200 daemon info without backend_collection (PUT: as v1)
@@ -36,5 +38,7 @@
 //
 // Mounts go into a vfs mount table; the filesystems are built by a
 // factory (Options.NewFS; DefaultNewFS makes passthrough shares and RAFS
-// images from nydusd v1/v2 configs, localfs backend only for now).
+// images from nydusd v1/v2 configs: their backend, their blob cache, shared
+// through a storage.Pool by mounts naming one cache directory, and their
+// prefetch, with the request's prefetch_files first).
 package api

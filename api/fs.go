@@ -12,6 +12,7 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
 )
 
@@ -59,6 +60,47 @@ type FSOptions struct {
 	Passthrough passthrough.Options
 	// Logger for the filesystems; nil: logrus' standard logger.
 	Logger *logrus.Entry
+	// Caches holds the blob caches RAFS mounts read through, shared by
+	// mounts naming the same cache directory. Nil: no cache directory is
+	// used (every read goes to the backend).
+	Caches *storage.Pool
+}
+
+// OpenRafs opens the RAFS image at source as cfg configures it: its
+// backend, its blob cache (from caches, nil for none) and, when the config
+// enables prefetch or prefetchFiles is not empty, a background prefetch.
+// The returned function closes the image and releases its cache. Config
+// errors wrap ErrBadRequest.
+func OpenRafs(source string, cfg *backend.Config, caches *storage.Pool, prefetchFiles []string, log *logrus.Entry) (*rafs.Image, func() error, error) {
+	be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv, Log: log.WithField("layer", "backend")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
+	}
+	set := storage.SettingsFromConfig(cfg)
+	var mgr *storage.Manager
+	release := func() error { return nil }
+	if caches != nil {
+		if mgr, release, err = caches.Get(set.Cache); err != nil {
+			return nil, nil, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
+		}
+	}
+	img, err := rafs.Open(source, rafs.Options{Backend: be, Cache: mgr, DigestValidate: cfg.DigestValidate(), Log: log})
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("rafs: %w", err)
+	}
+	closeImg := func() error { return errors.Join(img.Close(), release()) }
+	if err := img.VerifyBlobs(context.Background()); err != nil {
+		closeImg()
+		return nil, nil, fmt.Errorf("rafs %s: %w", source, err)
+	}
+	if set.Prefetch || len(prefetchFiles) > 0 {
+		if _, err := img.StartPrefetch(rafs.PrefetchOptions{Files: prefetchFiles, All: set.PrefetchAll}); err != nil {
+			closeImg()
+			return nil, nil, fmt.Errorf("prefetch_files: %w: %w", ErrBadRequest, err)
+		}
+	}
+	return img, closeImg, nil
 }
 
 // DefaultNewFS builds passthrough shares and RAFS images. A RAFS config is
@@ -92,24 +134,13 @@ func DefaultNewFS(o FSOptions) NewFS {
 			if cfg == nil {
 				return vfs.Mount{}, errors.New("rafs config: empty, and the daemon has no --config")
 			}
-			be, err := cfg.NewBackend(backend.Options{Getenv: os.Getenv, Log: o.Logger.WithField("layer", "backend")})
+			img, closeImg, err := OpenRafs(req.Source, cfg, o.Caches, req.PrefetchFiles,
+				o.Logger.WithField("layer", "rafs").WithField("bootstrap", req.Source))
 			if err != nil {
-				return vfs.Mount{}, fmt.Errorf("rafs config: %w: %w", ErrBadRequest, err)
-			}
-			img, err := rafs.Open(req.Source, rafs.Options{Backend: be, DigestValidate: cfg.DigestValidate(),
-				Log: o.Logger.WithField("layer", "rafs").WithField("bootstrap", req.Source)})
-			if err != nil {
-				return vfs.Mount{}, fmt.Errorf("rafs: %w", err)
-			}
-			if err := img.VerifyBlobs(context.Background()); err != nil {
-				img.Close()
-				return vfs.Mount{}, fmt.Errorf("rafs %s: %w", req.Source, err)
-			}
-			if len(req.PrefetchFiles) > 0 {
-				o.Logger.WithField("bootstrap", req.Source).Warn("prefetch_files: prefetching is not implemented yet, ignored")
+				return vfs.Mount{}, err
 			}
 			return vfs.Mount{FS: rafs.NewFS(img, rafs.FSOptions{}), Type: BackendRafs,
-				Config: RedactConfig(req.Config), Close: img.Close}, nil
+				Config: RedactConfig(req.Config), Close: closeImg}, nil
 		}
 		return vfs.Mount{}, fmt.Errorf("fs_type %q: %w", req.FsType, ErrUnsupported)
 	}

@@ -329,8 +329,9 @@ var metricsRoutes = map[string]bool{
 	"/api/v1/metrics/backend": true, "/api/v1/metrics/blobcache": true, "/api/v1/metrics/inflight": true,
 }
 
-// metrics answers as nydusd for an id it does not know (404); no counters
-// are kept yet, so for everything else 501.
+// metrics answers as nydusd for an id it does not know (404); the blob
+// cache and backend counters come from Options.Caches (daemon-wide); the
+// other endpoints answer 501 for now.
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return badMethod(r)
@@ -342,6 +343,20 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 	if ok {
 		if _, err := s.opts.VFS.Info(id); err != nil {
 			return &Error{Status: http.StatusNotFound, Message: fmt.Sprintf("no counter found for id %q", id)}
+		}
+	}
+	if c := s.opts.Caches; c != nil {
+		switch r.URL.Path {
+		case "/api/v1/metrics/blobcache":
+			m := c.Metrics()
+			m.ID = id
+			s.reply(w, http.StatusOK, m)
+			return nil
+		case "/api/v1/metrics/backend":
+			m := c.BackendMetrics()
+			m.ID = id
+			s.reply(w, http.StatusOK, m)
+			return nil
 		}
 	}
 	return fmt.Errorf("%s: %w: metrics are not collected yet", r.URL.Path, ErrUnsupported)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
 )
 
@@ -54,6 +55,9 @@ type Options struct {
 	Exit func()
 	// Logger receives request errors; nil logs to logrus' standard logger.
 	Logger *logrus.Entry
+	// Caches, when set, answers /api/v1/metrics/blobcache and
+	// /api/v1/metrics/backend (the blob caches' counters).
+	Caches *storage.Pool
 }
 
 // Server serves the API.

@@ -36,13 +36,6 @@ type Options struct {
 	OnDestroy func()
 }
 
-// SyncFSer is implemented by filesystems that can answer SYNCFS (the
-// guest's syncfs(2)). Others get ENOSYS, which the guest remembers and
-// treats as success.
-type SyncFSer interface {
-	SyncFS(cancel <-chan struct{}, header *fuse.InHeader) fuse.Status
-}
-
 // Session is what INIT negotiated.
 type Session struct {
 	// Kernel is the INIT request as the guest sent it.

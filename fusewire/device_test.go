@@ -704,7 +704,7 @@ type segsFS struct {
 
 func (s segsFS) Read(_ <-chan struct{}, in *fuse.ReadIn, _ []byte) (fuse.ReadResult, fuse.Status) {
 	off, n := int64(in.Offset), int(in.Size)-10
-	return SegmentsResult([]Segment{{s.fd, off, n / 2}, {s.fd, 0, 10}, {s.fd, off + int64(n/2), n - n/2}}), fuse.OK
+	return SegmentsResult([]Segment{{Fd: s.fd, Off: off, Len: n / 2}, {Fd: s.fd, Off: 0, Len: 10}, {Fd: s.fd, Off: off + int64(n/2), Len: n - n/2}}), fuse.OK
 }
 
 func TestSegmentsRead(t *testing.T) {

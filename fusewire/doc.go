@@ -24,7 +24,8 @@
 // # Reads
 //
 // READ offers the filesystem the guest's data buffer when it is one
-// descriptor. A result that is a SegmentedResult (FileResult,
+// descriptor (a filesystem with fsapi.ContextReader gets the request's
+// context too). A result that is a SegmentedResult (fsapi's; FileResult,
 // SegmentsResult: a passthrough file, a chunk in the blob cache) is read
 // with preadv straight into the writable descriptors, in batches of
 // IOV_MAX, stopping at end of file; OutHeader.Len carries the real size.

@@ -8,6 +8,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fsapi"
 )
 
 // iovMax is the most iovecs one preadv takes (IOV_MAX).
@@ -26,11 +28,18 @@ type readver interface {
 }
 
 // doRead offers the filesystem the guest's buffer (when the data part of
-// the reply is one descriptor) and keeps the result for writeReply.
+// the reply is one descriptor) and keeps the result for writeReply. A
+// filesystem with ReadContext gets the request's context.
 func doRead(r *request) {
 	in := inStruct[fuse.ReadIn](r)
 	r.readSize = int(in.Size)
-	res, st := r.d.fs.Read(r.cancel, in, r.dataBuffer(r.readSize, false))
+	var res fuse.ReadResult
+	var st fuse.Status
+	if cr, ok := r.d.fs.(fsapi.ContextReader); ok {
+		res, st = cr.ReadContext(r.ctx, in, r.dataBuffer(r.readSize, false))
+	} else {
+		res, st = r.d.fs.Read(r.cancel, in, r.dataBuffer(r.readSize, false))
+	}
 	if !st.Ok() {
 		if res != nil {
 			res.Done()

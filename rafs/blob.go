@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
 
 // blob is one entry of an image's blob table, with its lazily opened data.
@@ -34,20 +35,31 @@ type blob struct {
 	raw            bool // chunk data is stored raw at its block address (tarfs, plain EROFS)
 	hasCI          bool // v6: the blob table describes a ci array
 
+	img *Image // set when the image is opened
+
 	mu     sync.Mutex
 	opened atomic.Pointer[openBlob]
 
-	metaOnce sync.Once
+	// metaMu guards the chunk-info and digest arrays, loaded once they
+	// load: a failure is returned to the caller and retried by the next
+	// one (a transient backend error must not poison the blob).
+	metaMu   sync.Mutex
+	metaDone atomic.Bool
 	ci       *CIArray
 	digests  []byte // blob.digest array, 32 bytes per chunk
-	metaErr  error
-
-	validated []atomic.Uint64 // bit per chunk that passed validation
 }
 
+// openBlob is a blob's storage handle (or, for an image being opened
+// from a blob with its bootstrap inline, the blob's bytes).
 type openBlob struct {
-	b  backend.Blob
-	fd int // -1 when the backend is not a local file
+	r ranger
+	s *storage.Blob // nil for in-memory blobs
+}
+
+// ranger reads byte ranges of a blob (metadata: blob.meta, ToC, digests).
+type ranger interface {
+	ReadRange(ctx context.Context, off, n uint64) ([]byte, error)
+	Size(ctx context.Context) (int64, error)
 }
 
 // BlobInfo describes one blob of an image: its blob-table entry (v6, or
@@ -97,7 +109,7 @@ func (img *Image) Blobs() []BlobInfo {
 	return out
 }
 
-// open returns the blob's backend handle, opening it on first use. A
+// open returns the blob's storage handle, opening it on first use. A
 // failed open is retried on the next call (the blob may appear later).
 func (b *blob) open(ctx context.Context, be backend.Backend) (*openBlob, error) {
 	if o := b.opened.Load(); o != nil {
@@ -111,14 +123,17 @@ func (b *blob) open(ctx context.Context, be backend.Backend) (*openBlob, error) 
 	if o := b.opened.Load(); o != nil {
 		return o, nil
 	}
-	h, err := be.Open(ctx, b.id)
+	desc := storage.BlobDesc{ID: b.id, ChunkCount: b.chunkCount, UncompressedSize: b.uncompSize,
+		CompressedSize: b.compressedSize, Raw: b.raw}
+	var src storage.ChunkSource
+	if b.hasCI {
+		src = chunkSource{b}
+	}
+	h, err := b.img.store.Open(desc, be, decoder{b}, src)
 	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", b.id, err)
+		return nil, err
 	}
-	o := &openBlob{b: h, fd: -1}
-	if fb, ok := h.(backend.FileBlob); ok {
-		o.fd = int(fb.File().Fd())
-	}
+	o := &openBlob{r: h, s: h}
 	b.opened.Store(o)
 	return o, nil
 }
@@ -126,41 +141,48 @@ func (b *blob) open(ctx context.Context, be backend.Backend) (*openBlob, error) 
 func (b *blob) close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if o := b.opened.Swap(nil); o != nil {
-		return o.b.Close()
+	if o := b.opened.Swap(nil); o != nil && o.s != nil {
+		return o.s.Close()
 	}
 	return nil
 }
 
 // readRange reads exactly n bytes at off from the blob.
 func readRange(ctx context.Context, o *openBlob, off, n uint64, what string) ([]byte, error) {
-	size := uint64(o.b.Size())
+	sz, err := o.r.Size(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	size := uint64(sz)
 	if off > size || n > size-off {
 		return nil, formatErr("%s: range [%d, +%d) is past the end of the %d-byte blob", what, off, n, size)
 	}
-	buf := make([]byte, n)
-	got, err := o.b.ReadAt(ctx, buf, int64(off))
-	if got == len(buf) {
-		return buf, nil
+	buf, err := o.r.ReadRange(ctx, off, n)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err == nil || errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
-	}
-	return nil, fmt.Errorf("%s: %w", what, err)
+	return buf, nil
 }
 
-// loadMeta reads the blob's ci array and chunk digests once.
+// loadMeta reads the blob's ci array and chunk digests. Success is
+// remembered; a failure is not, so the next read tries again.
 func (img *Image) loadMeta(ctx context.Context, b *blob) error {
-	b.metaOnce.Do(func() {
-		b.metaErr = img.readMeta(ctx, b)
-		if b.metaErr != nil {
-			b.metaErr = fmt.Errorf("blob %s metadata: %w", b.id, b.metaErr)
-		}
-		if b.chunkCount > 0 {
-			b.validated = make([]atomic.Uint64, (b.chunkCount+63)/64)
-		}
-	})
-	return b.metaErr
+	if b.metaDone.Load() {
+		return nil
+	}
+	b.metaMu.Lock()
+	defer b.metaMu.Unlock()
+	if b.metaDone.Load() {
+		return nil
+	}
+	if err := img.readMeta(ctx, b); err != nil {
+		return fmt.Errorf("blob %s metadata: %w", b.id, err)
+	}
+	b.metaDone.Store(true)
+	return nil
 }
 
 func (img *Image) readMeta(ctx context.Context, b *blob) error {
@@ -177,11 +199,52 @@ func (img *Image) readMeta(ctx context.Context, b *blob) error {
 	if b.ciUSize == 0 {
 		return formatErr("blob table has no ci array")
 	}
-	raw, err := readRange(ctx, o, b.ciOffset, b.ciCSize+blobMetaHdrSize, "blob.meta")
+	data := img.cachedMeta(b, o)
+	if data == nil {
+		raw, err := readRange(ctx, o, b.ciOffset, b.ciCSize+blobMetaHdrSize, "blob.meta")
+		if err != nil {
+			return err
+		}
+		if err := b.checkMetaHeader(raw[b.ciCSize:]); err != nil {
+			return err
+		}
+		if data, err = img.codecs.decompress(b.ciCompressor, raw[:b.ciCSize], b.ciUSize); err != nil {
+			return fmt.Errorf("ci array: %w", err)
+		}
+		if o.s != nil {
+			// nydusd's <blob_id>.blob.meta: the ci data padded to 4 KiB,
+			// then the header.
+			padded := (b.ciUSize + 4095) &^ 4095
+			file := make([]byte, padded+blobMetaHdrSize)
+			copy(file, data)
+			copy(file[padded:], raw[b.ciCSize:])
+			o.s.WriteAux(storage.MetaSuffix, file)
+		}
+	}
+	ci, err := NewCIArray(data, b.chunkCount, b.features&blobChunkInfoV2 != 0)
 	if err != nil {
 		return err
 	}
-	h, err := ParseBlobMetaHeader(raw[b.ciCSize:])
+	b.ci = ci
+	if b.features&blobInlinedDigest != 0 && b.features&blobHasTOC != 0 && b.tocSize > 0 {
+		want := uint64(b.chunkCount) * 32
+		digests := o.s.ReadAux(storage.DigestSuffix)
+		if uint64(len(digests)) != want {
+			var err error
+			if digests, err = img.readDigests(ctx, o, b); err != nil {
+				b.ci = nil
+				return err
+			}
+			o.s.WriteAux(storage.DigestSuffix, digests)
+		}
+		b.digests = digests
+	}
+	return nil
+}
+
+// checkMetaHeader checks a blob.meta header against the blob table.
+func (b *blob) checkMetaHeader(hdr []byte) error {
+	h, err := ParseBlobMetaHeader(hdr)
 	if err != nil {
 		return err
 	}
@@ -189,26 +252,38 @@ func (img *Image) readMeta(ctx context.Context, b *blob) error {
 		h.CICompressedSize != b.ciCSize || h.CIUncompSize != b.ciUSize {
 		return formatErr("blob.meta header does not match the blob table")
 	}
-	data, err := img.codecs.decompress(b.ciCompressor, raw[:b.ciCSize], b.ciUSize)
-	if err != nil {
-		return fmt.Errorf("ci array: %w", err)
-	}
-	if b.ci, err = NewCIArray(data, b.chunkCount, b.features&blobChunkInfoV2 != 0); err != nil {
-		return err
-	}
-	if b.features&blobInlinedDigest != 0 && b.features&blobHasTOC != 0 && b.tocSize > 0 {
-		b.digests, err = img.readDigests(ctx, o, b)
-		if err != nil {
-			return err
-		}
-	}
 	return nil
+}
+
+// cachedMeta returns the uncompressed ci data from the cache directory's
+// <blob_id>.blob.meta when it is there, of the right size and its header
+// matches the blob table; nil otherwise (it is then fetched and rewritten).
+func (img *Image) cachedMeta(b *blob, o *openBlob) []byte {
+	if o.s == nil {
+		return nil
+	}
+	file := o.s.ReadAux(storage.MetaSuffix)
+	padded := (b.ciUSize + 4095) &^ 4095
+	if file == nil || uint64(len(file)) != padded+blobMetaHdrSize {
+		return nil
+	}
+	if err := b.checkMetaHeader(file[padded:]); err != nil {
+		if img.logOK() {
+			img.log.WithField("blob", b.id).Warnf("cached blob.meta not used: %v", err)
+		}
+		return nil
+	}
+	return file[:b.ciUSize:b.ciUSize]
 }
 
 // readTOC reads and parses a blob's ToC (tocSize bytes, or found from the
 // end of the blob when 0).
 func readTOC(ctx context.Context, o *openBlob, tocSize uint64) ([]TOCEntry, [32]byte, error) {
-	size := uint64(o.b.Size())
+	sz, err := o.r.Size(ctx)
+	if err != nil {
+		return nil, [32]byte{}, err
+	}
+	size := uint64(sz)
 	n := tocSize
 	if n == 0 {
 		n = min(4096, size&^(tocEntrySize-1))
@@ -273,27 +348,23 @@ func (img *Image) tocEntryData(ctx context.Context, o *openBlob, e TOCEntry, wan
 	return data, nil
 }
 
-// memBlob is a backend blob over bytes in memory (an image file being
-// opened as an inline-bootstrap blob).
+// memBlob is a blob over bytes in memory (an image file being opened as an
+// inline-bootstrap blob).
 type memBlob []byte
 
-func (m memBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
-	if off < 0 || off > int64(len(m)) {
-		return 0, io.EOF
+func (m memBlob) Size(context.Context) (int64, error) { return int64(len(m)), nil }
+
+func (m memBlob) ReadRange(_ context.Context, off, n uint64) ([]byte, error) {
+	if off > uint64(len(m)) || n > uint64(len(m))-off {
+		return nil, io.ErrUnexpectedEOF
 	}
-	n := copy(p, m[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return m[off : off+n], nil
 }
-func (m memBlob) Size() int64  { return int64(len(m)) }
-func (m memBlob) Close() error { return nil }
 
 // extractInlineBootstrap finds the bootstrap inside a data blob: through
 // the ToC's image.boot entry, or else a trailing tar header "image.boot".
 func (img *Image) extractInlineBootstrap(data []byte) ([]byte, error) {
-	o := &openBlob{b: memBlob(data), fd: -1}
+	o := &openBlob{r: memBlob(data)}
 	ctx := context.Background()
 	ents, _, err := readTOC(ctx, o, 0)
 	if err == nil {

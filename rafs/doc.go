@@ -8,7 +8,8 @@
 // the blob table: inodes, directories, xattrs and chunk indexes are
 // decoded from the mapping on demand, so opening a 100,000-inode image
 // costs a few system calls and no per-inode memory. Blob data comes from a
-// backend.Backend (Options.Backend), typically backend.LocalFS.
+// backend.Backend (Options.Backend) through the storage layer
+// (Options.Cache: the daemon's blob cache).
 //
 //	img, err := rafs.Open("image.boot", rafs.Options{
 //		Backend:        backend.NewLocalFS("/var/lib/nydus/blobs"),
@@ -47,16 +48,26 @@
 //
 // # Reads
 //
-// A read resolves the chunks under the requested range. When every chunk
-// is stored uncompressed in a local file (a backend.FileBlob) and needs no
-// validation (or has already been validated), FS.Read returns a
-// fusewire.SegmentsResult: (fd, offset, length) runs that fusewire copies
-// straight into guest memory. Otherwise chunks are fetched, decompressed
-// (through a small sharded cache of decompressed chunks), validated when
-// Options.DigestValidate is set, and copied into the reply. A digest
-// mismatch fails that read with EIO (ErrDigest) and is logged; the data is
-// never served. Nothing on the read path takes an image-wide lock, and no
-// file descriptor is held per inode or per open file.
+// A read resolves the chunks under the requested range and asks the
+// storage layer (package storage, Options.Cache; a private one without a
+// cache directory when nil) where each chunk's bytes are: in a file (the
+// blob cache's .blob.data, or a local uncompressed blob) or in memory
+// (decoded from the backend). When every chunk is in a file, FS.Read
+// returns an fsapi.SegmentsResult: (fd, offset, length) runs that the
+// transport copies straight into guest memory. Otherwise the bytes are
+// copied into the reply; decompressed chunks go through a small sharded
+// in-memory cache. The image supplies the storage layer's Decoder
+// (decompression, and digest checks when Options.DigestValidate is set:
+// once per chunk and process) and, for v6, the chunk table it widens
+// misses with. A digest mismatch fails that read with EIO (ErrDigest) and
+// is logged; the data is never served. FS.ReadContext carries the FUSE
+// request's context down to the backend. Blob metadata (the ci array, the
+// digest array) is loaded once it loads: a failed load is retried by the
+// next read, and the blob cache keeps nydusd's .blob.meta and .blob.digest
+// files. StartPrefetch warms the cache in nydusd's order (prefetch files,
+// else the bootstrap's prefetch table, then prefetch_all). Nothing on the
+// read path takes an image-wide lock, and no file descriptor is held per
+// inode or per open file.
 //
 // # Robustness
 //

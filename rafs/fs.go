@@ -8,7 +8,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fsapi"
 )
 
 // DefaultTimeout is the entry and attr timeout: images are immutable, so
@@ -24,6 +24,8 @@ type FSOptions struct {
 	// then copied into the reply.
 	DisableZeroCopy bool
 }
+
+var _ fsapi.ContextReader = (*FS)(nil)
 
 // FS is a read-only fuse.RawFileSystem over an Image. It keeps no state
 // per inode or per open file: every answer is decoded from the image.
@@ -138,6 +140,12 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 }
 
 func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	return fs.ReadContext(fsapi.CancelContext(cancel), in, buf)
+}
+
+// ReadContext is Read with the FUSE request's context (fsapi.ContextReader),
+// which reaches the storage layer and the backend.
+func (fs *FS) ReadContext(ctx context.Context, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	n, err := fs.img.Inode(in.NodeId)
 	if err != nil {
 		return nil, fs.status("read", in.NodeId, err)
@@ -153,12 +161,12 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 		}
 	}
 	buf = buf[:size]
-	segs, got, err := fs.img.readFile(cancelContext{cancel}, n, buf, in.Offset, !fs.opts.DisableZeroCopy)
+	segs, got, err := fs.img.readFile(ctx, n, buf, in.Offset, !fs.opts.DisableZeroCopy)
 	if err != nil {
 		return nil, fs.status("read", in.NodeId, err)
 	}
 	if segs != nil {
-		return fusewire.SegmentsResult(segs), fuse.OK
+		return fsapi.SegmentsResult(segs), fuse.OK
 	}
 	return fuse.ReadResultData(buf[:got]), fuse.OK
 }
@@ -349,22 +357,3 @@ func (fs *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Statu
 func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status    { return fuse.OK }
 func (fs *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status    { return fuse.OK }
 func (fs *FS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status { return fuse.OK }
-
-// cancelContext turns a FUSE request's cancel channel into a context
-// without starting a goroutine per request.
-type cancelContext struct{ c <-chan struct{} }
-
-func (c cancelContext) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c cancelContext) Done() <-chan struct{}       { return c.c }
-func (c cancelContext) Err() error {
-	if c.c == nil {
-		return nil
-	}
-	select {
-	case <-c.c:
-		return context.Canceled
-	default:
-		return nil
-	}
-}
-func (c cancelContext) Value(any) any { return nil }

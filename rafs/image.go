@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
 
 // RootIno is the inode number of the image's root directory, as FUSE
@@ -27,6 +29,10 @@ type Options struct {
 	// Backend serves the image's blobs. Nil means no blob data: metadata
 	// operations work, file reads fail with EIO.
 	Backend backend.Backend
+	// Cache is the storage layer blob data goes through (the daemon's blob
+	// cache, shared by its mounts). Nil: a private one without a cache
+	// directory (every read goes to the backend), closed with the image.
+	Cache *storage.Manager
 	// DigestValidate checks every chunk read against its digest (v1
 	// digest_validate, v2 rafs.validate). A mismatch fails that read with
 	// EIO; the data is never served.
@@ -123,6 +129,14 @@ type Image struct {
 	blobs  []*blob
 	codecs *codecs
 	cache  *chunkCache
+	store  *storage.Manager
+	// ownStore is set when store is the image's private one.
+	ownStore bool
+	// ctx ends when the image is closed (stops its prefetch); Close waits
+	// for the prefetch goroutines (they read the mapping) in bg.
+	ctx    context.Context
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
 	uid    uint32
 	gid    uint32
 
@@ -249,6 +263,9 @@ func open(data []byte, name string, opts Options) (*Image, error) {
 		img.gid = *opts.GID
 	}
 	img.blobs = img.f.blobTable()
+	for _, b := range img.blobs {
+		b.img = img
+	}
 	stem := filepath.Base(name)
 	if i := strings.IndexByte(stem, '.'); i >= 0 {
 		stem = stem[:i]
@@ -268,6 +285,14 @@ func open(data []byte, name string, opts Options) (*Image, error) {
 		cacheSize = int(min(max((32<<20)/img.chunkSize(), 2), 32))
 	}
 	img.cache = newChunkCache(cacheSize)
+	img.store = opts.Cache
+	if img.store == nil {
+		if img.store, err = storage.NewManager(storage.Options{Log: img.log}); err != nil {
+			return fail(err)
+		}
+		img.ownStore = true
+	}
+	img.ctx, img.cancel = context.WithCancel(context.Background())
 	return img, nil
 }
 
@@ -276,9 +301,14 @@ func (img *Image) Close() error {
 	if img.closed.Swap(true) {
 		return nil
 	}
+	img.cancel()
+	img.bg.Wait()
 	var errs []error
 	for _, b := range img.blobs {
 		errs = append(errs, b.close())
+	}
+	if img.ownStore {
+		errs = append(errs, img.store.Close())
 	}
 	img.codecs.close()
 	if img.unmap != nil {

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"sync"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fsapi"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
 
 // chunkRef is one chunk of a regular file, as its inode describes it.
@@ -77,21 +81,75 @@ func (img *Image) resolve(ctx context.Context, c *chunkRef) error {
 	return nil
 }
 
-// needsValidation reports whether a read of chunk c must check a digest.
+// needsValidation reports whether reads of chunk c must check a digest
+// (storage checks it once per process and chunk).
 func (img *Image) needsValidation(b *blob, c *chunkRef) bool {
-	if !img.opts.DigestValidate || b.raw || (!c.ci.HasDigest && c.ci.Flags&ciHasCRC32 == 0) {
-		return false
-	}
-	if img.f.version() == 6 && c.ci.Index < b.chunkCount && b.validated != nil {
-		return b.validated[c.ci.Index/64].Load()&(1<<(c.ci.Index%64)) == 0
-	}
-	return true
+	return img.opts.DigestValidate && !b.raw && (c.ci.HasDigest || c.ci.Flags&ciHasCRC32 != 0)
 }
 
-func (img *Image) markValidated(b *blob, c *chunkRef) {
-	if img.f.version() == 6 && c.ci.Index < b.chunkCount && b.validated != nil {
-		b.validated[c.ci.Index/64].Or(1 << (c.ci.Index % 64))
+// storageChunk describes chunk c to the storage layer.
+func (img *Image) storageChunk(b *blob, c *chunkRef) storage.Chunk {
+	return toStorage(&c.ci, img.needsValidation(b, c))
+}
+
+func toStorage(ci *ChunkInfo, verify bool) storage.Chunk {
+	return storage.Chunk{Index: ci.Index, CompressedOffset: ci.CompressedOffset, CompressedSize: ci.CompressedSize,
+		UncompressedOffset: ci.UncompressedOffset, UncompressedSize: ci.UncompressedSize, Compressed: ci.Compressed,
+		Verify: verify, Digest: ci.Digest, HasDigest: ci.HasDigest, CRC32: ci.CRC32, Flags: ci.Flags}
+}
+
+// decoder is a blob's storage.Decoder: decompression and digest checks.
+type decoder struct{ b *blob }
+
+func (d decoder) Decode(c *storage.Chunk, raw []byte) ([]byte, error) {
+	b := d.b
+	data := raw
+	if c.Compressed {
+		var err error
+		if data, err = b.img.codecs.decompress(b.compression, raw, uint64(c.UncompressedSize)); err != nil {
+			return nil, fmt.Errorf("blob %s chunk %d: %w", b.id, c.Index, err)
+		}
+	} else if len(raw) != int(c.UncompressedSize) {
+		return nil, formatErr("blob %s chunk %d: uncompressed chunk of %d bytes, want %d", b.id, c.Index, len(raw), c.UncompressedSize)
 	}
+	if c.Verify {
+		if err := d.Verify(c, data); err != nil {
+			return nil, err
+		}
+	}
+	return data, nil
+}
+
+func (d decoder) Verify(c *storage.Chunk, data []byte) error {
+	b := d.b
+	ci := ChunkInfo{Index: c.Index, Digest: c.Digest, HasDigest: c.HasDigest, CRC32: c.CRC32, Flags: c.Flags}
+	if err := verifyChunk(b.digestAlgo, &ci, data); err != nil {
+		if b.img.logOK() {
+			b.img.log.WithField("blob", b.id).Errorf("digest validation failed: %v", err)
+		}
+		return fmt.Errorf("blob %s: %w: %v", b.id, ErrDigest, err)
+	}
+	return nil
+}
+
+// chunkSource lists a v6 blob's chunks from its ci array, for merging.
+type chunkSource struct{ b *blob }
+
+func (s chunkSource) Chunk(i uint32) (storage.Chunk, bool) {
+	b := s.b
+	if !b.metaDone.Load() || b.ci == nil {
+		return storage.Chunk{}, false
+	}
+	ci, err := b.ci.Get(i)
+	if err != nil || ci.UncompressedSize > maxChunkSize || ci.CompressedSize > 2*maxChunkSize {
+		return storage.Chunk{}, false
+	}
+	ci.Index = i
+	if b.digests != nil && uint64(i)*32+32 <= uint64(len(b.digests)) {
+		copy(ci.Digest[:], b.digests[i*32:])
+		ci.HasDigest = true
+	}
+	return toStorage(&ci, b.img.opts.DigestValidate && (ci.HasDigest || ci.Flags&ciHasCRC32 != 0)), true
 }
 
 // readPlan gathers the resolved chunks of n overlapping [off, end).
@@ -114,7 +172,7 @@ func (img *Image) readPlan(ctx context.Context, n *Inode, off, end uint64) ([]ch
 // readFile reads n's bytes [off, off+len(p)) into p (clamped to the file
 // size). When segs is true and every byte sits uncompressed in a local
 // file, it returns segments instead of reading (p is left untouched).
-func (img *Image) readFile(ctx context.Context, n *Inode, p []byte, off uint64, segs bool) ([]fusewire.Segment, int, error) {
+func (img *Image) readFile(ctx context.Context, n *Inode, p []byte, off uint64, segs bool) ([]fsapi.Segment, int, error) {
 	if n.IsDir() {
 		return nil, 0, syscall.EISDIR
 	}
@@ -140,8 +198,12 @@ func (img *Image) readFile(ctx context.Context, n *Inode, p []byte, off uint64, 
 	if err != nil {
 		return nil, 0, err
 	}
+	locs, err := img.locate(ctx, refs)
+	if err != nil {
+		return nil, 0, err
+	}
 	if segs {
-		if s, ok := img.segments(ctx, refs, off, end); ok {
+		if s, ok := segmentsOf(refs, locs, off, end); ok {
 			return s, int(end - off), nil
 		}
 	}
@@ -152,53 +214,102 @@ func (img *Image) readFile(ctx context.Context, n *Inode, p []byte, off uint64, 
 		if s >= e {
 			continue
 		}
-		if err := img.readChunk(ctx, c, p[s-off:e-off], s-c.fileOff); err != nil {
+		if err := img.copyChunk(c, &locs[i], p[s-off:e-off], s-c.fileOff); err != nil {
 			return nil, 0, err
 		}
 	}
 	return nil, len(p), nil
 }
 
-// segments describes [off, end) as file segments if every chunk is
-// uncompressed in a local file, covers its range densely and needs no
-// validation.
-func (img *Image) segments(ctx context.Context, refs []chunkRef, off, end uint64) ([]fusewire.Segment, bool) {
-	var out []fusewire.Segment
+// locate finds where each chunk's bytes are, through the storage layer
+// (one call per blob, so that a read's missing chunks of one blob are
+// fetched together) and the small decompressed-chunk cache. Holes and
+// chunks stored in the bootstrap get no location.
+func (img *Image) locate(ctx context.Context, refs []chunkRef) ([]storage.Location, error) {
+	locs := make([]storage.Location, len(refs))
+	for i := range locs {
+		locs[i].Fd = -1
+	}
+	done := make([]bool, len(refs))
+	for i := range refs {
+		c := &refs[i]
+		if c.hole || c.primary {
+			done[i] = true
+			continue
+		}
+		if d := img.cache.get(img.cacheKey(c)); d != nil {
+			locs[i].Data, done[i] = d, true
+		}
+	}
+	var idx []int
+	var want []storage.Chunk
+	var got []storage.Location
+	for i := range refs {
+		if done[i] {
+			continue
+		}
+		bi := refs[i].blob
+		b := img.blobs[bi]
+		o, err := b.open(ctx, img.opts.Backend)
+		if err != nil {
+			return nil, err
+		}
+		idx, want = idx[:0], want[:0]
+		for j := i; j < len(refs); j++ {
+			if !done[j] && refs[j].blob == bi {
+				idx = append(idx, j)
+				want = append(want, img.storageChunk(b, &refs[j]))
+				done[j] = true
+			}
+		}
+		got = append(got[:0], make([]storage.Location, len(want))...)
+		if err := o.s.Get(ctx, want, got); err != nil {
+			return nil, err
+		}
+		for k, j := range idx {
+			locs[j] = got[k]
+			// Only decompressed chunks are worth keeping: an uncompressed
+			// one comes back as a file location once checked.
+			if got[k].Fd < 0 && got[k].Data != nil && refs[j].ci.Compressed {
+				img.cache.put(img.cacheKey(&refs[j]), got[k].Data)
+			}
+		}
+	}
+	return locs, nil
+}
+
+func (img *Image) cacheKey(c *chunkRef) chunkKey {
+	return chunkKey{blob: int(c.blob), off: c.ci.CompressedOffset, size: c.ci.UncompressedSize}
+}
+
+// segmentsOf describes [off, end) as file segments if every chunk is in a
+// file and the chunks cover the range densely.
+func segmentsOf(refs []chunkRef, locs []storage.Location, off, end uint64) ([]fsapi.Segment, bool) {
+	var out []fsapi.Segment
 	pos := off
 	for i := range refs {
 		c := &refs[i]
-		if c.hole || c.primary || c.ci.Compressed || c.fileOff > pos {
-			return nil, false
-		}
-		b := img.blobs[c.blob]
-		if img.needsValidation(b, c) {
-			return nil, false
-		}
-		o, err := b.open(ctx, img.opts.Backend)
-		if err != nil || o.fd < 0 {
+		if locs[i].Fd < 0 || c.fileOff > pos {
 			return nil, false
 		}
 		s, e := max(pos, c.fileOff), min(end, c.fileOff+uint64(c.length))
 		if s >= e {
 			continue
 		}
-		boff := c.ci.CompressedOffset + (s - c.fileOff)
-		if boff+(e-s) > uint64(o.b.Size()) {
-			return nil, false
-		}
-		if k := len(out) - 1; k >= 0 && out[k].Fd == o.fd && out[k].Off+int64(out[k].Len) == int64(boff) {
+		fd, boff := locs[i].Fd, locs[i].Off+int64(s-c.fileOff)
+		if k := len(out) - 1; k >= 0 && out[k].Fd == fd && out[k].Off+int64(out[k].Len) == boff {
 			out[k].Len += int(e - s)
 		} else {
-			out = append(out, fusewire.Segment{Fd: o.fd, Off: int64(boff), Len: int(e - s)})
+			out = append(out, fsapi.Segment{Fd: fd, Off: boff, Len: int(e - s)})
 		}
 		pos = e
 	}
 	return out, pos == end
 }
 
-// readChunk copies len(dst) bytes of chunk c, starting within bytes into
-// the chunk, to dst.
-func (img *Image) readChunk(ctx context.Context, c *chunkRef, dst []byte, within uint64) error {
+// copyChunk copies len(dst) bytes of chunk c, starting within bytes into
+// the chunk, from where loc says they are.
+func (img *Image) copyChunk(c *chunkRef, loc *storage.Location, dst []byte, within uint64) error {
 	switch {
 	case c.hole:
 		clear(dst)
@@ -210,61 +321,27 @@ func (img *Image) readChunk(ctx context.Context, c *chunkRef, dst []byte, within
 		}
 		copy(dst, src)
 		return nil
-	}
-	b := img.blobs[c.blob]
-	o, err := b.open(ctx, img.opts.Backend)
-	if err != nil {
-		return err
-	}
-	if !c.ci.Compressed && !img.needsValidation(b, c) {
-		data, err := readRange(ctx, o, c.ci.CompressedOffset+within, uint64(len(dst)), "chunk data")
-		if err != nil {
-			return fmt.Errorf("blob %s: %w", b.id, err)
+	case loc.Fd >= 0:
+		for done := 0; done < len(dst); {
+			n, err := unix.Pread(loc.Fd, dst[done:], loc.Off+int64(within)+int64(done))
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("blob %s: read cached chunk: %w", img.blobs[c.blob].id, err)
+			}
+			if n == 0 {
+				return fmt.Errorf("blob %s: read cached chunk: %w", img.blobs[c.blob].id, io.ErrUnexpectedEOF)
+			}
+			done += n
 		}
-		copy(dst, data)
 		return nil
 	}
-	data, err := img.chunkData(ctx, b, o, c)
-	if err != nil {
-		return err
+	if within+uint64(len(dst)) > uint64(len(loc.Data)) {
+		return formatErr("blob %s chunk %d: %d bytes, need %d", img.blobs[c.blob].id, c.ci.Index, len(loc.Data), within+uint64(len(dst)))
 	}
-	if within+uint64(len(dst)) > uint64(len(data)) {
-		return formatErr("blob %s chunk %d: %d bytes, need %d", b.id, c.ci.Index, len(data), within+uint64(len(dst)))
-	}
-	copy(dst, data[within:])
+	copy(dst, loc.Data[within:])
 	return nil
-}
-
-// chunkData returns the whole uncompressed (and, when asked, validated)
-// chunk, through the small decompressed-chunk cache.
-func (img *Image) chunkData(ctx context.Context, b *blob, o *openBlob, c *chunkRef) ([]byte, error) {
-	key := chunkKey{blob: b.index, off: c.ci.CompressedOffset, size: c.ci.UncompressedSize}
-	if d := img.cache.get(key); d != nil {
-		return d, nil
-	}
-	raw, err := readRange(ctx, o, c.ci.CompressedOffset, uint64(c.ci.CompressedSize), "chunk data")
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", b.id, err)
-	}
-	data := raw
-	if c.ci.Compressed {
-		if data, err = img.codecs.decompress(b.compression, raw, uint64(c.ci.UncompressedSize)); err != nil {
-			return nil, fmt.Errorf("blob %s chunk %d: %w", b.id, c.ci.Index, err)
-		}
-	} else if len(data) != int(c.ci.UncompressedSize) {
-		return nil, formatErr("blob %s chunk %d: uncompressed chunk of %d bytes, want %d", b.id, c.ci.Index, len(data), c.ci.UncompressedSize)
-	}
-	if img.needsValidation(b, c) {
-		if err := verifyChunk(b.digestAlgo, &c.ci, data); err != nil {
-			if img.logOK() {
-				img.log.WithField("blob", b.id).Errorf("digest validation failed: %v", err)
-			}
-			return nil, fmt.Errorf("blob %s: %w: %v", b.id, ErrDigest, err)
-		}
-		img.markValidated(b, c)
-	}
-	img.cache.put(key, data)
-	return data, nil
 }
 
 // ErrDigest is wrapped by reads whose chunk failed digest validation.

@@ -1,18 +1,21 @@
 package vfs
 
 import (
+	"context"
 	"encoding/binary"
 	"syscall"
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fsapi"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 )
 
 var (
-	_ fuse.RawFileSystem = (*VFS)(nil)
-	_ fusewire.SyncFSer  = (*VFS)(nil)
+	_ fuse.RawFileSystem  = (*VFS)(nil)
+	_ fusewire.SyncFSer   = (*VFS)(nil)
+	_ fsapi.ContextReader = (*VFS)(nil)
 )
 
 // route finds where a guest node id lives: a pseudo directory, or a mount
@@ -319,6 +322,12 @@ func (r *heldRead) Done() {
 // Read passes the filesystem's result through; a file-segment result is
 // still one (zero copy), with the mount held until Done.
 func (v *VFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	return v.ReadContext(fsapi.CancelContext(cancel), in, buf)
+}
+
+// ReadContext is Read with the request's context, passed on to a mount
+// that takes one (fsapi.ContextReader).
+func (v *VFS) ReadContext(ctx context.Context, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	p, m, orig := v.enter(&in.InHeader)
 	if m == nil {
 		return nil, pseudoErr(p, fuse.Status(syscall.EISDIR))
@@ -330,7 +339,13 @@ func (v *VFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 			m.release()
 		}
 	}()
-	res, st := m.FS.Read(cancel, in, buf)
+	var res fuse.ReadResult
+	var st fuse.Status
+	if cr, ok := m.FS.(fsapi.ContextReader); ok {
+		res, st = cr.ReadContext(ctx, in, buf)
+	} else {
+		res, st = m.FS.Read(ctx.Done(), in, buf)
+	}
 	if sr, ok := res.(fusewire.SegmentedResult); ok {
 		r := v.reads.Get().(*heldRead)
 		r.SegmentedResult, r.m, r.v = sr, m, v

@@ -13,6 +13,7 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/api"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vfs"
 )
 
@@ -31,18 +32,23 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 		rafsConfig = rc
 	}
 	table := vfs.New(vfs.Options{Logger: log.WithField("layer", "vfs")})
-	cleanup := func() { table.Close() }
+	// The blob caches of every RAFS mount, closed after the table.
+	caches := storage.NewPool(log.WithField("layer", "storage"))
+	closeTable := func() { table.Close(); caches.Close() }
+	cleanup := closeTable
 	if c.SharedDir != "" || c.Bootstrap != "" {
-		fs, _, err := buildFS(c, rafsConfig, procSelfFD, log)
+		fs, _, closeFS, err := buildFS(c, rafsConfig, caches, procSelfFD, log)
 		if err != nil {
+			closeTable()
 			return nil, nil, err
 		}
 		typ := api.BackendPassthrough
 		if c.Bootstrap != "" {
 			typ = api.BackendRafs
 		}
-		if err := table.Mount(c.VirtualMountpoint, vfs.Mount{FS: fs, Type: typ}); err != nil {
-			table.Close()
+		if err := table.Mount(c.VirtualMountpoint, vfs.Mount{FS: fs, Type: typ, Close: closeFS}); err != nil {
+			closeFS()
+			closeTable()
 			return nil, nil, fmt.Errorf("mount at %s: %w", c.VirtualMountpoint, err)
 		}
 	}
@@ -65,12 +71,14 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 			Passthrough: passthrough.Options{Cache: c.Cache, ProcSelfFD: procSelfFD, AnnounceSubmounts: c.AnnounceSubmounts,
 				Xattr: true, XattrMap: c.xattrMap()},
 			Logger: log,
+			Caches: caches,
 		}),
 		Exit:   exit,
 		Logger: log.WithField("layer", "api"),
+		Caches: caches,
 	})
 	if err != nil {
-		table.Close()
+		closeTable()
 		return nil, nil, fmt.Errorf("api: %w", err)
 	}
 	if err := socketDirError("--apisock", c.APISock); err != nil {
@@ -79,7 +87,7 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 	}
 	l, err := api.Listen(c.APISock)
 	if err != nil {
-		table.Close()
+		closeTable()
 		return nil, nil, fmt.Errorf("--apisock: %w", err)
 	}
 	done := make(chan struct{})
@@ -93,7 +101,7 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *
 	return table, func() {
 		<-done // Serve returns once ctx ends
 		os.Remove(apiSock)
-		table.Close()
+		closeTable()
 	}, nil
 }
 

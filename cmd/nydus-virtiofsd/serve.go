@@ -17,11 +17,13 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/api"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/sandbox"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 )
 
@@ -219,8 +221,13 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 			return nil, fuse.MountOptions{}, nil, fmt.Errorf("--config: %w", err)
 		}
 	}
-	fs, mo, err := buildFS(c, rc, procSelfFD, log)
-	return fs, mo, func() {}, err
+	caches := storage.NewPool(log.WithField("layer", "storage"))
+	fs, mo, closeFS, err := buildFS(c, rc, caches, procSelfFD, log)
+	if err != nil {
+		caches.Close()
+		return nil, mo, nil, err
+	}
+	return fs, mo, func() { closeFS(); caches.Close() }, nil
 }
 
 // buildFS makes a filesystem to serve: a passthrough share of a host
@@ -228,36 +235,37 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log *l
 // the backend of the nydusd configuration rc, else from the image's own
 // directory. procSelfFD is the sandbox's fd of /proc/self/fd (nil:
 // passthrough opens it).
-func buildFS(c *daemonConfig, rc *backend.Config, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, error) {
+func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelfFD *os.File, log *logrus.Entry) (fuse.RawFileSystem, fuse.MountOptions, func() error, error) {
 	var mo fuse.MountOptions
+	nop := func() error { return nil }
+	if c.Bootstrap != "" && c.BlobDir == "" && rc != nil {
+		// The config's backend, blob cache and prefetch.
+		img, closeImg, err := api.OpenRafs(c.Bootstrap, rc, caches, nil, log.WithField("layer", "rafs"))
+		if err != nil {
+			return nil, mo, nil, fmt.Errorf("open image: %w", err)
+		}
+		return rafs.NewFS(img, rafs.FSOptions{}), mo, closeImg, nil
+	}
 	if c.Bootstrap != "" {
-		var be backend.Backend
-		switch {
-		case c.BlobDir != "":
-			be = backend.NewLocalFS(c.BlobDir)
-		case rc != nil:
-			var err error
-			if be, err = rc.NewBackend(backend.Options{Getenv: os.Getenv, Log: log.WithField("layer", "backend")}); err != nil {
-				return nil, mo, fmt.Errorf("--config: %w", err)
-			}
-		default:
-			be = backend.NewLocalFS(filepath.Dir(c.Bootstrap))
+		dir := c.BlobDir
+		if dir == "" {
+			dir = filepath.Dir(c.Bootstrap)
 		}
 		img, err := rafs.Open(c.Bootstrap, rafs.Options{
-			Backend:        be,
+			Backend:        backend.NewLocalFS(dir),
 			DigestValidate: rc != nil && rc.DigestValidate(),
 			Log:            log.WithField("layer", "rafs"),
 		})
 		if err != nil {
-			return nil, mo, flagPathError("--bootstrap", c.Bootstrap, err)
+			return nil, mo, nil, flagPathError("--bootstrap", c.Bootstrap, err)
 		}
 		if err := img.VerifyBlobs(context.Background()); err != nil {
 			img.Close()
-			return nil, mo, fmt.Errorf("--bootstrap %s: %w", c.Bootstrap, err)
+			return nil, mo, nil, fmt.Errorf("--bootstrap %s: %w", c.Bootstrap, err)
 		}
 		log.WithField("bootstrap", c.Bootstrap).WithField("blobs", blobSource(c, rc)).
 			Infof("serving RAFS v%d image %s (%d blobs)", img.Version(), c.Bootstrap, len(img.BlobIDs()))
-		return rafs.NewFS(img, rafs.FSOptions{}), mo, nil
+		return rafs.NewFS(img, rafs.FSOptions{}), mo, img.Close, nil
 	}
 	popts := passthrough.Options{
 		Cache:    c.Cache,
@@ -273,11 +281,11 @@ func buildFS(c *daemonConfig, rc *backend.Config, procSelfFD *os.File, log *logr
 	}
 	fs, err := passthrough.New(c.SharedDir, popts)
 	if err != nil {
-		return nil, mo, fmt.Errorf("--shared-dir %s: %w", c.SharedDir, err)
+		return nil, mo, nil, fmt.Errorf("--shared-dir %s: %w", c.SharedDir, err)
 	}
 	mo.DisableReadDirPlus = !popts.ReadDirPlus()
 	mo.DisableXAttrs = !c.Xattr
-	return fs, mo, nil
+	return fs, mo, nop, nil
 }
 
 // blobSource says where an image's blobs are looked up, for the log.

@@ -1,4 +1,4 @@
-package fusewire
+package fsapi
 
 import (
 	"bytes"

@@ -1,0 +1,587 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+)
+
+// Chunk is one chunk of a blob as the image describes it.
+type Chunk struct {
+	// Index is the chunk's number in its blob (its bit in the chunk map).
+	Index uint32
+	// Where the stored bytes are in the blob, and their size.
+	CompressedOffset uint64
+	CompressedSize   uint32
+	// Where the uncompressed bytes go in .blob.data, and their size.
+	UncompressedOffset uint64
+	UncompressedSize   uint32
+	// Compressed is set when the stored bytes must be decompressed.
+	Compressed bool
+	// Verify asks for the chunk's digest to be checked (once per process)
+	// before its bytes are served.
+	Verify bool
+	// Digest, HasDigest and CRC32 are for the Decoder's checks.
+	Digest    [32]byte
+	HasDigest bool
+	CRC32     uint32
+	Flags     uint32
+}
+
+// Location is where a chunk's uncompressed bytes are: in file Fd at Off
+// (Fd >= 0, zero copy; the fd stays valid until the Blob is closed), or in
+// Data (the whole chunk).
+type Location struct {
+	Fd   int
+	Off  int64
+	Data []byte
+}
+
+// Decoder turns a chunk's stored bytes into its uncompressed bytes. It is
+// the image reader's: storage knows no format, compression or digest.
+type Decoder interface {
+	// Decode returns c's uncompressed bytes (exactly c.UncompressedSize)
+	// from raw, its stored bytes, checked against c's digest when
+	// c.Verify. It may return raw itself for an uncompressed chunk.
+	Decode(c *Chunk, raw []byte) ([]byte, error)
+	// Verify checks uncompressed bytes against c's digest.
+	Verify(c *Chunk, data []byte) error
+}
+
+// ChunkSource lists a blob's chunks by index, for widening a miss to
+// neighbouring chunks.
+type ChunkSource interface {
+	Chunk(index uint32) (Chunk, bool)
+}
+
+// Blob is one mount's handle on a blob. It is safe for concurrent use.
+type Blob struct {
+	m   *Manager
+	e   *entry
+	be  backend.Backend
+	dec Decoder
+	src ChunkSource
+
+	mu     sync.Mutex
+	opened backend.Blob
+	fileFd int // the backend blob's fd when it is a local file, else -1
+	closed bool
+
+	// life is held shared by every operation on the handle (reads,
+	// prefetch requests) and exclusively by Close, so that the entry's
+	// files are never closed under one.
+	life sync.RWMutex
+	dead bool // under life
+}
+
+// errClosed is returned by operations on a closed handle.
+var errClosed = errors.New("blob handle closed")
+
+// enter starts an operation; false when the handle is closed.
+func (b *Blob) enter() bool {
+	b.life.RLock()
+	if b.dead {
+		b.life.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (b *Blob) leave() { b.life.RUnlock() }
+
+// ID is the blob's id.
+func (b *Blob) ID() string { return b.e.desc.ID }
+
+// Close releases the handle (and the entry, when it was the last one),
+// after the operations in progress on it have finished.
+func (b *Blob) Close() error {
+	b.life.Lock()
+	b.dead = true
+	b.life.Unlock()
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	o := b.opened
+	b.opened = nil
+	b.mu.Unlock()
+	var err error
+	if o != nil {
+		err = o.Close()
+	}
+	return errors.Join(err, b.m.release(b.e))
+}
+
+// backendBlob opens the backend blob on first use; a failed open is
+// retried on the next call.
+func (b *Blob) backendBlob(ctx context.Context) (backend.Blob, int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, -1, fmt.Errorf("blob %s: closed", b.e.desc.ID)
+	}
+	if b.opened != nil {
+		return b.opened, b.fileFd, nil
+	}
+	h, err := b.be.Open(ctx, b.e.desc.ID)
+	if err != nil {
+		return nil, -1, fmt.Errorf("blob %s: %w", b.e.desc.ID, err)
+	}
+	b.opened, b.fileFd = h, -1
+	if fb, ok := h.(backend.FileBlob); ok {
+		b.fileFd = int(fb.File().Fd())
+	}
+	return h, b.fileFd, nil
+}
+
+// Size is the backend blob's size.
+func (b *Blob) Size(ctx context.Context) (int64, error) {
+	h, _, err := b.backendBlob(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return h.Size(), nil
+}
+
+// ReadRange reads exactly n bytes at off from the backend blob (metadata:
+// blob.meta, ToC, digests), counted in the backend metrics.
+func (b *Blob) ReadRange(ctx context.Context, off, n uint64) ([]byte, error) {
+	if !b.enter() {
+		return nil, fmt.Errorf("blob %s: %w", b.e.desc.ID, errClosed)
+	}
+	defer b.leave()
+	h, _, err := b.backendBlob(ctx)
+	if err != nil {
+		return nil, err
+	}
+	size := uint64(h.Size())
+	if off > size || n > size-off {
+		return nil, fmt.Errorf("blob %s: range [%d, +%d) is past the end of the %d-byte blob: %w", b.e.desc.ID, off, n, size, io.ErrUnexpectedEOF)
+	}
+	buf := make([]byte, n)
+	if err := b.readBackend(ctx, h, buf, off); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+func (b *Blob) readBackend(ctx context.Context, h backend.Blob, buf []byte, off uint64) error {
+	start := time.Now()
+	got, err := h.ReadAt(ctx, buf, int64(off))
+	b.m.backend.record(len(buf), got == len(buf), time.Since(start))
+	if got == len(buf) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("blob %s: read [%d, +%d): %w", b.e.desc.ID, off, len(buf), err)
+}
+
+// Get finds each chunk's bytes, fetching (merged), checking and storing
+// the missing ones first. out must be as long as chunks.
+func (b *Blob) Get(ctx context.Context, chunks []Chunk, out []Location) error {
+	if !b.enter() {
+		return fmt.Errorf("blob %s: %w", b.e.desc.ID, errClosed)
+	}
+	defer b.leave()
+	e := b.e
+	mt := &b.m.metrics
+	mt.total.Add(1)
+	var missing []int
+	for i := range chunks {
+		c := &chunks[i]
+		if e.isReady(c.Index) {
+			if err := b.cached(c, &out[i]); err != nil {
+				return err
+			}
+			continue
+		}
+		if !e.persist {
+			if ok, err := b.direct(ctx, c, &out[i]); ok || err != nil {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		missing = append(missing, i)
+	}
+	switch {
+	case len(missing) == 0:
+		mt.wholeHits.Add(1)
+		return nil
+	case len(missing) < len(chunks):
+		mt.partialHits.Add(1)
+	}
+	want := make([]Chunk, len(missing))
+	for k, i := range missing {
+		want[k] = chunks[i]
+	}
+	locs, err := b.fetch(ctx, want, false)
+	if err != nil {
+		return err
+	}
+	for k, i := range missing {
+		out[i] = locs[k]
+	}
+	return nil
+}
+
+// cached describes a ready chunk: its place in .blob.data, or, for a
+// compressed cache, its decoded bytes. With Verify, a chunk not checked in
+// this process is read back and checked once.
+func (b *Blob) cached(c *Chunk, loc *Location) error {
+	e := b.e
+	if e.raw {
+		raw := make([]byte, c.CompressedSize)
+		if err := preadFull(e.fd, raw, int64(c.CompressedOffset)); err != nil {
+			return fmt.Errorf("blob %s: cache read: %w", e.desc.ID, err)
+		}
+		data, err := b.dec.Decode(c, raw)
+		if err != nil {
+			return err
+		}
+		*loc = Location{Fd: -1, Data: data}
+		return nil
+	}
+	if c.Verify && !bit(e.verified, c.Index) {
+		data := make([]byte, c.UncompressedSize)
+		if err := preadFull(e.fd, data, int64(c.UncompressedOffset)); err != nil {
+			return fmt.Errorf("blob %s: cache read: %w", e.desc.ID, err)
+		}
+		if err := b.dec.Verify(c, data); err != nil {
+			return err
+		}
+		setBit(e.verified, c.Index)
+	}
+	*loc = Location{Fd: e.fd, Off: int64(c.UncompressedOffset)}
+	return nil
+}
+
+// direct serves an uncompressed chunk straight from a backend blob that is
+// a local file when nothing is cached (ok false: fetch it instead).
+func (b *Blob) direct(ctx context.Context, c *Chunk, loc *Location) (bool, error) {
+	if c.Compressed || c.CompressedSize != c.UncompressedSize {
+		return false, nil
+	}
+	h, fd, err := b.backendBlob(ctx)
+	if err != nil {
+		return false, err
+	}
+	if fd < 0 || c.CompressedOffset+uint64(c.CompressedSize) > uint64(h.Size()) {
+		return false, nil
+	}
+	if c.Verify && !bit(b.e.verified, c.Index) {
+		return false, nil // fetched, checked and marked below, then served from the file
+	}
+	*loc = Location{Fd: fd, Off: int64(c.CompressedOffset)}
+	return true, nil
+}
+
+func preadFull(fd int, p []byte, off int64) error {
+	for done := 0; done < len(p); {
+		n, err := unix.Pread(fd, p[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		done += n
+	}
+	return nil
+}
+
+// maxGap is the largest run of unwanted bytes read to merge two chunks
+// into one backend request.
+const maxGap = 32 << 10
+
+// fetch gets chunks that were not ready: it claims those nobody is
+// fetching (plus neighbours, for reads), fetches them in merged runs,
+// and waits for the rest.
+func (b *Blob) fetch(ctx context.Context, want []Chunk, prefetch bool) ([]Location, error) {
+	e := b.e
+	out := make([]Location, len(want))
+	for attempt := 0; ; attempt++ {
+		mine, waits := b.claim(want, prefetch)
+		if len(mine) > 0 {
+			b.fetchRuns(ctx, mine, prefetch)
+		}
+		retry := false
+		for k := range want {
+			f := waits[k]
+			if f == nil {
+				if e.isReady(want[k].Index) && out[k].Data == nil {
+					if err := b.cached(&want[k], &out[k]); err != nil {
+						return nil, err
+					}
+				}
+				continue
+			}
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			switch {
+			case f.err != nil && f.abandoned && ctx.Err() == nil:
+				retry = true // the fetcher's request went away, not the backend
+			case f.err != nil:
+				return nil, f.err
+			case f.stored:
+				if err := b.cached(&want[k], &out[k]); err != nil {
+					return nil, err
+				}
+			default:
+				out[k] = Location{Fd: -1, Data: f.data}
+			}
+		}
+		if !retry || attempt > 3 {
+			if retry {
+				return nil, fmt.Errorf("blob %s: fetch abandoned: %w", e.desc.ID, context.Canceled)
+			}
+			return out, nil
+		}
+	}
+}
+
+// claimed is a chunk this caller fetches, with the flight others wait on.
+type claimed struct {
+	c Chunk
+	f *flight
+}
+
+// claim splits want into the chunks this caller fetches (with their flights
+// registered) and flights to wait for (waits[k] for want[k], nil when the
+// chunk is ready or claimed here). Without a persistent cache nothing is
+// shared: everything is claimed privately.
+func (b *Blob) claim(want []Chunk, prefetch bool) ([]claimed, []*flight) {
+	e := b.e
+	waits := make([]*flight, len(want))
+	var mine []claimed
+	if !e.persist {
+		for k := range want {
+			f := &flight{done: make(chan struct{})}
+			waits[k] = f
+			mine = append(mine, claimed{c: want[k], f: f})
+		}
+		return mine, waits
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	seen := map[uint32]bool{}
+	for k := range want {
+		c := want[k]
+		if seen[c.Index] {
+			waits[k] = e.inflight[c.Index]
+			continue
+		}
+		seen[c.Index] = true
+		if bit(e.ready, c.Index) {
+			continue
+		}
+		if f := e.inflight[c.Index]; f != nil {
+			waits[k] = f
+			continue
+		}
+		f := &flight{done: make(chan struct{})}
+		e.inflight[c.Index] = f
+		waits[k] = f
+		mine = append(mine, claimed{c: c, f: f})
+	}
+	if len(mine) == 0 || b.src == nil || b.m.opts.NoAmplify || prefetch {
+		return mine, waits
+	}
+	// Widen to neighbouring missing chunks within the batch window.
+	sort.Slice(mine, func(i, j int) bool { return mine[i].c.CompressedOffset < mine[j].c.CompressedOffset })
+	lo, hi := mine[0].c, mine[len(mine)-1].c
+	span := hi.CompressedOffset + uint64(hi.CompressedSize) - lo.CompressedOffset
+	budget := int64(b.m.opts.BatchSize) - int64(span)
+	verify := lo.Verify
+	grow := func(i uint32) bool {
+		if i >= e.desc.ChunkCount || seen[i] || bit(e.ready, i) || e.inflight[i] != nil {
+			return false
+		}
+		c, ok := b.src.Chunk(i)
+		if !ok || int64(c.CompressedSize) > budget {
+			return false
+		}
+		c.Verify = verify
+		seen[i] = true
+		budget -= int64(c.CompressedSize)
+		f := &flight{done: make(chan struct{})}
+		e.inflight[i] = f
+		mine = append(mine, claimed{c: c, f: f})
+		return true
+	}
+	// Forward only: what follows a miss is what a sequential reader
+	// asks for next.
+	for i := hi.Index + 1; budget > 0 && grow(i); i++ {
+	}
+	return mine, waits
+}
+
+// fetchRuns fetches claimed chunks in merged runs and settles their
+// flights.
+func (b *Blob) fetchRuns(ctx context.Context, mine []claimed, prefetch bool) {
+	sort.Slice(mine, func(i, j int) bool { return mine[i].c.CompressedOffset < mine[j].c.CompressedOffset })
+	batch := b.m.opts.BatchSize
+	if prefetch {
+		batch = b.m.opts.Prefetch.BatchSize // requests were merged to it
+	}
+	for start := 0; start < len(mine); {
+		end := start + 1
+		first := mine[start].c.CompressedOffset
+		last := first + uint64(mine[start].c.CompressedSize)
+		for end < len(mine) {
+			c := mine[end].c
+			if c.CompressedOffset < last || c.CompressedOffset-last > maxGap ||
+				c.CompressedOffset+uint64(c.CompressedSize)-first > batch {
+				break
+			}
+			last = c.CompressedOffset + uint64(c.CompressedSize)
+			end++
+		}
+		b.fetchRun(ctx, mine[start:end], first, last, prefetch)
+		start = end
+	}
+}
+
+func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, prefetch bool) {
+	e := b.e
+	settle := func(cl claimed, stored bool, data []byte, err error) {
+		cl.f.stored, cl.f.data, cl.f.err = stored, data, err
+		// Failed because this fetcher's own request ended (a guest
+		// request abandoned, a prefetch stopped): waiters fetch
+		// themselves. A backend timeout is a failure like any other.
+		cl.f.abandoned = err != nil && ctx.Err() != nil
+		if e.persist {
+			e.mu.Lock()
+			delete(e.inflight, cl.c.Index)
+			e.mu.Unlock()
+		}
+		close(cl.f.done)
+	}
+	h, _, err := b.backendBlob(ctx)
+	if err == nil {
+		if prefetch {
+			err = b.m.limiter.wait(ctx, int64(last-first))
+		} else {
+			b.m.limiter.take(int64(last - first))
+			b.m.demand.Add(1)
+			defer func() {
+				b.m.lastDemand.Store(time.Now().UnixNano())
+				b.m.demand.Add(-1)
+			}()
+		}
+	}
+	var buf []byte
+	if err == nil {
+		buf = make([]byte, last-first)
+		err = b.readBackend(ctx, h, buf, first)
+	}
+	if err != nil {
+		for _, cl := range run {
+			settle(cl, false, nil, err)
+		}
+		return
+	}
+	if prefetch {
+		b.m.metrics.prefetchBytes.Add(int64(len(buf)))
+	}
+	for _, cl := range run {
+		c := &cl.c
+		raw := buf[c.CompressedOffset-first : c.CompressedOffset-first+uint64(c.CompressedSize)]
+		data, err := b.dec.Decode(c, raw)
+		if err == nil && len(data) != int(c.UncompressedSize) {
+			err = fmt.Errorf("blob %s chunk %d: decoded %d bytes, want %d", e.desc.ID, c.Index, len(data), c.UncompressedSize)
+		}
+		if err != nil {
+			settle(cl, false, nil, err)
+			continue
+		}
+		if c.Verify {
+			setBit(e.verified, c.Index)
+		}
+		stored := false
+		if e.raw {
+			stored = e.store(c, raw)
+		} else if e.persist {
+			stored = e.store(c, data)
+		}
+		if stored && !e.raw {
+			data = nil
+		} else if len(data) > 0 && &data[0] == &buf[c.CompressedOffset-first] {
+			data = append([]byte(nil), data...) // do not pin the whole run
+		}
+		settle(cl, stored, data, nil)
+	}
+}
+
+// Metadata files a reader may keep in the cache directory, next to the
+// chunk data, named as nydusd names them.
+const (
+	MetaSuffix   = ".blob.meta"   // ci array padded to 4 KiB, then the blob.meta header
+	DigestSuffix = ".blob.digest" // chunk digest array, 32 bytes per chunk
+)
+
+// ReadAux returns the cached <blob_id><suffix> file's bytes, or nil when
+// there is none (or no persistent cache). The caller checks them.
+func (b *Blob) ReadAux(suffix string) []byte {
+	if !b.m.opts.persistent() {
+		return nil
+	}
+	data, err := os.ReadFile(filepath.Join(b.m.opts.WorkDir, b.e.desc.ID+suffix))
+	if err != nil {
+		return nil
+	}
+	return data
+}
+
+// WriteAux stores the <blob_id><suffix> file (written to a temporary name,
+// synced and renamed into place). Failures only cost a refetch next time.
+func (b *Blob) WriteAux(suffix string, data []byte) {
+	if !b.m.opts.persistent() {
+		return
+	}
+	id := b.e.desc.ID
+	tmp, err := os.CreateTemp(b.m.opts.WorkDir, id+suffix+".*.tmp")
+	if err == nil {
+		_, err = tmp.Write(data)
+		if err == nil {
+			err = tmp.Sync()
+		}
+		err = errors.Join(err, tmp.Close())
+		if err == nil {
+			err = os.Rename(tmp.Name(), filepath.Join(b.m.opts.WorkDir, id+suffix))
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
+	}
+	if err != nil {
+		b.m.warnOnce("aux:"+id+suffix, "blob cache: blob %s: cannot store %s%s: %v", id, id, suffix, err)
+	}
+}
+
+// AllReady reports whether every chunk of the blob is cached.
+func (b *Blob) AllReady() bool { return b.e.allReady() }
+
+// Ready reports whether chunk index is cached.
+func (b *Blob) Ready(index uint32) bool { return b.e.isReady(index) }
