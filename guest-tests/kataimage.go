@@ -1,0 +1,217 @@
+package guesttests
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/sirupsen/logrus"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/convert"
+)
+
+// DebLayer is one image layer made of Debian packages (unpacked with
+// dpkg-deb -x, as a container image build would install them, without
+// maintainer scripts) plus extra files.
+type DebLayer struct {
+	Packages []string
+	Files    map[string]string // path in the layer -> content (mode 0755 if it starts with "#!")
+	Symlinks map[string]string // path -> target
+}
+
+// BuildDebLayer downloads the packages into debDir (cached by version)
+// and writes the layer's tree to dir.
+func BuildDebLayer(ctx context.Context, debDir, dir string, l DebLayer, log logrus.FieldLogger) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, p := range l.Packages {
+		deb, _, err := fetchDeb(ctx, debDir, p, log)
+		if err != nil {
+			return err
+		}
+		if _, err := runOut(ctx, "dpkg-deb", "-x", deb, dir); err != nil {
+			return err
+		}
+	}
+	for p, c := range l.Files {
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return err
+		}
+		mode := os.FileMode(0o644)
+		if strings.HasPrefix(c, "#!") {
+			mode = 0o755
+		}
+		if err := os.WriteFile(full, []byte(c), mode); err != nil {
+			return err
+		}
+	}
+	for p, target := range l.Symlinks {
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return err
+		}
+		_ = os.Remove(full)
+		if err := os.Symlink(target, full); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dirLayer packs dir as an OCI layer (gzip'd tar, root-owned entries).
+func dirLayer(ctx context.Context, dir, tarPath string) (v1.Layer, error) {
+	cmd := exec.CommandContext(ctx, "tar", "--numeric-owner", "--owner=0", "--group=0", "--sort=name",
+		"--mtime=@0", "-C", dir, "-cf", tarPath, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("tar %s: %w\n%s", dir, err, out)
+	}
+	return tarball.LayerFromFile(tarPath)
+}
+
+// staticKeychain answers every registry with one authenticator.
+type staticKeychain struct{ a authn.Authenticator }
+
+func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.a, nil }
+
+// PushDebImage builds an OCI image of the layers (work files under work)
+// and pushes it to ref (plain HTTP). It returns the layers' digests.
+func PushDebImage(ctx context.Context, ref string, layers []string, cmd []string, auth authn.Authenticator, work string) ([]v1.Hash, error) {
+	var ls []v1.Layer
+	for i, dir := range layers {
+		l, err := dirLayer(ctx, dir, filepath.Join(work, fmt.Sprintf("%s-%d.tar", filepath.Base(dir), i)))
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	img, err := mutate.AppendLayers(empty.Image, ls...)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Cmd = cmd
+	cf.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return nil, err
+	}
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	if err := remote.Write(r, img, remote.WithAuth(auth), remote.WithContext(ctx)); err != nil {
+		return nil, fmt.Errorf("push %s: %w", ref, err)
+	}
+	var ds []v1.Hash
+	for _, l := range ls {
+		d, err := l.Digest()
+		if err != nil {
+			return nil, err
+		}
+		ds = append(ds, d)
+	}
+	return ds, nil
+}
+
+// NydusImage is what a snapshotter keeps of a converted image: the
+// bootstrap on the host and the ids of the blobs it reads from the
+// registry, with their sizes.
+type NydusImage struct {
+	Bootstrap string
+	Blobs     map[string]int64 // blob id (sha256 hex) -> compressed size
+}
+
+// ConvertAndFetchBootstrap converts src into target with package convert
+// and unpacks the target's bootstrap layer into dir/image.boot, as
+// nydus-snapshotter does before it hands the image to the runtime.
+func ConvertAndFetchBootstrap(ctx context.Context, src, target string, auth authn.Authenticator, cacheDir, dir string) (*NydusImage, error) {
+	if _, err := convert.Convert(ctx, convert.Options{Source: src, Target: target, PlainHTTP: true,
+		Keychain: staticKeychain{auth}, CacheDir: cacheDir}); err != nil {
+		return nil, fmt.Errorf("convert %s: %w", src, err)
+	}
+	r, err := name.ParseReference(target, name.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	img, err := remote.Image(r, remote.WithAuth(auth), remote.WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	out := &NydusImage{Blobs: map[string]int64{}, Bootstrap: filepath.Join(dir, "image.boot")}
+	var boot *v1.Descriptor
+	for i, l := range m.Layers {
+		if l.Annotations[convert.AnnotationNydusBootstrap] == "true" {
+			boot = &m.Layers[i]
+			continue
+		}
+		out.Blobs[l.Digest.Hex] = l.Size
+	}
+	if boot == nil {
+		return nil, fmt.Errorf("%s: no bootstrap layer", target)
+	}
+	l, err := img.LayerByDigest(boot.Digest)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	zr, err := gzip.NewReader(rc)
+	if err != nil {
+		return nil, err
+	}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: bootstrap layer without %s", target, convert.BootstrapPath)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if strings.TrimPrefix(h.Name, "./") != convert.BootstrapPath {
+			continue
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		f, err := os.Create(out.Bootstrap)
+		if err != nil {
+			return nil, err
+		}
+		_, err = io.Copy(f, tr)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
+}
