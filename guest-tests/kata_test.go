@@ -6,9 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,55 +61,11 @@ func buildKataImages(t *testing.T, reg *testsvc.Registry) kataImages {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	root, err := ModuleRoot()
+	ims, err := BuildKataImages(ctx, reg.Host, reg.Repo, &authn.Basic{Username: reg.User, Password: reg.Pass}, t.TempDir(), "py", "hello")
 	if err != nil {
 		t.Fatal(err)
 	}
-	debs := filepath.Join(root, "guest-tests", ".cache", "debs")
-	if err := os.MkdirAll(debs, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	work := t.TempDir()
-	log := logrus.StandardLogger()
-	layers := map[string]DebLayer{
-		"base": {Packages: []string{"libc6", "busybox-static"},
-			Symlinks: map[string]string{"bin/sh": "busybox"}},
-		"python": {Packages: []string{"python3.11-minimal", "libpython3.11-minimal", "zlib1g", "libexpat1"}},
-		"app":    {Files: map[string]string{"app/main.py": kataPyMain, "app/reader.py": kataPyReader}},
-		"hello":  {Packages: []string{"hello"}},
-	}
-	for n, l := range layers {
-		if err := BuildDebLayer(ctx, debs, filepath.Join(work, n), l, log); err != nil {
-			t.Fatal(err)
-		}
-	}
-	auth := &authn.Basic{Username: reg.User, Password: reg.Pass}
-	at := func(n string) string { return filepath.Join(work, n) }
-	images := []struct {
-		tag    string
-		layers []string
-		cmd    []string
-	}{
-		{"py", []string{at("base"), at("python"), at("app")}, []string{"/usr/bin/python3.11", "/app/main.py"}},
-		{"hello", []string{at("base"), at("hello")}, []string{"/usr/bin/hello"}},
-	}
-	cacheDir := filepath.Join(work, "convert-cache")
-	var out kataImages
-	for _, im := range images {
-		src := reg.Host + "/" + reg.Repo + ":" + im.tag
-		if _, err := PushDebImage(ctx, src, im.layers, im.cmd, auth, work); err != nil {
-			t.Fatal(err)
-		}
-		ni, err := ConvertAndFetchBootstrap(ctx, src, src+"-nydus", auth, cacheDir, filepath.Join(work, "snap-"+im.tag))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if im.tag == "py" {
-			out.py = ni
-		} else {
-			out.hello = ni
-		}
-	}
+	out := kataImages{py: ims["py"], hello: ims["hello"]}
 	for id := range out.py.Blobs {
 		if _, ok := out.hello.Blobs[id]; ok {
 			out.base = id
@@ -121,151 +75,6 @@ func buildKataImages(t *testing.T, reg *testsvc.Registry) kataImages {
 		t.Fatalf("the two Nydus images share no blob: %v, %v", out.py.Blobs, out.hello.Blobs)
 	}
 	return out
-}
-
-const kataPyMain = `import os, sys
-print("PY-FIRST-LINE python", sys.version.split()[0], flush=True)
-n = 0
-for d, _, fs in os.walk("/usr/lib/python3.11/encodings"):
-    n += len(fs)
-with open("/out.txt", "w") as f:
-    f.write("written by the container\n")
-print("PY-DONE files=%d" % n, flush=True)
-`
-
-// kataPyReader keeps reading the image for a few seconds (while the host
-// unmounts the other container's image).
-const kataPyReader = `import os, sys, time
-end = time.time() + float(sys.argv[1])
-rounds = 0
-total = 0
-while time.time() < end:
-    for d, _, fs in os.walk("/usr/lib/python3.11"):
-        for f in fs:
-            p = os.path.join(d, f)
-            if os.path.isfile(p) and not os.path.islink(p):
-                with open(p, "rb") as fh:
-                    total += len(fh.read())
-    rounds += 1
-print("READER-OK rounds=%d bytes=%d" % (rounds, total), flush=True)
-`
-
-// extraOption is nydus-snapshotter's extraoption (enable_nydus_overlayfs).
-type extraOption struct {
-	Source      string `json:"source"`
-	Config      string `json:"config"`
-	Snapshotdir string `json:"snapshotdir"`
-	Version     string `json:"fs_version"`
-}
-
-// snapshotterConfig is the nydusd config nydus-snapshotter writes for a
-// registry image (its FuseDaemonConfig, nydusd v1 shape).
-func snapshotterConfig(reg *testsvc.Registry, host, snapshotID, workDir string) string {
-	m := map[string]any{
-		"device": map[string]any{
-			"id": "/" + snapshotID,
-			"backend": map[string]any{"type": "registry", "config": map[string]any{
-				"host": host, "repo": reg.Repo, "auth": reg.AuthB64(), "scheme": "http", "skip_verify": true,
-				"timeout": 5, "connect_timeout": 5, "retry_limit": 2,
-			}},
-			"cache": map[string]any{"type": "blobcache", "config": map[string]any{
-				"work_dir": workDir, "disable_indexed_map": false,
-			}},
-		},
-		"mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true,
-		"amplify_io":  1 << 20,
-		"fs_prefetch": map[string]any{"enable": true, "prefetch_all": true, "threads_count": 8, "merging_size": 1 << 20},
-	}
-	b, _ := json.Marshal(m)
-	return string(b)
-}
-
-// decodeExtraOption is what Kata's runtime does with the rootfs mount's
-// extraoption= value.
-func decodeExtraOption(opt string) (*extraOption, error) {
-	b, err := base64.StdEncoding.DecodeString(opt)
-	if err != nil {
-		return nil, fmt.Errorf("extraoption: %w", err)
-	}
-	var e extraOption
-	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("extraoption: %w", err)
-	}
-	if e.Source == "" || e.Config == "" || e.Snapshotdir == "" {
-		return nil, fmt.Errorf("extraoption: source, config and snapshotdir are required: %+v", e)
-	}
-	return &e, nil
-}
-
-// kataAPI is the runtime's client of the daemon's API socket.
-type kataAPI struct{ c *http.Client }
-
-func newKataAPI(sock string) kataAPI {
-	return kataAPI{c: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "unix", sock)
-		}}}}
-}
-
-func (a kataAPI) do(ctx context.Context, method, path string, body any) (int, []byte, error) {
-	var rd *bytes.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return 0, nil, err
-		}
-		rd = bytes.NewReader(b)
-	} else {
-		rd = bytes.NewReader(nil)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://unix"+path, rd)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := a.c.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	_, _ = buf.ReadFrom(resp.Body)
-	return resp.StatusCode, buf.Bytes(), nil
-}
-
-// waitRunning polls GET /api/v1/daemon as the runtimes do.
-func (a kataAPI) waitRunning(ctx context.Context) error {
-	var last string
-	for i := 0; i < 100; i++ {
-		code, b, err := a.do(ctx, http.MethodGet, "/api/v1/daemon", nil)
-		if err == nil && code == http.StatusOK {
-			var info struct {
-				State string `json:"state"`
-			}
-			if json.Unmarshal(b, &info) == nil && info.State == "RUNNING" {
-				return nil
-			}
-		}
-		last = fmt.Sprintf("%d %s %v", code, b, err)
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("daemon not RUNNING: %s", last)
-}
-
-// mount posts a mount; encode percent-encodes the mountpoint as runtime-rs
-// does (the Go runtime sends it raw).
-func (a kataAPI) mount(ctx context.Context, method, mountpoint string, body any, encode bool) error {
-	mp := mountpoint
-	if encode {
-		mp = url.QueryEscape(mountpoint)
-	}
-	code, b, err := a.do(ctx, method, "/api/v1/mount?mountpoint="+mp, body)
-	if err != nil {
-		return err
-	}
-	if code != http.StatusNoContent {
-		return fmt.Errorf("%s %s: %d %s", method, mountpoint, code, b)
-	}
-	return nil
 }
 
 // kataShape is one way a Kata runtime launches the daemon.
@@ -345,7 +154,7 @@ func runKata(t *testing.T, g *Guest, daemon string, shape kataShape, reg *testsv
 				t.Fatal(err)
 			}
 		}
-		eo, _ := json.Marshal(extraOption{Source: c.img.Bootstrap, Config: snapshotterConfig(reg, counter.Host, strconv.Itoa(i+1), cacheDir),
+		eo, _ := json.Marshal(ExtraOption{Source: c.img.Bootstrap, Config: SnapshotterConfig(counter.Host, reg.Repo, reg.AuthB64(), strconv.Itoa(i+1), cacheDir, true),
 			Snapshotdir: snap, Version: "v6"})
 		cs = append(cs, &container{cid: c.cid, img: c.img, opt: base64.StdEncoding.EncodeToString(eo), snap: snap})
 	}
@@ -363,7 +172,7 @@ func runKata(t *testing.T, g *Guest, daemon string, shape kataShape, reg *testsv
 		t.Cleanup(func() { _ = unix.Unmount(dst, unix.MNT_DETACH) })
 	}
 
-	var api kataAPI
+	var api KataAPI
 	var apiSock string
 	backend := Backend{Name: "kata-" + shape.name, Command: func(c BackendConfig) (*exec.Cmd, error) {
 		args, cwd, a := shape.argv(daemon, c.Socket)
@@ -374,20 +183,20 @@ func runKata(t *testing.T, g *Guest, daemon string, shape kataShape, reg *testsv
 	}}
 	deleted := make(chan error, 1)
 	before := func(ctx context.Context) error {
-		api = newKataAPI(apiSock)
-		if err := api.waitRunning(ctx); err != nil {
+		api = NewKataAPI(apiSock)
+		if err := api.WaitRunning(ctx); err != nil {
 			return err
 		}
-		if err := api.mount(ctx, http.MethodPost, "/containers",
+		if err := api.Mount(ctx, http.MethodPost, "/containers",
 			map[string]string{"fs_type": "passthrough_fs", "source": shared, "config": ""}, shape.encode); err != nil {
 			return err
 		}
 		for _, c := range cs {
-			eo, err := decodeExtraOption(c.opt)
+			eo, err := DecodeExtraOption(c.opt)
 			if err != nil {
 				return err
 			}
-			if err := api.mount(ctx, http.MethodPost, "/rafs/"+c.cid+"/lowerdir",
+			if err := api.Mount(ctx, http.MethodPost, "/rafs/"+c.cid+"/lowerdir",
 				map[string]string{"fs_type": "rafs", "source": eo.Source, "config": eo.Config}, shape.encode); err != nil {
 				return err
 			}
@@ -398,7 +207,7 @@ func runKata(t *testing.T, g *Guest, daemon string, shape kataShape, reg *testsv
 			deadline := time.Now().Add(4 * time.Minute)
 			for time.Now().Before(deadline) {
 				if _, err := os.Stat(filepath.Join(shared, "sync", "c-hello-umounted")); err == nil {
-					err := api.mount(context.Background(), http.MethodDelete, "/rafs/c-hello/lowerdir", nil, shape.encode)
+					err := api.Mount(context.Background(), http.MethodDelete, "/rafs/c-hello/lowerdir", nil, shape.encode)
 					if err == nil {
 						err = os.WriteFile(filepath.Join(shared, "sync", "c-hello-deleted"), nil, 0o644)
 					}

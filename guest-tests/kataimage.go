@@ -215,3 +215,94 @@ func ConvertAndFetchBootstrap(ctx context.Context, src, target string, auth auth
 		return out, nil
 	}
 }
+
+// KataImages are the images the Kata guest test, the demo and the
+// cold-start benchmark use, by tag; every one starts with the same base
+// layer (libc6 and a static busybox as /bin/sh).
+var kataImageSpecs = map[string]struct {
+	layers []string
+	cmd    []string
+}{
+	"py":    {[]string{"base", "python", "app"}, []string{"/usr/bin/python3.11", "/app/main.py"}},
+	"hello": {[]string{"base", "hello"}, []string{"/usr/bin/hello"}},
+}
+
+var kataLayers = map[string]DebLayer{
+	"base": {Packages: []string{"libc6", "busybox-static"},
+		Symlinks: map[string]string{"bin/sh": "busybox"}},
+	"python": {Packages: []string{"python3.11-minimal", "libpython3.11-minimal", "zlib1g", "libexpat1"}},
+	"app":    {Files: map[string]string{"app/main.py": kataPyMain, "app/reader.py": kataPyReader}},
+	"hello":  {Packages: []string{"hello"}},
+}
+
+// BuildKataImages builds the tagged images from Debian packages (cached
+// in guest-tests/.cache/debs), pushes them as OCI images to host/repo:TAG,
+// converts each to host/repo:TAG-nydus with package convert and unpacks
+// its bootstrap under work, as nydus-snapshotter would.
+func BuildKataImages(ctx context.Context, host, repo string, auth authn.Authenticator, work string, tags ...string) (map[string]*NydusImage, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	debs := filepath.Join(root, "guest-tests", ".cache", "debs")
+	if err := os.MkdirAll(debs, 0o755); err != nil {
+		return nil, err
+	}
+	log := logrus.StandardLogger()
+	built := map[string]bool{}
+	out := map[string]*NydusImage{}
+	for _, tag := range tags {
+		spec, ok := kataImageSpecs[tag]
+		if !ok {
+			return nil, fmt.Errorf("no image %q", tag)
+		}
+		var dirs []string
+		for _, l := range spec.layers {
+			dir := filepath.Join(work, "layer-"+l)
+			if !built[l] {
+				if err := BuildDebLayer(ctx, debs, dir, kataLayers[l], log); err != nil {
+					return nil, err
+				}
+				built[l] = true
+			}
+			dirs = append(dirs, dir)
+		}
+		src := host + "/" + repo + ":" + tag
+		if _, err := PushDebImage(ctx, src, dirs, spec.cmd, auth, work); err != nil {
+			return nil, err
+		}
+		ni, err := ConvertAndFetchBootstrap(ctx, src, src+"-nydus", auth, filepath.Join(work, "convert-cache"), filepath.Join(work, "snap-"+tag))
+		if err != nil {
+			return nil, err
+		}
+		out[tag] = ni
+	}
+	return out, nil
+}
+
+const kataPyMain = `import os, sys
+print("PY-FIRST-LINE python", sys.version.split()[0], flush=True)
+n = 0
+for d, _, fs in os.walk("/usr/lib/python3.11/encodings"):
+    n += len(fs)
+with open("/out.txt", "w") as f:
+    f.write("written by the container\n")
+print("PY-DONE files=%d" % n, flush=True)
+`
+
+// kataPyReader keeps reading the image for a few seconds (while the host
+// unmounts the other container's image).
+const kataPyReader = `import os, sys, time
+end = time.time() + float(sys.argv[1])
+rounds = 0
+total = 0
+while time.time() < end:
+    for d, _, fs in os.walk("/usr/lib/python3.11"):
+        for f in fs:
+            p = os.path.join(d, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb") as fh:
+                    total += len(fh.read())
+    rounds += 1
+print("READER-OK rounds=%d bytes=%d" % (rounds, total), flush=True)
+`
