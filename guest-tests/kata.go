@@ -9,6 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -128,6 +131,54 @@ func (a KataAPI) Mount(ctx context.Context, method, mountpoint string, body any,
 	}
 	if code != http.StatusNoContent {
 		return fmt.Errorf("%s %s: %d %s", method, mountpoint, code, b)
+	}
+	return nil
+}
+
+// FirstLine finds the first line of a run's serial.log containing marker
+// and returns when it was printed: the harness prefixes each line with
+// the seconds since QEMU started.
+func FirstLine(serial, marker string) (time.Duration, bool) {
+	b, err := os.ReadFile(serial)
+	if err != nil {
+		return 0, false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, marker) {
+			continue
+		}
+		fs := strings.Fields(l)
+		if len(fs) == 0 {
+			return 0, false
+		}
+		secs, err := strconv.ParseFloat(fs[0], 64)
+		if err != nil {
+			return 0, false
+		}
+		return time.Duration(secs * float64(time.Second)), true
+	}
+	return 0, false
+}
+
+// RafsMount is one container's image as the runtime mounts it.
+type RafsMount struct{ CID, Bootstrap, Config string }
+
+// StartSandbox does what a Kata runtime does once it has started the
+// daemon: wait until it is RUNNING, mount the sandbox's shared directory
+// at /containers and each container's image at /rafs/<cid>/lowerdir.
+func (a KataAPI) StartSandbox(ctx context.Context, shared string, images []RafsMount, encode bool) error {
+	if err := a.WaitRunning(ctx); err != nil {
+		return err
+	}
+	if err := a.Mount(ctx, http.MethodPost, "/containers",
+		map[string]string{"fs_type": "passthrough_fs", "source": shared, "config": ""}, encode); err != nil {
+		return err
+	}
+	for _, im := range images {
+		if err := a.Mount(ctx, http.MethodPost, "/rafs/"+im.CID+"/lowerdir",
+			map[string]string{"fs_type": "rafs", "source": im.Bootstrap, "config": im.Config}, encode); err != nil {
+			return err
+		}
 	}
 	return nil
 }

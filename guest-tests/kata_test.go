@@ -184,22 +184,16 @@ func runKata(t *testing.T, g *Guest, daemon string, shape kataShape, reg *testsv
 	deleted := make(chan error, 1)
 	before := func(ctx context.Context) error {
 		api = NewKataAPI(apiSock)
-		if err := api.WaitRunning(ctx); err != nil {
-			return err
-		}
-		if err := api.Mount(ctx, http.MethodPost, "/containers",
-			map[string]string{"fs_type": "passthrough_fs", "source": shared, "config": ""}, shape.encode); err != nil {
-			return err
-		}
+		var ims []RafsMount
 		for _, c := range cs {
 			eo, err := DecodeExtraOption(c.opt)
 			if err != nil {
 				return err
 			}
-			if err := api.Mount(ctx, http.MethodPost, "/rafs/"+c.cid+"/lowerdir",
-				map[string]string{"fs_type": "rafs", "source": eo.Source, "config": eo.Config}, shape.encode); err != nil {
-				return err
-			}
+			ims = append(ims, RafsMount{CID: c.cid, Bootstrap: eo.Source, Config: eo.Config})
+		}
+		if err := api.StartSandbox(ctx, shared, ims, shape.encode); err != nil {
+			return err
 		}
 		// The hello container is removed while the Python one reads: the
 		// guest says when its overlay is gone, the runtime DELETEs.

@@ -225,7 +225,13 @@ var kataImageSpecs = map[string]struct {
 }{
 	"py":    {[]string{"base", "python", "app"}, []string{"/usr/bin/python3.11", "/app/main.py"}},
 	"hello": {[]string{"base", "hello"}, []string{"/usr/bin/hello"}},
+	"jre":   {[]string{"base", "jre"}, []string{JavaPath, "-version"}},
 }
+
+// JavaPath is the java launcher of the "jre" image (the /usr/bin/java
+// alternative is made by a maintainer script, which an unpacked image
+// does not run).
+const JavaPath = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
 
 var kataLayers = map[string]DebLayer{
 	"base": {Packages: []string{"libc6", "busybox-static"},
@@ -233,6 +239,7 @@ var kataLayers = map[string]DebLayer{
 	"python": {Packages: []string{"python3.11-minimal", "libpython3.11-minimal", "zlib1g", "libexpat1"}},
 	"app":    {Files: map[string]string{"app/main.py": kataPyMain, "app/reader.py": kataPyReader}},
 	"hello":  {Packages: []string{"hello"}},
+	"jre":    {Packages: []string{"openjdk-17-jre-headless", "libstdc++6", "libgcc-s1", "zlib1g"}},
 }
 
 // BuildKataImages builds the tagged images from Debian packages (cached

@@ -1,15 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -96,17 +92,9 @@ func runLazy(ctx context.Context, daemon string, timeout time.Duration) int {
 		return exec.Command(daemon, "virtiofs", "--log-level", "info", "--apisock", apiSock, "--sock", c.Socket), nil
 	}}
 	before := func(ctx context.Context) error {
-		api := guesttests.NewKataAPI(apiSock)
-		if err := api.WaitRunning(ctx); err != nil {
-			return err
-		}
-		if err := api.Mount(ctx, http.MethodPost, "/containers",
-			map[string]string{"fs_type": "passthrough_fs", "source": shared, "config": ""}, false); err != nil {
-			return err
-		}
 		cfg := guesttests.SnapshotterConfig(counter.Host, repo, "", "1", blobCache, false)
-		return api.Mount(ctx, http.MethodPost, "/rafs/demo/lowerdir",
-			map[string]string{"fs_type": "rafs", "source": img.Bootstrap, "config": cfg}, false)
+		return guesttests.NewKataAPI(apiSock).StartSandbox(ctx, shared,
+			[]guesttests.RafsMount{{CID: "demo", Bootstrap: img.Bootstrap, Config: cfg}}, false)
 	}
 	logDir := filepath.Join(cacheDir, "demo-logs", "lazy")
 	if err := os.RemoveAll(logDir); err != nil {
@@ -122,7 +110,7 @@ func runLazy(ctx context.Context, daemon string, timeout time.Duration) int {
 	if err != nil {
 		return fail(err)
 	}
-	first, ok := firstLine(filepath.Join(logDir, "serial.log"), "PY-FIRST-LINE")
+	first, ok := guesttests.FirstLine(filepath.Join(logDir, "serial.log"), "PY-FIRST-LINE")
 	var fetched int64
 	for _, n := range counter.Bytes() {
 		fetched += n
@@ -137,31 +125,4 @@ func runLazy(ctx context.Context, daemon string, timeout time.Duration) int {
 		return 1
 	}
 	return 0
-}
-
-// firstLine finds the first serial line containing marker; the harness
-// prefixes each line with the seconds since QEMU started.
-func firstLine(serial, marker string) (time.Duration, bool) {
-	f, err := os.Open(serial)
-	if err != nil {
-		return 0, false
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		l := s.Text()
-		if !strings.Contains(l, marker) {
-			continue
-		}
-		fs := strings.Fields(l)
-		if len(fs) == 0 {
-			return 0, false
-		}
-		secs, err := strconv.ParseFloat(fs[0], 64)
-		if err != nil {
-			return 0, false
-		}
-		return time.Duration(secs * float64(time.Second)), true
-	}
-	return 0, false
 }
