@@ -233,6 +233,9 @@ var kataImageSpecs = map[string]struct {
 // does not run).
 const JavaPath = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
 
+// KataImageCmd is the program the tagged image runs (its config's Cmd).
+func KataImageCmd(tag string) []string { return kataImageSpecs[tag].cmd }
+
 var kataLayers = map[string]DebLayer{
 	"base": {Packages: []string{"libc6", "busybox-static"},
 		Symlinks: map[string]string{"bin/sh": "busybox"}},

@@ -36,7 +36,10 @@ func chart(cells []cell, images []string, label, path string) error {
 		p.Add(bars)
 		p.Legend.Add(m, bars)
 	}
-	p.Legend.Top = true
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs = vg.Points(50)
+	p.Y.Min = 0
+	p.Y.Max *= 1.45 // room for the legend
 	p.NominalX(images...)
 	return p.Save(7*vg.Inch, 4*vg.Inch, path)
 }

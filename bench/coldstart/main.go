@@ -76,7 +76,6 @@ type bench struct {
 	imgs     map[string]*guesttests.NydusImage
 	work     string
 	warm     map[string]string // image -> blob cache dir of a finished run
-	cmds     map[string]string
 	logRoot  string
 }
 
@@ -121,7 +120,6 @@ func run(daemon string, runs int, images []string, out, rate string) error {
 		upstream = l.Host
 	}
 	b := &bench{upstream: upstream, g: g, daemon: daemon, reg: reg, imgs: imgs, work: work, warm: map[string]string{},
-		cmds:    map[string]string{"py": "/usr/bin/python3.11 /app/main.py", "hello": "/usr/bin/hello"},
 		logRoot: filepath.Join(cache, "coldstart-logs")}
 	_ = os.RemoveAll(b.logRoot)
 	var cells []cell
@@ -145,6 +143,13 @@ func run(daemon string, runs int, images []string, out, rate string) error {
 	table := report(cells, images, imgs, runs) + fmt.Sprintf("Registry link: %s (nginx limit_rate per answer).\n", label)
 	fmt.Print(table)
 	if out != "" {
+		var data strings.Builder
+		for _, c := range cells {
+			fmt.Fprintf(&data, "%s %s %d %d %d\n", c.image, c.mode, c.pre.Nanoseconds(), c.guest.Nanoseconds(), c.fetched)
+		}
+		if err := os.WriteFile(filepath.Join(out, "coldstart-"+label+".data"), []byte(data.String()), 0o644); err != nil {
+			return err
+		}
 		if err := os.WriteFile(filepath.Join(out, "coldstart-"+label+".md"), []byte(table), 0o644); err != nil {
 			return err
 		}
@@ -156,6 +161,10 @@ func run(daemon string, runs int, images []string, out, rate string) error {
 // measure boots one guest for image im in mode m.
 func (b *bench) measure(ctx context.Context, im, m string, r int) (cell, error) {
 	c := cell{image: im, mode: m}
+	prog := guesttests.KataImageCmd(im)
+	if len(prog) == 0 {
+		return c, fmt.Errorf("no image %q", im)
+	}
 	counter, err := guesttests.StartBlobCounter(b.upstream)
 	if err != nil {
 		return c, err
@@ -223,9 +232,9 @@ func (b *bench) measure(ctx context.Context, im, m string, r int) (cell, error) 
 			}()
 		}
 	}
-	script = "set -u\n/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin\n/bin/busybox --install -s\n" + script +
+	script = "set -u -o pipefail\n/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin\n/bin/busybox --install -s\n" + script +
 		"mkdir -p $R/dev $R/proc && mount --bind /dev $R/dev && mount -t proc proc $R/proc\n" +
-		"chroot $R " + b.cmds[im] + " | sed 's/^/FIRST-LINE /'\n" +
+		"chroot $R " + strings.Join(prog, " ") + " 2>&1 | sed 's/^/FIRST-LINE /' || { echo PROGRAM-FAILED; exit 1; }\n" +
 		"umount $R/proc; umount $R/dev\n" + map[bool]string{true: "", false: "umount $R\n"}[m == "oci"]
 	opts.Config.Steps = []check.Step{{Name: "container", Kind: check.KindExec, Argv: []string{"/bin/busybox", "sh", "-c", script}}}
 	res, err := guesttests.Run(ctx, opts)
