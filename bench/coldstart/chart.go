@@ -41,5 +41,6 @@ func chart(cells []cell, images []string, label, path string) error {
 	p.Y.Min = 0
 	p.Y.Max *= 1.45 // room for the legend
 	p.NominalX(images...)
+	p.X.Min, p.X.Max = p.X.Min-0.5, p.X.Max+0.5 // whole bar groups at the edges
 	return p.Save(7*vg.Inch, 4*vg.Inch, path)
 }
