@@ -91,6 +91,10 @@ func OpenRafs(source string, cfg *backend.Config, caches *storage.Pool, prefetch
 		return nil, nil, fmt.Errorf("rafs: %w", err)
 	}
 	closeImg := func() error { return errors.Join(img.Close(), release()) }
+	if err := img.VerifyBlobs(context.Background()); err != nil {
+		closeImg()
+		return nil, nil, fmt.Errorf("rafs %s: %w", source, err)
+	}
 	if set.Prefetch || len(prefetchFiles) > 0 {
 		if _, err := img.StartPrefetch(rafs.PrefetchOptions{Files: prefetchFiles, All: set.PrefetchAll}); err != nil {
 			closeImg()
@@ -135,10 +139,6 @@ func DefaultNewFS(o FSOptions) NewFS {
 				o.Logger.WithField("layer", "rafs").WithField("bootstrap", req.Source))
 			if err != nil {
 				return vfs.Mount{}, err
-			}
-			if err := img.VerifyBlobs(context.Background()); err != nil {
-				closeImg()
-				return vfs.Mount{}, fmt.Errorf("rafs %s: %w", req.Source, err)
 			}
 			return vfs.Mount{FS: rafs.NewFS(img, rafs.FSOptions{}), Type: BackendRafs,
 				Config: RedactConfig(req.Config), Close: closeImg}, nil

@@ -8,6 +8,7 @@
 //	go run ./guest-tests/cmd/demo -dir /some/dir -file README.md
 //	go run ./guest-tests/cmd/demo -cmd '/path/daemon --socket-path={socket} --shared-dir={share}'
 //	go run ./guest-tests/cmd/demo -backend c -shell   # then a busybox shell in the guest
+//	go run ./guest-tests/cmd/demo -lazy bin/nydus-virtiofsd  # a Nydus image from a loopback registry, as Kata runs it
 package main
 
 import (
@@ -40,10 +41,14 @@ func run() int {
 	cache := flag.String("cache", "auto", "cache mode")
 	timeout := flag.Duration("timeout", 90*time.Second, "limit for the whole run")
 	shell := flag.Bool("shell", false, "after the listing, an interactive busybox shell in the share (needs busybox-static)")
+	lazy := flag.String("lazy", "", "nydus-virtiofsd binary: serve a Nydus image lazily from a loopback registry, as Kata does, to a guest that runs its program")
 	flag.Parse()
 	log := logrus.StandardLogger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *lazy != "" {
+		return runLazy(ctx, *lazy, 3*(*timeout))
+	}
 
 	if err := guesttests.EnsureHost(ctx, log); err != nil {
 		log.Errorf("demo: %v", err)
