@@ -103,7 +103,7 @@ func startObserved(t testing.TB, fs fuse.RawFileSystem, queues, workers int, wra
 	done := make(chan error, 1)
 	go func() {
 		done <- vhostuser.Serve(ctx, l, served, vhostuser.Options{RequestQueues: queues, Workers: workers, Logger: quietLogger(),
-			PollBeforeSleep: pollBeforeSleep(t)})
+			PollBeforeSleep: pollBeforeSleep(t), KickWait: vhostuser.KickWait(os.Getenv(EnvKickWait))})
 	}()
 	t.Cleanup(func() {
 		// The driver's Close (registered later, run earlier) has
@@ -319,6 +319,11 @@ const fixturesDir = "../rafs/testdata/fixtures"
 // vhostuser.Options.PollBeforeSleep in these tests (a Go duration; "0"
 // is the default: no polling), to compare both in the same benchmark run.
 const EnvPoll = "NVFS_POLL_BEFORE_SLEEP"
+
+// EnvKickWait names the environment variable that sets the daemons'
+// vhostuser.Options.KickWait in these tests ("poller", the default, or
+// "ppoll"), to compare both in the same benchmark run.
+const EnvKickWait = "NVFS_KICK_WAIT"
 
 func pollBeforeSleep(t testing.TB) time.Duration {
 	v := os.Getenv(EnvPoll)

@@ -17,18 +17,24 @@ import (
 // BenchmarkTransportEcho measures the bare transport: a 16-byte request and
 // its 17-byte echo through kick → pop → worker → push → call, with 1 and 4
 // request queues and a few requests in flight per queue; and one request at
-// a time (round-trip latency).
+// a time (round-trip latency); each with the leader waiting for kicks in
+// the Go poller and in ppoll(2) (Options.KickWait).
 func BenchmarkTransportEcho(b *testing.B) {
 	for _, tc := range []struct {
 		queues, inflight int
 		poll             time.Duration
-	}{{1, 1, 0}, {1, 1, 20 * time.Microsecond}, {1, 8, 0}, {1, 8, 20 * time.Microsecond}, {4, 8, 0}} {
-		name := fmt.Sprintf("queues=%d/inflight=%d", tc.queues, tc.inflight)
+		kick             vhostuser.KickWait
+	}{
+		{1, 1, 0, vhostuser.KickWaitPoller}, {1, 1, 0, vhostuser.KickWaitPpoll}, {1, 1, 20 * time.Microsecond, vhostuser.KickWaitPoller},
+		{1, 8, 0, vhostuser.KickWaitPoller}, {1, 8, 0, vhostuser.KickWaitPpoll}, {1, 8, 20 * time.Microsecond, vhostuser.KickWaitPoller},
+		{4, 8, 0, vhostuser.KickWaitPoller}, {4, 8, 0, vhostuser.KickWaitPpoll},
+	} {
+		name := fmt.Sprintf("queues=%d/inflight=%d/kick=%s", tc.queues, tc.inflight, tc.kick)
 		if tc.poll > 0 {
 			name += "/poll=" + tc.poll.String() // Options.PollBeforeSleep
 		}
 		b.Run(name, func(b *testing.B) {
-			s := startServer(b, vhostuser.Options{RequestQueues: tc.queues, PollBeforeSleep: tc.poll})
+			s := startServer(b, vhostuser.Options{RequestQueues: tc.queues, PollBeforeSleep: tc.poll, KickWait: tc.kick})
 			d := connect(b, s, testdriver.Options{Sequence: testdriver.CloudHypervisor, RequestQueues: tc.queues, QueueSize: 256})
 			req := [][]byte{[]byte("0123456789abcdef")}
 			sizes := []int{17}

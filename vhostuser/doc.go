@@ -52,7 +52,10 @@
 // Options.IdleCheck: a leader that saw nothing for that long pops whatever
 // came without a kick and signals the guest again if it may have missed a
 // used-buffer signal, so a notification lost anywhere (VMM, guest, us)
-// costs about a second, not a hung guest. Stopping a queue waits for
+// costs about a second, not a hung guest. The leader waits for a kick
+// through the Go runtime's poller by default, or blocked in ppoll(2) on
+// the kick eventfd with Options.KickWait "ppoll" (measured in
+// docs/benchmarks.md; not the default). Stopping a queue waits for
 // requests in the device at most Options.StopTimeout, then abandons them
 // and seals the ring, so GET_VRING_BASE is always answered. The connection
 // keeps a small fd reserve released only around recvmsg, so a kick fd

@@ -80,6 +80,11 @@ type Options struct {
 	// back and costs the one-at-a-time READ stream on a 2-core host, so it
 	// is off until measured on guests that issue requests in parallel.
 	PollBeforeSleep time.Duration
+	// KickWait is how a queue's leader sleeps until the next kick:
+	// KickWaitPoller ("" or "poller", the default: the Go runtime's
+	// poller) or KickWaitPpoll ("ppoll": blocking in ppoll(2) on the kick
+	// eventfd). See kickwait.go and docs/benchmarks.md (issue 15).
+	KickWait KickWait
 }
 
 // DefaultWorkers is the per-request-queue worker count when Options.Workers is 0.

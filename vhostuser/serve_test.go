@@ -110,6 +110,11 @@ func quietLogger() *logrus.Entry {
 	return logrus.NewEntry(l)
 }
 
+// envKickWait names the environment variable that sets Options.KickWait
+// for every test server that does not set it, so that the whole package
+// runs in either mode (NVFS_KICK_WAIT=ppoll go test ./vhostuser).
+const envKickWait = "NVFS_KICK_WAIT"
+
 func startServer(t testing.TB, opts vhostuser.Options) *server {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "vfsd.sock")
@@ -122,6 +127,9 @@ func startServer(t testing.TB, opts vhostuser.Options) *server {
 	}
 	if opts.Logger == nil {
 		opts.Logger = quietLogger()
+	}
+	if opts.KickWait == "" {
+		opts.KickWait = vhostuser.KickWait(os.Getenv(envKickWait))
 	}
 	dev := newEchoDevice(1 + opts.RequestQueues)
 	ctx, cancel := context.WithCancel(context.Background())

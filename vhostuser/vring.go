@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -95,8 +95,10 @@ type runner struct {
 	cancel  context.CancelFunc // cancels ctx: the stop gave up waiting
 	log     *logrus.Entry
 	kick    *os.File
-	idle    time.Duration // bound of one wait for a kick; <= 0: none
-	poll    time.Duration // how long to poll an empty ring before sleeping; <= 0: not at all
+	ppoll   *ppollWaiter    // Options.KickWait ppoll; nil: the runtime poller
+	kickRaw syscall.RawConn // r.kick's, for ppoll
+	idle    time.Duration   // bound of one wait for a kick; <= 0: none
+	poll    time.Duration   // how long to poll an empty ring before sleeping; <= 0: not at all
 	slots   []slot
 	stop    atomic.Bool
 	lead    chan struct{} // holds the lead token when no goroutine leads
@@ -128,6 +130,18 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 		popped: make(chan struct{}),
 	}
 	r.qw, _ = dev.(QueueWaiter)
+	switch opts.KickWait {
+	case "", KickWaitPoller:
+	case KickWaitPpoll:
+		raw, err := r.kick.SyscallConn()
+		if err != nil {
+			r.log.WithError(err).Warn("kick eventfd: no raw access; waiting for kicks through the runtime poller")
+			break
+		}
+		r.kickRaw, r.ppoll = raw, newPpollWaiter(r.idle)
+	default:
+		r.log.WithField("kick_wait", opts.KickWait).Warn("unknown kick wait mode; waiting for kicks through the runtime poller")
+	}
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	_ = r.kick.SetReadDeadline(time.Time{}) // a previous runner may have left one
 	workers := opts.Workers
@@ -154,7 +168,14 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 // complete that every chain popped was pushed.
 func (r *runner) stopAndWait(wait bool, abort <-chan struct{}, timeout time.Duration) (based, complete bool) {
 	r.stop.Store(true)
-	_ = r.kick.SetReadDeadline(time.Unix(1, 0))
+	if r.ppoll != nil {
+		// A spurious kick ends the leader's ppoll; the kick fd is closed
+		// (by the caller, later) only once the leader has left it, since
+		// the wait holds a reference on the os.File (KickWaitPpoll).
+		_, _ = r.kick.Write(eventOne[:])
+	} else {
+		_ = r.kick.SetReadDeadline(time.Unix(1, 0))
+	}
 	finished := make(chan struct{})
 	go func() {
 		r.workers.Wait()
@@ -237,15 +258,20 @@ func (r *runner) halt() { r.quitted.Do(func() { close(r.quit) }) }
 // serveOrStop serves head; a fault outside the device (in the used ring)
 // stops the queue instead of the daemon.
 func (r *runner) serveOrStop(head uint16) (ok bool) {
-	defer func() {
-		if p := recover(); p != nil {
-			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
-			r.halt()
-			ok = false
-		}
-	}()
+	defer r.stopOnFault(&ok)
 	r.serve(head)
 	return true
+}
+
+// stopOnFault, deferred, turns a panic of the queue's own code (a fault in
+// guest memory) into a logged stop of this queue: it sets *ok to false and
+// makes every goroutine of the queue return.
+func (r *runner) stopOnFault(ok *bool) {
+	if p := recover(); p != nil {
+		r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
+		r.halt()
+		*ok = false
+	}
 }
 
 // warnf logs a warning the guest can trigger at will, at most once a
@@ -272,12 +298,7 @@ func (r *runner) limited(level logrus.Level, fields logrus.Fields, format string
 // the ring is empty. Malformed chains are given back on the way. It
 // returns false when the queue stops. Only the leader calls it.
 func (r *runner) next() (head uint16, ok bool) {
-	defer func() {
-		if p := recover(); p != nil {
-			r.log.WithField("panic", fmt.Sprint(p)).WithField("stack", string(debug.Stack())).Error("queue stopped after a fault")
-			ok = false
-		}
-	}()
+	defer r.stopOnFault(&ok)
 	for !r.stop.Load() {
 		if !r.draining {
 			r.q.DisableNotify()
@@ -371,6 +392,9 @@ func (r *runner) pollRing() bool {
 // for a signal the guest may have missed. It returns false when the queue
 // stops.
 func (r *runner) waitKick() bool {
+	if r.ppoll != nil {
+		return r.waitKickPpoll()
+	}
 	if r.idle > 0 {
 		// Re-arming the deadline costs a runtime timer update (about
 		// 100-1000 ns, more than the rest of the wait's bookkeeping), so
@@ -390,11 +414,10 @@ func (r *runner) waitKick() bool {
 	if r.stop.Load() {
 		return false
 	}
-	if r.qw != nil && err == nil {
-		r.kickAt = time.Now()
-	}
 	switch {
-	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+	case err == nil:
+		r.kicked()
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		r.idleCheck()
 	default:
@@ -402,6 +425,38 @@ func (r *runner) waitKick() bool {
 		return false
 	}
 	return true
+}
+
+// waitKickPpoll is waitKick for KickWaitPpoll: the leader blocks in
+// ppoll(2) on the kick eventfd, the idle bound as its timeout. The wait
+// runs inside RawConn.Control, so the fd stays open (a Close waits) until
+// the wait returns; a stop's spurious kick makes that prompt.
+func (r *runner) waitKickPpoll() bool {
+	if r.stop.Load() {
+		return false
+	}
+	w := r.ppoll
+	cerr := r.kickRaw.Control(w.wait)
+	if r.stop.Load() {
+		return false
+	}
+	switch {
+	case cerr != nil, w.err != nil:
+		r.log.WithError(errors.Join(cerr, w.err)).Error("waiting for a kick failed; queue stops")
+		return false
+	case w.timedOut:
+		r.idleCheck()
+	default:
+		r.kicked()
+	}
+	return true
+}
+
+// kicked notes when a kick woke the leader (QueueWaiter only).
+func (r *runner) kicked() {
+	if r.qw != nil {
+		r.kickAt = time.Now()
+	}
 }
 
 // idleCheck runs after a quiet period: if the guest may be waiting for a
