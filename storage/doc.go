@@ -96,7 +96,8 @@
 // # Size cap
 //
 // Beyond nydusd, which never evicts: Options.MaxSize (config key
-// cache.filecache.max_size, bytes, 0 = no cap) bounds the disk space the
+// cache.filecache.max_size, v1 device.cache.config.max_size, bytes,
+// 0 = no cap) bounds the disk space the
 // cache directory's blob files use. When it is exceeded the flusher
 // removes whole blobs, least recently used first (by the chunk map's
 // mtime), and never a blob this daemon has open.

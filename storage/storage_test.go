@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 )
 
 func newManager(t *testing.T, o Options) *Manager {
@@ -319,6 +321,39 @@ func TestUnwritableCacheDir(t *testing.T) {
 
 func TestEvictColdBlobs(t *testing.T) {
 	dir := t.TempDir()
+	evictColdBlobs(t, dir, Options{Type: TypeBlobcache, WorkDir: dir, MaxSize: 3 * (64<<10 + 8192)})
+}
+
+// TestMaxSizeFromConfigFile: max_size (our extension) reaches the cache
+// from a config file in each of nydusd's shapes, and caps it.
+func TestMaxSizeFromConfigFile(t *testing.T) {
+	const capBytes = 3 * (64<<10 + 8192)
+	for _, tc := range []struct{ name, text string }{
+		{"v2 json", `{"version":2,"backend":{"type":"localfs","localfs":{"dir":"/tmp"}},"cache":{"type":"blobcache","filecache":{"work_dir":%q,"max_size":%d}}}`},
+		{"v2 toml", "version = 2\n[backend]\ntype = \"localfs\"\n[backend.localfs]\ndir = \"/tmp\"\n[cache]\ntype = \"filecache\"\n[cache.filecache]\nwork_dir = %q\nmax_size = %d\n"},
+		{"v1 json", `{"device":{"backend":{"type":"localfs","config":{"dir":"/tmp"}},"cache":{"type":"blobcache","config":{"work_dir":%q,"max_size":%d}}},"mode":"direct"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(t.TempDir(), "config")
+			if err := os.WriteFile(path, []byte(fmt.Sprintf(tc.text, dir, capBytes)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := backend.LoadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := SettingsFromConfig(cfg).Cache
+			if o.MaxSize != capBytes || o.WorkDir != dir {
+				t.Fatalf("max_size %d work_dir %q, want %d %q", o.MaxSize, o.WorkDir, capBytes, dir)
+			}
+			evictColdBlobs(t, dir, o)
+		})
+	}
+}
+
+func evictColdBlobs(t *testing.T, dir string, o Options) {
+	o.SyncInterval = 20 * time.Millisecond
 	var blobs []*testBlob
 	be := &faultInjector{blobs: map[string][]byte{}}
 	for i := range 4 {
@@ -326,7 +361,7 @@ func TestEvictColdBlobs(t *testing.T) {
 		blobs = append(blobs, tb)
 		be.blobs[tb.id] = tb.data
 	}
-	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: dir, MaxSize: 3 * (64<<10 + 8192), SyncInterval: 20 * time.Millisecond})
+	m := newManager(t, o)
 	var open *Blob
 	for i, tb := range blobs {
 		b, err := m.Open(tb.desc(), be, identity{}, tb)
