@@ -233,9 +233,10 @@ func BenchmarkColdStart(b *testing.B) {
 		}
 		return cfg
 	}
-	open := func(cfg *backend.Config) (*rafs.Image, *storage.Pool, func()) {
+	open := func(cfg *backend.Config, noReadAhead ...bool) (*rafs.Image, *storage.Pool, func()) {
 		pool := storage.NewPool(quietEntry())
 		set := storage.SettingsFromConfig(cfg)
+		set.Cache.NoReadAhead = len(noReadAhead) > 0 && noReadAhead[0]
 		m, release, err := pool.Get(set.Cache)
 		if err != nil {
 			b.Fatal(err)
@@ -260,6 +261,16 @@ func BenchmarkColdStart(b *testing.B) {
 		lazy := time.Since(start)
 		fetched := pool.BackendMetrics().ReadAmountTotal
 		requests := pool.BackendMetrics().ReadCount
+		done()
+
+		// 1a. The same without background fetches (the widened part of a
+		// miss on the reader's time, a read's requests one after another).
+		cache1a := filepath.Join(work, "cache1a")
+		img, pool, done = open(config(cache1a, false), true)
+		start = time.Now()
+		readSet(b, img, set)
+		lazySerial := time.Since(start)
+		fetchedSerial := pool.BackendMetrics().ReadAmountTotal
 		done()
 
 		// 1b. Cold, lazy, eight readers (a container's processes and the
@@ -346,6 +357,8 @@ func BenchmarkColdStart(b *testing.B) {
 		b.ReportMetric(fullTime.Seconds(), "full-download-s")
 		b.ReportMetric(lazy.Seconds()/fullTime.Seconds(), "lazy/full")
 		b.ReportMetric(lazy8.Seconds()/fullTime.Seconds(), "lazy8/full")
+		b.ReportMetric(lazySerial.Seconds()/fullTime.Seconds(), "lazy-no-readahead/full")
+		b.ReportMetric(float64(fetchedSerial)/float64(wsBytes), "fetched-no-readahead/workset")
 		b.ReportMetric(float64(requests), "lazy-backend-reads")
 		b.ReportMetric(float64(fetched)/float64(wsBytes), "fetched/workset")
 		b.ReportMetric(prefetched.Seconds(), "prefetch-cached-s")
@@ -353,7 +366,7 @@ func BenchmarkColdStart(b *testing.B) {
 		b.ReportMetric(warm.Seconds(), "warm-s")
 		b.ReportMetric(plain.Seconds(), "plain-s")
 		b.ReportMetric(plain.Seconds()/warm.Seconds(), "warm-speed/plain-speed")
-		for _, d := range []string{cache1, cache1b, cache3, cache4, full} {
+		for _, d := range []string{cache1, cache1a, cache1b, cache3, cache4, full} {
 			os.RemoveAll(d)
 		}
 	}

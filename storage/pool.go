@@ -159,6 +159,7 @@ func (p *Pool) Metrics() BlobcacheMetrics {
 		out.DataAllReady = out.DataAllReady && s.DataAllReady
 		out.WriteErrors += s.WriteErrors
 		out.EvictedBlobs += s.EvictedBlobs
+		out.ReadAheadBytes += s.ReadAheadBytes
 	}
 	return out
 }
