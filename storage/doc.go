@@ -84,6 +84,15 @@
 // decoded, checked when the reader validates, written and marked, and its
 // waiters are woken with either the location or, when it could not be
 // stored, its bytes. A waiter whose fetcher was cancelled fetches itself.
+// The runs of one fetch go out together (at most maxRuns at once).
+//
+// Read-ahead: each Blob handle remembers where its last Get ended; after
+// seqStreak Gets in a row that each start there (or in the chunk before),
+// the next batch of missing chunks is claimed and fetched by a goroutine
+// under the handle's background context, which Close cancels before it
+// waits for operations to drain. The Manager's ahead channel bounds such
+// fetches (maxAhead); without a free token nothing is read ahead. Only
+// waiters for those very chunks wait for it.
 //
 // # Cache types and failures
 //
