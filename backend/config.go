@@ -133,6 +133,9 @@ type FileCacheConfig struct {
 	EnableEncryption           bool   `json:"enable_encryption" toml:"enable_encryption"`
 	EncryptionKey              string `json:"encryption_key" toml:"encryption_key"`
 	EnableConvergentEncryption bool   `json:"enable_convergent_encryption" toml:"enable_convergent_encryption"`
+	// MaxSize is our extension beyond nydusd (which never evicts): a cap
+	// in bytes on the cache directory's blob files; 0 means none.
+	MaxSize int64 `json:"max_size" toml:"max_size"`
 }
 
 // FsCacheConfig is the fscache table.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -84,6 +85,16 @@ type Blob struct {
 	// files are never closed under one.
 	life sync.RWMutex
 	dead bool // under life
+
+	// bg is the context of the handle's background fetches (the widened
+	// part of a miss, read-ahead); Close cancels it first.
+	bg     context.Context
+	stopBG context.CancelFunc
+	// seq is the highest chunk index of the last Get plus one (0: none),
+	// for spotting a sequential reader.
+	seq atomic.Uint32
+	// streak counts the sequential Gets in a row.
+	streak atomic.Uint32
 }
 
 // errClosed is returned by operations on a closed handle.
@@ -107,6 +118,7 @@ func (b *Blob) ID() string { return b.e.desc.ID }
 // Close releases the handle (and the entry, when it was the last one),
 // after the operations in progress on it have finished.
 func (b *Blob) Close() error {
+	b.stopBG()
 	b.life.Lock()
 	b.dead = true
 	b.life.Unlock()
@@ -148,8 +160,16 @@ func (b *Blob) backendBlob(ctx context.Context) (backend.Blob, int, error) {
 	return h, b.fileFd, nil
 }
 
-// Size is the backend blob's size.
+// Size is the backend blob's size. A blob whose every chunk is cached and
+// whose size the image states is answered without the backend, so that a
+// fully cached image opens with its backend unreachable.
 func (b *Blob) Size(ctx context.Context) (int64, error) {
+	b.mu.Lock()
+	opened := b.opened != nil
+	b.mu.Unlock()
+	if d := b.e.desc; !opened && b.e.persist && d.CompressedSize > 0 && b.e.allReady() {
+		return int64(d.CompressedSize), nil
+	}
 	h, _, err := b.backendBlob(ctx)
 	if err != nil {
 		return 0, err
@@ -214,6 +234,7 @@ func (b *Blob) Get(ctx context.Context, chunks []Chunk, out []Location) error {
 	e := b.e
 	mt := &b.m.metrics
 	mt.total.Add(1)
+	defer b.readAhead(chunks)
 	var missing []int
 	for i := range chunks {
 		c := &chunks[i]
@@ -384,11 +405,11 @@ type claimed struct {
 // claim splits want into the chunks this caller fetches (with their flights
 // registered) and flights to wait for (waits[k] for want[k], nil when the
 // chunk is ready or claimed here). Without a persistent cache nothing is
-// shared: everything is claimed privately.
-func (b *Blob) claim(want []Chunk, prefetch bool) ([]claimed, []*flight) {
+// shared: everything is claimed privately. A read's miss is widened to
+// the missing chunks that follow it (amplify_io).
+func (b *Blob) claim(want []Chunk, prefetch bool) (mine []claimed, waits []*flight) {
 	e := b.e
-	waits := make([]*flight, len(want))
-	var mine []claimed
+	waits = make([]*flight, len(want))
 	if !e.persist {
 		for k := range want {
 			f := &flight{done: make(chan struct{})}
@@ -427,7 +448,18 @@ func (b *Blob) claim(want []Chunk, prefetch bool) ([]claimed, []*flight) {
 	lo, hi := mine[0].c, mine[len(mine)-1].c
 	span := hi.CompressedOffset + uint64(hi.CompressedSize) - lo.CompressedOffset
 	budget := int64(b.m.opts.BatchSize) - int64(span)
-	verify := lo.Verify
+	// The widening stays in the miss's request: fetched apart, in the
+	// background, it doubled the requests of a reader of scattered small
+	// files and made it slower (docs/benchmarks.md, issue 9).
+	b.widen(hi.Index+1, budget, lo.Verify, seen, &mine)
+	return mine, waits
+}
+
+// widen claims the missing chunks from index from on, forward, while they
+// fit budget bytes: what follows a miss is what a sequential reader asks
+// for next. Called with e.mu held.
+func (b *Blob) widen(from uint32, budget int64, verify bool, seen map[uint32]bool, mine *[]claimed) {
+	e := b.e
 	grow := func(i uint32) bool {
 		if i >= e.desc.ChunkCount || seen[i] || bit(e.ready, i) || e.inflight[i] != nil {
 			return false
@@ -441,14 +473,117 @@ func (b *Blob) claim(want []Chunk, prefetch bool) ([]claimed, []*flight) {
 		budget -= int64(c.CompressedSize)
 		f := &flight{done: make(chan struct{})}
 		e.inflight[i] = f
-		mine = append(mine, claimed{c: c, f: f})
+		*mine = append(*mine, claimed{c: c, f: f})
 		return true
 	}
-	// Forward only: what follows a miss is what a sequential reader
-	// asks for next.
-	for i := hi.Index + 1; budget > 0 && grow(i); i++ {
+	for i := from; budget > 0 && grow(i); i++ {
 	}
-	return mine, waits
+}
+
+// maxRuns bounds the backend requests one fetch sends at once.
+const maxRuns = 8
+
+// maxAhead bounds a Manager's background fetches of reads in flight.
+const maxAhead = 8
+
+// tryAhead takes a background-fetch token if one is free.
+func (m *Manager) tryAhead() bool {
+	if m.opts.NoReadAhead {
+		return false
+	}
+	select {
+	case m.ahead <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// background fetches claimed chunks off the reader's time, under the
+// handle's background context, and returns the token tryAhead took. A
+// handle being closed settles them as abandoned: their waiters fetch
+// themselves.
+func (b *Blob) background(cl []claimed) {
+	go func() {
+		defer func() { <-b.m.ahead }()
+		ctx := b.bg
+		if !b.enter() {
+			ctx, cancel := context.WithCancel(ctx)
+			cancel()
+			for _, c := range cl {
+				b.settle(ctx, c, false, nil, errClosed)
+			}
+			return
+		}
+		defer b.leave()
+		b.m.metrics.readAheadBytes.Add(int64(runBytes(cl)))
+		b.fetchRuns(ctx, cl, false)
+	}()
+}
+
+// runBytes is the stored size of claimed chunks.
+func runBytes(cl []claimed) (n uint64) {
+	for _, c := range cl {
+		n += uint64(c.c.CompressedSize)
+	}
+	return n
+}
+
+// seqStreak is how many Gets in a row must each start at or right after
+// where the one before ended before a reader counts as sequential: two
+// neighbouring small files read one after the other are not a stream.
+const seqStreak = 2
+
+// readAhead starts a background fetch of the chunks that follow a
+// sequential reader (seqStreak Gets in a row each starting at or right
+// after where the one before ended) once less than a batch of the blob ahead of it is
+// cached or being fetched: a batch's worth, from the first chunk missing.
+// Readers never wait for it; it takes a background token or does nothing.
+func (b *Blob) readAhead(chunks []Chunk) {
+	if len(chunks) == 0 || !b.e.persist || b.src == nil || b.m.opts.NoAmplify {
+		return
+	}
+	lo, hi := chunks[0].Index, chunks[0].Index
+	for i := range chunks {
+		lo, hi = min(lo, chunks[i].Index), max(hi, chunks[i].Index)
+	}
+	prev := b.seq.Swap(hi + 1)
+	if prev == 0 || lo+1 < prev || lo > prev {
+		b.streak.Store(0)
+		return // first read, or not sequential
+	}
+	if b.streak.Add(1) < seqStreak {
+		return
+	}
+	e := b.e
+	batch := int64(b.m.opts.BatchSize)
+	last, ok := b.src.Chunk(hi)
+	if !ok {
+		return
+	}
+	e.mu.Lock()
+	// Find the first chunk neither cached nor being fetched, within a
+	// batch of the reader.
+	from := hi + 1
+	for ; from < e.desc.ChunkCount && (bit(e.ready, from) || e.inflight[from] != nil); from++ {
+		c, ok := b.src.Chunk(from)
+		if !ok || int64(c.CompressedOffset)-int64(last.CompressedOffset+uint64(last.CompressedSize)) >= batch {
+			e.mu.Unlock()
+			return // far enough ahead already
+		}
+	}
+	if from >= e.desc.ChunkCount || !b.m.tryAhead() {
+		e.mu.Unlock()
+		return
+	}
+	var cl []claimed
+	b.widen(from, batch, chunks[0].Verify, map[uint32]bool{}, &cl)
+	e.mu.Unlock()
+	if len(cl) == 0 {
+		<-b.m.ahead
+		return
+	}
+	b.background(cl)
 }
 
 // fetchRuns fetches claimed chunks in merged runs and settles their
@@ -459,6 +594,8 @@ func (b *Blob) fetchRuns(ctx context.Context, mine []claimed, prefetch bool) {
 	if prefetch {
 		batch = b.m.opts.Prefetch.BatchSize // requests were merged to it
 	}
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, maxRuns)
 	for start := 0; start < len(mine); {
 		end := start + 1
 		first := mine[start].c.CompressedOffset
@@ -472,9 +609,22 @@ func (b *Blob) fetchRuns(ctx context.Context, mine []claimed, prefetch bool) {
 			last = c.CompressedOffset + uint64(c.CompressedSize)
 			end++
 		}
-		b.fetchRun(ctx, mine[start:end], first, last, prefetch)
+		if start == 0 && end == len(mine) || b.m.opts.NoReadAhead {
+			b.fetchRun(ctx, mine[start:end], first, last, prefetch)
+			start = end
+			continue
+		}
+		// Several runs: their GETs go out together (at most maxRuns at
+		// once), not one after the other.
+		wg.Add(1)
+		slots <- struct{}{}
+		go func(run []claimed, first, last uint64) {
+			defer func() { <-slots; wg.Done() }()
+			b.fetchRun(ctx, run, first, last, prefetch)
+		}(mine[start:end], first, last)
 		start = end
 	}
+	wg.Wait()
 }
 
 func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, prefetch bool) {
@@ -485,19 +635,7 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 	}
 	defer span.End()
 	e := b.e
-	settle := func(cl claimed, stored bool, data []byte, err error) {
-		cl.f.stored, cl.f.data, cl.f.err = stored, data, err
-		// Failed because this fetcher's own request ended (a guest
-		// request abandoned, a prefetch stopped): waiters fetch
-		// themselves. A backend timeout is a failure like any other.
-		cl.f.abandoned = err != nil && ctx.Err() != nil
-		if e.persist {
-			e.mu.Lock()
-			delete(e.inflight, cl.c.Index)
-			e.mu.Unlock()
-		}
-		close(cl.f.done)
-	}
+	settle := func(cl claimed, stored bool, data []byte, err error) { b.settle(ctx, cl, stored, data, err) }
 	h, _, err := b.backendBlob(ctx)
 	if err == nil {
 		if prefetch {
@@ -552,6 +690,22 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 		}
 		settle(cl, stored, data, nil)
 	}
+}
+
+// settle ends a claimed chunk's flight: its waiters get the result.
+func (b *Blob) settle(ctx context.Context, cl claimed, stored bool, data []byte, err error) {
+	e := b.e
+	cl.f.stored, cl.f.data, cl.f.err = stored, data, err
+	// Failed because this fetcher's own request ended (a guest request
+	// abandoned, a prefetch stopped, a handle closed): waiters fetch
+	// themselves. A backend timeout is a failure like any other.
+	cl.f.abandoned = err != nil && ctx.Err() != nil
+	if e.persist {
+		e.mu.Lock()
+		delete(e.inflight, cl.c.Index)
+		e.mu.Unlock()
+	}
+	close(cl.f.done)
 }
 
 // Metadata files a reader may keep in the cache directory, next to the

@@ -84,6 +84,15 @@
 // decoded, checked when the reader validates, written and marked, and its
 // waiters are woken with either the location or, when it could not be
 // stored, its bytes. A waiter whose fetcher was cancelled fetches itself.
+// The runs of one fetch go out together (at most maxRuns at once).
+//
+// Read-ahead: each Blob handle remembers where its last Get ended; after
+// seqStreak Gets in a row that each start there (or in the chunk before),
+// the next batch of missing chunks is claimed and fetched by a goroutine
+// under the handle's background context, which Close cancels before it
+// waits for operations to drain. The Manager's ahead channel bounds such
+// fetches (maxAhead); without a free token nothing is read ahead. Only
+// waiters for those very chunks wait for it.
 //
 // # Cache types and failures
 //
@@ -96,7 +105,8 @@
 // # Size cap
 //
 // Beyond nydusd, which never evicts: Options.MaxSize (config key
-// cache.filecache.max_size, bytes, 0 = no cap) bounds the disk space the
+// cache.filecache.max_size, v1 device.cache.config.max_size, bytes,
+// 0 = no cap) bounds the disk space the
 // cache directory's blob files use. When it is exceeded the flusher
 // removes whole blobs, least recently used first (by the chunk map's
 // mtime), and never a blob this daemon has open.

@@ -28,8 +28,14 @@ type faultInjector struct {
 	fail         atomic.Bool
 	failErr      error // what a failing read returns (nil: a generic error)
 	corrupt      atomic.Bool
-	mu           sync.Mutex
-	ranges       [][2]int64
+	// A read whose range reaches past holdFrom (when > 0) waits until
+	// hold is closed.
+	holdFrom int64
+	hold     chan struct{}
+	// busy counts reads in progress, peak the most at once.
+	busy, peak atomic.Int64
+	mu         sync.Mutex
+	ranges     [][2]int64
 }
 
 func (f *faultInjector) Open(ctx context.Context, id string) (backend.Blob, error) {
@@ -51,6 +57,17 @@ func (b *faultBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error
 	f.mu.Lock()
 	f.ranges = append(f.ranges, [2]int64{off, int64(len(p))})
 	f.mu.Unlock()
+	nb := f.busy.Add(1)
+	defer f.busy.Add(-1)
+	for p := f.peak.Load(); nb > p && !f.peak.CompareAndSwap(p, nb); p = f.peak.Load() {
+	}
+	if f.holdFrom > 0 && off+int64(len(p)) > f.holdFrom {
+		select {
+		case <-f.hold:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 	if f.delay > 0 {
 		select {
 		case <-time.After(f.delay):
@@ -169,4 +186,26 @@ func openTest(t testing.TB, m *Manager, tb *testBlob, be backend.Backend, src Ch
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+// waitAhead waits until no background fetch of reads is in flight (by
+// taking every token).
+func waitAhead(m *Manager) {
+	for range maxAhead {
+		m.ahead <- struct{}{}
+	}
+	for range maxAhead {
+		<-m.ahead
+	}
+}
+
+// readyCount counts tb's cached chunks.
+func readyCount(b *Blob, tb *testBlob) int {
+	n := 0
+	for i := range tb.chunks {
+		if b.Ready(uint32(i)) {
+			n++
+		}
+	}
+	return n
 }

@@ -46,6 +46,11 @@ type Options struct {
 	// NoAmplify turns off widening a miss to neighbouring chunks
 	// (amplify_io 0); chunks of one read are still merged.
 	NoAmplify bool
+	// NoReadAhead keeps reads' fetches on the reader's time: the widened
+	// part of a miss joins its request, nothing is read ahead and a
+	// read's requests go out one after another (as before read-ahead;
+	// for comparisons).
+	NoReadAhead bool
 	// SyncInterval is how often written chunks are synced and marked in
 	// the chunk maps. 0 means 1 s.
 	SyncInterval time.Duration
@@ -91,6 +96,9 @@ type Manager struct {
 	lastDemand atomic.Int64
 	limiter    *limiter
 	pf         prefetcher
+	// ahead bounds the background fetches of reads (the widened part of
+	// a miss, sequential read-ahead) in flight: a token per fetch.
+	ahead chan struct{}
 
 	warnMu sync.Mutex
 	warned map[string]bool
@@ -121,6 +129,7 @@ func NewManager(opts Options) (*Manager, error) {
 	m := &Manager{opts: opts, log: opts.Log, ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		entries: map[string]*entry{}, warned: map[string]bool{}}
 	m.limiter = newLimiter(opts.Prefetch.BandwidthRate)
+	m.ahead = make(chan struct{}, maxAhead)
 	m.pf.init(m)
 	m.backend.typ = opts.BackendType
 	if opts.persistent() {
@@ -217,7 +226,9 @@ func (m *Manager) Open(desc BlobDesc, be backend.Backend, dec Decoder, src Chunk
 	}
 	e.refs++
 	m.metrics.entries.Store(int64(len(m.entries)))
-	return &Blob{m: m, e: e, be: be, dec: dec, src: src}, nil
+	b := &Blob{m: m, e: e, be: be, dec: dec, src: src}
+	b.bg, b.stopBG = context.WithCancel(m.ctx)
+	return b, nil
 }
 
 // release drops a handle's reference on e.

@@ -10,6 +10,7 @@ type Metrics struct {
 	total, wholeHits, partialHits atomic.Int64
 	entries                       atomic.Int64
 	writeErrors, evicted          atomic.Int64
+	readAheadBytes                atomic.Int64
 
 	prefetchBytes, prefetchRequests, prefetchUnmerged atomic.Int64
 	prefetchWorkers                                   atomic.Int64
@@ -40,6 +41,9 @@ type BlobcacheMetrics struct {
 	// Beyond nydusd: cache write failures and evicted blobs.
 	WriteErrors  int64 `json:"write_errors"`
 	EvictedBlobs int64 `json:"evicted_blobs"`
+	// Beyond nydusd: bytes fetched in the background for reads (the
+	// widened part of a miss, sequential read-ahead).
+	ReadAheadBytes int64 `json:"read_ahead_bytes"`
 }
 
 // Metrics returns the blob cache counters.
@@ -59,6 +63,7 @@ func (m *Manager) Metrics() BlobcacheMetrics {
 		PrefetchCumulativeMs:   mt.prefetchMillis.Load(),
 		WriteErrors:            mt.writeErrors.Load(),
 		EvictedBlobs:           mt.evicted.Load(),
+		ReadAheadBytes:         mt.readAheadBytes.Load(),
 		DataAllReady:           true,
 	}
 	if b := mt.prefetchBegin.Load(); b > 0 {

@@ -21,7 +21,7 @@ type Settings struct {
 }
 
 // SettingsFromConfig maps a nydusd config's cache section (type,
-// work_dir, compressed), amplify_io / rafs.batch_size and prefetch
+// work_dir, compressed, our max_size), amplify_io / rafs.batch_size and prefetch
 // section onto storage settings. The rafs prefetch section wins over the
 // cache's when both are enabled.
 func SettingsFromConfig(c *backend.Config) Settings {
@@ -29,6 +29,7 @@ func SettingsFromConfig(c *backend.Config) Settings {
 		Type:        c.Cache.Type,
 		WorkDir:     c.Cache.WorkDir(),
 		Compressed:  c.Cache.Compressed,
+		MaxSize:     max(c.Cache.FileCache.MaxSize, 0),
 		BackendType: c.Backend.Type,
 	}}
 	switch {
@@ -158,6 +159,7 @@ func (p *Pool) Metrics() BlobcacheMetrics {
 		out.DataAllReady = out.DataAllReady && s.DataAllReady
 		out.WriteErrors += s.WriteErrors
 		out.EvictedBlobs += s.EvictedBlobs
+		out.ReadAheadBytes += s.ReadAheadBytes
 	}
 	return out
 }

@@ -39,6 +39,9 @@ type prefetcher struct {
 	queue   []pfReq
 	running int
 	wg      sync.WaitGroup
+	// pass lets one request at a time through while guest reads keep
+	// the backend busy for longer than yield waits.
+	pass chan struct{}
 }
 
 type pfReq struct {
@@ -83,7 +86,7 @@ func (j *PrefetchJob) finish() {
 	}
 }
 
-func (p *prefetcher) init(m *Manager) { p.m = m }
+func (p *prefetcher) init(m *Manager) { p.m, p.pass = m, make(chan struct{}, 1) }
 
 func (p *prefetcher) wait() { p.wg.Wait() }
 
@@ -158,7 +161,7 @@ func (p *prefetcher) work() {
 		p.queue[0] = pfReq{}
 		p.queue = p.queue[1:]
 		p.mu.Unlock()
-		p.yield(r.ctx)
+		release := p.yield(r.ctx)
 		if r.ctx.Err() == nil && r.b.enter() {
 			start := time.Now()
 			mine, _ := r.b.claim(r.chunks, true)
@@ -168,6 +171,7 @@ func (p *prefetcher) work() {
 			r.b.leave()
 			p.m.metrics.prefetchMillis.Add(time.Since(start).Milliseconds())
 		}
+		release()
 		r.job.finish()
 	}
 }
@@ -179,19 +183,28 @@ const demandQuiet = 20 * time.Millisecond
 // yield holds a prefetch request back while guest reads are fetching (or
 // fetched within demandQuiet), so that they get the backend and the CPU
 // first; for at most a second at a time, so that prefetch still
-// progresses under a steady read load.
-func (p *prefetcher) yield(ctx context.Context) {
+// progresses under a steady read load, but then one request at a time
+// (the pass), not every worker at once. The caller calls the returned
+// function when its request is done.
+func (p *prefetcher) yield(ctx context.Context) (release func()) {
 	deadline := time.Now().Add(time.Second)
-	for time.Now().Before(deadline) {
+	for {
 		busy := p.m.demand.Load() > 0 || time.Since(time.Unix(0, p.m.lastDemand.Load())) < demandQuiet
 		if !busy {
-			return
+			return func() {}
+		}
+		if time.Now().After(deadline) {
+			select {
+			case p.pass <- struct{}{}:
+				return func() { <-p.pass }
+			default:
+			}
 		}
 		t := time.NewTimer(2 * time.Millisecond)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return
+			return func() {}
 		case <-t.C:
 		}
 	}

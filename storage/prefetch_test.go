@@ -88,3 +88,28 @@ func TestBandwidthLimit(t *testing.T) {
 		t.Fatal("prefetch did not wait behind reads' consumption")
 	}
 }
+
+// TestFaultInjectorPrefetchOneAtATimeUnderDemand: while a guest read
+// keeps the backend busy, prefetch waits, and after its wait sends one
+// request at a time, not one per worker.
+func TestFaultInjectorPrefetchOneAtATimeUnderDemand(t *testing.T) {
+	tb := newTestBlob("py", 64, 4096, 23)
+	last := int64(63 * 4096)
+	be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}, delay: 20 * time.Millisecond, holdFrom: last, hold: make(chan struct{})}
+	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), NoAmplify: true, Prefetch: PrefetchOptions{Threads: 4, BatchSize: 4096}})
+	b := openTest(t, m, tb, be, tb)
+	read := make(chan struct{})
+	go func() { defer close(read); readAll(t, b, tb.chunks[63:]) }() // hangs: the backend stays busy with demand
+	for be.busy.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	job := m.Prefetch(context.Background(), b, tb.chunks[:12])
+	if err := job.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	close(be.hold)
+	<-read
+	if p := be.peak.Load(); p != 2 {
+		t.Fatalf("at most %d backend reads at once, want 2 (the guest's, one prefetch)", p)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 )
 
 func newManager(t *testing.T, o Options) *Manager {
@@ -229,19 +231,128 @@ func TestFaultInjectorMerging(t *testing.T) {
 			m := newManager(t, tc.opts)
 			b := openTest(t, m, tb, be, tb)
 			readAll(t, b, tc.read)
+			waitAhead(m)
 			if n := be.reads.Load(); n != tc.wantReads {
 				t.Fatalf("%d backend reads, want %d (%v)", n, tc.wantReads, be.ranges)
 			}
-			n := 0
-			for i := range tb.chunks {
-				if b.Ready(uint32(i)) {
-					n++
-				}
-			}
-			if n != tc.wantReady {
+			if n := readyCount(b, tb); n != tc.wantReady {
 				t.Fatalf("%d chunks cached, want %d", n, tc.wantReady)
 			}
 		})
+	}
+}
+
+// TestFaultInjectorRunsConcurrent: a read whose missing chunks make
+// several backend requests sends them together.
+func TestFaultInjectorRunsConcurrent(t *testing.T) {
+	tb := newTestBlob("rd", 128, 4096, 10)
+	be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}, delay: 100 * time.Millisecond}
+	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), BatchSize: 128 << 10, NoAmplify: true})
+	b := openTest(t, m, tb, be, tb)
+	if got := readAll(t, b, tb.chunks); !bytes.Equal(got, tb.data) {
+		t.Fatal("data differs")
+	}
+	if n, p := be.reads.Load(), be.peak.Load(); n != 4 || p != 4 {
+		t.Fatalf("%d requests, %d at once; want 4 at once", n, p)
+	}
+}
+
+// TestFaultInjectorReadAheadNeverDelaysReads: a read-ahead that hangs
+// holds up no read of what is cached, and is counted.
+func TestFaultInjectorReadAheadNeverDelaysReads(t *testing.T) {
+	tb := newTestBlob("ra", 128, 4096, 7)
+	be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}, holdFrom: 32 * 4096, hold: make(chan struct{})}
+	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), BatchSize: 128 << 10})
+	b := openTest(t, m, tb, be, tb)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 8 { // 0 misses and is widened to 0..31; 2 starts the read-ahead of 32..63
+			readAll(t, b, tb.chunks[i:i+1])
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		close(be.hold)
+		t.Fatal("reads of cached chunks waited for a read-ahead")
+	}
+	for i := 0; be.reads.Load() < 2 && i < 500; i++ {
+		time.Sleep(10 * time.Millisecond) // the read-ahead is on its way
+	}
+	if be.reads.Load() != 2 {
+		t.Fatalf("%d backend reads, want 2 (the miss, the read-ahead): %v", be.reads.Load(), be.ranges)
+	}
+	close(be.hold)
+	waitAhead(m)
+	if n := readyCount(b, tb); n != 64 {
+		t.Fatalf("%d chunks cached, want 64", n)
+	}
+	if got := m.Metrics().ReadAheadBytes; got != 32*4096 {
+		t.Fatalf("read_ahead_bytes %d, want %d", got, 32*4096)
+	}
+}
+
+// TestFaultInjectorSequentialReadAhead: a reader going through a blob
+// chunk after chunk gets the next batch fetched in the background before
+// it gets there; a reader jumping about does not.
+func TestFaultInjectorSequentialReadAhead(t *testing.T) {
+	tb := newTestBlob("rb", 128, 4096, 8)
+	for _, tc := range []struct {
+		name      string
+		reads     []int
+		wantReady int
+	}{
+		{"sequential", []int{0, 1, 2, 3}, 64},    // 0..31 widened, then 32..63 read ahead
+		{"jumping", []int{0, 5, 9, 3}, 32},       // the widening only
+		{"neighbours", []int{0, 1}, 32},          // two in a row are not a stream yet
+		{"same chunk again", []int{0, 0, 0}, 64}, // several reads of one chunk are sequential
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}}
+			m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), BatchSize: 128 << 10})
+			b := openTest(t, m, tb, be, tb)
+			for _, i := range tc.reads {
+				if got := readAll(t, b, tb.chunks[i:i+1]); !bytes.Equal(got, tb.data[i*4096:(i+1)*4096]) {
+					t.Fatalf("chunk %d differs", i)
+				}
+				waitAhead(m)
+			}
+			if n := readyCount(b, tb); n != tc.wantReady {
+				t.Fatalf("%d chunks cached, want %d", n, tc.wantReady)
+			}
+		})
+	}
+}
+
+// TestReadAheadStopsAtClose: closing a handle cancels its background
+// fetches; their chunks are not marked and a new handle fetches them.
+func TestFaultInjectorReadAheadStopsAtClose(t *testing.T) {
+	tb := newTestBlob("rc", 128, 4096, 9)
+	be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}, holdFrom: 32 * 4096, hold: make(chan struct{})}
+	defer close(be.hold)
+	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), BatchSize: 128 << 10})
+	b, err := m.Open(tb.desc(), be, identity{}, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		readAll(t, b, tb.chunks[i:i+1])
+	}
+	closed := make(chan error)
+	go func() { closed <- b.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for a hung read-ahead")
+	}
+	waitAhead(m)
+	b2 := openTest(t, m, tb, be, tb)
+	if n := readyCount(b2, tb); n != 32 {
+		t.Fatalf("%d chunks cached after the cancelled read-ahead, want 32", n)
 	}
 }
 
@@ -294,6 +405,9 @@ func TestDummyCacheGoesToBackend(t *testing.T) {
 		}
 		readAll(t, b, tb.chunks)
 		readAll(t, b, tb.chunks)
+		for i := 0; be.reads.Load() < 2 && i < 500; i++ {
+			time.Sleep(10 * time.Millisecond) // the read-ahead is on its way
+		}
 		if be.reads.Load() != 2 {
 			t.Fatalf("%q: %d backend reads, want 2", typ, be.reads.Load())
 		}
@@ -319,6 +433,39 @@ func TestUnwritableCacheDir(t *testing.T) {
 
 func TestEvictColdBlobs(t *testing.T) {
 	dir := t.TempDir()
+	evictColdBlobs(t, dir, Options{Type: TypeBlobcache, WorkDir: dir, MaxSize: 3 * (64<<10 + 8192)})
+}
+
+// TestMaxSizeFromConfigFile: max_size (our extension) reaches the cache
+// from a config file in each of nydusd's shapes, and caps it.
+func TestMaxSizeFromConfigFile(t *testing.T) {
+	const capBytes = 3 * (64<<10 + 8192)
+	for _, tc := range []struct{ name, text string }{
+		{"v2 json", `{"version":2,"backend":{"type":"localfs","localfs":{"dir":"/tmp"}},"cache":{"type":"blobcache","filecache":{"work_dir":%q,"max_size":%d}}}`},
+		{"v2 toml", "version = 2\n[backend]\ntype = \"localfs\"\n[backend.localfs]\ndir = \"/tmp\"\n[cache]\ntype = \"filecache\"\n[cache.filecache]\nwork_dir = %q\nmax_size = %d\n"},
+		{"v1 json", `{"device":{"backend":{"type":"localfs","config":{"dir":"/tmp"}},"cache":{"type":"blobcache","config":{"work_dir":%q,"max_size":%d}}},"mode":"direct"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(t.TempDir(), "config")
+			if err := os.WriteFile(path, []byte(fmt.Sprintf(tc.text, dir, capBytes)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := backend.LoadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := SettingsFromConfig(cfg).Cache
+			if o.MaxSize != capBytes || o.WorkDir != dir {
+				t.Fatalf("max_size %d work_dir %q, want %d %q", o.MaxSize, o.WorkDir, capBytes, dir)
+			}
+			evictColdBlobs(t, dir, o)
+		})
+	}
+}
+
+func evictColdBlobs(t *testing.T, dir string, o Options) {
+	o.SyncInterval = 20 * time.Millisecond
 	var blobs []*testBlob
 	be := &faultInjector{blobs: map[string][]byte{}}
 	for i := range 4 {
@@ -326,7 +473,7 @@ func TestEvictColdBlobs(t *testing.T) {
 		blobs = append(blobs, tb)
 		be.blobs[tb.id] = tb.data
 	}
-	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: dir, MaxSize: 3 * (64<<10 + 8192), SyncInterval: 20 * time.Millisecond})
+	m := newManager(t, o)
 	var open *Blob
 	for i, tb := range blobs {
 		b, err := m.Open(tb.desc(), be, identity{}, tb)

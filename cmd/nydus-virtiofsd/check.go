@@ -11,6 +11,7 @@ import (
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
 
 // imageFlags are the flags that say which image to open and where its
@@ -18,6 +19,20 @@ import (
 type imageFlags struct {
 	bootstrap, blobDir, blob, config string
 	validate                         bool
+	// cache is the blob cache the --config cache section names (nil
+	// without one); closeCache closes it after the image.
+	cache *storage.Manager
+}
+
+// closeCache closes the blob cache open opened, if any, syncing and
+// marking what it stored. Call it after the image is closed.
+func (f *imageFlags) closeCache() error {
+	if f.cache == nil {
+		return nil
+	}
+	err := f.cache.Close()
+	f.cache = nil
+	return err
 }
 
 func (f *imageFlags) register(fs *pflag.FlagSet) {
@@ -55,6 +70,16 @@ func (f *imageFlags) open(needBlobs bool, log logrus.FieldLogger) (*rafs.Image, 
 			return nil, err
 		}
 		opts.DigestValidate = opts.DigestValidate || c.DigestValidate()
+		// The config's cache section (blobcache/filecache keep what is
+		// fetched in work_dir, as the daemon's mounts do); a cache type
+		// the storage layer does not serve (fscache) reads through.
+		if set := storage.SettingsFromConfig(c); storage.ValidType(set.Cache.Type) {
+			set.Cache.Log = log
+			if f.cache, err = storage.NewManager(set.Cache); err != nil {
+				return nil, fmt.Errorf("--config %s: %w", f.config, err)
+			}
+			opts.Cache = f.cache
+		}
 	case f.blobDir != "" || f.blob != "":
 		opts.Backend = &backend.LocalFS{Dir: f.blobDir, BlobFile: f.blob}
 	case needBlobs:
@@ -62,6 +87,7 @@ func (f *imageFlags) open(needBlobs bool, log logrus.FieldLogger) (*rafs.Image, 
 	}
 	img, err := rafs.Open(f.bootstrap, opts)
 	if err != nil {
+		f.closeCache()
 		return nil, flagPathError("--bootstrap", f.bootstrap, err)
 	}
 	f.validate = opts.DigestValidate
@@ -78,6 +104,7 @@ func (f *imageFlags) openVerified(log logrus.FieldLogger) (*rafs.Image, error) {
 	}
 	if err := img.VerifyBlobs(context.Background()); err != nil {
 		img.Close()
+		f.closeCache()
 		return nil, fmt.Errorf("%s: %w", f.bootstrap, err)
 	}
 	return img, nil
@@ -124,6 +151,7 @@ func runCheck(args []string) int {
 		if err != nil {
 			return err
 		}
+		defer f.closeCache() // after the image
 		img, err := f.open(false, quietImageLog(log))
 		if err != nil {
 			return err

@@ -82,6 +82,7 @@ func runFuse(args []string) int {
 		if err != nil {
 			return err
 		}
+		defer f.closeCache() // after the image
 		img, err := f.openVerified(log)
 		if err != nil {
 			return err

@@ -134,8 +134,9 @@ func registryBlobs(t *testing.T, reg *testsvc.Registry, imgs []remoteImage) {
 }
 
 // snapshotterJSON is the v1 config nydus-snapshotter writes, for a
-// registry.
-func snapshotterJSON(reg *testsvc.Registry, extra map[string]any) string {
+// registry, with a blob cache of the test's own (a shared one would answer
+// a later scenario's reads without its backend).
+func snapshotterJSON(t *testing.T, reg *testsvc.Registry, extra map[string]any) string {
 	be := map[string]any{"scheme": "http", "host": reg.Host, "repo": reg.Repo, "auth": reg.AuthB64(),
 		"timeout": 5, "connect_timeout": 5, "retry_limit": 2}
 	for k, v := range extra {
@@ -143,7 +144,7 @@ func snapshotterJSON(reg *testsvc.Registry, extra map[string]any) string {
 	}
 	b, _ := json.Marshal(map[string]any{
 		"device": map[string]any{"backend": map[string]any{"type": "registry", "config": be},
-			"cache": map[string]any{"type": "blobcache", "config": map[string]any{"work_dir": "/tmp"}}},
+			"cache": map[string]any{"type": "blobcache", "config": map[string]any{"work_dir": t.TempDir()}}},
 		"mode": "direct", "digest_validate": true, "enable_xattr": true, "amplify_io": 1 << 20,
 		"fs_prefetch": map[string]any{"enable": true, "threads_count": 8, "merging_size": 1 << 20, "prefetch_all": true},
 	})
@@ -154,7 +155,7 @@ var remoteScenarios = []remoteScenario{
 	{"registry basic", func(t *testing.T, imgs []remoteImage) (string, []string) {
 		reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthBasic})
 		registryBlobs(t, reg, imgs)
-		return snapshotterJSON(reg, nil), []string{reg.Pass, reg.AuthB64()}
+		return snapshotterJSON(t, reg, nil), []string{reg.Pass, reg.AuthB64()}
 	}},
 	{"registry token toml", func(t *testing.T, imgs []remoteImage) (string, []string) {
 		reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthToken})
@@ -165,7 +166,7 @@ var remoteScenarios = []remoteScenario{
 	{"registry redirect to s3", func(t *testing.T, imgs []remoteImage) (string, []string) {
 		reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthToken, S3: testsvc.StartS3(t)})
 		registryBlobs(t, reg, imgs)
-		return snapshotterJSON(reg, nil), []string{reg.Pass, reg.AuthB64(), "X-Amz-Signature"}
+		return snapshotterJSON(t, reg, nil), []string{reg.Pass, reg.AuthB64(), "X-Amz-Signature"}
 	}},
 	{"s3", func(t *testing.T, imgs []remoteImage) (string, []string) {
 		s3 := testsvc.StartS3(t)
@@ -189,14 +190,14 @@ var remoteScenarios = []remoteScenario{
 				t.Error("nothing went through the proxy")
 			}
 		})
-		return snapshotterJSON(reg, map[string]any{"proxy": map[string]any{"url": "http://" + ng.Host,
+		return snapshotterJSON(t, reg, map[string]any{"proxy": map[string]any{"url": "http://" + ng.Host,
 			"ping_url": "http://" + ng.Host + "/ping", "fallback": true}}), []string{reg.Pass, reg.AuthB64()}
 	}},
 	{"registry proxy down fallback", func(t *testing.T, imgs []remoteImage) (string, []string) {
 		reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{Auth: testsvc.AuthBasic})
 		registryBlobs(t, reg, imgs)
 		dead := fmt.Sprintf("http://127.0.0.1:%d", testsvc.FreePort(t))
-		return snapshotterJSON(reg, map[string]any{"proxy": map[string]any{"url": dead, "ping_url": dead + "/ping", "fallback": true}}),
+		return snapshotterJSON(t, reg, map[string]any{"proxy": map[string]any{"url": dead, "ping_url": dead + "/ping", "fallback": true}}),
 			[]string{reg.Pass, reg.AuthB64()}
 	}},
 }
