@@ -26,8 +26,8 @@ func TestCreate(t *testing.T) {
 		{"blob file and prefetch", []string{"--bootstrap", "{out}/boot", "--blob", "{out}/blob", "--prefetch-policy", "fs",
 			"--prefetch-files", list, "--blob-inline-meta", src}, 0},
 		{"no source", []string{"--bootstrap", "{out}/boot", "--blob-dir", "{out}"}, 2},
-		{"bad chunk size", []string{"--chunk-size", "3000", "--bootstrap", "{out}/boot", "--blob-dir", "{out}", src}, 1},
-		{"bad compressor", []string{"--compressor", "brotli", "--bootstrap", "{out}/boot", "--blob-dir", "{out}", src}, 1},
+		{"bad chunk size", []string{"--chunk-size", "3000", "--bootstrap", "{out}/boot", "--blob-dir", "{out}", src}, 2},
+		{"bad compressor", []string{"--compressor", "brotli", "--bootstrap", "{out}/boot", "--blob-dir", "{out}", src}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := t.TempDir()

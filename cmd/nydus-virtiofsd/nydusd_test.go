@@ -119,7 +119,7 @@ func TestKataNydusSequence(t *testing.T) {
 	v5 := filepath.Join(fixtures, "v5-repeatable")
 	blobs, _ := filepath.Abs(filepath.Join(v5, "blobs"))
 	boot, _ := filepath.Abs(filepath.Join(v5, "sha256-nocompress-repeatable"))
-	cfg := fmt.Sprintf(`{"device":{"backend":{"type":"localfs","config":{"dir":%q}},"cache":{"type":"blobcache","config":{"work_dir":"/tmp"}}},"mode":"direct","digest_validate":true,"iostats_files":false,"enable_xattr":true}`, blobs)
+	cfg := fmt.Sprintf(`{"device":{"backend":{"type":"localfs","config":{"dir":%q}},"cache":{"type":"blobcache","config":{"work_dir":%q}}},"mode":"direct","digest_validate":true,"iostats_files":false,"enable_xattr":true}`, blobs, t.TempDir())
 	req, _ := json.Marshal(map[string]string{"fs_type": "rafs", "source": boot, "config": cfg})
 	// runtime-rs percent-encodes the mountpoint.
 	code, body = apiDo(t, hc, "POST", "/api/v1/mount?mountpoint=%2Frafs%2Fc1%2Flowerdir", string(req))
