@@ -45,7 +45,10 @@ type BuildOptions struct {
 	KernelPackage string // default: what linux-image-amd64 depends on
 	ModuleRoot    string // the Go module root (for building guestinit); default: found from the cwd
 	Busybox       bool   // add the host's static busybox as /bin/busybox and /bin/sh (debugging)
-	Log           logrus.FieldLogger
+	// ExtraModules are top-level modules loaded after the virtio-fs ones
+	// (with their dependencies), e.g. "overlay" for Kata's container rootfs.
+	ExtraModules []string
+	Log          logrus.FieldLogger
 }
 
 // BuildGuest downloads and unpacks the kernel package (once), extracts
@@ -85,7 +88,7 @@ func BuildGuest(ctx context.Context, o BuildOptions) (*Guest, error) {
 		}
 	}
 	modDir := filepath.Join(kroot, "lib", "modules", g.KernelRelease)
-	mods, err := resolveModules(modDir, guestModules())
+	mods, err := resolveModules(modDir, append(guestModules(), o.ExtraModules...))
 	if err != nil {
 		return nil, err
 	}

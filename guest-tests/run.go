@@ -38,7 +38,10 @@ type RunOptions struct {
 	Append  string        // extra kernel command line
 	// SocketWait bounds the wait for the backend's socket (default 10 s).
 	SocketWait time.Duration
-	Log        logrus.FieldLogger
+	// BeforeGuest, if set, runs once the backend's socket exists and
+	// before QEMU starts (e.g. the API mounts a Kata runtime makes).
+	BeforeGuest func(ctx context.Context) error
+	Log         logrus.FieldLogger
 }
 
 // RunResult is what a boot produced. Logs stay in LogDir.
@@ -150,6 +153,11 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	defer killBackend()
 	if err := waitSocket(ctx, o.Serve.Socket, bdone, o.SocketWait); err != nil {
 		return res, fmt.Errorf("backend %s: %w\n%s", o.Backend.Name, err, res.Tails(20))
+	}
+	if o.BeforeGuest != nil {
+		if err := o.BeforeGuest(ctx); err != nil {
+			return res, fmt.Errorf("backend %s: before the guest: %w\n%s", o.Backend.Name, err, res.Tails(20))
+		}
 	}
 
 	// ---- QEMU
