@@ -24,7 +24,9 @@ func TestOverlayOnHost(t *testing.T) {
 	upper := filepath.Join(base, "upper")
 	for _, s := range []func() error{
 		func() error { return os.MkdirAll(filepath.Join(upper, "dir"), 0o755) },
-		func() error { return os.WriteFile(filepath.Join(upper, "change.txt"), []byte(overlayMerged["change.txt"]), 0o644) },
+		func() error {
+			return os.WriteFile(filepath.Join(upper, "change.txt"), []byte(overlayMerged["change.txt"]), 0o644)
+		},
 		func() error { return unix.Mknod(filepath.Join(upper, "gone.txt"), unix.S_IFCHR|0o000, 0) },
 		func() error {
 			return unix.Setxattr(filepath.Join(upper, "dir"), "user.virtiofs.trusted.overlay.opaque", []byte("y"), 0)
