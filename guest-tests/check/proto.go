@@ -60,6 +60,8 @@ type Step struct {
 	Reps     int             `json:"reps,omitempty"`
 	Argv     []string        `json:"argv,omitempty"`
 	Cache    string          `json:"cache,omitempty"` // KindReread: CacheKept, CacheDropped or "" (no check)
+	Soak     *SoakParams     `json:"soak,omitempty"`  // KindSoak
+	Lower    string          `json:"lower,omitempty"` // KindOverlay: the lower layer, relative to the mount point
 }
 
 // Result is what the guest reports for one step.

@@ -27,6 +27,10 @@ func main() {
 		watchdog()
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == soakWorkerArg {
+		soakWorker()
+		return
+	}
 	rc := run()
 	unix.Sync()
 	fmt.Printf("%s%d\n", check.MarkEnd, rc)
@@ -243,6 +247,10 @@ func runStep(mnt string, st check.Step) (r check.Result) {
 		if err != nil {
 			r.Errors = []string{err.Error()}
 		}
+	case check.KindSoak:
+		r.Errors, r.Metrics = runSoak(mnt, st)
+	case check.KindOverlay:
+		r.Errors = check.OverlayOps(filepath.Join(mnt, st.Lower), dir, "/ovl")
 	case check.KindDemo:
 		file := ""
 		if st.File != "" {
