@@ -132,20 +132,6 @@ func TestGuest(t *testing.T) {
 
 	env.forEachBackend(t, func(t *testing.T, b Backend) {
 		t.Run("rw", func(t *testing.T) {
-			for _, d := range []string{"mut", "xattr"} {
-				if err := os.RemoveAll(filepath.Join(share, d)); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Mkdir(filepath.Join(share, d), 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := check.MutationBase(filepath.Join(share, "mut")); err != nil {
-				t.Fatal(err)
-			}
-			if err := check.XattrBase(filepath.Join(share, "xattr")); err != nil {
-				t.Fatal(err)
-			}
 			withX := check.CompareOptions{Xattrs: true}
 			// the guest and the host mutate at different times
 			mutCmp := check.CompareOptions{Xattrs: true, IgnoreMtime: true}
@@ -155,18 +141,44 @@ func TestGuest(t *testing.T) {
 				{Name: "mutate", Kind: check.KindMutate, Dir: "mut", Manifest: wantMut, Build: full, Compare: mutCmp},
 				{Name: "xattr", Kind: check.KindXattr, Dir: "xattr"},
 			}
-			res, err := Run(context.Background(), RunOptions{
-				Guest: env.guest, Backend: b,
-				Serve:   BackendConfig{SharedDir: share, Cache: "auto", Xattr: true},
-				Config:  check.Config{Steps: steps},
-				LogDir:  logDir(t),
-				Timeout: 180 * time.Second,
-			})
-			if err != nil {
-				t.Fatal(err)
+			boot := func() (*RunResult, error) {
+				for _, d := range []string{"mut", "xattr"} {
+					if err := os.RemoveAll(filepath.Join(share, d)); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.Mkdir(filepath.Join(share, d), 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := check.MutationBase(filepath.Join(share, "mut")); err != nil {
+					t.Fatal(err)
+				}
+				if err := check.XattrBase(filepath.Join(share, "xattr")); err != nil {
+					t.Fatal(err)
+				}
+				res, err := Run(context.Background(), RunOptions{
+					Guest: env.guest, Backend: b,
+					Serve:   BackendConfig{SharedDir: share, Cache: "auto", Xattr: true},
+					Config:  check.Config{Steps: steps},
+					LogDir:  logDir(t),
+					Timeout: 180 * time.Second,
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				logRun(t, res)
+				return res, Verify(res, steps)
 			}
-			logRun(t, res)
-			if err := Verify(res, steps); err != nil {
+			res, err := boot()
+			if err != nil && b.Name == "c" {
+				// The reference daemon is not under test: a guest once saw
+				// only 76 of the 100 directories of "many" through the C
+				// virtiofsd (QEMU 7.2's) on a loaded host, and the next boot
+				// saw them all. Its failure is retried once, and logged.
+				t.Logf("the reference C virtiofsd failed a step; booting it once more:\n%v\n%s", err, res.Tails(15))
+				res, err = boot()
+			}
+			if err != nil {
 				t.Errorf("%v\n%s", err, res.Tails(15))
 			}
 			// on the host, exactly what the reference got
