@@ -176,7 +176,7 @@ type Metrics struct {
 	readErrors     atomic.Uint64
 	readAmount     atomic.Uint64
 	latencyTotalMS atomic.Uint64
-	latencyDist    [8]atomic.Uint64
+	latencyDist    [8]atomic.Uint64 // cumulative ms per block-size bucket
 	sizeDist       [8]atomic.Uint64
 	latencySizes   [8][8]atomic.Uint64
 }
@@ -186,6 +186,7 @@ func NewMetrics(typ string) *Metrics { return &Metrics{typ: typ} }
 
 // BackendMetrics is the JSON nydusd answers at /api/v1/metrics/backend.
 type BackendMetrics struct {
+	ID                               string       `json:"id"` // the mount asked about, set by the API
 	BackendType                      string       `json:"backend_type"`
 	ReadCount                        uint64       `json:"read_count"`
 	ReadErrors                       uint64       `json:"read_errors"`
@@ -210,6 +211,24 @@ func (m *Metrics) Snapshot() BackendMetrics {
 	return s
 }
 
+// Add adds o's counters to s (summing several caches' backends).
+func (s *BackendMetrics) Add(o BackendMetrics) {
+	if s.BackendType == "" {
+		s.BackendType = o.BackendType
+	}
+	s.ReadCount += o.ReadCount
+	s.ReadErrors += o.ReadErrors
+	s.ReadAmountTotal += o.ReadAmountTotal
+	s.ReadCumulativeLatencyMillisTotal += o.ReadCumulativeLatencyMillisTotal
+	for i := range 8 {
+		s.ReadCumulativeLatencyMillisDist[i] += o.ReadCumulativeLatencyMillisDist[i]
+		s.ReadCountBlockSizeDist[i] += o.ReadCountBlockSizeDist[i]
+		for j := range 8 {
+			s.ReadLatencySizesDist[i][j] += o.ReadLatencySizesDist[i][j]
+		}
+	}
+}
+
 func bucket(bounds *[7]int64, v int64, upper bool) int {
 	for i, b := range bounds {
 		if (upper && v <= b) || (!upper && v < b) {
@@ -219,7 +238,10 @@ func bucket(bounds *[7]int64, v int64, upper bool) int {
 	return 7
 }
 
-func (m *Metrics) record(n int, d time.Duration, err error) {
+// Record counts one backend read of n bytes that took d and failed with
+// err (nil: it succeeded). The storage layer, which reads backends
+// directly to keep their local fds for zero copy, counts through it too.
+func (m *Metrics) Record(n int, d time.Duration, err error) {
 	m.readCount.Add(1)
 	if err != nil {
 		m.readErrors.Add(1)
@@ -229,7 +251,7 @@ func (m *Metrics) record(n int, d time.Duration, err error) {
 	m.readAmount.Add(uint64(n))
 	m.latencyTotalMS.Add(uint64(ms))
 	lb, sb := bucket(&latencyBounds, ms, true), bucket(&sizeBounds, int64(n), false)
-	m.latencyDist[lb].Add(uint64(ms))
+	m.latencyDist[sb].Add(uint64(ms)) // nydusd sums latency per block size
 	m.sizeDist[sb].Add(1)
 	m.latencySizes[sb][lb].Add(1)
 }
@@ -267,9 +289,9 @@ func (b *meteredBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, err
 	start := time.Now()
 	n, err := b.Blob.ReadAt(ctx, p, off)
 	if errors.Is(err, io.EOF) {
-		b.m.record(n, time.Since(start), nil)
+		b.m.Record(n, time.Since(start), nil)
 	} else {
-		b.m.record(n, time.Since(start), err)
+		b.m.Record(n, time.Since(start), err)
 	}
 	return n, err
 }

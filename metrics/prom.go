@@ -10,6 +10,7 @@ import (
 
 	"net/http"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
@@ -18,7 +19,7 @@ import (
 // *storage.Pool).
 type CacheSource interface {
 	Metrics() storage.BlobcacheMetrics
-	BackendMetrics() storage.BackendMetricsJSON
+	BackendMetrics() backend.BackendMetrics
 }
 
 const ns = "nydus_virtiofsd"
@@ -151,7 +152,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(dBeReads, prometheus.CounterValue, float64(be.ReadCount), typ)
 	ch <- prometheus.MustNewConstMetric(dBeErrs, prometheus.CounterValue, float64(be.ReadErrors), typ)
 	ch <- prometheus.MustNewConstMetric(dBeBytes, prometheus.CounterValue, float64(be.ReadAmountTotal), typ)
-	ch <- prometheus.MustNewConstMetric(dBeMs, prometheus.CounterValue, float64(be.ReadCumulativeLatencyMs)/1e3, typ)
+	ch <- prometheus.MustNewConstMetric(dBeMs, prometheus.CounterValue, float64(be.ReadCumulativeLatencyMillisTotal)/1e3, typ)
 }
 
 // queueSeen says whether a queue ever served a request.

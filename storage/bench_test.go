@@ -300,11 +300,11 @@ func BenchmarkColdStart(b *testing.B) {
 			done()
 			if serial {
 				lazySerial += took / 2
-				fetchedSerial = bm.ReadAmountTotal
+				fetchedSerial = int64(bm.ReadAmountTotal)
 				os.RemoveAll(dir)
 			} else {
 				lazy += took / 2
-				fetched, requests = bm.ReadAmountTotal, bm.ReadCount
+				fetched, requests = int64(bm.ReadAmountTotal), int64(bm.ReadCount)
 				if dir != cache1 {
 					os.RemoveAll(dir)
 				}

@@ -208,7 +208,11 @@ func (b *Blob) readBackend(ctx context.Context, h backend.Blob, buf []byte, off 
 	defer func() { spans.End(span, err) }()
 	start := time.Now()
 	got, err := h.ReadAt(ctx, buf, int64(off))
-	b.m.backend.record(len(buf), got == len(buf), time.Since(start))
+	if got == len(buf) {
+		b.m.backend.Record(got, time.Since(start), nil)
+	} else {
+		b.m.backend.Record(got, time.Since(start), io.ErrUnexpectedEOF)
+	}
 	if got == len(buf) {
 		return nil
 	}

@@ -88,7 +88,7 @@ type Manager struct {
 	closed  bool
 
 	metrics Metrics
-	backend BackendMetrics
+	backend *backend.Metrics
 	// demand counts on-demand backend reads in flight and lastDemand is
 	// when the last one ended (unix ns): prefetch waits while reads are
 	// fetching.
@@ -131,7 +131,7 @@ func NewManager(opts Options) (*Manager, error) {
 	m.limiter = newLimiter(opts.Prefetch.BandwidthRate)
 	m.ahead = make(chan struct{}, maxAhead)
 	m.pf.init(m)
-	m.backend.typ = opts.BackendType
+	m.backend = backend.NewMetrics(opts.BackendType)
 	if opts.persistent() {
 		if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
 			m.warnOnce("workdir", "blob cache: work_dir %s cannot be created (%v): reads go to the backend", opts.WorkDir, err)

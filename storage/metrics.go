@@ -2,7 +2,8 @@ package storage
 
 import (
 	"sync/atomic"
-	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 )
 
 // Metrics are the blob cache counters, kept with atomics.
@@ -85,82 +86,7 @@ func (m *Manager) Metrics() BlobcacheMetrics {
 	return out
 }
 
-// BackendMetrics are the backend counters.
-type BackendMetrics struct {
-	typ                          string
-	count, errors, amount, latMs atomic.Int64
-	latDist                      [8]atomic.Int64 // cumulative ms per size bucket
-	sizeDist                     [8]atomic.Int64
-	latSizeDist                  [8][8]atomic.Int64
-}
-
-// Block-size buckets (<1K, 1K, 4K, 16K, 64K, 128K, 512K, 1M and more)
-// and latency buckets in ms (<=1, <=20, <=50, <=100, <=500, <=1000,
-// <=2000, more). read_cumulative_latency_millis_dist sums latency per size
-// bucket; read_latency_sizes_dist counts reads by [size][latency].
-var (
-	sizeBuckets = [7]int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20}
-	latBuckets  = [7]time.Duration{time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond,
-		100 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second}
-)
-
-func sizeBucket(n int) int {
-	for i, b := range sizeBuckets {
-		if n < b {
-			return i
-		}
-	}
-	return 7
-}
-
-func latBucket(d time.Duration) int {
-	for i, b := range latBuckets {
-		if d <= b {
-			return i
-		}
-	}
-	return 7
-}
-
-func (b *BackendMetrics) record(n int, ok bool, d time.Duration) {
-	b.count.Add(1)
-	if !ok {
-		b.errors.Add(1)
-		return
-	}
-	b.amount.Add(int64(n))
-	b.latMs.Add(d.Milliseconds())
-	l, s := latBucket(d), sizeBucket(n)
-	b.latDist[s].Add(d.Milliseconds())
-	b.sizeDist[s].Add(1)
-	b.latSizeDist[s][l].Add(1)
-}
-
-// BackendMetricsJSON is GET /api/v1/metrics/backend, with nydusd's names.
-type BackendMetricsJSON struct {
-	ID                        string      `json:"id"`
-	BackendType               string      `json:"backend_type"`
-	ReadCount                 int64       `json:"read_count"`
-	ReadErrors                int64       `json:"read_errors"`
-	ReadAmountTotal           int64       `json:"read_amount_total"`
-	ReadCumulativeLatencyMs   int64       `json:"read_cumulative_latency_millis_total"`
-	ReadCumulativeLatencyDist [8]int64    `json:"read_cumulative_latency_millis_dist"`
-	ReadCountBlockSizeDist    [8]int64    `json:"read_count_block_size_dist"`
-	ReadLatencySizesDist      [8][8]int64 `json:"read_latency_sizes_dist"`
-}
-
-// BackendMetrics returns the backend counters of every read this manager's
-// blobs made.
-func (m *Manager) BackendMetrics() BackendMetricsJSON {
-	b := &m.backend
-	out := BackendMetricsJSON{BackendType: b.typ, ReadCount: b.count.Load(), ReadErrors: b.errors.Load(),
-		ReadAmountTotal: b.amount.Load(), ReadCumulativeLatencyMs: b.latMs.Load()}
-	for i := range 8 {
-		out.ReadCumulativeLatencyDist[i] = b.latDist[i].Load()
-		out.ReadCountBlockSizeDist[i] = b.sizeDist[i].Load()
-		for j := range 8 {
-			out.ReadLatencySizesDist[i][j] = b.latSizeDist[i][j].Load()
-		}
-	}
-	return out
-}
+// BackendMetrics returns the backend counters of every read this
+// manager's blobs made (backend.Metrics: the same counters and JSON as a
+// decorated backend's).
+func (m *Manager) BackendMetrics() backend.BackendMetrics { return m.backend.Snapshot() }

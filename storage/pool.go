@@ -165,24 +165,10 @@ func (p *Pool) Metrics() BlobcacheMetrics {
 }
 
 // BackendMetrics sums the backend counters of the pool's Managers.
-func (p *Pool) BackendMetrics() BackendMetricsJSON {
-	var out BackendMetricsJSON
+func (p *Pool) BackendMetrics() backend.BackendMetrics {
+	var out backend.BackendMetrics
 	for _, m := range p.managers() {
-		s := m.BackendMetrics()
-		if out.BackendType == "" {
-			out.BackendType = s.BackendType
-		}
-		out.ReadCount += s.ReadCount
-		out.ReadErrors += s.ReadErrors
-		out.ReadAmountTotal += s.ReadAmountTotal
-		out.ReadCumulativeLatencyMs += s.ReadCumulativeLatencyMs
-		for i := range 8 {
-			out.ReadCumulativeLatencyDist[i] += s.ReadCumulativeLatencyDist[i]
-			out.ReadCountBlockSizeDist[i] += s.ReadCountBlockSizeDist[i]
-			for j := range 8 {
-				out.ReadLatencySizesDist[i][j] += s.ReadLatencySizesDist[i][j]
-			}
-		}
+		out.Add(m.BackendMetrics())
 	}
 	return out
 }

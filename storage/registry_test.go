@@ -142,13 +142,13 @@ func TestRegistryLazyCache(t *testing.T) {
 			if _, err := readFile(img, "/dir0/file000"); err != nil {
 				t.Fatal(err)
 			}
-			one := pool.BackendMetrics().ReadAmountTotal
+			one := int64(pool.BackendMetrics().ReadAmountTotal)
 			if one*20 > blobSize {
 				t.Fatalf("one 50-byte file fetched %d of %d blob bytes", one, blobSize)
 			}
 			t.Logf("one small file: %d of %d blob bytes from the registry", one, blobSize)
 			checkAll(t, img, sums)
-			all := pool.BackendMetrics().ReadAmountTotal
+			all := int64(pool.BackendMetrics().ReadAmountTotal)
 			t.Logf("every file: %d bytes from the registry for a %d-byte blob", all, blobSize)
 			if all > blobSize*11/10 {
 				t.Fatalf("fetched %d bytes for a %d-byte blob", all, blobSize)
@@ -215,7 +215,7 @@ func TestRegistryKill9DuringFill(t *testing.T) {
 			img, closeImg := openRegistryImage(t, boot, config, pool)
 			defer closeImg()
 			checkAll(t, img, sums)
-			refill := pool.BackendMetrics().ReadAmountTotal
+			refill := int64(pool.BackendMetrics().ReadAmountTotal)
 			t.Logf("killed after %v (%d chunk maps): %d of %d blob bytes survived", after, len(maps), blobSize-refill, blobSize)
 		})
 	}

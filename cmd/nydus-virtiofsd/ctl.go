@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/metrics"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
@@ -162,7 +163,7 @@ func printTable(out io.Writer, what string, status int, body []byte) error {
 		}
 		printGlobal(w, &g)
 	case "backend":
-		var b storage.BackendMetricsJSON
+		var b backend.BackendMetrics
 		if err := json.Unmarshal(body, &b); err != nil {
 			return fmt.Errorf("backend metrics: %w", err)
 		}
@@ -170,9 +171,9 @@ func printTable(out io.Writer, what string, status int, body []byte) error {
 		fmt.Fprintf(w, "Reads:\t%d\n", b.ReadCount)
 		fmt.Fprintf(w, "Read errors:\t%d\n", b.ReadErrors)
 		fmt.Fprintf(w, "Bytes read:\t%s\n", humanBytes(uint64(b.ReadAmountTotal)))
-		fmt.Fprintf(w, "Cumulative latency:\t%d ms\n", b.ReadCumulativeLatencyMs)
+		fmt.Fprintf(w, "Cumulative latency:\t%d ms\n", b.ReadCumulativeLatencyMillisTotal)
 		if b.ReadCount > 0 {
-			fmt.Fprintf(w, "Average latency:\t%.1f ms\n", float64(b.ReadCumulativeLatencyMs)/float64(b.ReadCount))
+			fmt.Fprintf(w, "Average latency:\t%.1f ms\n", float64(b.ReadCumulativeLatencyMillisTotal)/float64(b.ReadCount))
 		}
 		fmt.Fprintf(w, "Reads by size:\t%s\n", dist(sizeLabels, b.ReadCountBlockSizeDist[:]))
 	case "cache":
