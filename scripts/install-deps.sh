@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the tests and the demo use, when missing.
 # Needs root (as CI and the developers' machines are); otherwise it only says
-# what is missing, and the tests that need those tools skip with a reason.
+# what is missing, and the tests that need those tools skip with a reason
+# (or fail, under NVFS_REQUIRE_ALL=1, as in CI).
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr xz-utils)
 # Remote backend tests (internal/testsvc): distribution 2.8's registry,
@@ -9,6 +10,8 @@ pkgs=(qemu-system-x86 qemu-system-common busybox-static erofs-utils fuse3 attr x
 pkgs+=(docker-registry apache2-utils nginx-light)
 # The guest benchmark's chart (bench/workloads-report.sh).
 pkgs+=(gnuplot-nox)
+# The observability test scrapes the daemon with a real Prometheus.
+pkgs+=(prometheus)
 # The S3 server of those tests is npm's s3rver (MinIO's server is AGPL).
 if ! command -v s3rver >/dev/null 2>&1; then
 	if [ "$(id -u)" = 0 ] && command -v npm >/dev/null 2>&1; then
@@ -17,7 +20,6 @@ if ! command -v s3rver >/dev/null 2>&1; then
 		echo "install-deps: s3rver missing (npm install -g s3rver@3.7.1)" >&2
 	fi
 fi
-pkgs+=(prometheus) # the observability test scrapes the daemon with a real Prometheus
 missing=()
 for p in "${pkgs[@]}"; do
 	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
