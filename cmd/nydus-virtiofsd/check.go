@@ -40,7 +40,7 @@ func (f *imageFlags) register(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.blobDir, "blob-dir", "D", "", "directory holding the blobs, each file named by its blob id (nydusd's localfs backend)")
 	fs.StringVar(&f.blobDir, "localfs-dir", "", "the same as --blob-dir (nydusd's name)")
 	fs.StringVar(&f.blob, "blob", "", "one blob file serving every blob id")
-	fs.StringVarP(&f.config, "config", "C", "", "nydusd configuration file (v1 or v2 JSON) naming the backend")
+	fs.StringVarP(&f.config, "config", "C", "", "nydusd configuration file (v1 or v2, JSON or TOML) naming the backend and cache")
 	fs.BoolVar(&f.validate, "digest-validate", false, "verify every chunk read against its digest")
 	fs.Lookup("localfs-dir").Hidden = true
 }

@@ -27,7 +27,7 @@ func commands() []command {
 	return []command{
 		{"virtiofs", "nydusd's virtiofs mode: a mount table over vhost-user, with nydusd's HTTP API (--apisock)", runVirtiofs},
 		{"fuse", "mount a RAFS image on the host through /dev/fuse (nydusd fuse)", runFuse},
-		{"check", "validate a RAFS image and verify its data against the chunk digests (nydus-image check)", runCheck},
+		{"check", "validate a RAFS image and verify its data against the chunk digests (nydus-image check); with --target, a Nydus image in a registry (nydusify check)", runCheck},
 		{"unpack", "write a RAFS image's tree as a tar (nydus-image unpack)", runUnpack},
 		{"ctl", "ask a running daemon's API: info, mounts, metrics, backend, cache, inflight, events (nydusctl)", runCtl},
 		{"create", "build a RAFS image from a directory, tar or tar.gz (nydus-image create)", runCreate},

@@ -20,7 +20,7 @@ nydusd's options:
   --fd=N                    serve an inherited listening socket instead
   -A, --apisock PATH        serve nydusd's HTTP API on this unix socket (refused when a
                             live daemon answers there; a stale socket file is removed)
-  -C, --config FILE         nydusd configuration (v1 or v2) for --bootstrap and for API
+  -C, --config FILE         nydusd configuration (v1 or v2, JSON or TOML) for --bootstrap and for API
                             mounts whose config is empty
   -B, --bootstrap FILE      mount this RAFS image (also -D/--localfs-dir DIR for its blobs)
   -s, --shared-dir DIR      mount this host directory
