@@ -83,8 +83,9 @@ for ((i = 1; i <= ${ITERATIONS:-3}; i++)); do
 		name=${v%%:*}
 		# Who boots first alternates between iterations (one go test runs
 		# one iteration here, booting in NVFS_BACKENDS's order).
-		order=c,go
-		[ $((i % 2)) = 0 ] && order=go,c
+		# FIRST_ORDER=go,c starts with our daemon instead.
+		order=${FIRST_ORDER:-c,go}
+		[ $((i % 2)) = 0 ] && order=$([ "$order" = c,go ] && echo go,c || echo c,go)
 		echo "iteration $i: $name ($order)" >&2
 		NVFS_BACKENDS=$order NVFS_DAEMON=$out/$name/daemon run 1 "$out/$name/one.tsv"
 		if [ ! -s "$out/$name/runs.tsv" ]; then head -1 "$out/$name/one.tsv" >"$out/$name/runs.tsv"; fi
