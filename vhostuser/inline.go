@@ -94,7 +94,7 @@ func (p *inlinePool) run(leader bool) {
 				r.halt()
 				return
 			}
-			if p.helpers && r.q.Pending() {
+			if p.helpers && p.backlog() {
 				p.wakeOne() // a backlog: serve it on more than one thread
 			}
 			r.lead <- struct{}{} // never blocks: there is one token
@@ -110,6 +110,18 @@ func (p *inlinePool) run(leader bool) {
 			}
 		}
 	}
+}
+
+// backlog reports whether more chains wait in the ring (the caller leads).
+// A fault reading guest memory reports none: the next pop meets it again
+// and stops the queue there.
+func (p *inlinePool) backlog() (yes bool) {
+	defer func() {
+		if recover() != nil {
+			yes = false
+		}
+	}()
+	return p.r.q.Pending()
 }
 
 // watch runs every inlineRescue while the queue serves: when no request
