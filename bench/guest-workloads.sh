@@ -19,17 +19,82 @@
 # Env: ITERATIONS (default 3), NVFS_BENCH_THREADS, NVFS_BENCH_CACHE
 #      (default auto), OUT (directory for the .tsv and .png, default
 #      guest-tests/.cache/bench-workloads). Needs root, QEMU, gnuplot.
+#      VARIANTS="NAME[:ARG,ARG...] ..." compares builds of our daemon's
+#      options in the same run: per iteration, each variant (the order
+#      rotating between iterations) gets its own alternated set of boots
+#      against the C virtiofsd, with ARGs added to our daemon's command
+#      line, or to its environment for ARGs of the form VAR=VALUE (e.g.
+#      VARIANTS="default inline:--kick-wait=inline p1:GOMAXPROCS=1"); each
+#      variant's figures and chart go to OUT/NAME/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${OUT:-guest-tests/.cache/bench-workloads}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-tsv=$out/runs.tsv
-export NVFS_BACKENDS=${NVFS_BACKENDS:-c,go} NVFS_BENCH_OUT=$tsv
-export NVFS_BENCH_ITERATIONS=${ITERATIONS:-3}
-log=$(go test -count=1 -run '^$' -bench '^BenchmarkGuestWorkloads$' -benchtime 1x -timeout 120m ./guest-tests/ 2>&1) || {
-	echo "$log" >&2
-	exit 1
+export NVFS_BACKENDS=${NVFS_BACKENDS:-c,go}
+
+# run ITERATIONS TSV: one go test of BenchmarkGuestWorkloads.
+run() {
+	local log
+	log=$(NVFS_BENCH_ITERATIONS=$1 NVFS_BENCH_OUT=$2 go test -count=1 -run '^$' -bench '^BenchmarkGuestWorkloads$' -benchtime 1x -timeout 120m ./guest-tests/ 2>&1) || {
+		echo "$log" >&2
+		exit 1
+	}
+	echo "$log" | grep -E '^(Benchmark|goos|goarch|cpu)' || true
 }
-echo "$log" | grep -E '^(Benchmark|goos|goarch|cpu)' || true
-bench/workloads-report.sh "$tsv" "$out"
+
+if [ -z "${VARIANTS:-}" ]; then
+	run "${ITERATIONS:-3}" "$out/runs.tsv"
+	bench/workloads-report.sh "$out/runs.tsv" "$out"
+	exit 0
+fi
+
+bin=${NVFS_DAEMON:-$out/nydus-virtiofsd}
+if [ -z "${NVFS_DAEMON:-}" ]; then
+	go build -o "$bin" ./cmd/nydus-virtiofsd
+fi
+read -r -a variants <<<"$VARIANTS"
+for v in "${variants[@]}"; do
+	name=${v%%:*}
+	env="" args=""
+	if [ "$name" != "$v" ]; then
+		IFS=, read -r -a list <<<"${v#*:}"
+		for a in "${list[@]}"; do
+			case $a in
+			-*) args+=" $(printf '%q' "$a")" ;;
+			*=*) env+=" $(printf '%q' "$a")" ;;
+			esac
+		done
+	fi
+	mkdir -p "$out/$name"
+	# The daemon the guest tests start: our binary with the variant's
+	# arguments (VAR=VALUE ones go to its environment).
+	{
+		echo '#!/bin/sh'
+		echo "exec /usr/bin/env$env $(printf '%q' "$bin")$args"' "$@"'
+	} >"$out/$name/daemon"
+	chmod +x "$out/$name/daemon"
+	rm -f "$out/$name/runs.tsv"
+done
+n=${#variants[@]}
+for ((i = 1; i <= ${ITERATIONS:-3}; i++)); do
+	for ((k = 0; k < n; k++)); do
+		v=${variants[$(((k + i - 1) % n))]}
+		name=${v%%:*}
+		# Who boots first alternates between iterations (one go test runs
+		# one iteration here, booting in NVFS_BACKENDS's order).
+		# FIRST_ORDER=go,c starts with our daemon instead.
+		order=${FIRST_ORDER:-c,go}
+		[ $((i % 2)) = 0 ] && order=$([ "$order" = c,go ] && echo go,c || echo c,go)
+		echo "iteration $i: $name ($order)" >&2
+		NVFS_BACKENDS=$order NVFS_DAEMON=$out/$name/daemon run 1 "$out/$name/one.tsv"
+		if [ ! -s "$out/$name/runs.tsv" ]; then head -1 "$out/$name/one.tsv" >"$out/$name/runs.tsv"; fi
+		awk -F'\t' -v OFS='\t' -v i="$i" 'NR > 1 { $1 = i; print }' "$out/$name/one.tsv" >>"$out/$name/runs.tsv"
+	done
+done
+for v in "${variants[@]}"; do
+	name=${v%%:*}
+	echo
+	echo "=== variant $name ($v)"
+	bench/workloads-report.sh "$out/$name/runs.tsv" "$out/$name"
+done

@@ -46,6 +46,12 @@ func BenchmarkPerOpVsC(b *testing.B) {
 	if err != nil {
 		testenv.Skipf(b, "no strace: %v", err)
 	}
+	// NVFS_PEROP_PERF=1: the traced runs count CPU time, context switches
+	// and migrations with perf stat instead of system calls with strace.
+	usePerf := os.Getenv(EnvPerOpPerf) != ""
+	if _, err := exec.LookPath("perf"); usePerf && err != nil {
+		testenv.Skipf(b, "no perf: %v", err)
+	}
 	share := b.TempDir()
 	const files = 4000
 	for i := 0; i < files; i++ {
@@ -73,11 +79,37 @@ func BenchmarkPerOpVsC(b *testing.B) {
 		{"go", []string{bin, "--shared-dir=" + share, "--cache=auto"}},
 		{"go-tps1", []string{bin, "--shared-dir=" + share, "--cache=auto", "--thread-pool-size=1"}},
 	}
+	// NVFS_PEROP_VARIANTS="NAME:ARG,ARG ..." adds our daemon once per
+	// variant (row "go-NAME") with ARGs added to its command line, or to
+	// its environment for an ARG of the form VAR=VALUE (e.g.
+	// "inline:--kick-wait=inline p1:GOMAXPROCS=1"), to compare options
+	// in the same run.
+	for _, v := range strings.Fields(os.Getenv(EnvPerOpVariants)) {
+		name, list, _ := strings.Cut(v, ":")
+		var env, args []string
+		for _, a := range strings.Split(list, ",") {
+			switch {
+			case a == "":
+			case strings.HasPrefix(a, "-"):
+				args = append(args, a)
+			default:
+				env = append(env, a)
+			}
+		}
+		cmd := []string{bin, "--shared-dir=" + share, "--cache=auto"}
+		if len(env) > 0 {
+			cmd = append(append([]string{"/usr/bin/env"}, env...), cmd...)
+		}
+		daemons = append(daemons, struct {
+			name string
+			args []string
+		}{"go-" + name, append(cmd, args...)})
+	}
 	// start runs one daemon (under strace -c -f -o file when traced: a
 	// process attached to later reports nothing on these hosts) and
 	// returns an initialised client and a stop function
 	// returning the system calls strace counted (0 untraced).
-	start := func(b *testing.B, args []string, traced bool) (*fuseclient.Client, func() int) {
+	start := func(b *testing.B, args []string, traced bool) (*fuseclient.Client, func() counts) {
 		dir, err := os.MkdirTemp("", "perop-")
 		if err != nil {
 			b.Fatal(err)
@@ -86,7 +118,9 @@ func BenchmarkPerOpVsC(b *testing.B) {
 		sock := filepath.Join(dir, "s")
 		args = append(args[:len(args):len(args)], "--socket-path="+sock)
 		summary := filepath.Join(dir, "strace")
-		if traced {
+		if traced && usePerf {
+			args = append([]string{"perf", "stat", "-e", perfEvents, "-x", ",", "-o", summary}, args...)
+		} else if traced {
 			args = append([]string{strace, "-c", "-f", "-o", summary}, args...)
 		}
 		cmd := exec.Command(args[0], args[1:]...)
@@ -119,7 +153,7 @@ func BenchmarkPerOpVsC(b *testing.B) {
 		if _, err := c.Init(38, linuxInitFlags, 128<<10); err != nil {
 			b.Fatalf("%v: INIT: %v", args, err)
 		}
-		stop := func() int {
+		stop := func() counts {
 			drv.Close() // the daemons exit when the frontend leaves
 			done := make(chan struct{})
 			go func() { cmd.Wait(); close(done) }()
@@ -131,12 +165,15 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			}
 			killed = true
 			if !traced {
-				return 0
+				return counts{}
 			}
 			if raw, err := os.ReadFile(summary); err == nil {
-				b.Logf("%s:\n%s", args[5], raw)
+				b.Logf("%s:\n%s", strings.Join(args, " "), raw)
 			}
-			return straceTotal(b, summary)
+			if usePerf {
+				return perfCounts(b, summary)
+			}
+			return counts{float64(straceTotal(b, summary))}
 		}
 		return c, stop
 	}
@@ -227,7 +264,7 @@ func BenchmarkPerOpVsC(b *testing.B) {
 	}
 	const n = 2000
 	// Syscalls of a daemon that starts, serves INIT and stops: subtracted.
-	base := map[string]int{}
+	base := map[string]counts{}
 	for _, d := range daemons {
 		_, stop := start(b, d.args, true)
 		base[d.name] = stop()
@@ -255,12 +292,62 @@ func BenchmarkPerOpVsC(b *testing.B) {
 						b.Fatalf("%s %s (traced): %v", d.name, o.name, err)
 					}
 				}
-				calls := stop() - base[d.name]
-				b.ReportMetric(float64(calls)/n, d.name+"-syscalls/op")
+				c1, c0 := stop(), base[d.name]
+				if usePerf {
+					b.ReportMetric((c1[0]-c0[0])/n, d.name+"-cpu-us/op")
+					b.ReportMetric((c1[1]-c0[1])/n, d.name+"-ctxsw/op")
+					b.ReportMetric((c1[2]-c0[2])/n, d.name+"-migrations/op")
+				} else {
+					b.ReportMetric((c1[0]-c0[0])/n, d.name+"-syscalls/op")
+				}
 				b.ReportMetric(float64(wall.Microseconds())/n, d.name+"-rtt-us/op")
 			}
 		})
 	}
+}
+
+// EnvPerOpVariants lists variants of our daemon's options
+// BenchmarkPerOpVsC runs besides its defaults.
+const EnvPerOpVariants = "NVFS_PEROP_VARIANTS"
+
+// EnvPerOpPerf makes BenchmarkPerOpVsC count with perf stat (CPU time,
+// context switches, migrations) instead of strace (system calls).
+const EnvPerOpPerf = "NVFS_PEROP_PERF"
+
+// perfEvents are the software events perf stat counts (hardware counters
+// are not available in these VMs).
+const perfEvents = "task-clock,context-switches,cpu-migrations"
+
+// counts are a traced run's totals: the system calls (strace), or CPU
+// microseconds, context switches and migrations (perf stat).
+type counts [3]float64
+
+// perfCounts reads perf stat -x , output: value,unit,event,...
+func perfCounts(t testing.TB, path string) counts {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c counts
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) < 3 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		switch f[2] {
+		case "task-clock": // milliseconds
+			c[0] = v * 1000
+		case "context-switches":
+			c[1] = v
+		case "cpu-migrations":
+			c[2] = v
+		}
+	}
+	return c
 }
 
 // straceTotal returns the total number of system calls in an strace -c

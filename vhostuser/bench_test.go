@@ -18,7 +18,7 @@ import (
 // its 17-byte echo through kick → pop → worker → push → call, with 1 and 4
 // request queues and a few requests in flight per queue; and one request at
 // a time (round-trip latency); each with the leader waiting for kicks in
-// the Go poller and in ppoll(2) (Options.KickWait).
+// the Go poller and in ppoll(2), and serving inline (Options.KickWait).
 func BenchmarkTransportEcho(b *testing.B) {
 	for _, tc := range []struct {
 		queues, inflight int
@@ -28,6 +28,9 @@ func BenchmarkTransportEcho(b *testing.B) {
 		{1, 1, 0, vhostuser.KickWaitPoller}, {1, 1, 0, vhostuser.KickWaitPpoll}, {1, 1, 20 * time.Microsecond, vhostuser.KickWaitPoller},
 		{1, 8, 0, vhostuser.KickWaitPoller}, {1, 8, 0, vhostuser.KickWaitPpoll}, {1, 8, 20 * time.Microsecond, vhostuser.KickWaitPoller},
 		{4, 8, 0, vhostuser.KickWaitPoller}, {4, 8, 0, vhostuser.KickWaitPpoll},
+		{1, 1, 0, vhostuser.KickWaitInline}, {1, 1, 0, vhostuser.KickWaitInlinePpoll},
+		{1, 8, 0, vhostuser.KickWaitInline}, {1, 8, 0, vhostuser.KickWaitInlinePpoll},
+		{4, 8, 0, vhostuser.KickWaitInline},
 	} {
 		name := fmt.Sprintf("queues=%d/inflight=%d/kick=%s", tc.queues, tc.inflight, tc.kick)
 		if tc.poll > 0 {

@@ -80,3 +80,14 @@ func (w *ppollWaiter) waitFd(fd uintptr) {
 		w.err = err
 	}
 }
+
+const (
+	// KickWaitInline waits through the runtime poller as KickWaitPoller,
+	// but the leader serves the chain it popped itself and keeps the lead
+	// (inline.go): no goroutine is woken to take over the lead while it
+	// serves, unless the queue has a backlog or the request is slow.
+	KickWaitInline KickWait = "inline"
+	// KickWaitInlinePpoll is KickWaitInline with the leader blocking in
+	// ppoll(2) as KickWaitPpoll.
+	KickWaitInlinePpoll KickWait = "inline-ppoll"
+)

@@ -83,7 +83,9 @@ type Options struct {
 	// KickWait is how a queue's leader sleeps until the next kick:
 	// KickWaitPoller ("" or "poller", the default: the Go runtime's
 	// poller) or KickWaitPpoll ("ppoll": blocking in ppoll(2) on the kick
-	// eventfd). See kickwait.go and docs/benchmarks.md (issue 15).
+	// eventfd); KickWaitInline and KickWaitInlinePpoll also make the
+	// leader serve what it pops and keep the lead (inline.go). See
+	// kickwait.go and docs/benchmarks.md (issue 15).
 	KickWait KickWait
 }
 

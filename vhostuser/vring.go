@@ -132,13 +132,18 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 	r.qw, _ = dev.(QueueWaiter)
 	switch opts.KickWait {
 	case "", KickWaitPoller:
-	case KickWaitPpoll:
+	case KickWaitPpoll, KickWaitInlinePpoll:
 		raw, err := r.kick.SyscallConn()
 		if err != nil {
 			r.log.WithError(err).Warn("kick eventfd: no raw access; waiting for kicks through the runtime poller")
 			break
 		}
 		r.kickRaw, r.ppoll = raw, newPpollWaiter(r.idle)
+		if opts.KickWait == KickWaitInlinePpoll {
+			return r.startInline(ctx, opts)
+		}
+	case KickWaitInline:
+		return r.startInline(ctx, opts)
 	default:
 		r.log.WithField("kick_wait", opts.KickWait).Warn("unknown kick wait mode; waiting for kicks through the runtime poller")
 	}

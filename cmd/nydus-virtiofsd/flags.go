@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/vhostuser"
 )
 
 // daemonConfig is what the virtiofsd-style command line (and nydusd's
@@ -25,6 +28,8 @@ type daemonConfig struct {
 	ThreadPoolSize    int    // workers per request queue; 0 = default
 	RequestQueues     int    // request queues besides hiprio
 	KeepListening     bool
+	KickWait          string        // --kick-wait: vhostuser.Options.KickWait
+	PollBeforeSleep   time.Duration // --poll-before-sleep: vhostuser.Options.PollBeforeSleep
 
 	Nydusd            bool   // nydusd's command line: serve a mount table
 	APISock           string // nydusd's --apisock
@@ -151,6 +156,8 @@ func virtiofsdFlags() map[string]flagSpec {
 		"localfs-dir":           {valueFlag, setString(func(c *daemonConfig) *string { return &c.BlobDir })},
 		"cache":                 {valueFlag, setCache},
 		"thread-pool-size":      {valueFlag, setInt(func(c *daemonConfig) *int { return &c.ThreadPoolSize }, "thread-pool-size")},
+		"kick-wait":             {valueFlag, setKickWait},
+		"poll-before-sleep":     {valueFlag, setPollBeforeSleep},
 		"request-queues":        {valueFlag, setInt(func(c *daemonConfig) *int { return &c.RequestQueues }, "request-queues")},
 		"announce-submounts":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.AnnounceSubmounts }, true)},
 		"no-announce-submounts": {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.AnnounceSubmounts }, false)},
@@ -425,5 +432,23 @@ func (c *daemonConfig) validate() error {
 	case c.RequestQueues < 1:
 		return fmt.Errorf("--request-queues must be at least 1")
 	}
+	return nil
+}
+
+func setKickWait(c *daemonConfig, v string) error {
+	switch vhostuser.KickWait(v) {
+	case vhostuser.KickWaitPoller, vhostuser.KickWaitPpoll, vhostuser.KickWaitInline, vhostuser.KickWaitInlinePpoll:
+		c.KickWait = v
+		return nil
+	}
+	return fmt.Errorf("--kick-wait: want poller, ppoll, inline or inline-ppoll, got %q", v)
+}
+
+func setPollBeforeSleep(c *daemonConfig, v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("--poll-before-sleep: want a duration such as 20us or 0 (never), got %q", v)
+	}
+	c.PollBeforeSleep = d
 	return nil
 }

@@ -153,11 +153,13 @@ func runDaemon(c daemonConfig) int {
 	}
 	vlog := log.WithField("layer", "vhost-user")
 	err = vhostuser.Serve(ctx, l, dev, vhostuser.Options{
-		RequestQueues: c.RequestQueues,
-		Workers:       max(c.ThreadPoolSize, vhostuser.DefaultWorkers),
-		KeepListening: c.KeepListening,
-		Logger:        vlog,
-		OnWaiting:     announceWaiting(vlog),
+		RequestQueues:   c.RequestQueues,
+		Workers:         max(c.ThreadPoolSize, vhostuser.DefaultWorkers),
+		KickWait:        vhostuser.KickWait(c.KickWait),
+		PollBeforeSleep: c.PollBeforeSleep,
+		KeepListening:   c.KeepListening,
+		Logger:          vlog,
+		OnWaiting:       announceWaiting(vlog),
 	})
 	if err != nil {
 		log.WithError(err).Error("vhost-user session failed")
