@@ -39,23 +39,22 @@ import (
 // needs the guest's barrier to fail.
 func TestFaultInjectorStoreLoadReorderedGuest(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		log  string
+		name, log, verdict string
 	}{
-		{"rearm", "not reaped every used entry"},
-		{"kick", "published without a kick"},
+		{"rearm", "not reaped every used entry", "guest-rearm-reordered"},
+		{"kick", "published without a kick", "kick-missing"},
 	} {
 		for _, idle := range []bool{true, false} {
 			name := tc.name + "/idle-check"
 			if !idle {
 				name = tc.name + "/no-idle-check-hangs"
 			}
-			t.Run(name, func(t *testing.T) { storeLoadReordered(t, tc.name, tc.log, idle) })
+			t.Run(name, func(t *testing.T) { storeLoadReordered(t, tc.name, tc.log, tc.verdict, idle) })
 		}
 	}
 }
 
-func storeLoadReordered(t *testing.T, which, wantLog string, idle bool) {
+func storeLoadReordered(t *testing.T, which, wantLog, wantVerdict string, idle bool) {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	hook := logtest.NewLocal(l)
@@ -63,14 +62,23 @@ func storeLoadReordered(t *testing.T, which, wantLog string, idle bool) {
 	if !idle {
 		opts.IdleCheck = -1
 	}
+	timeout := 2 * time.Second
 	if which == "kick" {
 		// Keeps the leader's kicks suppressed (avail_event behind) for a
 		// while after it drained the ring, so that the next chain is
-		// published inside the window rather than by luck.
+		// published inside the window rather than by luck. The idle
+		// bound is longer than the whole exchange, so that no idle wake
+		// (and the poll after it) comes in between: a chain published
+		// while the leader polls leaves its kick unread in the eventfd,
+		// which would end the leader's next wait at once.
 		opts.PollBeforeSleep = 250 * time.Millisecond
+		if idle {
+			opts.IdleCheck = 3 * time.Second
+		}
+		timeout = 5 * time.Second
 	}
 	s := startServer(t, opts)
-	d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 8, Timeout: 2 * time.Second})
+	d := connect(t, s, testdriver.Options{RequestQueues: 1, QueueSize: 8, Timeout: timeout})
 	for i := 0; i < 10; i++ { // the indexes leave 0 behind (crossing 0 signals)
 		if _, err := d.Submit(1, [][]byte{[]byte("warm")}, []int{32}, testdriver.Layout{}); err != nil {
 			t.Fatal(err)
@@ -127,10 +135,14 @@ func storeLoadReordered(t *testing.T, which, wantLog string, idle bool) {
 		if strings.Contains(e.Message, wantLog) {
 			found = true
 			tr, _ := e.Data["trace"].(string)
+			verdict, _ := e.Data["verdict"].(string)
 			if !strings.Contains(tr, "state: ") {
 				t.Errorf("recovery logged without the queue's trace: %v", e.Data)
 			}
-			t.Logf("%s\n%s", e.Message, tr)
+			if !strings.HasPrefix(verdict+tr, wantVerdict) {
+				t.Errorf("verdict %q, trace starting %.80q; want the verdict %q", verdict, tr, wantVerdict)
+			}
+			t.Logf("%s %s\n%s", e.Message, verdict, tr)
 		}
 	}
 	if !found {

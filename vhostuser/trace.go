@@ -164,3 +164,66 @@ func (s *session) dumpOn(sig os.Signal) (stop func()) {
 		close(done)
 	}
 }
+
+// last returns the newest recorded event of kind k for which match holds,
+// looking back at most traceLen events.
+func (t *trace) last(k traceKind, match func(a, b, c uint16, f uint8) bool) (a, b, c uint16, f uint8, ok bool) {
+	n := t.n.Load()
+	for i := n; i > 0 && n-i < traceLen; i-- {
+		e := &t.ev[i%traceLen]
+		d := e.data.Load()
+		if e.seq.Load() != i || traceKind(d) != k {
+			continue
+		}
+		a, b, c, f = uint16(d>>8), uint16(d>>24), uint16(d>>40), uint8(d>>56)
+		if match == nil || match(a, b, c, f) {
+			return a, b, c, f, true
+		}
+	}
+	return 0, 0, 0, 0, false
+}
+
+// Verdicts of the idle check on a queue found stuck, from the trace and
+// the ring state (docs/notifications.md says how each is told apart).
+const (
+	verdictReaping      = "guest-reaping: used_event is the 0 the driver writes while its callbacks are off; it is slow, not waiting for a signal"
+	verdictSignalled    = "signalled-not-acted-on: the push that crossed used_event signalled the call eventfd; the guest has not acted on it (late, or lost after the eventfd)"
+	verdictGuestReorder = "guest-rearm-reordered: the push that crossed used_event read an older used_event and did not signal; the guest stored used_event only after its re-check of the used index (its barrier did not order them)"
+	verdictNoPush       = "unknown: no push crossing used_event in the trace"
+	verdictKickLate     = "kick-late: the kick is in the eventfd; the idle bound expired first"
+	verdictKickMissing  = "kick-missing: the guest published past the avail_event we had re-armed with, after our re-check saw nothing, and did not kick (its load of avail_event ran before its store of the index, or the VMM dropped the kick)"
+	verdictKickUnknown  = "kick-unknown: no re-arm in the trace tells how the chain came without a kick"
+)
+
+// unreapedVerdict explains used entries the guest has not reaped after a
+// quiet period (EVENT_IDX).
+func (t *trace) unreapedVerdict(st virtqueue.RingState) string {
+	if st.UsedEvent == 0 && st.UsedIdx != 0 {
+		return verdictReaping
+	}
+	// The push that crossed used_event moved the used index from
+	// used_event to used_event+1.
+	_, _, wish, notify, ok := t.last(evPush, func(_, b, _ uint16, _ uint8) bool { return b == st.UsedEvent+1 })
+	switch {
+	case !ok:
+		return verdictNoPush
+	case notify != 0:
+		return verdictSignalled
+	case wish != st.UsedEvent:
+		return verdictGuestReorder
+	}
+	return verdictNoPush
+}
+
+// unkickedVerdict explains chains found in the available ring after a
+// quiet period with no kick read.
+func (t *trace) unkickedVerdict(st virtqueue.RingState, kickPending bool) string {
+	if kickPending {
+		return verdictKickLate
+	}
+	ev, seen, _, pending, ok := t.last(evEnable, nil)
+	if !ok || pending != 0 || seen != ev || st.AvailIdx == ev {
+		return verdictKickUnknown
+	}
+	return verdictKickMissing
+}

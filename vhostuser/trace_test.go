@@ -1,6 +1,7 @@
 package vhostuser
 
 import (
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 	"os"
 	"strings"
 	"sync"
@@ -67,4 +68,42 @@ func TestTraceConcurrentWritersKeepTheLastEvents(t *testing.T) {
 	}
 	var nilTrace *trace
 	nilTrace.add(evKick, 0, 0, 0, 0) // a vring without a trace records nothing
+}
+
+// TestIdleVerdicts: the idle check's explanation of a stuck queue, from
+// the trace and the ring state, for each case docs/notifications.md
+// tells apart.
+func TestIdleVerdicts(t *testing.T) {
+	st := func(availIdx, usedEvent, usedIdx uint16) virtqueue.RingState {
+		return virtqueue.RingState{AvailIdx: availIdx, UsedEvent: usedEvent, UsedIdx: usedIdx, EventIdx: true}
+	}
+	for _, tc := range []struct {
+		name   string
+		events func(*trace)
+		state  virtqueue.RingState
+		kick   bool // a kick is in the eventfd
+		want   string
+	}{
+		{"reaping", func(tr *trace) { tr.add(evPush, 3, 41, 40, 1) }, st(41, 0, 41), false, verdictReaping},
+		{"signalled", func(tr *trace) { tr.add(evPush, 3, 41, 40, 1) }, st(41, 40, 41), false, verdictSignalled},
+		{"reordered", func(tr *trace) { tr.add(evPush, 3, 41, 0, 0) }, st(41, 40, 41), false, verdictGuestReorder},
+		{"no-push", func(tr *trace) { tr.add(evPush, 3, 39, 38, 1) }, st(41, 40, 41), false, verdictNoPush},
+		{"kick-late", func(tr *trace) { tr.add(evEnable, 7, 7, 0, 0) }, st(8, 7, 7), true, verdictKickLate},
+		{"kick-missing", func(tr *trace) { tr.add(evEnable, 7, 7, 0, 0) }, st(8, 7, 7), false, verdictKickMissing},
+		{"kick-unknown", func(tr *trace) {}, st(8, 7, 7), false, verdictKickUnknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newTrace()
+			tc.events(tr)
+			var got string
+			if strings.HasPrefix(tc.name, "kick") {
+				got = tr.unkickedVerdict(tc.state, tc.kick)
+			} else {
+				got = tr.unreapedVerdict(tc.state)
+			}
+			if got != tc.want {
+				t.Errorf("verdict %q, want %q", got, tc.want)
+			}
+		})
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -362,8 +363,10 @@ func (r *runner) next() (head uint16, ok bool) {
 			}
 			if r.afterIdle {
 				r.afterIdle = false
-				r.limited(logrus.InfoLevel, logrus.Fields{"head": head, "trace": r.idleTrace}, "idle queue: found a chain published without a kick (or with its kick still unread)")
-				r.idleTrace = ""
+				if r.idleTrace != "" { // a kick still unread is no loss
+					r.limited(logrus.InfoLevel, logrus.Fields{"head": head, "trace": r.idleTrace}, "idle queue: found a chain published without a kick")
+					r.idleTrace = ""
+				}
 			}
 			s.busy.Store(true)
 			if r.qw != nil {
@@ -521,36 +524,64 @@ func (r *runner) idleCheck() {
 	st := r.q.State()
 	unkicked := st.AvailIdx != st.LastAvail
 	used, waiting := r.q.UsedIdle()
-	stuck := unkicked || (waiting && r.q.EventIdx())
+	unreaped := waiting && r.q.EventIdx()
 	if r.v.dumpReq.Swap(false) {
 		r.log.WithField("trace", r.traceDump(traceLen)).Info("queue trace (asked for)")
 	}
+	var verdicts []string
+	if unkicked {
+		verdicts = append(verdicts, r.tr.unkickedVerdict(st, r.kickPending()))
+	}
+	if unreaped {
+		verdicts = append(verdicts, r.tr.unreapedVerdict(st))
+	}
 	if r.observe {
 		r.observed = true
-		if stuck && st != r.dumped {
+		if (unkicked || unreaped) && st != r.dumped {
 			r.dumped = st
-			r.log.WithFields(logrus.Fields{"unkicked": unkicked, "unreaped": waiting, "trace": r.traceDump(traceLen)}).Warn("idle queue looks stuck; not recovering (IdleObserveOnly)")
+			r.log.WithFields(logrus.Fields{"unkicked": unkicked, "unreaped": unreaped, "verdict": strings.Join(verdicts, "; "), "trace": r.traceDump(traceLen)}).Warn("idle queue looks stuck; not recovering (IdleObserveOnly)")
 		}
 		r.tr.add(evIdle, used, st.UsedEvent, 0, 0)
 		return
 	}
 	if unkicked {
-		r.idleTrace = r.traceDump(64)
+		if verdicts[0] == verdictKickLate {
+			r.idleTrace = ""
+		} else {
+			r.idleTrace = verdicts[0] + "\n" + r.traceDump(64)
+		}
 	}
 	signalled := waiting && (r.q.EventIdx() || used != r.idleUsed)
 	if signalled {
-		if r.q.EventIdx() {
+		if unreaped {
 			// Linux re-arms with used_event = its last used index once it
 			// has reaped everything: a different value after a quiet
 			// period means a signal it never acted on (or, rarely, that
 			// it is reaping right now).
-			r.limited(logrus.InfoLevel, logrus.Fields{"used": used, "trace": r.traceDump(64)}, "idle queue: the guest has not reaped every used entry; signalling it again")
+			r.limited(logrus.InfoLevel, logrus.Fields{"used": used, "verdict": verdicts[len(verdicts)-1], "trace": r.traceDump(64)}, "idle queue: the guest has not reaped every used entry; signalling it again")
 		}
 		r.signal()
 	}
 	r.tr.add(evIdle, used, st.UsedEvent, 0, b2u(signalled))
 	r.idleUsed = used
 	r.afterIdle = true
+}
+
+// kickPending reports whether the kick eventfd is readable now, without
+// reading it (a kick that came as the idle bound expired is read by the
+// next wait).
+func (r *runner) kickPending() bool {
+	raw, err := r.kick.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ready := false
+	_ = raw.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(p, 0)
+		ready = err == nil && n > 0 && p[0].Revents&unix.POLLIN != 0
+	})
+	return ready
 }
 
 // traceDump formats the queue's last events and its ring state now. Only
