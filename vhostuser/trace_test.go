@@ -1,11 +1,12 @@
 package vhostuser
 
 import (
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 	"os"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/virtqueue"
 )
 
 // TestTraceRecordsSignalFate: a signal written with no call eventfd
