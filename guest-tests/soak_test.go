@@ -270,7 +270,7 @@ type daemonSample struct {
 	// touched) and the Go heap in use, in bytes.
 	rssAnon, rssFile, rssShmem float64
 	heapInuse                  float64
-	fams                     map[string]*dto.MetricFamily
+	fams                       map[string]*dto.MetricFamily
 }
 
 func (a soakAPI) sample() (*daemonSample, error) {
