@@ -287,10 +287,19 @@ func runInitrd(o RunOptions, rundir string) (string, error) {
 	return p, nil
 }
 
+// EnvGuestSMP overrides the guests' -smp argument (default 1), e.g.
+// "1,maxcpus=2": one vCPU, but TCG then keeps the guest's memory barriers
+// (docs/notifications.md).
+const EnvGuestSMP = "NVFS_GUEST_SMP"
+
 func qemuArgs(o RunOptions, initrd string) []string {
 	mem := strconv.Itoa(o.MemMiB) + "M"
+	smp := "1"
+	if s := os.Getenv(EnvGuestSMP); s != "" {
+		smp = s
+	}
 	return []string{
-		"-machine", "q35,accel=tcg,memory-backend=mem", "-smp", "1", "-m", mem,
+		"-machine", "q35,accel=tcg,memory-backend=mem", "-smp", smp, "-m", mem,
 		// vhost-user needs guest RAM the backend can map: memfd, share=on
 		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -183,6 +183,8 @@ func TestGuestSoak(t *testing.T) {
 		soakWorkers, r.Metrics["workload_secs"], rounds, r.Metrics["ops"], r.Metrics["p50_us"], r.Metrics["p99_us"], r.Metrics["max_us"],
 		reqs, reqs/r.Metrics["workload_secs"], fmtSecs(a.latencyQuantile(b, 0.99)),
 		b.goroutines, a.goroutines, b.fds, a.fds, b.procFDs, a.procFDs, b.rss/(1<<20), a.rss/(1<<20))
+	t.Logf("daemon memory before -> after: RSS anon %.1f -> %.1f MiB, file %.1f -> %.1f MiB, shmem (guest RAM touched) %.1f -> %.1f MiB; Go heap in use %.1f -> %.1f MiB",
+		b.rssAnon/1024, a.rssAnon/1024, b.rssFile/1024, a.rssFile/1024, b.rssShmem/1024, a.rssShmem/1024, b.heapInuse/(1<<20), a.heapInuse/(1<<20))
 	if reqs < r.Metrics["ops"] {
 		t.Errorf("the daemon counted %.0f requests during the soak, fewer than the guest's %.0f operations", reqs, r.Metrics["ops"])
 	}
@@ -263,7 +265,12 @@ type daemonSample struct {
 	goroutines, fds, procFDs int
 	rss                      float64
 	inflight                 float64
-	fams                     map[string]*dto.MetricFamily
+	// What the RSS is made of (/proc/PID/status, KiB: anonymous memory,
+	// mapped files, shared memory such as the guest RAM the daemon has
+	// touched) and the Go heap in use, in bytes.
+	rssAnon, rssFile, rssShmem float64
+	heapInuse                  float64
+	fams                       map[string]*dto.MetricFamily
 }
 
 func (a soakAPI) sample() (*daemonSample, error) {
@@ -294,9 +301,19 @@ func (a soakAPI) sample() (*daemonSample, error) {
 	s.fds = int(gauge("process_open_fds"))
 	s.rss = gauge("process_resident_memory_bytes")
 	s.inflight = gauge("nydus_virtiofsd_virtqueue_inflight_requests")
+	s.heapInuse = gauge("go_memstats_heap_inuse_bytes")
 	if pid := servingPid(a.sock); pid > 0 {
 		if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
 			s.procFDs = len(ents)
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+			for _, l := range strings.Split(string(st), "\n") {
+				for name, dst := range map[string]*float64{"RssAnon:": &s.rssAnon, "RssFile:": &s.rssFile, "RssShmem:": &s.rssShmem} {
+					if v, ok := strings.CutPrefix(l, name); ok {
+						*dst, _ = strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+					}
+				}
+			}
 		}
 	}
 	return s, nil

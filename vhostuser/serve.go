@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -70,6 +71,16 @@ type Options struct {
 	// docs/notifications.md). 0 means DefaultIdleCheck; negative turns the
 	// check off.
 	IdleCheck time.Duration
+	// IdleObserveOnly is for diagnosing lost notifications: a leader still
+	// wakes after IdleCheck, and logs the queue's trace and ring state
+	// when the queue looks stuck (a chain published without a kick, or
+	// used entries the guest has not reaped), but does not recover: it
+	// waits for the next kick as if it had not woken. Never in production.
+	IdleObserveOnly bool
+	// DumpSignal, if set, makes every queue log its trace of recent
+	// notification events and its ring state when the process receives
+	// it (at the queue's next wake, within IdleCheck).
+	DumpSignal os.Signal
 	// PollBeforeSleep is how long a queue's leader that found its ring
 	// empty keeps looking at it, with kicks still suppressed, before it
 	// re-arms kicks and sleeps: a request published within that window is
@@ -181,6 +192,10 @@ func serveConn(ctx context.Context, c *net.UnixConn, dev Device, opts Options) e
 	defer stop()
 	defer conn.Close()
 	s := newSession(sctx, ctx, conn, dev, opts)
+	if opts.DumpSignal != nil {
+		stopDumps := s.dumpOn(opts.DumpSignal)
+		defer stopDumps()
+	}
 	if o, ok := dev.(SessionObserver); ok {
 		o.StartSession()
 	}

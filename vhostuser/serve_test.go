@@ -69,6 +69,8 @@ func (d *echoDevice) HandleChain(ctx context.Context, queue int, c *virtqueue.Ch
 		<-d.release
 	case 'P':
 		panic("test device asked to panic")
+	case 'D': // answered a little later
+		time.Sleep(40 * time.Millisecond)
 	}
 	d.served.Add(1)
 	return echo(c, byte(queue))

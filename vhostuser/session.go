@@ -50,7 +50,7 @@ type session struct {
 func newSession(ctx, shutdown context.Context, conn *Conn, dev Device, opts Options) *session {
 	s := &session{ctx: ctx, shutdown: shutdown, conn: conn, dev: dev, opts: opts, log: opts.Logger.WithFields(nil), mem: virtqueue.NewGuestMemory()}
 	for i := 0; i < 1+opts.RequestQueues; i++ {
-		s.vrings = append(s.vrings, &vring{index: i})
+		s.vrings = append(s.vrings, newVring(i))
 	}
 	return s
 }
@@ -185,6 +185,12 @@ func (s *session) vring(idx uint32) (*vring, error) {
 func (s *session) handle(m *Message) ([]byte, error) {
 	p := m.Payload
 	switch m.Request {
+	case ReqSetMemTable, ReqAddMemReg, ReqRemMemReg, ReqResetOwner:
+		for _, v := range s.vrings {
+			v.trace.add(evMsg, uint16(m.Request), 0, 0, 0)
+		}
+	}
+	switch m.Request {
 	case ReqGetFeatures:
 		return AppendU64(nil, s.offeredFeatures()), nil
 	case ReqSetFeatures:
@@ -270,6 +276,7 @@ func (s *session) handle(m *Message) ([]byte, error) {
 			return nil, failed("SET_VRING_ADDR on running queue %d", a.Index)
 		}
 		v.addr, v.addrSet = a, true
+		v.trace.add(evMsg, uint16(m.Request), 0, 0, 0)
 		return nil, nil
 	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
 		return nil, s.setVringFd(m)
@@ -311,6 +318,7 @@ func (s *session) setMemTable(m *Message) error {
 }
 
 func (s *session) handleState(req uint32, v *vring, st VringState) ([]byte, error) {
+	v.trace.add(evMsg, uint16(req), uint16(st.Num), 0, 0)
 	switch req {
 	case ReqSetVringNum:
 		n := st.Num
@@ -366,6 +374,7 @@ func (s *session) setVringFd(m *Message) error {
 	if err != nil {
 		return err
 	}
+	v.trace.add(evMsg, uint16(m.Request), uint16(u>>8), 0, 0) // num: the NOFD flag
 	if m.Request == ReqSetVringKick {
 		fd, err := takeRawFd(m, u&VringFdNoFd == 0)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,7 +32,18 @@ type vring struct {
 	errFd   *os.File
 	call    atomic.Pointer[os.File]
 	run     *runner
+
+	// Diagnostics, kept across ring restarts: the trace of notification
+	// events, the number of call eventfds installed so far, when the last
+	// signal was written (trace time) and a dump asked for on demand.
+	trace      *trace
+	callGen    atomic.Uint64
+	lastSignal atomic.Int64
+	dumpReq    atomic.Bool
 }
+
+// newVring returns the control state of queue index.
+func newVring(index int) *vring { return &vring{index: index, trace: newTrace()} }
 
 // setCall installs a new call eventfd (nil for none) and closes the old
 // one. A worker still holding the old *os.File gets os.ErrClosed from its
@@ -41,12 +53,29 @@ type vring struct {
 // interrupt costs the guest one look at its used ring.
 func (v *vring) setCall(f *os.File) {
 	old := v.call.Swap(f)
+	gen := v.callGen.Add(1)
 	if f != nil {
-		_, _ = f.Write(eventOne[:])
+		_, err := f.Write(eventOne[:])
+		v.noteSignal(gen, err)
 	}
 	if old != nil {
 		old.Close()
 	}
+}
+
+// noteSignal records a write of call eventfd generation gen that ended
+// with err (nil: written; os.ErrClosed: swapped and closed under us).
+func (v *vring) noteSignal(gen uint64, err error) {
+	res := sigWritten
+	switch {
+	case err == nil:
+		v.lastSignal.Store(int64(time.Since(v.trace.start)))
+	case errors.Is(err, os.ErrClosed):
+		res = sigClosed
+	default:
+		res = sigFailed
+	}
+	v.trace.add(evSignal, uint16(gen), 0, 0, res)
 }
 
 // eventOne is the 8-byte little-endian 1 written to an eventfd.
@@ -109,15 +138,20 @@ type runner struct {
 	workers sync.WaitGroup
 	warn    ratelog.Limiter // guest-triggered warnings
 	qw      QueueWaiter     // dev, when it takes queue waits; else nil
+	tr      *trace          // v.trace
+	observe bool            // Options.IdleObserveOnly
 
 	// Owned by the leader (the token orders successive leaders).
 	scratch   virtqueue.Chain
 	draining  bool // kicks are disabled while popping
 	kickBuf   [8]byte
-	kickAt    time.Time // when the last kick woke the leader (QueueWaiter only)
-	idleUsed  uint16    // used index at the last idle check
-	deadline  time.Time // of the kick reads, while waiting is bounded
-	afterIdle bool      // the last wait ended by the idle bound
+	kickAt    time.Time           // when the last kick woke the leader (QueueWaiter only)
+	idleUsed  uint16              // used index at the last idle check
+	deadline  time.Time           // of the kick reads, while waiting is bounded
+	afterIdle bool                // the last wait ended by the idle bound
+	idleTrace string              // the trace taken when the idle check found an unkicked chain
+	observed  bool                // IdleObserveOnly: the last wait ended by the idle bound
+	dumped    virtqueue.RingState // IdleObserveOnly: the state last dumped
 }
 
 func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtqueue.GuestMemory, dev Device, opts Options, log *logrus.Entry) *runner {
@@ -130,6 +164,8 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 		popped: make(chan struct{}),
 	}
 	r.qw, _ = dev.(QueueWaiter)
+	r.tr, r.observe = v.trace, opts.IdleObserveOnly
+	r.tr.add(evStart, v.base, q.State().DeviceUsed, 0, 0)
 	switch opts.KickWait {
 	case "", KickWaitPoller:
 	case KickWaitPpoll, KickWaitInlinePpoll:
@@ -173,6 +209,7 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 // complete that every chain popped was pushed.
 func (r *runner) stopAndWait(wait bool, abort <-chan struct{}, timeout time.Duration) (based, complete bool) {
 	r.stop.Store(true)
+	r.tr.add(evStop, 0, 0, 0, 0)
 	if r.ppoll != nil {
 		// A spurious kick ends the leader's ppoll; the kick fd is closed
 		// (by the caller, later) only once the leader has left it, since
@@ -313,6 +350,7 @@ func (r *runner) next() (head uint16, ok bool) {
 		got, err := r.q.Pop(snap, &r.scratch)
 		if got {
 			head := r.scratch.Head
+			r.tr.add(evPop, head, r.q.LastAvail(), 0, 0)
 			var ce *virtqueue.ChainError
 			if errors.As(err, &ce) {
 				snap.Release()
@@ -330,7 +368,10 @@ func (r *runner) next() (head uint16, ok bool) {
 			}
 			if r.afterIdle {
 				r.afterIdle = false
-				r.limited(logrus.InfoLevel, logrus.Fields{"head": head}, "idle queue: found a chain published without a kick (or with its kick still unread)")
+				if r.idleTrace != "" { // a kick still unread is no loss
+					r.limited(logrus.InfoLevel, logrus.Fields{"head": head, "trace": r.idleTrace}, "idle queue: found a chain published without a kick")
+					r.idleTrace = ""
+				}
 			}
 			s.busy.Store(true)
 			if r.qw != nil {
@@ -353,14 +394,27 @@ func (r *runner) next() (head uint16, ok bool) {
 		// broken (the guest may repair it), and the ring looked at once
 		// more: what the guest published before it could see the re-arm
 		// comes with no kick.
-		if r.q.EnableNotify() && err == nil {
+		pending, seen := r.q.EnableNotifyIdx()
+		r.tr.add(evEnable, r.q.LastAvail(), seen, 0, b2u(pending))
+		if pending && err == nil {
 			continue
 		}
 		if err != nil {
 			r.warnf(logrus.Fields{"error": err}, "queue is broken; waiting for the next kick")
 		}
+		if r.v.dumpReq.Swap(false) {
+			r.log.WithField("trace", r.traceDump(traceLen)).Info("queue trace (asked for)")
+		}
 		if !r.waitKick() {
 			break
+		}
+		// Options.IdleObserveOnly: an idle wake leads to another wait,
+		// not to a look at the ring, as in a daemon without the check.
+		for r.observed {
+			r.observed = false
+			if !r.waitKick() {
+				return 0, false
+			}
 		}
 	}
 	return 0, false
@@ -459,6 +513,7 @@ func (r *runner) waitKickPpoll() bool {
 
 // kicked notes when a kick woke the leader (QueueWaiter only).
 func (r *runner) kicked() {
+	r.tr.add(evKick, 0, 0, 0, 0)
 	if r.qw != nil {
 		r.kickAt = time.Now()
 	}
@@ -468,21 +523,77 @@ func (r *runner) kicked() {
 // used-buffer signal it did not get, it is signalled (once per change of
 // the used index without EVENT_IDX, where the guest's progress cannot be
 // seen). Anything published without a kick is popped by the caller's next
-// look at the ring.
+// look at the ring. Either case is logged with the queue's trace.
 func (r *runner) idleCheck() {
+	r.tr.add(evIdleWake, 0, 0, 0, 0)
+	st := r.q.State()
+	unkicked := st.AvailIdx != st.LastAvail
 	used, waiting := r.q.UsedIdle()
-	if waiting && (r.q.EventIdx() || used != r.idleUsed) {
-		if r.q.EventIdx() {
+	unreaped := waiting && r.q.EventIdx()
+	if r.v.dumpReq.Swap(false) {
+		r.log.WithField("trace", r.traceDump(traceLen)).Info("queue trace (asked for)")
+	}
+	var verdicts []string
+	if unkicked {
+		verdicts = append(verdicts, r.tr.unkickedVerdict(st, r.kickPending()))
+	}
+	if unreaped {
+		verdicts = append(verdicts, r.tr.unreapedVerdict(st))
+	}
+	if r.observe {
+		r.observed = true
+		if (unkicked || unreaped) && st != r.dumped {
+			r.dumped = st
+			r.log.WithFields(logrus.Fields{"unkicked": unkicked, "unreaped": unreaped, "verdict": strings.Join(verdicts, "; "), "trace": r.traceDump(traceLen)}).Warn("idle queue looks stuck; not recovering (IdleObserveOnly)")
+		}
+		r.tr.add(evIdle, used, st.UsedEvent, 0, 0)
+		return
+	}
+	if unkicked {
+		if verdicts[0] == verdictKickLate {
+			r.idleTrace = ""
+		} else {
+			r.idleTrace = verdicts[0] + "\n" + r.traceDump(64)
+		}
+	}
+	signalled := waiting && (r.q.EventIdx() || used != r.idleUsed)
+	if signalled {
+		if unreaped {
 			// Linux re-arms with used_event = its last used index once it
 			// has reaped everything: a different value after a quiet
 			// period means a signal it never acted on (or, rarely, that
 			// it is reaping right now).
-			r.limited(logrus.InfoLevel, logrus.Fields{"used": used}, "idle queue: the guest has not reaped every used entry; signalling it again")
+			r.limited(logrus.InfoLevel, logrus.Fields{"used": used, "verdict": verdicts[len(verdicts)-1], "trace": r.traceDump(64)}, "idle queue: the guest has not reaped every used entry; signalling it again")
 		}
 		r.signal()
 	}
+	r.tr.add(evIdle, used, st.UsedEvent, 0, b2u(signalled))
 	r.idleUsed = used
 	r.afterIdle = true
+}
+
+// kickPending reports whether the kick eventfd is readable now, without
+// reading it (a kick that came as the idle bound expired is read by the
+// next wait).
+func (r *runner) kickPending() bool {
+	raw, err := r.kick.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ready := false
+	_ = raw.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(p, 0)
+		ready = err == nil && n > 0 && p[0].Revents&unix.POLLIN != 0
+	})
+	return ready
+}
+
+// traceDump formats the queue's last events and its ring state now. Only
+// the leader calls it (the state includes the leader's LastAvail).
+func (r *runner) traceDump(last int) string {
+	since := time.Duration(int64(time.Since(r.tr.start)) - r.v.lastSignal.Load())
+	return r.tr.dump(last) + "state: " + ringStateString(r.q.State(), r.inFlight(), r.v.callGen.Load(), since)
 }
 
 // serve hands one chain to the device and completes it.
@@ -514,16 +625,26 @@ func (r *runner) handle(s *slot) (n uint32) {
 }
 
 func (r *runner) push(head uint16, n uint32) {
-	if r.q.Push(head, n) {
+	notify, used, wish := r.q.PushEvent(head, n)
+	r.tr.add(evPush, head, used, wish, b2u(notify))
+	if notify {
 		r.signal()
 	}
 }
 
-// signal writes the call eventfd.
+// signal writes the call eventfd. Without one (none installed yet) the
+// signal is dropped: the frontend signals the next call eventfd it
+// installs (setCall), and the idle check covers the rest.
 func (r *runner) signal() {
-	if f := r.v.call.Load(); f != nil {
-		if _, err := f.Write(eventOne[:]); err != nil && !errors.Is(err, os.ErrClosed) {
-			r.warnf(logrus.Fields{"error": err}, "signalling the call eventfd failed")
-		}
+	gen := r.v.callGen.Load()
+	f := r.v.call.Load()
+	if f == nil {
+		r.tr.add(evSignal, uint16(gen), 0, 0, sigNoCall)
+		return
+	}
+	_, err := f.Write(eventOne[:])
+	r.v.noteSignal(gen, err)
+	if err != nil && !errors.Is(err, os.ErrClosed) {
+		r.warnf(logrus.Fields{"error": err}, "signalling the call eventfd failed")
 	}
 }

@@ -305,10 +305,19 @@ func (w *sgWalker) flush() {
 // It is safe for concurrent use. After Seal it drops the entry and reports
 // false.
 func (q *Queue) Push(head uint16, written uint32) bool {
+	notify, _, _ := q.PushEvent(head, written)
+	return notify
+}
+
+// PushEvent is Push that also returns the used index after the push and
+// what the driver had asked for when the decision was made: its used_event
+// with EVENT_IDX, its available-ring flags without (for a trace of the
+// notifications). A sealed queue returns false, 0, 0.
+func (q *Queue) PushEvent(head uint16, written uint32) (notify bool, usedIdx, wish uint16) {
 	q.pushMu.Lock()
 	if q.sealed {
 		q.pushMu.Unlock()
-		return false
+		return false, 0, 0
 	}
 	old := q.usedIdx
 	off := 4 + 8*int(old&q.mask)
@@ -320,15 +329,15 @@ func (q *Queue) Push(head uint16, written uint32) bool {
 	ring.Store16(q.used, 2, old+1)
 	// And the index must be visible before we read the driver's wish.
 	ring.FullFence()
-	var notify bool
 	if q.eventIdx {
-		ev := ring.Load16(q.avail, 4+2*int(q.size))
-		notify = ring.NeedEvent(ev, old+1, old)
+		wish = ring.Load16(q.avail, 4+2*int(q.size))
+		notify = ring.NeedEvent(wish, old+1, old)
 	} else {
-		notify = ring.Load16(q.avail, 0)&AvailFlagNoInterrupt == 0
+		wish = ring.Load16(q.avail, 0)
+		notify = wish&AvailFlagNoInterrupt == 0
 	}
 	q.pushMu.Unlock()
-	return notify
+	return notify, old + 1, wish
 }
 
 // Seal makes every later Push a no-op: the ring belongs to the frontend
@@ -369,11 +378,50 @@ func (q *Queue) DisableNotify() {
 // whether chains arrived meanwhile (then the caller must keep popping,
 // as no kick will come for them).
 func (q *Queue) EnableNotify() bool {
+	pending, _ := q.EnableNotifyIdx()
+	return pending
+}
+
+// EnableNotifyIdx is EnableNotify that also returns the available index it
+// saw after re-arming.
+func (q *Queue) EnableNotifyIdx() (pending bool, availIdx uint16) {
 	if q.eventIdx {
 		ring.Store16(q.used, 4+8*int(q.size), q.lastAvail)
 	} else {
 		ring.Store16(q.used, 0, 0)
 	}
 	ring.FullFence()
-	return q.Pending()
+	availIdx = ring.Load16(q.avail, 2)
+	return availIdx != q.lastAvail, availIdx
+}
+
+// RingState is what both sides of a ring show at one moment: the driver's
+// fields (available index and flags, used_event), the device's as written
+// in guest memory (used index and flags, avail_event) and the device's own
+// counters.
+type RingState struct {
+	AvailIdx, AvailFlags, UsedEvent uint16
+	UsedIdx, UsedFlags, AvailEvent  uint16
+	LastAvail, DeviceUsed           uint16
+	EventIdx                        bool
+}
+
+// State reads the ring's state. LastAvail is only meaningful when called
+// by the popping goroutine (otherwise pass the value it last reported).
+func (q *Queue) State() RingState {
+	ring.FullFence()
+	st := RingState{
+		AvailFlags: ring.Load16(q.avail, 0),
+		AvailIdx:   ring.Load16(q.avail, 2),
+		UsedEvent:  ring.Load16(q.avail, 4+2*int(q.size)),
+		UsedFlags:  ring.Load16(q.used, 0),
+		UsedIdx:    ring.Load16(q.used, 2),
+		AvailEvent: ring.Load16(q.used, 4+8*int(q.size)),
+		LastAvail:  q.lastAvail,
+		EventIdx:   q.eventIdx,
+	}
+	q.pushMu.Lock()
+	st.DeviceUsed = q.usedIdx
+	q.pushMu.Unlock()
+	return st
 }

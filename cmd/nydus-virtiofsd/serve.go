@@ -160,6 +160,9 @@ func runDaemon(c daemonConfig) int {
 		KeepListening:   c.KeepListening,
 		Logger:          vlog,
 		OnWaiting:       announceWaiting(vlog),
+		// Diagnostics of lost virtqueue notifications (docs/notifications.md).
+		DumpSignal:      syscall.SIGUSR1,
+		IdleObserveOnly: os.Getenv("NVFS_IDLE_OBSERVE_ONLY") == "1",
 	})
 	if err != nil {
 		log.WithError(err).Error("vhost-user session failed")

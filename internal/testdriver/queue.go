@@ -36,6 +36,32 @@ type queue struct {
 	// Faults to inject (guarded by mu): kicks to leave out and
 	// used-buffer signals to ignore.
 	dropKicks, dropSignals int
+	// Publishes and interrupt re-arms to make with their store made
+	// visible only after their load (see InjectStoreLoadReorder).
+	reorderKicks, reorderRearms int
+}
+
+// reorderWindow bounds how long a reordered store is held back.
+const reorderWindow = 300 * time.Millisecond
+
+// waitChange16 waits, at most d, until the u16 at b[off] is no longer v.
+func waitChange16(b []byte, off int, v uint16, d time.Duration) {
+	end := time.Now().Add(d)
+	for ring.Load16(b, off) == v && time.Now().Before(end) {
+		time.Sleep(20 * time.Microsecond)
+	}
+}
+
+// takeReorderRearm reports whether the next interrupt re-arm is to be
+// reordered, and counts it.
+func (q *queue) takeReorderRearm() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.reorderRearms > 0 && q.eventIdx() {
+		q.reorderRearms--
+		return true
+	}
+	return false
 }
 
 // layoutQueues places every ring at the start of the first RAM region and
@@ -192,6 +218,20 @@ func (q *queue) collect() {
 				ring.LoadFence()
 			}
 		}
+		if q.takeReorderRearm() {
+			// The store of used_event reaches memory only after the load
+			// of the used index, and after the device moved it (a full
+			// barrier that is not one).
+			seen := ring.Load16(q.used, 2)
+			if seen == q.lastUsed {
+				waitChange16(q.used, 2, seen, reorderWindow)
+			}
+			ring.Store16(q.avail, 4+2*int(q.size), q.lastUsed)
+			if seen == q.lastUsed {
+				return
+			}
+			continue
+		}
 		// Re-enable: ask for a signal on the very next used entry, then
 		// look again in case one was published before the device could
 		// see the request.
@@ -272,12 +312,20 @@ func (q *queue) publish(head uint16, p *Pending) error {
 	binary.LittleEndian.PutUint16(q.avail[4+2*int(old%q.size):], head)
 	ring.StoreFence()
 	q.availIdx = old + 1
-	ring.Store16(q.avail, 2, old+1)
-	ring.FullFence()
 	var kick bool
-	if q.eventIdx() {
+	if q.reorderKicks > 0 && q.eventIdx() {
+		// The store of the available index reaches memory only after
+		// the load of avail_event, and after the device moved it.
+		q.reorderKicks--
+		ev := ring.Load16(q.used, 4+8*int(q.size))
+		waitChange16(q.used, 4+8*int(q.size), ev, reorderWindow)
+		ring.Store16(q.avail, 2, old+1)
+		kick = ring.NeedEvent(ev, old+1, old)
+	} else if ring.Store16(q.avail, 2, old+1); q.eventIdx() {
+		ring.FullFence()
 		kick = ring.NeedEvent(ring.Load16(q.used, 4+8*int(q.size)), old+1, old)
 	} else {
+		ring.FullFence()
 		kick = ring.Load16(q.used, 0)&virtqueue.UsedFlagNoNotify == 0
 	}
 	if kick && q.dropKicks > 0 {

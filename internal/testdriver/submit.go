@@ -300,6 +300,25 @@ func (d *Driver) InjectLostNotifications(queue, kicks, signals int) {
 	q.mu.Unlock()
 }
 
+// InjectStoreLoadReorder makes the driver of queue behave as if its full
+// barriers did not order a store before a later load, as a guest's do not
+// under QEMU TCG with a single vCPU before QEMU 8.1 (the barrier is elided
+// and the host CPU lets the load pass the store; docs/notifications.md): in
+// the next kicks publishes the new available index becomes visible only
+// after the driver has read avail_event, and after the device has moved
+// avail_event (or a bounded wait); in the next rearms interrupt re-arms,
+// used_event becomes visible only after the driver has read the used index,
+// and after the device has moved it. Only with EVENT_IDX. Each is the
+// store-buffering outcome a barrier exists to forbid: both sides read the
+// other's old value, so neither notifies.
+func (d *Driver) InjectStoreLoadReorder(queue, kicks, rearms int) {
+	q := d.queues[queue]
+	q.mu.Lock()
+	q.reorderKicks += kicks
+	q.reorderRearms += rearms
+	q.mu.Unlock()
+}
+
 // InjectBogusAvailIndex publishes an available index ahead chains past
 // the driver's real one (a fault injector: a broken or hostile driver) and
 // kicks; the returned function puts the real index back. Nothing is
