@@ -101,6 +101,11 @@ type Blob struct {
 	seq atomic.Uint32
 	// streak counts the sequential Gets in a row.
 	streak atomic.Uint32
+	// widenedBytes is what this handle fetched beyond what was asked
+	// (widened misses, read-ahead); widenedUsed, how much of it reads
+	// then asked for. Both halve now and then, so they follow the
+	// reader's recent behaviour (widenBudget).
+	widenedBytes, widenedUsed atomic.Int64
 }
 
 // errClosed is returned by operations on a closed handle.
@@ -249,6 +254,9 @@ func (b *Blob) Get(ctx context.Context, chunks []Chunk, out []Location) error {
 	var missing []int
 	for i := range chunks {
 		c := &chunks[i]
+		if clearBit(e.widened, c.Index) {
+			b.widenedUsed.Add(int64(c.CompressedSize))
+		}
 		if e.isReady(c.Index) {
 			if err := b.cached(c, &out[i]); err != nil {
 				return err
@@ -458,13 +466,40 @@ func (b *Blob) claim(want []Chunk, prefetch bool) (mine []claimed, waits []*flig
 	sort.Slice(mine, func(i, j int) bool { return mine[i].c.CompressedOffset < mine[j].c.CompressedOffset })
 	lo, hi := mine[0].c, mine[len(mine)-1].c
 	span := hi.CompressedOffset + uint64(hi.CompressedSize) - lo.CompressedOffset
-	budget := int64(b.m.opts.BatchSize) - int64(span)
+	budget := b.widenBudget() - int64(span)
 	// The widening stays in the miss's request: fetched apart, in the
 	// background, it doubled the requests of a reader of scattered small
 	// files and made it slower (docs/benchmarks.md, issue 9).
 	b.widen(hi.Index+1, budget, lo.Verify, seen, &mine)
 	return mine, waits
 }
+
+// widenBudget is how far a miss is widened: the batch size (amplify_io)
+// while most of what this handle widened was then read (a reader going
+// through files laid out together), shrinking with the share that was
+// not, down to an eighth of the batch (a reader of scattered files, for
+// whom a wide window is mostly bytes nobody reads). Until a few batches
+// were widened it is the batch size.
+func (b *Blob) widenBudget() int64 {
+	batch := int64(b.m.opts.BatchSize)
+	w, used := b.widenedBytes.Load(), b.widenedUsed.Load()
+	if w < widenWarmup*batch {
+		return batch
+	}
+	if w > widenWindow*batch {
+		// Forget the older half (a race here only blurs the estimate).
+		b.widenedBytes.Store(w / 2)
+		b.widenedUsed.Store(used / 2)
+	}
+	return min(batch, max(batch/8, 2*batch*used/w))
+}
+
+// widenWarmup and widenWindow are in batches: widening adapts after
+// widenWarmup batches were widened, and looks back about widenWindow.
+const (
+	widenWarmup = 4
+	widenWindow = 32
+)
 
 // widen claims the missing chunks from index from on, forward, while they
 // fit budget bytes: what follows a miss is what a sequential reader asks
@@ -482,6 +517,8 @@ func (b *Blob) widen(from uint32, budget int64, verify bool, seen map[uint32]boo
 		c.Verify = verify
 		seen[i] = true
 		budget -= int64(c.CompressedSize)
+		setBit(e.widened, i)
+		b.widenedBytes.Add(int64(c.CompressedSize))
 		f := &flight{done: make(chan struct{})}
 		e.inflight[i] = f
 		*mine = append(*mine, claimed{c: c, f: f})

@@ -78,7 +78,12 @@
 // reader or by prefetch) is waited for, never fetched twice; the others
 // are claimed together with neighbouring missing chunks (from ChunkSource)
 // up to the batch size (amplify_io / batch_size, at least 128 KiB; forward
-// only, where a sequential reader goes next), then
+// only, where a sequential reader goes next). The window adapts per
+// handle: once a few batches were widened, it is scaled by twice the
+// share of the widened (and read-ahead) bytes that reads then asked for,
+// between an eighth of the batch and the batch (a reader of files laid
+// out together keeps the whole batch; a reader of scattered small files
+// stops paying for neighbours it never reads). Then
 // runs of chunks whose stored bytes are adjacent (gaps up to 32 KiB are read
 // and dropped) go to the backend as one ranged read each. Each chunk is
 // decoded, checked when the reader validates, written and marked, and its

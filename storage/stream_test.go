@@ -75,3 +75,45 @@ func TestFaultInjectorMissServedBeforeWideningArrives(t *testing.T) {
 		t.Fatalf("%d chunks cached after %d GETs, want 32 after 1", n, gets.Load())
 	}
 }
+
+// TestFaultInjectorWideningAdapts: a reader that never reads what its
+// misses were widened to gets narrower windows (down to an eighth of the
+// batch); one that reads through them keeps the whole batch.
+func TestFaultInjectorWideningAdapts(t *testing.T) {
+	tb := newTestBlob("wa", 512, 4096, 12)
+	t.Run("scattered", func(t *testing.T) {
+		be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}}
+		m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), BatchSize: 128 << 10})
+		b := openTest(t, m, tb, be, tb)
+		for i := 0; i < 8*40; i += 40 {
+			readAll(t, b, tb.chunks[i:i+1])
+			waitAhead(m)
+		}
+		if got := b.widenBudget(); got != 16<<10 {
+			t.Fatalf("widening budget %d after scattered reads, want %d", got, 16<<10)
+		}
+		readAll(t, b, tb.chunks[400:401])
+		waitAhead(m)
+		var ready []int
+		for i := 400; i < 440; i++ {
+			if b.Ready(uint32(i)) {
+				ready = append(ready, i)
+			}
+		}
+		if len(ready) != 4 {
+			t.Fatalf("chunks %v cached after a miss at 400, want 400-403", ready)
+		}
+	})
+	t.Run("sequential", func(t *testing.T) {
+		be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}}
+		m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), BatchSize: 128 << 10})
+		b := openTest(t, m, tb, be, tb)
+		for i := range 256 {
+			readAll(t, b, tb.chunks[i:i+1])
+			waitAhead(m)
+		}
+		if got := b.widenBudget(); got != 128<<10 {
+			t.Fatalf("widening budget %d after a sequential read, want %d", got, 128<<10)
+		}
+	})
+}
