@@ -136,7 +136,7 @@ func rangeHeader(off int64, n int) string {
 // p. Only a 206 whose Content-Range is that range, or a 200 of exactly
 // the blob when the range starts at 0 and covers it all, is accepted, and
 // the body must be exactly len(p) bytes.
-func readRange(resp *http.Response, p []byte, off int64) error {
+func readRange(ctx context.Context, resp *http.Response, p []byte, off int64) error {
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
@@ -150,7 +150,7 @@ func readRange(resp *http.Response, p []byte, off int64) error {
 	default:
 		return &StatusError{Method: resp.Request.Method, URL: redactURL(resp.Request.URL), Code: resp.StatusCode}
 	}
-	return readExact(resp.Body, resp.ContentLength, p)
+	return readExact(ctx, resp.Body, resp.ContentLength, p)
 }
 
 // checkContentRange checks that a 206's Content-Range is n bytes at off.
@@ -163,14 +163,29 @@ func checkContentRange(cr string, off int64, n int) error {
 }
 
 // readExact fills p from body, which must hold exactly len(p) bytes
-// (length is the announced Content-Length, -1 if unknown).
-func readExact(body io.Reader, length int64, p []byte) error {
+// (length is the announced Content-Length, -1 if unknown), reporting the
+// bytes filled so far to ctx's progress callback (WithProgress).
+func readExact(ctx context.Context, body io.Reader, length int64, p []byte) error {
 	if length >= 0 && length != int64(len(p)) {
 		return fmt.Errorf("content-length %d, asked for %d bytes: %w", length, len(p), ErrLongBody)
 	}
-	n, err := io.ReadFull(body, p)
-	if err != nil {
-		return fmt.Errorf("%d of %d bytes: %w (%v)", n, len(p), ErrShortBody, err)
+	progress := progressOf(ctx)
+	n := 0
+	for n < len(p) {
+		m, err := body.Read(p[n:])
+		n += m
+		if m > 0 && progress != nil {
+			progress(n)
+		}
+		if err != nil {
+			if n == len(p) && err == io.EOF {
+				break
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("%d of %d bytes: %w (%v)", n, len(p), ErrShortBody, err)
+		}
 	}
 	var one [1]byte
 	if m, _ := body.Read(one[:]); m > 0 {
@@ -258,7 +273,7 @@ func openRanged(ctx context.Context, kind, id string, send func(ctx context.Cont
 		if err != nil {
 			return fmt.Errorf("%s: blob %s: %w", kind, id, err)
 		}
-		if err := readRange(resp, p, off); err != nil {
+		if err := readRange(ctx, resp, p, off); err != nil {
 			return fmt.Errorf("%s: blob %s [%d,+%d): %w", kind, id, off, len(p), err)
 		}
 		return nil

@@ -113,7 +113,7 @@ func (s *S3) Open(ctx context.Context, id string) (Blob, error) {
 		if err := checkContentRange(hdr.Get("Content-Range"), off, len(p)); err != nil {
 			return fmt.Errorf("s3: blob %s: %w", id, err)
 		}
-		if err := readExact(body, -1, p); err != nil {
+		if err := readExact(ctx, body, -1, p); err != nil {
 			return fmt.Errorf("s3: blob %s [%d,+%d): %w", id, off, len(p), err)
 		}
 		return nil

@@ -14,7 +14,14 @@ import (
 // PrefetchOptions say what to warm the blob cache with when an image is
 // mounted, in nydusd's order: Files (--prefetch-files, the API's
 // prefetch_files) when given, else the bootstrap's prefetch table; then,
-// with All (prefetch_all), every chunk of every blob.
+// with All (prefetch_all), every chunk of every blob. As in nydusd, Files
+// of just "/" or a table of just the root inode mean All (v6: every chunk
+// by the blobs' chunk tables, without walking the tree), and a list that
+// holds the root among other entries makes All redundant. There are no
+// blob-level prefetch ranges to honour: the v6 blob table has no such
+// field (nydusd's range prefetch reads them from blob info that a loaded
+// v6 image leaves at zero), and v5's readahead fields are not used for
+// prefetch by nydusd either.
 type PrefetchOptions struct {
 	// Files are absolute paths in the image; a directory means its whole
 	// subtree and "/" the whole image.
@@ -74,7 +81,16 @@ func (img *Image) StartPrefetch(o PrefetchOptions) (*Prefetch, error) {
 func (img *Image) prefetch(ctx context.Context, o PrefetchOptions, p *Prefetch) error {
 	var inos []uint64
 	whole := o.All
-	if len(o.Files) > 0 {
+	table := img.Prefetch()
+	switch {
+	case len(o.Files) == 1 && o.Files[0] == "/",
+		len(o.Files) == 0 && len(table) == 1 && table[0] == RootIno:
+		// The list is the whole image (the command line's "/", or a
+		// bootstrap table holding only the root, as builders write for
+		// "prefetch everything"): nydusd takes that for prefetch_all and
+		// fetches every chunk of every blob instead of walking the tree.
+		whole = true
+	case len(o.Files) > 0:
 		for _, f := range o.Files {
 			ino, err := img.resolvePath(f)
 			if err != nil {
@@ -85,8 +101,15 @@ func (img *Image) prefetch(ctx context.Context, o PrefetchOptions, p *Prefetch) 
 			}
 			inos = append(inos, ino)
 		}
-	} else {
-		inos = img.Prefetch()
+	default:
+		inos = table
+	}
+	for _, ino := range inos {
+		if ino == RootIno {
+			// The root among other entries: the walk below covers the
+			// whole tree, so prefetch_all adds nothing (nydusd skips it).
+			whole = false
+		}
 	}
 	per := map[uint32][]storage.Chunk{}
 	seen := map[uint64]bool{}

@@ -2,6 +2,8 @@ package rafs_test
 
 import (
 	"context"
+	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,26 +33,7 @@ func TestPrefetchSources(t *testing.T) {
 			tc.build.ChunkSize = 64 << 10
 			boot, blobDir, want := buildTree(t, 50, tc.build)
 			be := &faultInjector{Backend: backend.NewLocalFS(blobDir)}
-			m, err := storage.NewManager(storage.Options{Type: storage.TypeBlobcache, WorkDir: t.TempDir(), Log: quiet(),
-				Prefetch: storage.PrefetchOptions{Threads: 2}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
-			img, err := rafs.Open(boot, rafs.Options{Backend: be, Cache: m, Log: quiet()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
-			p, err := img.StartPrefetch(tc.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := p.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
+			img := prefetched(t, boot, be, tc.opts)
 			if be.reads.Load() == 0 {
 				t.Fatal("nothing prefetched")
 			}
@@ -70,4 +53,55 @@ func TestPrefetchSources(t *testing.T) {
 	if _, err := (&rafs.Image{}).StartPrefetch(rafs.PrefetchOptions{Files: []string{"rel"}}); err == nil {
 		t.Fatal("relative prefetch path accepted")
 	}
+}
+
+// TestPrefetchFixtureWholeImage: prefetch of "/" on nydus's real v6
+// image fetches every chunk of its blob (nydusd takes "/" for
+// prefetch_all: by the blob's chunk table); with the backend down, every
+// file then reads from the cache with its known md5.
+func TestPrefetchFixtureWholeImage(t *testing.T) {
+	dir := "testdata/fixtures/nydus/v6-2.2"
+	be := &faultInjector{Backend: backend.NewLocalFS(dir)}
+	img := prefetched(t, filepath.Join(dir, "rafs-v6-2.2.boot"), be, rafs.PrefetchOptions{Files: []string{"/"}})
+	be.down.Store(true)
+	for name, sum := range map[string]string{"lib.rs": "4709cf8873e419ecedc7d43fdee4a75f", "sync_io.rs": "5442bc7dc9dc5f985c7594e23866ae6f"} {
+		n, err := img.Lookup(rafs.RootIno, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, n.Size)
+		if _, err := img.ReadAt(context.Background(), n.Ino, buf, 0); err != nil && err != io.EOF {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := md5(buf); got != sum {
+			t.Errorf("%s: md5 %s want %s", name, got, sum)
+		}
+	}
+}
+
+// prefetched opens the image at boot over be with a blob cache of the
+// test's own, runs the prefetch o asks for and waits for it.
+func prefetched(t *testing.T, boot string, be backend.Backend, o rafs.PrefetchOptions) *rafs.Image {
+	t.Helper()
+	m, err := storage.NewManager(storage.Options{Type: storage.TypeBlobcache, WorkDir: t.TempDir(), Log: quiet(),
+		Prefetch: storage.PrefetchOptions{Threads: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	img, err := rafs.Open(boot, rafs.Options{Backend: be, Cache: m, Log: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	p, err := img.StartPrefetch(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return img
 }

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,16 +124,38 @@ func quietEntry() *logrus.Entry {
 
 // pacedProxy is an HTTP forward proxy that paces each answer's body to a
 // byte rate, as a WAN link would. (nginx's limit_rate does not apply to
-// the unbuffered proxying testsvc configures.)
+// the unbuffered proxying testsvc configures.) It also keeps a per-request
+// log, for the latency breakdown.
 type pacedProxy struct {
 	rate float64 // bytes per second, per answer
 	tr   *http.Transport
+
+	mu    sync.Mutex
+	log   []proxied
+	conns int // client connections accepted
+}
+
+// proxied is one request the proxy answered: when it arrived, when the
+// origin's answer headers came (time to first byte), when its body was
+// sent, and its size.
+type proxied struct {
+	method           string
+	start, ttfb, end time.Time
+	bytes            int64
 }
 
 func (p *pacedProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := proxied{method: r.Method, start: time.Now()}
+	defer func() {
+		rec.end = time.Now()
+		p.mu.Lock()
+		p.log = append(p.log, rec)
+		p.mu.Unlock()
+	}()
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
 	resp, err := p.tr.RoundTrip(out)
+	rec.ttfb = time.Now()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
@@ -143,15 +167,14 @@ func (p *pacedProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(resp.StatusCode)
 	start := time.Now()
 	buf := make([]byte, 64<<10)
-	var sent int64
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
-			sent += int64(n)
-			if ahead := time.Duration(float64(sent)/p.rate*float64(time.Second)) - time.Since(start); ahead > 0 {
+			rec.bytes += int64(n)
+			if ahead := time.Duration(float64(rec.bytes)/p.rate*float64(time.Second)) - time.Since(start); ahead > 0 {
 				time.Sleep(ahead)
 			}
 		}
@@ -161,16 +184,70 @@ func (p *pacedProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// startPacedProxy serves a pacedProxy on loopback and returns its address.
-func startPacedProxy(b *testing.B, rate float64) string {
+// proxyStats sums the proxy's log since mark: GETs and HEADs, client
+// connections opened, the mean time to first byte and body time of a GET,
+// and the time no request was in flight between the first arrival and
+// the last answer (the client's own time: decoding, storing, planning).
+type proxyStats struct {
+	gets, heads, conns int
+	ttfb, body, idle   time.Duration
+}
+
+// mark returns where the log and the connection count are now.
+func (p *pacedProxy) mark() (int, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.log), p.conns
+}
+
+func (p *pacedProxy) stats(logMark, connMark int) proxyStats {
+	p.mu.Lock()
+	recs := append([]proxied(nil), p.log[logMark:]...)
+	st := proxyStats{conns: p.conns - connMark}
+	p.mu.Unlock()
+	sort.Slice(recs, func(i, j int) bool { return recs[i].start.Before(recs[j].start) })
+	var busyTill time.Time
+	for _, r := range recs {
+		switch r.method {
+		case http.MethodHead:
+			st.heads++
+		case http.MethodGet:
+			st.gets++
+			st.ttfb += r.ttfb.Sub(r.start)
+			st.body += r.end.Sub(r.ttfb)
+		}
+		if !busyTill.IsZero() && r.start.After(busyTill) {
+			st.idle += r.start.Sub(busyTill)
+		}
+		if r.end.After(busyTill) {
+			busyTill = r.end
+		}
+	}
+	if st.gets > 0 {
+		st.ttfb /= time.Duration(st.gets)
+		st.body /= time.Duration(st.gets)
+	}
+	return st
+}
+
+// startPacedProxy serves a pacedProxy on loopback and returns it and its
+// address.
+func startPacedProxy(b *testing.B, rate float64) (*pacedProxy, string) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http.Server{Handler: &pacedProxy{rate: rate, tr: &http.Transport{MaxIdleConnsPerHost: 16}}}
+	p := &pacedProxy{rate: rate, tr: &http.Transport{MaxIdleConnsPerHost: 16}}
+	srv := &http.Server{Handler: p, ConnState: func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			p.mu.Lock()
+			p.conns++
+			p.mu.Unlock()
+		}
+	}}
 	go srv.Serve(l)
 	b.Cleanup(func() { srv.Close() })
-	return l.Addr().String()
+	return p, l.Addr().String()
 }
 
 // BenchmarkColdStart is P3: an image of more than 512 MiB in a loopback
@@ -201,7 +278,7 @@ func BenchmarkColdStart(b *testing.B) {
 	reg := testsvc.StartRegistry(b, testsvc.RegistryOptions{})
 	reg.SeedBlob(b, res.BlobID, blobData)
 	blobData = nil
-	proxy := startPacedProxy(b, 100e6)
+	pp, proxy := startPacedProxy(b, 100e6)
 
 	// The working set: random files up to 8 % of the tree's bytes.
 	var all []string
@@ -223,6 +300,46 @@ func BenchmarkColdStart(b *testing.B) {
 		wsBytes += files[p]
 	}
 	sort.Strings(set)
+	// A clustered working set, as a program's start-up reads it: every
+	// file of one directory tree (usr/lib3, 1/13 of the files), in
+	// directory order, laid out together in the blob by the builder.
+	var dirSet []string
+	var dirBytes int64
+	for _, p := range all {
+		if strings.HasPrefix(p, "/usr/lib3/") {
+			dirSet = append(dirSet, p)
+			dirBytes += files[p]
+		}
+	}
+	sort.Strings(dirSet)
+	// The stored (compressed) bytes of each set's chunks: the least a
+	// lazy read can fetch.
+	stored := func(set []string) int64 {
+		img, err := rafs.Open(boot, rafs.Options{Log: quietEntry()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer img.Close()
+		var n int64
+		for _, p := range set {
+			ino := uint64(rafs.RootIno)
+			for _, name := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+				in, err := img.Lookup(ino, name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ino = in.Ino
+			}
+			if err := img.Chunks(context.Background(), ino, func(c rafs.Chunk) error {
+				n += int64(c.CompressedSize)
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return n
+	}
+	wsStored, dirStored := stored(set), stored(dirSet)
 	config := func(cacheDir string, prefetchAll bool) *backend.Config {
 		c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"timeout":60,`+
 			`"proxy":{"url":"http://%s","fallback":false}}},"cache":{"type":"blobcache","filecache":{"work_dir":%q}},`+
@@ -287,15 +404,20 @@ func BenchmarkColdStart(b *testing.B) {
 		cache1 := filepath.Join(work, "cache1")
 		var lazy, lazySerial time.Duration
 		var fetched, fetchedSerial, requests int64
+		var lazyStats proxyStats
 		for k, serial := range []bool{false, true, true, false} {
 			dir := filepath.Join(work, fmt.Sprintf("cache1-%d", k))
 			if k == 3 {
 				dir = cache1 // kept for the warm read
 			}
 			img, pool, done := open(config(dir, false), serial)
+			logMark, connMark := pp.mark()
 			start := time.Now()
 			readSet(b, img, set)
 			took := time.Since(start)
+			if k == 3 {
+				lazyStats = pp.stats(logMark, connMark)
+			}
 			bm := pool.BackendMetrics()
 			done()
 			if serial {
@@ -311,10 +433,20 @@ func BenchmarkColdStart(b *testing.B) {
 			}
 		}
 
+		// 1c. Cold, lazy, one reader, the clustered working set.
+		cacheDir := filepath.Join(work, "cache1c")
+		img, pool, done := open(config(cacheDir, false))
+		start = time.Now()
+		readSet(b, img, dirSet)
+		lazyDir := time.Since(start)
+		fetchedDir := int64(pool.BackendMetrics().ReadAmountTotal)
+		done()
+		os.RemoveAll(cacheDir)
+
 		// 1b. Cold, lazy, eight readers (a container's processes and the
 		// guest kernel's readahead read in parallel).
 		cache1b := filepath.Join(work, "cache1b")
-		img, _, done := open(config(cache1b, false))
+		img, _, done = open(config(cache1b, false))
 		start = time.Now()
 		readParallel(b, img, set, 8)
 		lazy8 := time.Since(start)
@@ -371,10 +503,23 @@ func BenchmarkColdStart(b *testing.B) {
 		b.ReportMetric(fullTime.Seconds(), "full-download-s")
 		b.ReportMetric(lazy.Seconds()/fullTime.Seconds(), "lazy/full")
 		b.ReportMetric(lazy8.Seconds()/fullTime.Seconds(), "lazy8/full")
+		b.ReportMetric(float64(dirBytes)/(1<<20), "dirset-MiB")
+		b.ReportMetric(lazyDir.Seconds()/fullTime.Seconds(), "lazy-dir/full")
+		b.ReportMetric(float64(fetchedDir)/float64(dirBytes), "fetched-dir/dirset")
+		b.ReportMetric(float64(fetchedDir)/float64(dirStored), "fetched-dir/dirset-stored")
+		b.ReportMetric(float64(fetched)/float64(wsStored), "fetched/workset-stored")
+		b.ReportMetric(float64(wsStored)/(1<<20), "workset-stored-MiB")
 		b.ReportMetric(lazySerial.Seconds()/fullTime.Seconds(), "lazy-no-readahead/full")
 		b.ReportMetric(float64(fetchedSerial)/float64(wsBytes), "fetched-no-readahead/workset")
 		b.ReportMetric(float64(requests), "lazy-backend-reads")
 		b.ReportMetric(float64(fetched)/float64(wsBytes), "fetched/workset")
+		// The lazy read's requests as the proxy saw them (the last lazy run).
+		b.ReportMetric(float64(lazyStats.gets), "lazy-GETs")
+		b.ReportMetric(float64(lazyStats.heads), "lazy-HEADs")
+		b.ReportMetric(float64(lazyStats.conns), "lazy-new-conns")
+		b.ReportMetric(float64(lazyStats.ttfb.Microseconds())/1000, "lazy-ttfb-ms")
+		b.ReportMetric(float64(lazyStats.body.Microseconds())/1000, "lazy-body-ms")
+		b.ReportMetric(lazyStats.idle.Seconds(), "lazy-idle-s")
 		b.ReportMetric(prefetched.Seconds(), "prefetch-cached-s")
 		b.ReportMetric(withPrefetch.Seconds()/lazy.Seconds(), "with-prefetch-all/lazy")
 		b.ReportMetric(warm.Seconds(), "warm-s")

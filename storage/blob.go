@@ -90,11 +90,22 @@ type Blob struct {
 	// part of a miss, read-ahead); Close cancels it first.
 	bg     context.Context
 	stopBG context.CancelFunc
+	// tails counts the background fetches still running. They are started
+	// only from within an operation (under life), and Close waits for
+	// them after the last operation ended and before closing files; they
+	// do not take life themselves, so that a reader waiting for one never
+	// holds up a Close that waits for that reader.
+	tails sync.WaitGroup
 	// seq is the highest chunk index of the last Get plus one (0: none),
 	// for spotting a sequential reader.
 	seq atomic.Uint32
 	// streak counts the sequential Gets in a row.
 	streak atomic.Uint32
+	// widenedBytes is what this handle fetched beyond what was asked
+	// (widened misses, read-ahead); widenedUsed, how much of it reads
+	// then asked for. Both halve now and then, so they follow the
+	// reader's recent behaviour (widenBudget).
+	widenedBytes, widenedUsed atomic.Int64
 }
 
 // errClosed is returned by operations on a closed handle.
@@ -122,6 +133,7 @@ func (b *Blob) Close() error {
 	b.life.Lock()
 	b.dead = true
 	b.life.Unlock()
+	b.tails.Wait()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -242,6 +254,9 @@ func (b *Blob) Get(ctx context.Context, chunks []Chunk, out []Location) error {
 	var missing []int
 	for i := range chunks {
 		c := &chunks[i]
+		if clearBit(e.widened, c.Index) {
+			b.widenedUsed.Add(int64(c.CompressedSize))
+		}
 		if e.isReady(c.Index) {
 			if err := b.cached(c, &out[i]); err != nil {
 				return err
@@ -360,7 +375,7 @@ func (b *Blob) fetch(ctx context.Context, want []Chunk, prefetch bool) ([]Locati
 	for attempt := 0; ; attempt++ {
 		mine, waits := b.claim(want, prefetch)
 		if len(mine) > 0 {
-			b.fetchRuns(ctx, mine, prefetch)
+			b.fetchRuns(ctx, mine, prefetch, !prefetch)
 		}
 		retry := false
 		for k := range want {
@@ -451,13 +466,40 @@ func (b *Blob) claim(want []Chunk, prefetch bool) (mine []claimed, waits []*flig
 	sort.Slice(mine, func(i, j int) bool { return mine[i].c.CompressedOffset < mine[j].c.CompressedOffset })
 	lo, hi := mine[0].c, mine[len(mine)-1].c
 	span := hi.CompressedOffset + uint64(hi.CompressedSize) - lo.CompressedOffset
-	budget := int64(b.m.opts.BatchSize) - int64(span)
+	budget := b.widenBudget() - int64(span)
 	// The widening stays in the miss's request: fetched apart, in the
 	// background, it doubled the requests of a reader of scattered small
 	// files and made it slower (docs/benchmarks.md, issue 9).
 	b.widen(hi.Index+1, budget, lo.Verify, seen, &mine)
 	return mine, waits
 }
+
+// widenBudget is how far a miss is widened: the batch size (amplify_io)
+// while most of what this handle widened was then read (a reader going
+// through files laid out together), shrinking with the share that was
+// not, down to an eighth of the batch (a reader of scattered files, for
+// whom a wide window is mostly bytes nobody reads). Until a few batches
+// were widened it is the batch size.
+func (b *Blob) widenBudget() int64 {
+	batch := int64(b.m.opts.BatchSize)
+	w, used := b.widenedBytes.Load(), b.widenedUsed.Load()
+	if w < widenWarmup*batch {
+		return batch
+	}
+	if w > widenWindow*batch {
+		// Forget the older half (a race here only blurs the estimate).
+		b.widenedBytes.Store(w / 2)
+		b.widenedUsed.Store(used / 2)
+	}
+	return min(batch, max(batch/8, 2*batch*used/w))
+}
+
+// widenWarmup and widenWindow are in batches: widening adapts after
+// widenWarmup batches were widened, and looks back about widenWindow.
+const (
+	widenWarmup = 4
+	widenWindow = 32
+)
 
 // widen claims the missing chunks from index from on, forward, while they
 // fit budget bytes: what follows a miss is what a sequential reader asks
@@ -475,6 +517,8 @@ func (b *Blob) widen(from uint32, budget int64, verify bool, seen map[uint32]boo
 		c.Verify = verify
 		seen[i] = true
 		budget -= int64(c.CompressedSize)
+		setBit(e.widened, i)
+		b.widenedBytes.Add(int64(c.CompressedSize))
 		f := &flight{done: make(chan struct{})}
 		e.inflight[i] = f
 		*mine = append(*mine, claimed{c: c, f: f})
@@ -490,6 +534,9 @@ const maxRuns = 8
 // maxAhead bounds a Manager's background fetches of reads in flight.
 const maxAhead = 8
 
+// maxFills bounds a Manager's detached fetches of read misses in flight.
+const maxFills = 32
+
 // tryAhead takes a background-fetch token if one is free.
 func (m *Manager) tryAhead() bool {
 	if m.opts.NoReadAhead {
@@ -504,24 +551,16 @@ func (m *Manager) tryAhead() bool {
 }
 
 // background fetches claimed chunks off the reader's time, under the
-// handle's background context, and returns the token tryAhead took. A
-// handle being closed settles them as abandoned: their waiters fetch
-// themselves.
+// handle's background context, and returns the token tryAhead took. Must
+// be called within an operation. A handle being closed cancels them: they
+// settle as abandoned and their waiters fetch themselves.
 func (b *Blob) background(cl []claimed) {
+	b.tails.Add(1)
 	go func() {
+		defer b.tails.Done()
 		defer func() { <-b.m.ahead }()
-		ctx := b.bg
-		if !b.enter() {
-			ctx, cancel := context.WithCancel(ctx)
-			cancel()
-			for _, c := range cl {
-				b.settle(ctx, c, false, nil, errClosed)
-			}
-			return
-		}
-		defer b.leave()
 		b.m.metrics.readAheadBytes.Add(int64(runBytes(cl)))
-		b.fetchRuns(ctx, cl, false)
+		b.fetchRuns(b.bg, cl, false, false)
 	}()
 }
 
@@ -591,13 +630,17 @@ func (b *Blob) readAhead(chunks []Chunk) {
 }
 
 // fetchRuns fetches claimed chunks in merged runs and settles their
-// flights.
-func (b *Blob) fetchRuns(ctx context.Context, mine []claimed, prefetch bool) {
+// flights. With detach (a read's miss, persistent cache), the runs go on
+// in the background and fetchRuns returns at once: the reader waits on its
+// own chunks' flights, which settle as their bytes arrive, and not for the
+// widened rest of a run.
+func (b *Blob) fetchRuns(ctx context.Context, mine []claimed, prefetch, detach bool) {
 	sort.Slice(mine, func(i, j int) bool { return mine[i].c.CompressedOffset < mine[j].c.CompressedOffset })
 	batch := b.m.opts.BatchSize
 	if prefetch {
 		batch = b.m.opts.Prefetch.BatchSize // requests were merged to it
 	}
+	detach = detach && b.e.persist && !b.m.opts.NoReadAhead
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, maxRuns)
 	for start := 0; start < len(mine); {
@@ -613,22 +656,53 @@ func (b *Blob) fetchRuns(ctx context.Context, mine []claimed, prefetch bool) {
 			last = c.CompressedOffset + uint64(c.CompressedSize)
 			end++
 		}
-		if start == 0 && end == len(mine) || b.m.opts.NoReadAhead {
-			b.fetchRun(ctx, mine[start:end], first, last, prefetch)
-			start = end
-			continue
-		}
-		// Several runs: their GETs go out together (at most maxRuns at
-		// once), not one after the other.
-		wg.Add(1)
-		slots <- struct{}{}
-		go func(run []claimed, first, last uint64) {
-			defer func() { <-slots; wg.Done() }()
+		run := mine[start:end]
+		switch {
+		case detach:
+			b.detach(ctx, run, first, last)
+		case start == 0 && end == len(mine) || b.m.opts.NoReadAhead:
 			b.fetchRun(ctx, run, first, last, prefetch)
-		}(mine[start:end], first, last)
+		default:
+			// Several runs: their GETs go out together (at most maxRuns
+			// at once), not one after the other.
+			wg.Add(1)
+			slots <- struct{}{}
+			go func() {
+				defer func() { <-slots; wg.Done() }()
+				b.fetchRun(ctx, run, first, last, prefetch)
+			}()
+		}
 		start = end
 	}
 	wg.Wait()
+}
+
+// detach runs a read's fetch in the background (see fetchRuns), taking
+// one of the Manager's fill slots, blocking while all are busy. The fetch
+// keeps ctx's values (trace) but not its cancellation: a reader that
+// gives up does not waste the bytes on the wire for the others waiting;
+// closing the handle cancels it. Must be called within an operation.
+func (b *Blob) detach(ctx context.Context, run []claimed, first, last uint64) {
+	select {
+	case b.m.fills <- struct{}{}:
+	case <-ctx.Done():
+		for _, cl := range run {
+			b.settle(ctx, cl, false, nil, ctx.Err())
+		}
+		return
+	}
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(b.bg, cancel)
+	b.tails.Add(1)
+	go func() {
+		defer func() {
+			stop()
+			cancel()
+			<-b.m.fills
+			b.tails.Done()
+		}()
+		b.fetchRun(fctx, run, first, last, false)
+	}()
 }
 
 func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, prefetch bool) {
@@ -638,7 +712,6 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 		span.SetAttributes(attribute.Int("chunks", len(run)), attribute.Int64("bytes", int64(last-first)), attribute.Bool("prefetch", prefetch))
 	}
 	defer span.End()
-	e := b.e
 	settle := func(cl claimed, stored bool, data []byte, err error) { b.settle(ctx, cl, stored, data, err) }
 	h, _, err := b.backendBlob(ctx)
 	if err == nil {
@@ -653,13 +726,28 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 			}()
 		}
 	}
-	var buf []byte
-	if err == nil {
-		buf = make([]byte, last-first)
-		err = b.readBackend(ctx, h, buf, first)
-	}
 	if err != nil {
 		for _, cl := range run {
+			settle(cl, false, nil, err)
+		}
+		return
+	}
+	buf := make([]byte, last-first)
+	// Each chunk is decoded, stored and handed to its waiters as soon as
+	// its bytes are in, while the rest of the answer is still arriving:
+	// a miss widened to the chunks after it waits only for its own.
+	next := 0
+	deliver := func(valid int) {
+		for ; next < len(run); next++ {
+			c := &run[next].c
+			if c.CompressedOffset+uint64(c.CompressedSize)-first > uint64(valid) {
+				return
+			}
+			b.land(ctx, run[next], buf[c.CompressedOffset-first:c.CompressedOffset-first+uint64(c.CompressedSize)])
+		}
+	}
+	if err := b.readBackend(backend.WithProgress(ctx, deliver), h, buf, first); err != nil {
+		for _, cl := range run[next:] {
 			settle(cl, false, nil, err)
 		}
 		return
@@ -667,33 +755,37 @@ func (b *Blob) fetchRun(ctx context.Context, run []claimed, first, last uint64, 
 	if prefetch {
 		b.m.metrics.prefetchBytes.Add(int64(len(buf)))
 	}
-	for _, cl := range run {
-		c := &cl.c
-		raw := buf[c.CompressedOffset-first : c.CompressedOffset-first+uint64(c.CompressedSize)]
-		data, err := b.dec.Decode(c, raw)
-		if err == nil && len(data) != int(c.UncompressedSize) {
-			err = fmt.Errorf("blob %s chunk %d: decoded %d bytes, want %d", e.desc.ID, c.Index, len(data), c.UncompressedSize)
-		}
-		if err != nil {
-			settle(cl, false, nil, err)
-			continue
-		}
-		if c.Verify {
-			setBit(e.verified, c.Index)
-		}
-		stored := false
-		if e.raw {
-			stored = e.store(c, raw)
-		} else if e.persist {
-			stored = e.store(c, data)
-		}
-		if stored && !e.raw {
-			data = nil
-		} else if len(data) > 0 && &data[0] == &buf[c.CompressedOffset-first] {
-			data = append([]byte(nil), data...) // do not pin the whole run
-		}
-		settle(cl, stored, data, nil)
+	deliver(len(buf))
+}
+
+// land decodes a fetched chunk from raw, its stored bytes (a slice of the
+// request's buffer), checks, stores and marks it, and settles its flight.
+func (b *Blob) land(ctx context.Context, cl claimed, raw []byte) {
+	e := b.e
+	c := &cl.c
+	data, err := b.dec.Decode(c, raw)
+	if err == nil && len(data) != int(c.UncompressedSize) {
+		err = fmt.Errorf("blob %s chunk %d: decoded %d bytes, want %d", e.desc.ID, c.Index, len(data), c.UncompressedSize)
 	}
+	if err != nil {
+		b.settle(ctx, cl, false, nil, err)
+		return
+	}
+	if c.Verify {
+		setBit(e.verified, c.Index)
+	}
+	stored := false
+	if e.raw {
+		stored = e.store(c, raw)
+	} else if e.persist {
+		stored = e.store(c, data)
+	}
+	if stored && !e.raw {
+		data = nil
+	} else if len(data) > 0 && len(raw) > 0 && &data[0] == &raw[0] {
+		data = append([]byte(nil), data...) // do not pin the whole request's buffer
+	}
+	b.settle(ctx, cl, stored, data, nil)
 }
 
 // settle ends a claimed chunk's flight: its waiters get the result.

@@ -78,13 +78,27 @@
 // reader or by prefetch) is waited for, never fetched twice; the others
 // are claimed together with neighbouring missing chunks (from ChunkSource)
 // up to the batch size (amplify_io / batch_size, at least 128 KiB; forward
-// only, where a sequential reader goes next), then
+// only, where a sequential reader goes next). The window adapts per
+// handle: once a few batches were widened, it is scaled by twice the
+// share of the widened (and read-ahead) bytes that reads then asked for,
+// between an eighth of the batch and the batch (a reader of files laid
+// out together keeps the whole batch; a reader of scattered small files
+// stops paying for neighbours it never reads). Then
 // runs of chunks whose stored bytes are adjacent (gaps up to 32 KiB are read
 // and dropped) go to the backend as one ranged read each. Each chunk is
 // decoded, checked when the reader validates, written and marked, and its
 // waiters are woken with either the location or, when it could not be
-// stored, its bytes. A waiter whose fetcher was cancelled fetches itself.
-// The runs of one fetch go out together (at most maxRuns at once).
+// stored, its bytes, as soon as its own bytes have arrived: remote
+// backends report the answer's progress (backend.WithProgress), so a
+// miss widened to the chunks after it waits for its own chunks, not for
+// the widened rest of the same answer. With a persistent cache a read's
+// runs are detached: they go on in goroutines (at most maxFills per
+// Manager, under the handle's background context with the request's
+// values but not its cancellation) and the reader waits only on its own
+// chunks' flights. Close waits for them. A waiter whose fetcher was
+// cancelled fetches itself. Without a persistent cache (and with
+// NoReadAhead) the runs of one fetch go out together (at most maxRuns at
+// once) and the reader waits for all of them.
 //
 // Read-ahead: each Blob handle remembers where its last Get ended; after
 // seqStreak Gets in a row that each start there (or in the chunk before),

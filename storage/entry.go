@@ -31,8 +31,11 @@ type entry struct {
 	// against the chunk's digest in this process.
 	ready    []atomic.Uint64
 	verified []atomic.Uint64
-	nready   atomic.Int64
-	noWrite  atomic.Bool // a write failed: stop storing
+	// widened: fetched because a miss was widened to it or it was read
+	// ahead, and not asked for since (see Blob.widenBudget).
+	widened []atomic.Uint64
+	nready  atomic.Int64
+	noWrite atomic.Bool // a write failed: stop storing
 
 	mu       sync.Mutex
 	inflight map[uint32]*flight
@@ -60,6 +63,7 @@ func newEntry(m *Manager, d BlobDesc, persist bool) *entry {
 		words := (d.ChunkCount + 63) / 64
 		e.ready = make([]atomic.Uint64, words)
 		e.verified = make([]atomic.Uint64, words)
+		e.widened = make([]atomic.Uint64, words)
 	}
 	if !persist || d.Raw || d.ChunkCount == 0 || (d.UncompressedSize == 0 && !m.opts.Compressed) {
 		return e
@@ -164,6 +168,15 @@ func setBit(bm []atomic.Uint64, i uint32) bool {
 	}
 	old := bm[i/64].Or(1 << (i % 64))
 	return old&(1<<(i%64)) == 0
+}
+
+// clearBit clears bit i and reports whether it was set.
+func clearBit(bm []atomic.Uint64, i uint32) bool {
+	if int(i/64) >= len(bm) || bm[i/64].Load()&(1<<(i%64)) == 0 {
+		return false
+	}
+	old := bm[i/64].And(^uint64(1 << (i % 64)))
+	return old&(1<<(i%64)) != 0
 }
 
 func (e *entry) isReady(i uint32) bool { return e.persist && bit(e.ready, i) }

@@ -194,8 +194,14 @@ func waitAhead(m *Manager) {
 	for range maxAhead {
 		m.ahead <- struct{}{}
 	}
+	for range maxFills {
+		m.fills <- struct{}{}
+	}
 	for range maxAhead {
 		<-m.ahead
+	}
+	for range maxFills {
+		<-m.fills
 	}
 }
 

@@ -99,6 +99,8 @@ type Manager struct {
 	// ahead bounds the background fetches of reads (the widened part of
 	// a miss, sequential read-ahead) in flight: a token per fetch.
 	ahead chan struct{}
+	// fills bounds the detached fetches of read misses (maxFills).
+	fills chan struct{}
 
 	warnMu sync.Mutex
 	warned map[string]bool
@@ -130,6 +132,7 @@ func NewManager(opts Options) (*Manager, error) {
 		entries: map[string]*entry{}, warned: map[string]bool{}}
 	m.limiter = newLimiter(opts.Prefetch.BandwidthRate)
 	m.ahead = make(chan struct{}, maxAhead)
+	m.fills = make(chan struct{}, maxFills)
 	m.pf.init(m)
 	m.backend = backend.NewMetrics(opts.BackendType)
 	if opts.persistent() {

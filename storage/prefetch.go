@@ -166,7 +166,7 @@ func (p *prefetcher) work() {
 			start := time.Now()
 			mine, _ := r.b.claim(r.chunks, true)
 			if len(mine) > 0 {
-				r.b.fetchRuns(r.ctx, mine, true)
+				r.b.fetchRuns(r.ctx, mine, true, false)
 			}
 			r.b.leave()
 			p.m.metrics.prefetchMillis.Add(time.Since(start).Milliseconds())

@@ -20,13 +20,17 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
 )
 
 const fuseLong = `Mount a RAFS image read-only on the host through /dev/fuse, as nydusd fuse does;
 stay in the foreground and unmount on SIGTERM or SIGINT. The blobs are looked up in
 --blob-dir (or --blob, or the backend of --config); without any of these, beside the
 bootstrap. Every blob must open before the image is mounted: a missing one fails the
-mount with its id and where it was looked for.
+mount with its id and where it was looked for. The --config's prefetch section
+(rafs.prefetch, v1 fs_prefetch) starts a background prefetch into its blob cache, as
+the daemon's mounts do: the bootstrap's prefetch table, then with prefetch_all every
+chunk.
 
 The mountpoint must be an existing directory. A mountpoint already holding a live
 image of ours is refused; one left stale by a killed daemon ("transport endpoint is
@@ -88,6 +92,21 @@ func runFuse(args []string) int {
 			return err
 		}
 		defer img.Close()
+		var rc *backend.Config // its prefetch section, iostats_files and access_pattern
+		if f.config != "" {
+			rc, _ = backend.LoadConfig(f.config) // loaded once already by openVerified
+		}
+		// The config's prefetch, as the daemon's mounts start it: the
+		// bootstrap's prefetch table, then prefetch_all; it stops when
+		// the image is closed.
+		if rc != nil {
+			if set := storage.SettingsFromConfig(rc); set.Prefetch {
+				if _, err := img.StartPrefetch(rafs.PrefetchOptions{All: set.PrefetchAll}); err != nil {
+					return err
+				}
+				log.Infof("prefetch started (prefetch_all %v)", set.PrefetchAll)
+			}
+		}
 		// Signals are caught before the mount is live: one arriving in
 		// between must unmount, not kill the process and leave the mount.
 		sigs := make(chan os.Signal, 1)
@@ -108,10 +127,6 @@ func runFuse(args []string) int {
 		}
 		if err := obs.serve(ctx); err != nil {
 			return err
-		}
-		var rc *backend.Config // its iostats_files and access_pattern
-		if f.config != "" {
-			rc, _ = backend.LoadConfig(f.config) // loaded once already by openVerified
 		}
 		srv, err := hostmount.Mount(obs.wrap(fuseMountID, rafs.NewFS(img, rafs.FSOptions{}), rc), mnt, hostmount.MountOptions(*debug))
 		if err != nil {

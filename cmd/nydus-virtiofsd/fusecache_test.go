@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"crypto/md5"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -9,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testsvc"
@@ -29,11 +32,7 @@ func TestFuseConfigBlobcache(t *testing.T) {
 	config := func(host string) string {
 		c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"auth":%q,"timeout":5,"retry_limit":0}},`+
 			`"cache":{"type":"blobcache","filecache":{"work_dir":%q}},"rafs":{"validate":true}}`, host, reg.Repo, reg.AuthB64(), work)
-		p := filepath.Join(t.TempDir(), "nydusd.json")
-		if err := os.WriteFile(p, []byte(c), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
+		return writeConfig(t, c)
 	}
 	up, down := config(reg.Host), config(fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(t)))
 	readAll := func(t *testing.T, cfg string) {
@@ -73,4 +72,104 @@ func TestFuseConfigBlobcache(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestFuseConfigPrefetch: `fuse --config` starts the prefetch its config
+// asks for (rafs.prefetch with prefetch_all), as the daemon's mounts do:
+// a mount that reads nothing fills the cache by itself, and a second
+// mount whose registry is down then reads every file from it.
+func TestFuseConfigPrefetch(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Skip(t, "needs root for a direct FUSE mount")
+	}
+	bin := buildBinary(t)
+	imgs := remoteImages(t, bin)
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{})
+	registryBlobs(t, reg, imgs)
+	work := t.TempDir()
+	config := func(host string, prefetch bool) string {
+		c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"timeout":5,"retry_limit":0}},`+
+			`"cache":{"type":"blobcache","filecache":{"work_dir":%q}},"rafs":{"validate":true,"prefetch":{"enable":%v,"prefetch_all":%v,"threads":2}}}`,
+			host, reg.Repo, work, prefetch, prefetch)
+		return writeConfig(t, c)
+	}
+	up, down := config(reg.Host, true), config(fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(t)), false)
+	for _, img := range imgs {
+		t.Run(img.name, func(t *testing.T) {
+			t.Run("prefetch, nothing read", func(t *testing.T) {
+				_, out := fuseMount(t, bin, img.boot, up)
+				deadline := time.Now().Add(30 * time.Second)
+				for id := range img.blobs {
+					for !allReady(filepath.Join(work, id+".blob.data.chunk_map")) && time.Now().Before(deadline) {
+						time.Sleep(50 * time.Millisecond)
+					}
+				}
+				if !strings.Contains(out.String(), "prefetch started") {
+					t.Errorf("no prefetch in the log:\n%s", out.String())
+				}
+			})
+			t.Run("registry down", func(t *testing.T) {
+				mnt, out := fuseMount(t, bin, img.boot, down)
+				for path, want := range img.md5s {
+					b, err := os.ReadFile(filepath.Join(mnt, path))
+					sum := md5.Sum(b)
+					if err != nil || hex.EncodeToString(sum[:]) != want {
+						t.Errorf("%s: %v, md5 %x want %s\n%s", path, err, sum, want, out.String())
+					}
+				}
+			})
+		})
+	}
+}
+
+// allReady reports whether the chunk map at p says every chunk is cached
+// (nydusd's all_ready word at offset 12).
+func allReady(p string) bool {
+	b, err := os.ReadFile(p)
+	return err == nil && len(b) >= 16 && binary.LittleEndian.Uint32(b[12:]) == 0x4D4D4150
+}
+
+// TestUnpackConfigBlobcache: `unpack --config` with a blobcache section
+// closes its cache before it exits, so what it fetched is marked on disk:
+// a second unpack whose registry is down writes the same tar from it.
+func TestUnpackConfigBlobcache(t *testing.T) {
+	bin := buildBinary(t)
+	imgs := remoteImages(t, bin)
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{})
+	registryBlobs(t, reg, imgs)
+	work := t.TempDir()
+	config := func(host string) string {
+		c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"timeout":5,"retry_limit":0}},`+
+			`"cache":{"type":"blobcache","filecache":{"work_dir":%q}}}`, host, reg.Repo, work)
+		return writeConfig(t, c)
+	}
+	up, down := config(reg.Host), config(fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(t)))
+	for _, img := range imgs {
+		t.Run(img.name, func(t *testing.T) {
+			var tars [2][]byte
+			for i, cfg := range []string{up, down} {
+				tar := filepath.Join(t.TempDir(), "out.tar")
+				if out, err := exec.Command(bin, "unpack", "--bootstrap", img.boot, "--config", cfg, "--output", tar).CombinedOutput(); err != nil {
+					t.Fatalf("unpack (registry up: %v): %v\n%s", i == 0, err, out)
+				}
+				b, err := os.ReadFile(tar)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tars[i] = b
+			}
+			if !bytes.Equal(tars[0], tars[1]) {
+				t.Fatal("the tar from the cache differs from the tar from the registry")
+			}
+		})
+	}
+}
+
+// writeConfig writes a daemon config to a file of the test's own.
+func writeConfig(t *testing.T, c string) string {
+	p := filepath.Join(t.TempDir(), "nydusd.json")
+	if err := os.WriteFile(p, []byte(c), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

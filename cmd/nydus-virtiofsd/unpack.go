@@ -31,6 +31,7 @@ func runUnpack(args []string) int {
 		if err := required(cmd.Flags(), "bootstrap", "output"); err != nil {
 			return err
 		}
+		defer f.closeCache() // after the image: its last chunk-map marks are synced
 		img, err := f.openVerified(quietImageLog(log))
 		if err != nil {
 			return err
