@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -235,18 +236,19 @@ func (c *converter) convertLayers(ctx context.Context, layers []v1.Layer) ([]*la
 	errs := make([]error, len(layers))
 	sem := make(chan struct{}, c.opts.Jobs)
 	var wg sync.WaitGroup
-	for i, l := range layers {
+	// Slots are taken here, in order, so the largest layers start first.
+	for _, i := range largestFirst(layers) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				errs[i] = ctx.Err()
-				return
-			}
 			defer func() { <-sem }()
-			r, err := c.layer(ctx, i, len(layers), l)
+			r, err := c.layer(ctx, i, len(layers), layers[i])
 			if err != nil {
 				errs[i] = err
 				cancel()
@@ -267,6 +269,20 @@ func (c *converter) convertLayers(ctx context.Context, layers []v1.Layer) ([]*la
 		return nil, first
 	}
 	return results, nil
+}
+
+// largestFirst orders layer indexes by size, largest first: the largest
+// layer is the conversion's critical path, so it starts at once and the
+// small ones fill the cores beside it.
+func largestFirst(layers []v1.Layer) []int {
+	idx := make([]int, len(layers))
+	size := make([]int64, len(layers))
+	for i, l := range layers {
+		idx[i] = i
+		size[i], _ = l.Size() // unknown sizes (0) go last
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return size[idx[a]] > size[idx[b]] })
+	return idx
 }
 
 // layer converts and pushes one layer; errors name the layer and the

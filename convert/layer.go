@@ -244,9 +244,10 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	}
 	ev("pulled", s.tarN.n.Load())
 	info := layerInfo{Source: src.String(), Uncompressed: s.tarN.n.Load()}
-	if info.Blob, info.BlobSize, err = fileSHA256(res.BlobPath); err != nil {
-		return nil, err
+	if res.BlobSHA256 == "" {
+		return nil, errors.New("the builder wrote no blob")
 	}
+	info.Blob, info.BlobSize = res.BlobSHA256, res.Stats.BlobSize
 	if c.opts.FsVersion == 6 && len(res.BlobIDs) == 1 {
 		if err := writeBlobMeta(filepath.Join(tmp, cacheBoot), res.BlobPath, filepath.Join(tmp, cacheBlobMeta)); err != nil {
 			return nil, err
@@ -264,20 +265,6 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	}
 	ev("converted", info.Uncompressed)
 	return &layerResult{info: info, dir: dir}, nil
-}
-
-func fileSHA256(p string) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("hash %s: %w", p, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // writeBlobMeta writes the layer's blob.meta file as the snapshotter reads

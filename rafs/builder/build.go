@@ -29,6 +29,9 @@ type Result struct {
 	// blob is written then).
 	BlobID   string
 	BlobPath string
+	// BlobSHA256 is the hex sha256 of the whole blob file (its digest as
+	// an OCI layer), hashed while it was written; "" without a blob.
+	BlobSHA256 string
 	// BlobIDs lists every blob the bootstrap refers to, in blob-table order.
 	BlobIDs []string
 	Stats   Stats
@@ -185,6 +188,7 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 			blobs = append(blobs, info)
 		}
 		res.BlobID = info.ID
+		res.BlobSHA256 = bw.fileDigest()
 		res.Stats.BlobSize = int64(info.CompressedSize)
 		// With inline metadata the bootstrap file is a copy of the one in
 		// the blob (nydus resolves its placeholder blob id by file name).
