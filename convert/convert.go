@@ -60,7 +60,8 @@ type converter struct {
 	pushOpts   []remote.Option
 	prog       *progress
 	cacheMu    sync.Mutex
-	work       string // temporary files of this run
+	store      *blobStore // nil: layer blobs go to the target repository
+	work       string     // temporary files of this run
 }
 
 func (c *converter) targetInsecure() bool { return c.opts.TargetInsecure || c.opts.PlainHTTP }
@@ -87,6 +88,11 @@ func Convert(ctx context.Context, o Options) (*Summary, error) {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	defer os.RemoveAll(c.work)
+	if o.Backend != nil {
+		if c.store, err = newBlobStore(o.Backend); err != nil {
+			return nil, fmt.Errorf("--backend-type %s: %w", o.Backend.Type, err)
+		}
+	}
 	if c.src, err = openSource(ctx, &o); err != nil {
 		return nil, err
 	}
@@ -298,12 +304,17 @@ func (c *converter) layer(ctx context.Context, i, n int, l v1.Layer) (*layerResu
 		return nil, fmt.Errorf("layer %d (%s) of %s: %w", i+1, d, c.opts.Source, err)
 	}
 	blob := &fileBlob{path: filepath.Join(r.dir, cacheBlob), digest: r.blobDigest(), size: r.info.BlobSize, mt: MediaTypeNydusBlob}
-	up, err := c.pushBlob(blob, r.info.Pushed)
-	if err != nil {
-		return nil, fmt.Errorf("push blob of layer %d (%s) of %s to %s: %w", i+1, d, c.opts.Source, c.targetRepo, err)
+	if c.store != nil {
+		if r.uploaded, err = c.store.put(ctx, blob); err != nil {
+			return nil, fmt.Errorf("store blob of layer %d (%s) of %s in the %s backend: %w", i+1, d, c.opts.Source, c.opts.Backend.Type, err)
+		}
+	} else {
+		if r.uploaded, err = c.pushBlob(blob, r.info.Pushed); err != nil {
+			return nil, fmt.Errorf("push blob of layer %d (%s) of %s to %s: %w", i+1, d, c.opts.Source, c.targetRepo, err)
+		}
+		c.recordPushed(r)
 	}
-	r.uploaded = up
-	c.recordPushed(r)
+	up := r.uploaded
 	if up {
 		ev("pushed", r.info.BlobSize)
 	} else {

@@ -145,6 +145,9 @@ func (c *converter) config(pi platformImage, results []*layerResult, bl *bootLay
 	if err != nil {
 		return nil, fmt.Errorf("source %s: config: %w", c.opts.Source, err)
 	}
+	if c.store != nil {
+		results = nil // the blobs are not layers
+	}
 	b, err := nydusConfig(raw, results, bl.diffID)
 	if err != nil {
 		return nil, fmt.Errorf("source %s: config: %w", c.opts.Source, err)
@@ -201,6 +204,9 @@ func (c *converter) manifest(pi platformImage, results []*layerResult, bl *bootL
 	}
 	m.Config = v1.Descriptor{MediaType: cfg.mt, Size: cfg.size, Digest: cfg.digest}
 	for _, r := range results {
+		if c.store != nil {
+			break // in the storage backend, not in the manifest
+		}
 		m.Layers = append(m.Layers, v1.Descriptor{MediaType: MediaTypeNydusBlob, Size: r.info.BlobSize,
 			Digest: r.blobDigest(), Annotations: map[string]string{AnnotationNydusBlob: "true"}})
 	}
