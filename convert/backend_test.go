@@ -3,8 +3,12 @@ package convert
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testsvc"
@@ -110,4 +114,79 @@ func TestParseBackend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConvertChunkDict converts an image, then converts it again into
+// other repositories with the first result as chunk dictionary (a Nydus
+// image in the registry, then its bootstrap as a local file): every chunk
+// is found in the dictionary, so the new layer blobs hold no chunk data,
+// the dictionary's blobs are layers of the new manifest, and check reads
+// every file through them.
+func TestConvertChunkDict(t *testing.T) {
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{}).Host
+	src := reg + "/src/app:v1"
+	pushSource(t, src, nil)
+	dictRef := reg + "/dict/app:v1"
+	first, err := Convert(context.Background(), Options{Source: src, Target: dictRef, PlainHTTP: true, CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dictBlobs int64
+	for _, l := range first.Images[0].Layers {
+		dictBlobs += l.BlobSize
+	}
+	bootFile := filepath.Join(t.TempDir(), "dict.boot")
+	rc, err := pullImage(t, dictRef).LayerByDigest(mustHash(t, first.Images[0].Bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := rc.Compressed()
+	bl, err := ReadBootstrapLayer(r, 1<<30)
+	r.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bootFile, bl.Bootstrap, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, dict, target string }{
+		{"registry", "bootstrap:registry:" + dictRef, reg + "/dst/app:dict"},
+		{"file", bootFile, reg + "/dict/app:again"}, // the blobs are in this repository
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sum, err := Convert(context.Background(), Options{Source: src, Target: tc.target, PlainHTTP: true, CacheDir: t.TempDir(), ChunkDict: tc.dict})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var newBlobs int64
+			for _, l := range sum.Images[0].Layers {
+				newBlobs += l.BlobSize
+			}
+			if newBlobs*4 > dictBlobs {
+				t.Errorf("new blobs hold %d bytes, the dictionary's %d: chunks stored again", newBlobs, dictBlobs)
+			}
+			m, _ := pullImage(t, tc.target).Manifest()
+			if want := 3 + 4 + 1; len(m.Layers) != want { // 3 dictionary blobs (its 4th layer has no data)
+				t.Errorf("manifest has %d layers, want %d", len(m.Layers), want)
+			}
+			rep := checkTarget(t, tc.target, src)
+			if rep.FilesCompared < 20 {
+				t.Errorf("filesystem rule compared %d paths", rep.FilesCompared)
+			}
+		})
+	}
+	// A local dictionary whose blobs are not in the target repository.
+	_, err = Convert(context.Background(), Options{Source: src, Target: reg + "/elsewhere/app:v1", PlainHTTP: true, CacheDir: t.TempDir(), ChunkDict: bootFile})
+	if err == nil || !strings.Contains(err.Error(), "is not in") {
+		t.Errorf("local dictionary without its blobs in the target repository: %v", err)
+	}
+}
+
+func mustHash(t *testing.T, s string) v1.Hash {
+	t.Helper()
+	h, err := v1.NewHash(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

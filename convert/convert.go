@@ -61,6 +61,7 @@ type converter struct {
 	prog       *progress
 	cacheMu    sync.Mutex
 	store      *blobStore // nil: layer blobs go to the target repository
+	dict       *chunkDict // --chunk-dict, or nil
 	work       string     // temporary files of this run
 }
 
@@ -99,6 +100,14 @@ func Convert(ctx context.Context, o Options) (*Summary, error) {
 	imgs, err := c.src.images(&o)
 	if err != nil {
 		return nil, err
+	}
+	if o.ChunkDict != "" {
+		if c.dict, err = c.loadChunkDict(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.pushDictBlobs(ctx); err != nil {
+			return nil, err
+		}
 	}
 	sum := &Summary{Source: o.Source, Target: o.Target}
 	var descs []v1.Descriptor

@@ -59,9 +59,13 @@ type layerCache struct {
 	dir string
 }
 
-func (c *layerCache) key(src v1.Hash, o *Options) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "nydus-layer v2|%s|fs=%d|compressor=%s|chunk=%#x|digester=%s",
-		src, o.FsVersion, o.Compressor, o.ChunkSize, builder.DigestBlake3))
+func (c *layerCache) key(src v1.Hash, o *Options, dict *chunkDict) string {
+	k := fmt.Appendf(nil, "nydus-layer v2|%s|fs=%d|compressor=%s|chunk=%#x|digester=%s",
+		src, o.FsVersion, o.Compressor, o.ChunkSize, builder.DigestBlake3)
+	if dict != nil {
+		k = fmt.Appendf(k, "|chunk-dict=%s", dict.digest)
+	}
+	h := sha256.Sum256(k)
 	return hex.EncodeToString(h[:])
 }
 
@@ -208,7 +212,7 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	if !supportedLayer(mt) {
 		return nil, fmt.Errorf("unsupported layer media type %s", mt)
 	}
-	key := c.cache.key(src, c.opts)
+	key := c.cache.key(src, c.opts, c.dict)
 	if r := c.cache.lookup(key); r != nil {
 		ev("cached", r.info.Uncompressed)
 		return r, nil
@@ -230,7 +234,7 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 		FsVersion: c.opts.FsVersion, Compressor: c.opts.Compressor, ChunkSize: c.opts.ChunkSize,
 		Type: builder.TarRafs, Reader: s.tar, WhiteoutSpec: builder.WhiteoutNone,
 		BlobInlineMeta: c.opts.FsVersion == 6, EmptyBlob: true, BlobPath: filepath.Join(tmp, cacheBlob),
-		Log: c.log,
+		ChunkDict: c.dictBoot(), Log: c.log,
 	})
 	if err != nil {
 		s.close()
@@ -265,6 +269,14 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	}
 	ev("converted", info.Uncompressed)
 	return &layerResult{info: info, dir: dir}, nil
+}
+
+// dictBoot is the chunk dictionary's bootstrap, or "".
+func (c *converter) dictBoot() string {
+	if c.dict == nil {
+		return ""
+	}
+	return c.dict.boot
 }
 
 // writeBlobMeta writes the layer's blob.meta file as the snapshotter reads

@@ -75,6 +75,11 @@ type Options struct {
 	// holds only the bootstrap layer. See ParseBackend.
 	Backend *backend.BackendConfig
 
+	// ChunkDict is nydusify's --chunk-dict: bootstrap:registry:REF (a
+	// Nydus image) or a local bootstrap file. Chunks found in it are
+	// referenced from its blobs, which the manifests list as layers.
+	ChunkDict string
+
 	CacheDir string // converted-layer cache ("" : user cache dir)
 	Jobs     int    // parallel layer conversions (0: from cores and memory)
 

@@ -46,6 +46,7 @@ func runConvert(args []string) int {
 	fs.BoolVar(&o.OCI, "oci", false, "OCI media types even for a Docker source")
 	fs.BoolVar(&o.WithReferrer, "with-referrer", false, "the Nydus manifest's subject is the source manifest")
 	fs.StringVar(&o.CacheDir, "work-dir", "", "converted-layer cache (default: the user cache directory)")
+	fs.StringVar(&o.ChunkDict, "chunk-dict", "", "chunk dictionary: bootstrap:registry:REF (a Nydus image) or a bootstrap file; its chunks are referenced, not stored again")
 	fs.IntVar(&o.Jobs, "jobs", 0, "layers converted at once (default: from cores and memory)")
 	storage := addBackendFlags(fs)
 	logLevel := addLogLevel(fs)

@@ -109,6 +109,16 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 		}
 		lower, blobs, dedup = parent.root, parent.blobs, parent.chunks
 	}
+	if opts.ChunkDict != "" {
+		if opts.ParentBootstrap != "" {
+			return nil, fmt.Errorf("a chunk dictionary and a parent bootstrap cannot be combined")
+		}
+		dict, err := loadChunkDict(b.ctx, opts.ChunkDict, opts)
+		if err != nil {
+			return nil, err
+		}
+		blobs, dedup = dict.blobs, dict.chunks
+	}
 
 	blobTmpDir := b.blobDir
 	if opts.BlobPath != "" {
