@@ -20,6 +20,12 @@
 //   - http-proxy: HEAD and ranged GETs at {addr}{path}/{id}, over TCP or a
 //     unix socket.
 //
+// Uploader (upload.go) is the write side the converter needs for
+// nydusify's --backend-type: Has and Upload of whole blobs for localfs
+// (a temporary file renamed into place), s3 (minio-go's PutObject,
+// multipart for large blobs) and oss (one signed PUT). The daemon itself
+// never writes to a backend.
+//
 // Each remote backend only knows how to fetch a range once. WithRetry
 // (retries with backoff, a timeout per attempt) and WithMetrics (nydusd's
 // /api/v1/metrics/backend counters, lock-free) decorate any of them; New

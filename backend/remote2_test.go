@@ -18,10 +18,7 @@ func TestS3Real(t *testing.T) {
 	data := randomBlob(2<<20+3, 2)
 	id := "ab" + randomID()[2:]
 	s3.Put(t, "nydus/"+id, data)
-	cfg := BackendConfig{Type: "s3", S3: defaultConfig().Backend.S3}
-	c := &cfg.S3
-	c.Scheme, c.Endpoint, c.Region, c.BucketName, c.ObjectPrefix = "http", s3.Endpoint, s3.Region, s3.Bucket, "nydus/"
-	c.AccessKeyID, c.AccessKeySecret = s3.AccessKey, s3.SecretKey
+	cfg := s3Config(s3)
 	be, err := New(&cfg, Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
@@ -34,6 +35,10 @@ type CheckOptions struct {
 	Platform                       string // which manifest of an index ("" : every Nydus one)
 	Keychain                       authn.Keychain
 	Transport                      http.RoundTripper
+	// Backend, when set, is the storage backend holding the blobs (an
+	// image converted with --backend-type): the blob-table rule looks for
+	// them there, and the filesystem rule reads them from there.
+	Backend *backend.BackendConfig
 	// WorkDir holds downloaded bootstraps (and blobs for the filesystem
 	// rule); "" : a temporary directory.
 	WorkDir string
@@ -317,15 +322,39 @@ func (c *checker) checkManifest(ctx context.Context, dg v1.Hash, raw []byte, src
 	if cerr != nil {
 		r.problem("bootstrap check: %v", cerr)
 	}
-	for _, id := range ids {
-		if !layerIDs[id] {
-			r.problem("blob %s of the bootstrap is not a layer of the manifest", id)
-		}
+	if err := c.blobTableRule(ctx, ids, layerIDs); err != nil {
+		return err
 	}
 	if src == nil || !r.OK() {
 		return nil
 	}
 	return c.filesystemRule(ctx, bootPath, src)
+}
+
+// blobTableRule: every blob of the bootstrap is a layer of the manifest
+// or, with a storage backend, an object there.
+func (c *checker) blobTableRule(ctx context.Context, ids []string, layerIDs map[string]bool) error {
+	var be backend.Backend
+	if c.o.Backend != nil {
+		var err error
+		if be, err = backend.New(c.o.Backend, backend.Options{}); err != nil {
+			return fmt.Errorf("--backend-type %s: %w", c.o.Backend.Type, err)
+		}
+	}
+	for _, id := range ids {
+		switch {
+		case be != nil:
+			b, err := be.Open(ctx, id)
+			if err != nil {
+				c.report.problem("blob %s of the bootstrap is not in the %s backend: %v", id, c.o.Backend.Type, err)
+				continue
+			}
+			b.Close()
+		case !layerIDs[id]:
+			c.report.problem("blob %s of the bootstrap is not a layer of the manifest", id)
+		}
+	}
+	return nil
 }
 
 // filesystemRule compares the Nydus image, served lazily from the

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -59,7 +60,9 @@ type converter struct {
 	pushOpts   []remote.Option
 	prog       *progress
 	cacheMu    sync.Mutex
-	work       string // temporary files of this run
+	store      *blobStore // nil: layer blobs go to the target repository
+	dict       *chunkDict // --chunk-dict, or nil
+	work       string     // temporary files of this run
 }
 
 func (c *converter) targetInsecure() bool { return c.opts.TargetInsecure || c.opts.PlainHTTP }
@@ -86,12 +89,25 @@ func Convert(ctx context.Context, o Options) (*Summary, error) {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	defer os.RemoveAll(c.work)
+	if o.Backend != nil {
+		if c.store, err = newBlobStore(o.Backend); err != nil {
+			return nil, fmt.Errorf("--backend-type %s: %w", o.Backend.Type, err)
+		}
+	}
 	if c.src, err = openSource(ctx, &o); err != nil {
 		return nil, err
 	}
 	imgs, err := c.src.images(&o)
 	if err != nil {
 		return nil, err
+	}
+	if o.ChunkDict != "" {
+		if c.dict, err = c.loadChunkDict(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.pushDictBlobs(ctx); err != nil {
+			return nil, err
+		}
 	}
 	sum := &Summary{Source: o.Source, Target: o.Target}
 	var descs []v1.Descriptor
@@ -235,18 +251,19 @@ func (c *converter) convertLayers(ctx context.Context, layers []v1.Layer) ([]*la
 	errs := make([]error, len(layers))
 	sem := make(chan struct{}, c.opts.Jobs)
 	var wg sync.WaitGroup
-	for i, l := range layers {
+	// Slots are taken here, in order, so the largest layers start first.
+	for _, i := range largestFirst(layers) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				errs[i] = ctx.Err()
-				return
-			}
 			defer func() { <-sem }()
-			r, err := c.layer(ctx, i, len(layers), l)
+			r, err := c.layer(ctx, i, len(layers), layers[i])
 			if err != nil {
 				errs[i] = err
 				cancel()
@@ -269,6 +286,20 @@ func (c *converter) convertLayers(ctx context.Context, layers []v1.Layer) ([]*la
 	return results, nil
 }
 
+// largestFirst orders layer indexes by size, largest first: the largest
+// layer is the conversion's critical path, so it starts at once and the
+// small ones fill the cores beside it.
+func largestFirst(layers []v1.Layer) []int {
+	idx := make([]int, len(layers))
+	size := make([]int64, len(layers))
+	for i, l := range layers {
+		idx[i] = i
+		size[i], _ = l.Size() // unknown sizes (0) go last
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return size[idx[a]] > size[idx[b]] })
+	return idx
+}
+
 // layer converts and pushes one layer; errors name the layer and the
 // reference.
 func (c *converter) layer(ctx context.Context, i, n int, l v1.Layer) (*layerResult, error) {
@@ -282,12 +313,17 @@ func (c *converter) layer(ctx context.Context, i, n int, l v1.Layer) (*layerResu
 		return nil, fmt.Errorf("layer %d (%s) of %s: %w", i+1, d, c.opts.Source, err)
 	}
 	blob := &fileBlob{path: filepath.Join(r.dir, cacheBlob), digest: r.blobDigest(), size: r.info.BlobSize, mt: MediaTypeNydusBlob}
-	up, err := c.pushBlob(blob, r.info.Pushed)
-	if err != nil {
-		return nil, fmt.Errorf("push blob of layer %d (%s) of %s to %s: %w", i+1, d, c.opts.Source, c.targetRepo, err)
+	if c.store != nil {
+		if r.uploaded, err = c.store.put(ctx, blob); err != nil {
+			return nil, fmt.Errorf("store blob of layer %d (%s) of %s in the %s backend: %w", i+1, d, c.opts.Source, c.opts.Backend.Type, err)
+		}
+	} else {
+		if r.uploaded, err = c.pushBlob(blob, r.info.Pushed); err != nil {
+			return nil, fmt.Errorf("push blob of layer %d (%s) of %s to %s: %w", i+1, d, c.opts.Source, c.targetRepo, err)
+		}
+		c.recordPushed(r)
 	}
-	r.uploaded = up
-	c.recordPushed(r)
+	up := r.uploaded
 	if up {
 		ev("pushed", r.info.BlobSize)
 	} else {

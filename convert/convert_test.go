@@ -292,19 +292,7 @@ func TestConvertRegistry(t *testing.T) {
 			if rep.FilesCompared < 20 {
 				t.Errorf("filesystem rule compared %d paths", rep.FilesCompared)
 			}
-			// Again: every layer from the cache, every blob already there.
-			sum2, err := Convert(context.Background(), o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if sum2.TargetDigest != sum.TargetDigest {
-				t.Errorf("second conversion made %s, first %s", sum2.TargetDigest, sum.TargetDigest)
-			}
-			for _, l := range sum2.Images[0].Layers {
-				if !l.Cached || l.Uploaded {
-					t.Errorf("second conversion: layer %+v not cached or uploaded again", l)
-				}
-			}
+			convertAgain(t, o, sum)
 			// Another repository of the same registry: mounted, not uploaded.
 			o.Target = reg + "/other/app:" + tc.name
 			sum3, err := Convert(context.Background(), o)
@@ -321,6 +309,35 @@ func TestConvertRegistry(t *testing.T) {
 	}
 }
 
+// pullImage is the image at ref in the plain-HTTP test registry.
+func pullImage(t *testing.T, ref string) v1.Image {
+	t.Helper()
+	r, _ := name.ParseReference(ref, name.Insecure)
+	img, err := remote.Image(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// convertAgain converts o a second time: the same manifest, every layer
+// from the cache, every blob already where it goes.
+func convertAgain(t *testing.T, o Options, first *Summary) {
+	t.Helper()
+	sum, err := Convert(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.TargetDigest != first.TargetDigest {
+		t.Errorf("second conversion made %s, first %s", sum.TargetDigest, first.TargetDigest)
+	}
+	for _, l := range sum.Images[0].Layers {
+		if !l.Cached || l.Uploaded {
+			t.Errorf("second conversion: layer %+v not cached or uploaded again", l)
+		}
+	}
+}
+
 // TestConvertManifestLayout checks the manifest, config and bootstrap layer
 // field by field against the Nydus image layout.
 func TestConvertManifestLayout(t *testing.T) {
@@ -331,11 +348,7 @@ func TestConvertManifestLayout(t *testing.T) {
 	if _, err := Convert(context.Background(), Options{Source: src, Target: target, PlainHTTP: true, CacheDir: t.TempDir(), WithReferrer: true}); err != nil {
 		t.Fatal(err)
 	}
-	ref, _ := name.ParseReference(target, name.Insecure)
-	img, err := remote.Image(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := pullImage(t, target)
 	m, _ := img.Manifest()
 	if m.MediaType != types.OCIManifestSchema1 || len(m.Layers) != 5 {
 		t.Fatalf("manifest: %s with %d layers", m.MediaType, len(m.Layers))

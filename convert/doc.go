@@ -25,6 +25,12 @@
 //     remembers pushing them there; manifests go last, the tag last of all,
 //     so a failed conversion never moves the target tag.
 //
+// With a storage backend (Options.Backend, --backend-type s3/oss/localfs)
+// the blobs go there through backend.Uploader and the manifest holds only
+// the bootstrap layer. With a chunk dictionary (Options.ChunkDict) layers
+// are built against its chunks and its blobs become blob layers of the
+// manifest, mounted from its repository.
+//
 // Check applies nydusify check's rules: manifest, bootstrap and, given the
 // source, the filesystem rule, which mounts the Nydus image through our
 // FUSE server with the daemon's registry backend (lazy, chunk digests

@@ -55,7 +55,15 @@ func (c *checker) registryBackend() (backend.Backend, error) {
 // allowed), the same image is walked through the rafs reader, still
 // lazily from the registry; how is returned.
 func (c *checker) nydusTree(ctx context.Context, bootPath string) (Tree, string, error) {
-	be, err := c.registryBackend()
+	var be backend.Backend
+	var err error
+	from := "registry"
+	if c.o.Backend != nil {
+		be, err = backend.New(c.o.Backend, backend.Options{})
+		from = c.o.Backend.Type
+	} else {
+		be, err = c.registryBackend()
+	}
 	if err != nil {
 		return nil, "", err
 	}
@@ -72,14 +80,14 @@ func (c *checker) nydusTree(ctx context.Context, bootPath string) (Tree, string,
 	srv, merr := hostmount.Mount(rafs.NewFS(img, rafs.FSOptions{}), mnt, hostmount.MountOptions(false))
 	if merr != nil {
 		t, err := RafsTree(ctx, img)
-		return t, fmt.Sprintf("rafs reader over the registry backend (no FUSE mount: %v)", merr), err
+		return t, fmt.Sprintf("rafs reader over the %s backend (no FUSE mount: %v)", from, merr), err
 	}
 	t, err := MountTree(mnt)
 	if uerr := srv.Unmount(); uerr != nil && err == nil {
 		err = fmt.Errorf("unmount %s: %w", mnt, uerr)
 	}
 	srv.Wait()
-	return t, "FUSE mount over the registry backend", err
+	return t, "FUSE mount over the " + from + " backend", err
 }
 
 // MountTree walks a directory tree with lstat, readlink, listxattr and

@@ -39,7 +39,7 @@ func (c *converter) bootstrapLayer(ctx context.Context, pi platformImage, ml []b
 	}
 	boot := filepath.Join(dir, "image.boot")
 	if _, err := builder.Merge(ctx, ml, boot, builder.Options{FsVersion: c.opts.FsVersion, Compressor: c.opts.Compressor,
-		ChunkSize: c.opts.ChunkSize, PrefetchFiles: c.opts.PrefetchFiles, Log: c.log}); err != nil {
+		ChunkSize: c.opts.ChunkSize, PrefetchFiles: c.opts.PrefetchFiles, ChunkDict: c.dictBoot(), Log: c.log}); err != nil {
 		return nil, fmt.Errorf("merge the layers of %s (%s): %w", c.opts.Source, pi.desc.Digest, err)
 	}
 	files := []tarFile{{name: "image/", dir: true}, {name: BootstrapPath, path: boot}}
@@ -145,7 +145,7 @@ func (c *converter) config(pi platformImage, results []*layerResult, bl *bootLay
 	if err != nil {
 		return nil, fmt.Errorf("source %s: config: %w", c.opts.Source, err)
 	}
-	b, err := nydusConfig(raw, results, bl.diffID)
+	b, err := nydusConfig(raw, c.blobLayers(results), bl.diffID)
 	if err != nil {
 		return nil, fmt.Errorf("source %s: config: %w", c.opts.Source, err)
 	}
@@ -162,16 +162,34 @@ func (c *converter) config(pi platformImage, results []*layerResult, bl *bootLay
 	return &fileBlob{path: p, digest: digestOf(b), size: int64(len(b)), mt: mt}, nil
 }
 
+// blobLayers are the blob layers of a manifest: the chunk dictionary's
+// blobs, then one per source layer; none when the blobs are in a storage
+// backend.
+func (c *converter) blobLayers(results []*layerResult) []v1.Descriptor {
+	if c.store != nil {
+		return nil
+	}
+	var out []v1.Descriptor
+	if c.dict != nil {
+		out = append(out, c.dict.blobs...)
+	}
+	for _, r := range results {
+		out = append(out, v1.Descriptor{MediaType: MediaTypeNydusBlob, Size: r.info.BlobSize,
+			Digest: r.blobDigest(), Annotations: map[string]string{AnnotationNydusBlob: "true"}})
+	}
+	return out
+}
+
 // nydusConfig rewrites a raw image config: diff_ids are the blob digests
 // then the bootstrap tar's digest; history gains the bootstrap layer.
-func nydusConfig(raw []byte, results []*layerResult, bootDiffID v1.Hash) ([]byte, error) {
+func nydusConfig(raw []byte, blobs []v1.Descriptor, bootDiffID v1.Hash) ([]byte, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, err
 	}
-	diffIDs := make([]string, 0, len(results)+1)
-	for _, r := range results {
-		diffIDs = append(diffIDs, "sha256:"+r.info.Blob)
+	diffIDs := make([]string, 0, len(blobs)+1)
+	for _, b := range blobs {
+		diffIDs = append(diffIDs, b.Digest.String())
 	}
 	diffIDs = append(diffIDs, bootDiffID.String())
 	rootfs, err := json.Marshal(map[string]any{"type": "layers", "diff_ids": diffIDs})
@@ -200,10 +218,7 @@ func (c *converter) manifest(pi platformImage, results []*layerResult, bl *bootL
 		m.MediaType = types.DockerManifestSchema2
 	}
 	m.Config = v1.Descriptor{MediaType: cfg.mt, Size: cfg.size, Digest: cfg.digest}
-	for _, r := range results {
-		m.Layers = append(m.Layers, v1.Descriptor{MediaType: MediaTypeNydusBlob, Size: r.info.BlobSize,
-			Digest: r.blobDigest(), Annotations: map[string]string{AnnotationNydusBlob: "true"}})
-	}
+	m.Layers = append(m.Layers, c.blobLayers(results)...)
 	fsv := strconv.Itoa(c.opts.FsVersion)
 	m.Layers = append(m.Layers, v1.Descriptor{MediaType: bl.blob.mt, Size: bl.blob.size, Digest: bl.blob.digest,
 		Annotations: map[string]string{AnnotationNydusBootstrap: "true", AnnotationFsVersion: fsv}})

@@ -59,9 +59,13 @@ type layerCache struct {
 	dir string
 }
 
-func (c *layerCache) key(src v1.Hash, o *Options) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "nydus-layer v2|%s|fs=%d|compressor=%s|chunk=%#x|digester=%s",
-		src, o.FsVersion, o.Compressor, o.ChunkSize, builder.DigestBlake3))
+func (c *layerCache) key(src v1.Hash, o *Options, dict *chunkDict) string {
+	k := fmt.Appendf(nil, "nydus-layer v2|%s|fs=%d|compressor=%s|chunk=%#x|digester=%s",
+		src, o.FsVersion, o.Compressor, o.ChunkSize, builder.DigestBlake3)
+	if dict != nil {
+		k = fmt.Appendf(k, "|chunk-dict=%s", dict.digest)
+	}
+	h := sha256.Sum256(k)
 	return hex.EncodeToString(h[:])
 }
 
@@ -208,7 +212,7 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	if !supportedLayer(mt) {
 		return nil, fmt.Errorf("unsupported layer media type %s", mt)
 	}
-	key := c.cache.key(src, c.opts)
+	key := c.cache.key(src, c.opts, c.dict)
 	if r := c.cache.lookup(key); r != nil {
 		ev("cached", r.info.Uncompressed)
 		return r, nil
@@ -230,7 +234,7 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 		FsVersion: c.opts.FsVersion, Compressor: c.opts.Compressor, ChunkSize: c.opts.ChunkSize,
 		Type: builder.TarRafs, Reader: s.tar, WhiteoutSpec: builder.WhiteoutNone,
 		BlobInlineMeta: c.opts.FsVersion == 6, EmptyBlob: true, BlobPath: filepath.Join(tmp, cacheBlob),
-		Log: c.log,
+		ChunkDict: c.dictBoot(), Log: c.log,
 	})
 	if err != nil {
 		s.close()
@@ -244,9 +248,10 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	}
 	ev("pulled", s.tarN.n.Load())
 	info := layerInfo{Source: src.String(), Uncompressed: s.tarN.n.Load()}
-	if info.Blob, info.BlobSize, err = fileSHA256(res.BlobPath); err != nil {
-		return nil, err
+	if res.BlobSHA256 == "" {
+		return nil, errors.New("the builder wrote no blob")
 	}
+	info.Blob, info.BlobSize = res.BlobSHA256, res.Stats.BlobSize
 	if c.opts.FsVersion == 6 && len(res.BlobIDs) == 1 {
 		if err := writeBlobMeta(filepath.Join(tmp, cacheBoot), res.BlobPath, filepath.Join(tmp, cacheBlobMeta)); err != nil {
 			return nil, err
@@ -266,18 +271,12 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	return &layerResult{info: info, dir: dir}, nil
 }
 
-func fileSHA256(p string) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, err
+// dictBoot is the chunk dictionary's bootstrap, or "".
+func (c *converter) dictBoot() string {
+	if c.dict == nil {
+		return ""
 	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("hash %s: %w", p, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return c.dict.boot
 }
 
 // writeBlobMeta writes the layer's blob.meta file as the snapshotter reads

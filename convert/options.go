@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/builder"
 )
 
@@ -54,9 +55,13 @@ type Options struct {
 	SourceInsecure, TargetInsecure bool // plain HTTP / unverified TLS
 	PlainHTTP                      bool // both
 
-	FsVersion     int    // 5 or 6 (0: 6)
-	Compressor    string // none, lz4_block, zstd ("" : zstd)
-	ChunkSize     uint32 // 0: 1 MiB
+	FsVersion  int    // 5 or 6 (0: 6)
+	Compressor string // none, lz4_block, zstd ("" : zstd)
+	ChunkSize  uint32 // 0: 1 MiB
+	// BatchSize is nydusify's --batch-size (small chunks packed into
+	// batches compressed together). The daemon's reader cannot read batch
+	// chunks yet, so anything but 0 is refused.
+	BatchSize     uint32
 	PrefetchFiles []string
 
 	Platform      string // os/arch[/variant]; "" : linux/GOARCH
@@ -64,6 +69,16 @@ type Options struct {
 	MergePlatform bool // index with the source manifests and the nydus ones
 	OCI           bool // OCI media types even for a Docker source
 	WithReferrer  bool // subject = the source manifest
+
+	// Backend, when set (--backend-type s3, oss or localfs), receives the
+	// layer blobs instead of the target repository; the manifest then
+	// holds only the bootstrap layer. See ParseBackend.
+	Backend *backend.BackendConfig
+
+	// ChunkDict is nydusify's --chunk-dict: bootstrap:registry:REF (a
+	// Nydus image) or a local bootstrap file. Chunks found in it are
+	// referenced from its blobs, which the manifests list as layers.
+	ChunkDict string
 
 	CacheDir string // converted-layer cache ("" : user cache dir)
 	Jobs     int    // parallel layer conversions (0: from cores and memory)
@@ -95,6 +110,9 @@ func (o *Options) normalize() error {
 	}
 	if o.ChunkSize < 4096 || o.ChunkSize > 16<<20 || o.ChunkSize&(o.ChunkSize-1) != 0 {
 		return fmt.Errorf("--chunk-size %#x: want a power of two in [0x1000, 0x1000000]", o.ChunkSize)
+	}
+	if o.BatchSize != 0 {
+		return fmt.Errorf("--batch-size %#x: batch chunks are not supported: this daemon's RAFS reader cannot read them yet, so such an image could not be served; leave --batch-size at 0", o.BatchSize)
 	}
 	if o.Source == "" {
 		return fmt.Errorf("--source is required")

@@ -40,6 +40,7 @@ func runCheckTarget(args []string) int {
 	fs.BoolVar(&o.PlainHTTP, "plain-http", false, "both registries over plain HTTP")
 	fs.StringVar(&o.Platform, "platform", "", "check only this platform of an index")
 	fs.StringVar(&o.WorkDir, "work-dir", "", "keep downloaded bootstraps and blobs here")
+	storage := addBackendFlags(fs)
 	logLevel := addLogLevel(fs)
 	fs.StringVar(&outJSON, "output-json", "", "write the report as JSON to this file")
 	return execute(cmd, args, func([]string) error {
@@ -48,6 +49,10 @@ func runCheckTarget(args []string) int {
 		}
 		if o.Target == "" {
 			return usageErrorf("--target is required")
+		}
+		var err error
+		if o.Backend, err = storage(); err != nil {
+			return usageErrorf("%v", err)
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()

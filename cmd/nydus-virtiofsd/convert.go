@@ -11,8 +11,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/convert"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/builder"
 )
@@ -23,7 +25,7 @@ func runConvert(args []string) int {
 	cmd := newCommand("convert", "--source REF --target REF [flags]", convertLong)
 	fs := cmd.Flags()
 	var o convert.Options
-	var archive, layoutDir, chunk, outJSON string
+	var archive, layoutDir, chunk, batch, outJSON string
 	var prefetch bool
 	fs.StringVar(&o.Source, "source", "", "source image reference in a registry")
 	fs.StringVar(&archive, "source-archive", "", "source image: a docker save archive (instead of --source)")
@@ -36,6 +38,7 @@ func runConvert(args []string) int {
 	fs.IntVar(&o.FsVersion, "fs-version", 6, "RAFS version: 5 or 6")
 	fs.StringVar(&o.Compressor, "compressor", builder.CompressZstd, "chunk compressor: none, lz4_block, zstd")
 	fs.StringVar(&chunk, "chunk-size", "0x100000", "chunk size, a power of two in [0x1000, 0x1000000]")
+	fs.StringVar(&batch, "batch-size", "0", "batch small chunks together (nydusify's flag; refused: the reader cannot read batch chunks yet)")
 	fs.BoolVar(&prefetch, "prefetch-patterns", false, "read the paths to prefetch from stdin, one a line")
 	fs.StringVar(&o.Platform, "platform", "", "platform to convert from an index (default linux/<this arch>)")
 	fs.BoolVar(&o.AllPlatforms, "all-platforms", false, "convert every platform of an index")
@@ -43,7 +46,9 @@ func runConvert(args []string) int {
 	fs.BoolVar(&o.OCI, "oci", false, "OCI media types even for a Docker source")
 	fs.BoolVar(&o.WithReferrer, "with-referrer", false, "the Nydus manifest's subject is the source manifest")
 	fs.StringVar(&o.CacheDir, "work-dir", "", "converted-layer cache (default: the user cache directory)")
+	fs.StringVar(&o.ChunkDict, "chunk-dict", "", "chunk dictionary: bootstrap:registry:REF (a Nydus image) or a bootstrap file; its chunks are referenced, not stored again")
 	fs.IntVar(&o.Jobs, "jobs", 0, "layers converted at once (default: from cores and memory)")
+	storage := addBackendFlags(fs)
 	logLevel := addLogLevel(fs)
 	fs.StringVar(&outJSON, "output-json", "", "write a JSON summary to this file")
 	return execute(cmd, args, func([]string) error {
@@ -63,6 +68,12 @@ func runConvert(args []string) int {
 			return usageErrorf("--chunk-size: %v", err)
 		}
 		o.ChunkSize = cs
+		if o.BatchSize, err = builder.ParseChunkSize(batch); err != nil {
+			return usageErrorf("--batch-size: %v", err)
+		}
+		if o.Backend, err = storage(); err != nil {
+			return usageErrorf("%v", err)
+		}
 		if prefetch {
 			if o.PrefetchFiles, err = readPatterns(os.Stdin); err != nil {
 				return fmt.Errorf("--prefetch-patterns: %w", err)
@@ -94,6 +105,28 @@ or an OCI image layout directory (--source-oci-layout); the target is pushed to 
 registry. Each layer becomes a RAFS blob (built in parallel, cached by the source
 layer's digest), and a merged bootstrap layer comes last. Registry credentials come
 from the Docker config file (~/.docker/config.json or $DOCKER_CONFIG).`
+
+// addBackendFlags adds nydusify's --backend-type, --backend-config and
+// --backend-config-file; the function returned reads them (nil: registry).
+func addBackendFlags(fs *pflag.FlagSet) func() (*backend.BackendConfig, error) {
+	var typ, config, file string
+	fs.StringVar(&typ, "backend-type", "registry", "where the blobs are: registry, s3, oss or localfs")
+	fs.StringVar(&config, "backend-config", "", "the storage backend's JSON config (s3/oss: endpoint, scheme, bucket_name, region, object_prefix, access_key_id, access_key_secret; localfs: dir)")
+	fs.StringVar(&file, "backend-config-file", "", "read --backend-config from this file")
+	return func() (*backend.BackendConfig, error) {
+		if file != "" {
+			if config != "" {
+				return nil, fmt.Errorf("give --backend-config or --backend-config-file, not both")
+			}
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return nil, fmt.Errorf("--backend-config-file: %w", err)
+			}
+			config = string(b)
+		}
+		return convert.ParseBackend(typ, []byte(config))
+	}
+}
 
 // readPatterns reads prefetch paths, one a line; "/" alone means none
 // (nydusify's default: prefetch everything, which the daemon does anyway).

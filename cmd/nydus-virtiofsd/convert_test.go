@@ -82,11 +82,32 @@ func TestConvertCommand(t *testing.T) {
 	if rc := runCheck([]string{"--target", src, "--plain-http"}); rc != 1 {
 		t.Errorf("check of an OCI image: exit %d, want 1", rc)
 	}
+	// --backend-type localfs with --backend-config-file: the blob goes to
+	// the directory, and check finds it there with the same flags.
+	blobs := filepath.Join(dir, "blobs")
+	cfgPath := filepath.Join(dir, "backend.json")
+	if err := os.WriteFile(cfgPath, []byte(`{"dir":"`+blobs+`"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	storeArgs := []string{"--backend-type", "localfs", "--backend-config-file", cfgPath, "--plain-http"}
+	if rc := runConvert(append([]string{"--source", src, "--target", src + "-localfs", "--work-dir", filepath.Join(dir, "cache")}, storeArgs...)); rc != 0 {
+		t.Fatalf("convert --backend-type localfs: exit %d", rc)
+	}
+	if ents, err := os.ReadDir(blobs); err != nil || len(ents) != 1 {
+		t.Errorf("localfs backend holds %v (%v), want one blob", ents, err)
+	}
+	if rc := runCheck(append([]string{"--target", src + "-localfs", "--source", src}, storeArgs...)); rc != 0 {
+		t.Errorf("check --backend-type localfs: exit %d", rc)
+	}
 	for _, args := range [][]string{
 		{"--source", src}, // no target
 		{"--source", src, "--target", src + "-x", "--fs-version", "4"}, // bad version
 		{"--source", src, "--target", src + "-x", "--compressor", "gzip"},
 		{"--source", src, "--source-archive", "x.tar", "--target", src + "-x"},
+		{"--source", src, "--target", src + "-x", "--backend-type", "ftp", "--backend-config", "{}"},
+		{"--source", src, "--target", src + "-x", "--backend-type", "s3"}, // no config
+		{"--source", src, "--target", src + "-x", "--batch-size", "0x100000"},
+		{"--source", src, "--target", src + "-x", "--backend-type", "localfs", "--backend-config", "{}", "--backend-config-file", cfgPath},
 	} {
 		if rc := runConvert(append(args, "--plain-http", "--work-dir", filepath.Join(dir, "cache"))); rc == 0 {
 			t.Errorf("convert %v succeeded", args)

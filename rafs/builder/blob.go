@@ -33,6 +33,7 @@ type blobWriter struct {
 	f          *os.File
 	w          *bufio.Writer
 	idHash     hash.Hash // every byte but the raw blob.digest array
+	fileHash   hash.Hash // every byte: the blob file's sha256 (its OCI layer digest)
 	secHash    hash.Hash // the current metadata section, for the ToC
 	inData     bool      // writing chunk data: idHash alone covers it
 	off        uint64
@@ -64,7 +65,7 @@ type dataWrite struct {
 func newBlobWriter(f *os.File, compressor, digester string) *blobWriter {
 	b := &blobWriter{
 		f: f, w: bufio.NewWriterSize(f, 1<<20),
-		idHash: sha256.New(), secHash: sha256.New(), inData: true,
+		idHash: sha256.New(), fileHash: sha256.New(), secHash: sha256.New(), inData: true,
 		compressor: compressor, digester: digester,
 		q: make(chan dataWrite, 16), qdone: make(chan struct{}),
 	}
@@ -77,6 +78,8 @@ func (b *blobWriter) dataWriter() {
 	for r := range b.q {
 		b.idHash.Write(r.data)
 		b.idHash.Write(b.pad[:r.pad])
+		b.fileHash.Write(r.data)
+		b.fileHash.Write(b.pad[:r.pad])
 		if r.done != nil {
 			r.done()
 		}
@@ -114,6 +117,7 @@ func (b *blobWriter) write(p []byte, forID bool) error {
 	if forID {
 		b.idHash.Write(p)
 	}
+	b.fileHash.Write(p)
 	if !b.inData {
 		b.secHash.Write(p)
 	}
@@ -166,6 +170,10 @@ func (b *blobWriter) addChunk(raw, comp []byte, digest [32]byte, release func())
 	b.digests = append(b.digests, digest[:]...)
 	return ref, nil
 }
+
+// fileDigest is the hex sha256 of every byte written so far (after finish:
+// of the whole blob file).
+func (b *blobWriter) fileDigest() string { return hex.EncodeToString(b.fileHash.Sum(nil)) }
 
 // tarHeader is the GNU tar header nydus writes after each section.
 func tarHeader(name string, size uint64) []byte {

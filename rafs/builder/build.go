@@ -29,6 +29,9 @@ type Result struct {
 	// blob is written then).
 	BlobID   string
 	BlobPath string
+	// BlobSHA256 is the hex sha256 of the whole blob file (its digest as
+	// an OCI layer), hashed while it was written; "" without a blob.
+	BlobSHA256 string
 	// BlobIDs lists every blob the bootstrap refers to, in blob-table order.
 	BlobIDs []string
 	Stats   Stats
@@ -105,6 +108,16 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 			return nil, err
 		}
 		lower, blobs, dedup = parent.root, parent.blobs, parent.chunks
+	}
+	if opts.ChunkDict != "" {
+		if opts.ParentBootstrap != "" {
+			return nil, fmt.Errorf("a chunk dictionary and a parent bootstrap cannot be combined")
+		}
+		dict, err := loadChunkDict(b.ctx, opts.ChunkDict, opts)
+		if err != nil {
+			return nil, err
+		}
+		blobs, dedup = dict.blobs, dict.chunks
 	}
 
 	blobTmpDir := b.blobDir
@@ -185,6 +198,7 @@ func (b *build) run(source, bootstrapPath string) (*Result, error) {
 			blobs = append(blobs, info)
 		}
 		res.BlobID = info.ID
+		res.BlobSHA256 = bw.fileDigest()
 		res.Stats.BlobSize = int64(info.CompressedSize)
 		// With inline metadata the bootstrap file is a copy of the one in
 		// the blob (nydus resolves its placeholder blob id by file name).

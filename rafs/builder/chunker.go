@@ -17,6 +17,7 @@ type chunkJob struct {
 	buf    *[]byte
 	cbuf   *[]byte
 	digest [32]byte
+	seen   bool // a chunk of the same digest came first: not compressed
 	err    error
 	done   chan struct{}
 }
@@ -33,6 +34,9 @@ type chunker struct {
 	blob      *blobWriter
 	blobIndex uint32
 	dedup     map[[32]byte]chunkRef
+	seen      sync.Map // digests hashed so far (and the parent's): compress each once
+	compAlgo  string
+	late      *compressor // the consumer's, for a seen chunk whose first copy it has not placed
 	work      chan *chunkJob
 	order     chan *chunkJob
 	bufs      sync.Pool
@@ -62,6 +66,7 @@ func newChunker(ctx context.Context, opts *Options, blob *blobWriter, blobIndex 
 		blob:      blob,
 		blobIndex: blobIndex,
 		dedup:     dedup,
+		compAlgo:  opts.Compressor,
 		work:      make(chan *chunkJob, workers),
 		order:     make(chan *chunkJob, 2*workers+2),
 		consumed:  make(chan struct{}),
@@ -78,6 +83,9 @@ func newChunker(ctx context.Context, opts *Options, blob *blobWriter, blobIndex 
 		c.wg.Add(1)
 		go c.worker(comp)
 	}
+	for d := range dedup {
+		c.seen.Store(d, struct{}{})
+	}
 	go c.consume()
 	return c, nil
 }
@@ -86,7 +94,10 @@ func (c *chunker) worker(comp *compressor) {
 	defer c.wg.Done()
 	for j := range c.work {
 		j.digest = chunkDigest(c.digester, j.raw)
-		if comp.algo != CompressNone {
+		// A chunk seen before is almost always a duplicate the consumer
+		// drops: compress only the first.
+		_, j.seen = c.seen.LoadOrStore(j.digest, struct{}{})
+		if comp.algo != CompressNone && !j.seen {
 			j.cbuf = c.cbufs.Get().(*[]byte)
 			j.comp, j.err = comp.compress(*j.cbuf, j.raw)
 		}
@@ -130,6 +141,14 @@ func (c *chunker) place(j *chunkJob) error {
 		c.release(j)
 		return nil
 	}
+	if j.seen && c.compAlgo != CompressNone {
+		// Its first copy is still ahead in the order (another worker
+		// hashed it first), so this one is stored after all.
+		if err := c.compressLate(j); err != nil {
+			c.release(j)
+			return fmt.Errorf("compress chunk %d: %w", j.idx, err)
+		}
+	}
 	if len(c.blob.ci)/ciV1Size >= 1<<24 {
 		c.release(j)
 		return fmt.Errorf("more than 2^24 chunks in one blob: use a larger chunk size")
@@ -144,6 +163,21 @@ func (c *chunker) place(j *chunkJob) error {
 	c.newChunks.Add(1)
 	c.newBytes.Add(int64(ref.CSize))
 	return nil
+}
+
+// compressLate compresses a job the workers skipped, on the consumer.
+func (c *chunker) compressLate(j *chunkJob) error {
+	if c.late == nil {
+		comp, err := newCompressor(c.compAlgo)
+		if err != nil {
+			return err
+		}
+		c.late = comp
+	}
+	j.cbuf = c.cbufs.Get().(*[]byte)
+	var err error
+	j.comp, err = c.late.compress(*j.cbuf, j.raw)
+	return err
 }
 
 // addFile reads ino.Size bytes from r and queues them as chunks. what names

@@ -47,7 +47,11 @@ type compressor struct {
 func newCompressor(algo string) (*compressor, error) {
 	c := &compressor{algo: algo}
 	if algo == CompressZstd {
-		enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		// nydus-image compresses each chunk as one frame with libzstd's
+		// default level (3), the level SpeedDefault stands for, and without
+		// a content checksum (the chunk digest covers the data).
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault),
+			zstd.WithEncoderCRC(false))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}

@@ -48,6 +48,12 @@
 // encrypted, separate-meta, external or carry an inline bootstrap are
 // refused.
 //
+// A chunk dictionary (Options.ChunkDict, nydus-image --chunk-dict) is a
+// bootstrap read the same way, of which only the blobs and chunks are
+// used: its blobs come first in the blob table and its chunks are
+// referenced, not stored again; Merge, given the same dictionary, keeps
+// them first in the merged table.
+//
 // Builds are reproducible: entries are sorted, chunks are hashed and
 // compressed on several goroutines but placed in a fixed order (the order
 // nydus-image uses: a directory's entries, then its subdirectories), and no

@@ -62,6 +62,9 @@ func TestLayoutMatchesNydus(t *testing.T) {
 	}
 	got, _ := os.ReadFile(res.BootstrapPath)
 	ourBlob, _ := os.ReadFile(res.BlobPath)
+	if sum := sha256.Sum256(ourBlob); res.BlobSHA256 != hex.EncodeToString(sum[:]) {
+		t.Errorf("Result.BlobSHA256 %s, the blob file's sha256 %x", res.BlobSHA256, sum)
+	}
 	if len(got) != len(ref) {
 		t.Errorf("bootstrap size %d, nydus %d", len(got), len(ref))
 	}

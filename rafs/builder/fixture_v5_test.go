@@ -97,6 +97,9 @@ func TestV5MatchesNydus(t *testing.T) {
 			t.Errorf("superblock %s: ours %d, nydus %d", f.name, a, b)
 		}
 	}
+	if res.BlobSHA256 != res.BlobID {
+		t.Errorf("Result.BlobSHA256 %s; a v5 blob is named by its sha256 %s", res.BlobSHA256, res.BlobID)
+	}
 	if res.BlobID != "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00" {
 		t.Errorf("blob id %s, nydus 7334a259…: chunk order or content differs", res.BlobID)
 	}

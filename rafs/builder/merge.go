@@ -34,9 +34,17 @@ func Merge(ctx context.Context, layers []MergeLayer, bootstrapPath string, opts 
 		return nil, err
 	}
 	root := &inode{Mode: modeDir | 0o755, implicit: true}
-	var blobs []blobInfo
+	var blobs, dict []blobInfo
+	if opts.ChunkDict != "" {
+		d, err := loadChunkDict(ctx, opts.ChunkDict, &opts)
+		if err != nil {
+			return nil, err
+		}
+		dict = d.blobs
+		blobs = append(blobs, dict...)
+	}
 	for i, l := range layers {
-		upper, lblobs, err := mergeLayerTree(ctx, l, &opts, uint32(len(blobs)))
+		upper, lblobs, err := mergeLayerTree(ctx, l, &opts, uint32(len(blobs)), dict)
 		if err != nil {
 			return nil, fmt.Errorf("layer %d (%s): %w", i, l.Bootstrap, err)
 		}
@@ -87,8 +95,10 @@ func Merge(ctx context.Context, layers []MergeLayer, bootstrapPath string, opts 
 
 // mergeLayerTree reads one layer's bootstrap into a layer tree: its blob
 // (at most one) renamed to l.BlobID and placed at blob index base, and the
-// whiteout files turned back into whiteouts and opaque marks.
-func mergeLayerTree(ctx context.Context, l MergeLayer, opts *Options, base uint32) (*inode, []blobInfo, error) {
+// whiteout files turned back into whiteouts and opaque marks. A layer
+// built with a chunk dictionary lists the dictionary's blobs first, which
+// the merged table also has first: its chunks there keep their index.
+func mergeLayerTree(ctx context.Context, l MergeLayer, opts *Options, base uint32, dict []blobInfo) (*inode, []blobInfo, error) {
 	img, err := rafs.Open(l.Bootstrap, rafs.Options{RecordedOwners: true, ChunkCacheSize: -1})
 	if err != nil {
 		return nil, nil, err
@@ -98,9 +108,16 @@ func mergeLayerTree(ctx context.Context, l MergeLayer, opts *Options, base uint3
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(t.blobs) > 1 {
-		return nil, nil, fmt.Errorf("%d blobs: a layer built alone has at most one", len(t.blobs))
+	k := len(dict)
+	if len(t.blobs) > k+1 {
+		return nil, nil, fmt.Errorf("%d blobs: a layer built alone has at most one (beside the chunk dictionary's %d)", len(t.blobs), k)
 	}
+	for i := 0; i < k; i++ {
+		if i >= len(t.blobs) || t.blobs[i].ID != dict[i].ID {
+			return nil, nil, fmt.Errorf("the layer was not built with this chunk dictionary (blob %d)", i)
+		}
+	}
+	t.blobs = t.blobs[k:]
 	for i := range t.blobs {
 		if l.BlobID == "" {
 			return nil, nil, fmt.Errorf("the layer has a blob but no blob id was given")
@@ -112,7 +129,9 @@ func mergeLayerTree(ctx context.Context, l MergeLayer, opts *Options, base uint3
 	}
 	for _, n := range dataOrder(t.root) {
 		for i := range n.Chunks {
-			n.Chunks[i].BlobIndex += base
+			if c := &n.Chunks[i]; c.BlobIndex >= uint32(k) {
+				c.BlobIndex = c.BlobIndex - uint32(k) + base
+			}
 		}
 	}
 	if err := undoWhiteoutFiles(t.root); err != nil {

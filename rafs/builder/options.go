@@ -57,6 +57,13 @@ type Options struct {
 	// reused instead of stored again.
 	ParentBootstrap string
 
+	// ChunkDict is a bootstrap whose chunks are a dictionary (nydus-image
+	// --chunk-dict): a chunk whose digest is in it is referenced from the
+	// dictionary's blob instead of being stored again, and the
+	// dictionary's blobs come first in the blob table. Only its chunks
+	// are used, not its tree. Merge takes the same dictionary.
+	ChunkDict string
+
 	// WhiteoutSpec says how the source marks deletions of the layer below:
 	// "oci" (default: .wh.NAME files and .wh..wh..opq), "overlayfs" (0/0
 	// character devices and trusted.overlay.opaque=y, as in an overlayfs

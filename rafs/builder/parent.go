@@ -42,6 +42,16 @@ func loadParent(ctx context.Context, p string, opts *Options) (*parentImage, err
 	return pi, nil
 }
 
+// loadChunkDict reads a chunk dictionary: a bootstrap read as a parent
+// (the same settings must match), of which the blobs and chunks are used.
+func loadChunkDict(ctx context.Context, p string, opts *Options) (*parentImage, error) {
+	d, err := loadParent(ctx, p, opts)
+	if err != nil {
+		return nil, fmt.Errorf("chunk dict: %w", err)
+	}
+	return d, nil
+}
+
 // parentFrom checks the parent's settings against opts, as nydus-image
 // does (same RAFS version, chunk size and digester; for v5, whose super
 // flags name one compressor for every blob, the same compressor), and
