@@ -208,13 +208,15 @@ func sortedKeys(m map[string]string) []string {
 }
 
 // dirLayer packs dir as an OCI layer (gzip'd tar, root-owned entries).
+// The gzip'd bytes are kept in memory once made: its digest and its push
+// would otherwise compress the tar twice.
 func dirLayer(ctx context.Context, dir, tarPath string) (v1.Layer, error) {
 	cmd := exec.CommandContext(ctx, "tar", "--numeric-owner", "--owner=0", "--group=0", "--sort=name",
 		"--mtime=@0", "-C", dir, "-cf", tarPath, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("tar %s: %w\n%s", dir, err, out)
 	}
-	return tarball.LayerFromFile(tarPath)
+	return tarball.LayerFromFile(tarPath, tarball.WithCompressedCaching)
 }
 
 // staticKeychain answers every registry with one authenticator.
