@@ -32,7 +32,7 @@ func chart(cells []cell, images []string, label, path string) error {
 				size = c.size
 			}
 		}
-		names = append(names, fmt.Sprintf("%s: %s in Nydus blobs\nOCI %.1f s", im, mib(size), oci.Seconds()))
+		names = append(names, fmt.Sprintf("%s\n%s Nydus blobs\nOCI %.1f s", im, mib(size), oci.Seconds()))
 	}
 	for i, m := range modes {
 		var vs plotter.Values
