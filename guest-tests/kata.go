@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
 // ExtraOption is nydus-snapshotter's extraoption (enable_nydus_overlayfs).
@@ -28,6 +30,18 @@ type ExtraOption struct {
 // host may be a proxy in front of the registry; auth is base64
 // "user:password". prefetch turns fs_prefetch (prefetch_all) on.
 func SnapshotterConfig(host, repo, auth, snapshotID, workDir string, prefetch bool) string {
+	return SnapshotterConfigWith(host, repo, auth, snapshotID, workDir, ConfigOptions{Prefetch: prefetch, PrefetchAll: true})
+}
+
+// ConfigOptions are the switches of SnapshotterConfigWith.
+type ConfigOptions struct {
+	Prefetch      bool // fs_prefetch.enable
+	PrefetchAll   bool // fs_prefetch.prefetch_all
+	AccessPattern bool // access_pattern: record it for /api/v1/metrics/pattern
+}
+
+// SnapshotterConfigWith is SnapshotterConfig with each switch given.
+func SnapshotterConfigWith(host, repo, auth, snapshotID, workDir string, o ConfigOptions) string {
 	m := map[string]any{
 		"device": map[string]any{
 			"id": "/" + snapshotID,
@@ -40,11 +54,63 @@ func SnapshotterConfig(host, repo, auth, snapshotID, workDir string, prefetch bo
 			}},
 		},
 		"mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true,
-		"amplify_io":  1 << 20,
-		"fs_prefetch": map[string]any{"enable": prefetch, "prefetch_all": true, "threads_count": 8, "merging_size": 1 << 20},
+		"access_pattern": o.AccessPattern,
+		"amplify_io":     1 << 20,
+		"fs_prefetch":    map[string]any{"enable": o.Prefetch, "prefetch_all": o.PrefetchAll, "threads_count": 8, "merging_size": 1 << 20},
 	}
 	b, _ := json.Marshal(m)
 	return string(b)
+}
+
+// PatternEntry is one entry of GET /api/v1/metrics/pattern.
+type PatternEntry struct {
+	Ino    uint64 `json:"ino"`
+	NrRead uint64 `json:"nr_read"`
+}
+
+// Pattern asks the daemon for a mount's access pattern (the mount's
+// config must have access_pattern on), in first-access order.
+func (a KataAPI) Pattern(ctx context.Context, mountpoint string) ([]PatternEntry, error) {
+	code, b, err := a.Do(ctx, http.MethodGet, "/api/v1/metrics/pattern?id="+url.PathEscape(mountpoint), nil)
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("GET /api/v1/metrics/pattern: %d %s", code, b)
+	}
+	var out []PatternEntry
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("GET /api/v1/metrics/pattern: %w", err)
+	}
+	return out, nil
+}
+
+// PrefetchList turns an access pattern into a prefetch list: the paths
+// of the regular files that were read, in first-access order. The
+// pattern names inodes; their paths come from walking the image's
+// bootstrap (a hard-linked file is listed by its first path).
+func PrefetchList(bootstrap string, pattern []PatternEntry) ([]string, error) {
+	img, err := rafs.Open(bootstrap, rafs.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	paths := map[uint64]string{}
+	if err := img.Walk(func(p string, n *rafs.Inode) error {
+		if _, ok := paths[n.Ino]; !ok && n.IsRegular() {
+			paths[n.Ino] = p
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range pattern {
+		if p, ok := paths[e.Ino]; ok && e.NrRead > 0 {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // DecodeExtraOption is what Kata's runtime does with the rootfs mount's
@@ -160,8 +226,12 @@ func FirstLine(serial, marker string) (time.Duration, bool) {
 	return 0, false
 }
 
-// RafsMount is one container's image as the runtime mounts it.
-type RafsMount struct{ CID, Bootstrap, Config string }
+// RafsMount is one container's image as the runtime mounts it;
+// PrefetchFiles, if any, go in the mount request's prefetch_files.
+type RafsMount struct {
+	CID, Bootstrap, Config string
+	PrefetchFiles          []string
+}
 
 // StartSandbox does what a Kata runtime does once it has started the
 // daemon: wait until it is RUNNING, mount the sandbox's shared directory
@@ -175,8 +245,11 @@ func (a KataAPI) StartSandbox(ctx context.Context, shared string, images []RafsM
 		return err
 	}
 	for _, im := range images {
-		if err := a.Mount(ctx, http.MethodPost, "/rafs/"+im.CID+"/lowerdir",
-			map[string]string{"fs_type": "rafs", "source": im.Bootstrap, "config": im.Config}, encode); err != nil {
+		body := map[string]any{"fs_type": "rafs", "source": im.Bootstrap, "config": im.Config}
+		if len(im.PrefetchFiles) > 0 {
+			body["prefetch_files"] = im.PrefetchFiles
+		}
+		if err := a.Mount(ctx, http.MethodPost, "/rafs/"+im.CID+"/lowerdir", body, encode); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/guest-tests/check"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testsvc"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 )
 
 // kataGuest builds a guest with overlayfs (the agent's container rootfs)
@@ -308,3 +310,50 @@ cat $R1/out.txt
 umount $R1/dev && umount $R1 || fail "umount c-py rootfs"
 echo KATA-OK
 `
+
+// TestPrefetchList turns an access pattern (inodes, in first-access
+// order) into the paths of the regular files that were read, with the
+// paths found in a real nydus-image bootstrap.
+func TestPrefetchList(t *testing.T) {
+	boot := filepath.Join("..", "rafs", "testdata", "fixtures", "nydus", "v6-2.2", "rafs-v6-2.2.boot")
+	img, err := rafs.Open(boot, rafs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	inos := map[string]uint64{}
+	if err := img.Walk(func(p string, n *rafs.Inode) error {
+		inos[p] = n.Ino
+		if n.IsRegular() {
+			files = append(files, p)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	if len(files) < 2 {
+		t.Fatalf("fixture has %d files", len(files))
+	}
+	dir := inos["/"]
+	a, b := files[len(files)-1], files[0]
+	for _, tc := range []struct {
+		name    string
+		pattern []PatternEntry
+		want    []string
+	}{
+		{"first-access order", []PatternEntry{{inos[a], 2}, {inos[b], 1}}, []string{a, b}},
+		{"unread files and directories left out", []PatternEntry{{dir, 3}, {inos[b], 0}, {inos[a], 1}}, []string{a}},
+		{"unknown inode left out", []PatternEntry{{1 << 40, 1}, {inos[b], 1}}, []string{b}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := PrefetchList(boot, tc.pattern)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
