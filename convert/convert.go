@@ -29,6 +29,8 @@ type Summary struct {
 	Images       []ImageSummary `json:"images"`
 	SourceBytes  int64          `json:"source_bytes"` // uncompressed tar bytes of every layer
 	Seconds      float64        `json:"seconds"`
+	// BuildCacheError says why the --build-cache image was not updated.
+	BuildCacheError string `json:"build_cache_error,omitempty"`
 }
 
 // ImageSummary is one converted platform image.
@@ -46,8 +48,9 @@ type LayerSummary struct {
 	Blob         string `json:"blob"`
 	BlobSize     int64  `json:"blob_size"`
 	Uncompressed int64  `json:"uncompressed"`
-	Cached       bool   `json:"cached"`   // found in the layer cache
-	Uploaded     bool   `json:"uploaded"` // bytes sent (not already there, not mounted)
+	Cached       bool   `json:"cached"`      // found in the layer cache
+	BuildCache   bool   `json:"build_cache"` // found in the --build-cache image
+	Uploaded     bool   `json:"uploaded"`    // bytes sent (not already there, not mounted)
 }
 
 type converter struct {
@@ -60,9 +63,10 @@ type converter struct {
 	pushOpts   []remote.Option
 	prog       *progress
 	cacheMu    sync.Mutex
-	store      *blobStore // nil: layer blobs go to the target repository
-	dict       *chunkDict // --chunk-dict, or nil
-	work       string     // temporary files of this run
+	store      *blobStore  // nil: layer blobs go to the target repository
+	dict       *chunkDict  // --chunk-dict, or nil
+	bcache     *buildCache // --build-cache, or nil
+	work       string      // temporary files of this run
 }
 
 func (c *converter) targetInsecure() bool { return c.opts.TargetInsecure || c.opts.PlainHTTP }
@@ -101,6 +105,15 @@ func Convert(ctx context.Context, o Options) (*Summary, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.BuildCache != "" {
+		var notes []string
+		if c.bcache, notes, err = openBuildCache(ctx, &o); err != nil {
+			return nil, err
+		}
+		for _, n := range notes {
+			c.log.Info(n)
+		}
+	}
 	if o.ChunkDict != "" {
 		if c.dict, err = c.loadChunkDict(ctx); err != nil {
 			return nil, err
@@ -138,6 +151,14 @@ func Convert(ctx context.Context, o Options) (*Summary, error) {
 	}
 	if err := remote.Put(target, top, c.pushOpts...); err != nil {
 		return nil, fmt.Errorf("push manifest to %s: %w", o.Target, err)
+	}
+	if c.bcache != nil {
+		// The image is in place; a cache that cannot be written costs the
+		// next conversion time, not this one its result.
+		if err := c.bcache.export(); err != nil {
+			c.log.Warnf("build cache %s not updated: %v", o.BuildCache, err)
+			sum.BuildCacheError = err.Error()
+		}
 	}
 	sum.TargetDigest = digestOf(top.b).String()
 	sum.MediaType = string(top.mt)
@@ -216,7 +237,15 @@ func (c *converter) convertImage(ctx context.Context, pi platformImage) (*ImageS
 	for _, r := range results {
 		ml = append(ml, builder.MergeLayer{Bootstrap: filepath.Join(r.dir, cacheBoot), BlobID: r.info.Blob})
 		is.Layers = append(is.Layers, LayerSummary{Source: r.info.Source, Blob: "sha256:" + r.info.Blob,
-			BlobSize: r.info.BlobSize, Uncompressed: r.info.Uncompressed, Cached: r.cached, Uploaded: r.uploaded})
+			BlobSize: r.info.BlobSize, Uncompressed: r.info.Uncompressed, Cached: r.cached,
+			BuildCache: r.fromBuildCache, Uploaded: r.uploaded})
+		if c.bcache != nil && !r.fromBuildCache {
+			if err := c.addCacheRecord(r); err != nil {
+				c.log.Warnf("build cache %s: layer %s not recorded: %v", c.opts.BuildCache, r.info.Source, err)
+			}
+		} else if c.bcache != nil {
+			c.bcache.useKey(r.key)
+		}
 	}
 	bl, err := c.bootstrapLayer(ctx, pi, ml, results)
 	if err != nil {
@@ -313,6 +342,12 @@ func (c *converter) layer(ctx context.Context, i, n int, l v1.Layer) (*layerResu
 		return nil, fmt.Errorf("layer %d (%s) of %s: %w", i+1, d, c.opts.Source, err)
 	}
 	blob := &fileBlob{path: filepath.Join(r.dir, cacheBlob), digest: r.blobDigest(), size: r.info.BlobSize, mt: MediaTypeNydusBlob}
+	if r.fromBuildCache {
+		// Mounted from the cache repository in the same registry, else
+		// copied from it.
+		blob.open = r.remote.Compressed
+		r.info.Pushed = append(r.info.Pushed, c.bcache.repo.Name())
+	}
 	if c.store != nil {
 		if r.uploaded, err = c.store.put(ctx, blob); err != nil {
 			return nil, fmt.Errorf("store blob of layer %d (%s) of %s in the %s backend: %w", i+1, d, c.opts.Source, c.opts.Backend.Type, err)

@@ -25,6 +25,12 @@
 //     remembers pushing them there; manifests go last, the tag last of all,
 //     so a failed conversion never moves the target tag.
 //
+// With a build cache image (Options.BuildCache, --build-cache) layers are
+// also looked up in a registry image recording, per source layer and build
+// settings, the blob and layer bootstrap a conversion made (on any
+// machine); a hit mounts the blob from the cache repository instead of
+// converting. New records are written back after the target tag.
+//
 // With a storage backend (Options.Backend, --backend-type s3/oss/localfs)
 // the blobs go there through backend.Uploader and the manifest holds only
 // the bootstrap layer. With a chunk dictionary (Options.ChunkDict) layers

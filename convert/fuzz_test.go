@@ -3,6 +3,9 @@ package convert
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -99,4 +102,53 @@ func tarSeed(names ...string) []byte {
 	}
 	tw.Close()
 	return tb.Bytes()
+}
+
+// FuzzBuildCacheRecord feeds arbitrary bytes as a build cache record
+// bootstrap (gzip tar from a registry): no panic, nothing written but boot
+// and blob.meta, success only with a boot.
+func FuzzBuildCacheRecord(f *testing.F) {
+	f.Add(bootstrapLayerSeed(cacheBoot, cacheBlobMeta))
+	f.Add(bootstrapLayerSeed(cacheBlobMeta))
+	f.Add(bootstrapLayerSeed("../boot"))
+	f.Add([]byte{0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		err := extractRecord(bytes.NewReader(b), dir)
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if e.Name() != cacheBoot && e.Name() != cacheBlobMeta {
+				t.Fatalf("wrote %s", e.Name())
+			}
+		}
+		if err == nil {
+			if _, serr := os.Stat(filepath.Join(dir, cacheBoot)); serr != nil {
+				t.Fatalf("accepted without boot: %v", serr)
+			}
+		}
+	})
+}
+
+// FuzzBuildCacheManifest feeds arbitrary bytes as a build cache manifest:
+// no panic, and every record has a key and a sha256 blob whose digest the
+// bootstrap names.
+func FuzzBuildCacheManifest(f *testing.F) {
+	key := strings.Repeat("k", 64)
+	blob := "sha256:" + strings.Repeat("b", 64)
+	f.Add([]byte(`{"schemaVersion":2,"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:` + strings.Repeat("a", 64) +
+		`","size":10,"annotations":{"containerd.io/snapshot/nydus-bootstrap":"true","io.nydus-virtiofsd.build-cache.key":"` + key +
+		`","containerd.io/uncompressed":"sha256:` + strings.Repeat("c", 64) + `","io.nydus-virtiofsd.build-cache.source-uncompressed":"7","io.nydus-virtiofsd.build-cache.blob":"` + blob +
+		`"}},{"mediaType":"` + MediaTypeNydusBlob + `","digest":"` + blob + `","size":5,"annotations":{"io.nydus-virtiofsd.build-cache.key":"` + key + `"}}]}`))
+	f.Add([]byte(`{"layers":[{"annotations":{"containerd.io/snapshot/nydus-bootstrap":"true"}}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m v1.Manifest
+		if json.Unmarshal(b, &m) != nil {
+			return
+		}
+		for _, r := range parseRecords(m.Layers) {
+			if r.key == "" || r.blob.Digest.Algorithm != "sha256" || r.boot.Annotations[AnnotationCacheBlob] != r.blob.Digest.String() {
+				t.Fatalf("record %+v", r)
+			}
+		}
+	})
 }

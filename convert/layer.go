@@ -45,8 +45,13 @@ type layerInfo struct {
 type layerResult struct {
 	info     layerInfo
 	dir      string // cache entry
+	key      string // cache key (source digest and build settings)
 	cached   bool
 	uploaded bool
+	// fromBuildCache: restored from the --build-cache image, whose
+	// repository holds the blob (remote); dir has no blob file.
+	fromBuildCache bool
+	remote         v1.Layer
 }
 
 func (r *layerResult) blobDigest() v1.Hash {
@@ -215,7 +220,19 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	key := c.cache.key(src, c.opts, c.dict)
 	if r := c.cache.lookup(key); r != nil {
 		ev("cached", r.info.Uncompressed)
+		r.key = key
 		return r, nil
+	}
+	if c.bcache != nil {
+		r, err := c.bcache.lookup(key, filepath.Join(c.work, "build-cache-"+key))
+		if err != nil {
+			return nil, err
+		}
+		if r != nil {
+			ev("build cache", r.info.Uncompressed)
+			r.key = key
+			return r, nil
+		}
 	}
 	if err := os.MkdirAll(c.cache.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("layer cache: %w", err)
@@ -263,12 +280,13 @@ func (c *converter) convertLayer(ctx context.Context, l v1.Layer, fromArchive bo
 	dir := filepath.Join(c.cache.dir, key)
 	if err := os.Rename(tmp, dir); err != nil {
 		if r := c.cache.lookup(key); r != nil { // converted meanwhile by another process
+			r.key = key
 			return r, nil
 		}
 		return nil, fmt.Errorf("layer cache: %w", err)
 	}
 	ev("converted", info.Uncompressed)
-	return &layerResult{info: info, dir: dir}, nil
+	return &layerResult{info: info, dir: dir, key: key}, nil
 }
 
 // dictBoot is the chunk dictionary's bootstrap, or "".

@@ -80,6 +80,17 @@ type Options struct {
 	// referenced from its blobs, which the manifests list as layers.
 	ChunkDict string
 
+	// BuildCache is nydusify's --build-cache: a cache image in a registry
+	// recording, per source layer and build settings, the blob and layer
+	// bootstrap a conversion made, so that a conversion elsewhere (with an
+	// empty local cache) reuses them. BuildCacheVersion ("" : v1) must
+	// match the image's; at most BuildCacheMaxRecords (0: 200) records are
+	// kept, the oldest dropped.
+	BuildCache           string
+	BuildCacheVersion    string
+	BuildCacheMaxRecords int
+	BuildCacheInsecure   bool // plain HTTP / unverified TLS for the cache image
+
 	CacheDir string // converted-layer cache ("" : user cache dir)
 	Jobs     int    // parallel layer conversions (0: from cores and memory)
 
@@ -125,6 +136,20 @@ func (o *Options) normalize() error {
 			return fmt.Errorf("--target is required (or --target-suffix with a registry source)")
 		}
 		o.Target = o.Source + o.TargetSuffix
+	}
+	if o.BuildCache != "" {
+		if o.Backend != nil {
+			return fmt.Errorf("--build-cache with --backend-type %s: not supported (the cache image holds registry blobs)", o.Backend.Type)
+		}
+		if o.BuildCacheVersion == "" {
+			o.BuildCacheVersion = DefaultBuildCacheVersion
+		}
+		if o.BuildCacheMaxRecords < 0 {
+			return fmt.Errorf("--build-cache-max-records %d: want 1 or more", o.BuildCacheMaxRecords)
+		}
+		if o.BuildCacheMaxRecords == 0 {
+			o.BuildCacheMaxRecords = DefaultBuildCacheMaxRecords
+		}
 	}
 	if o.Platform == "" {
 		o.Platform = "linux/" + runtime.GOARCH

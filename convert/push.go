@@ -22,6 +22,9 @@ type fileBlob struct {
 	size   int64
 	mt     types.MediaType
 	opened atomic.Bool
+	// open, when set, gives the bytes instead of the file (a blob held by
+	// the build cache image, or bytes in memory).
+	open func() (io.ReadCloser, error)
 }
 
 func (f *fileBlob) Digest() (v1.Hash, error)             { return f.digest, nil }
@@ -31,6 +34,9 @@ func (f *fileBlob) MediaType() (types.MediaType, error)  { return f.mt, nil }
 func (f *fileBlob) Uncompressed() (io.ReadCloser, error) { return f.Compressed() }
 func (f *fileBlob) Compressed() (io.ReadCloser, error) {
 	f.opened.Store(true)
+	if f.open != nil {
+		return f.open()
+	}
 	return os.Open(f.path)
 }
 
@@ -50,19 +56,25 @@ func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
 // repository of the same registry that has it) when given. It reports
 // whether bytes were uploaded.
 func (c *converter) pushBlob(f *fileBlob, mountFrom []string) (uploaded bool, err error) {
-	var l v1.Layer = f
-	for _, from := range mountFrom {
-		repo, err := name.NewRepository(from, nameOptions(c.targetInsecure())...)
-		if err != nil || repo.RegistryStr() != c.targetRepo.RegistryStr() || repo.RepositoryStr() == c.targetRepo.RepositoryStr() {
-			continue
-		}
-		l = &remote.MountableLayer{Layer: f, Reference: repo.Digest(f.digest.String())}
-		break
-	}
-	if err := remote.WriteLayer(c.targetRepo, l, c.pushOpts...); err != nil {
+	if err := pushTo(c.targetRepo, f, mountFrom, c.pushOpts); err != nil {
 		return false, err
 	}
 	return f.opened.Load(), nil
+}
+
+// pushTo uploads a blob to repo unless it is there, mounting it from the
+// first of mountFrom in the same registry.
+func pushTo(repo name.Repository, f *fileBlob, mountFrom []string, opts []remote.Option) error {
+	var l v1.Layer = f
+	for _, from := range mountFrom {
+		src, err := name.NewRepository(from, name.WithDefaultRegistry(repo.RegistryStr()))
+		if err != nil || src.RegistryStr() != repo.RegistryStr() || src.RepositoryStr() == repo.RepositoryStr() {
+			continue
+		}
+		l = &remote.MountableLayer{Layer: f, Reference: src.Digest(f.digest.String())}
+		break
+	}
+	return remote.WriteLayer(repo, l, opts...)
 }
 
 // recordPushed notes in a cache entry that its blob is in the target

@@ -47,6 +47,10 @@ func runConvert(args []string) int {
 	fs.BoolVar(&o.WithReferrer, "with-referrer", false, "the Nydus manifest's subject is the source manifest")
 	fs.StringVar(&o.CacheDir, "work-dir", "", "converted-layer cache (default: the user cache directory)")
 	fs.StringVar(&o.ChunkDict, "chunk-dict", "", "chunk dictionary: bootstrap:registry:REF (a Nydus image) or a bootstrap file; its chunks are referenced, not stored again")
+	fs.StringVar(&o.BuildCache, "build-cache", "", "a cache image in a registry: layers converted before (same source layer and build settings) are reused from it, new ones recorded in it")
+	fs.StringVar(&o.BuildCacheVersion, "build-cache-version", convert.DefaultBuildCacheVersion, "version of the build cache image; one of another version is ignored and rewritten")
+	fs.IntVar(&o.BuildCacheMaxRecords, "build-cache-max-records", convert.DefaultBuildCacheMaxRecords, "layer records kept in the build cache image, the oldest dropped")
+	fs.BoolVar(&o.BuildCacheInsecure, "build-cache-insecure", false, "build cache registry over plain HTTP or unverified TLS")
 	fs.IntVar(&o.Jobs, "jobs", 0, "layers converted at once (default: from cores and memory)")
 	storage := addBackendFlags(fs)
 	logLevel := addLogLevel(fs)
@@ -103,7 +107,8 @@ const convertLong = `Convert an OCI or Docker image to a Nydus image, as nydusif
 source is a registry reference (--source), a docker save archive (--source-archive)
 or an OCI image layout directory (--source-oci-layout); the target is pushed to a
 registry. Each layer becomes a RAFS blob (built in parallel, cached by the source
-layer's digest), and a merged bootstrap layer comes last. Registry credentials come
+layer's digest, and with --build-cache recorded in a cache image in a registry
+that conversions on other machines reuse), and a merged bootstrap layer comes last. Registry credentials come
 from the Docker config file (~/.docker/config.json or $DOCKER_CONFIG).`
 
 // addBackendFlags adds nydusify's --backend-type, --backend-config and

@@ -99,7 +99,25 @@ func TestConvertCommand(t *testing.T) {
 	if rc := runCheck(append([]string{"--target", src + "-localfs", "--source", src}, storeArgs...)); rc != 0 {
 		t.Errorf("check --backend-type localfs: exit %d", rc)
 	}
+	// --build-cache: a second conversion with an empty --work-dir (another
+	// machine) takes its layer from the cache image.
+	cacheArgs := []string{"--source", src, "--target", src + "-cached", "--plain-http", "--build-cache", reg + "/cli/cache:c",
+		"--build-cache-version", "t1", "--build-cache-max-records", "5", "--output-json", sumPath}
+	for i, want := range []bool{false, true} {
+		if rc := runConvert(append(cacheArgs, "--work-dir", filepath.Join(dir, fmt.Sprint("bc", i)))); rc != 0 {
+			t.Fatalf("convert --build-cache (%d): exit %d", i, rc)
+		}
+		var sum convert.Summary
+		if b, err := os.ReadFile(sumPath); err != nil || json.Unmarshal(b, &sum) != nil || len(sum.Images) != 1 {
+			t.Fatalf("convert --build-cache (%d): summary %s (%v)", i, b, err)
+		}
+		if got := sum.Images[0].Layers[0].BuildCache; got != want {
+			t.Errorf("convert --build-cache (%d): layer from the build cache %v, want %v", i, got, want)
+		}
+	}
 	for _, args := range [][]string{
+		{"--source", src, "--target", src + "-x", "--build-cache", reg + "/cli/cache:c", "--build-cache-max-records", "-1"},
+		{"--source", src, "--target", src + "-x", "--build-cache", reg + "/cli/cache:c", "--backend-type", "localfs", "--backend-config-file", cfgPath},
 		{"--source", src}, // no target
 		{"--source", src, "--target", src + "-x", "--fs-version", "4"}, // bad version
 		{"--source", src, "--target", src + "-x", "--compressor", "gzip"},
