@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,17 +11,21 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testsvc"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs/builder"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/storage"
@@ -250,26 +255,79 @@ func startPacedProxy(b *testing.B, rate float64) (*pacedProxy, string) {
 	return p, l.Addr().String()
 }
 
-// BenchmarkColdStart is P3: an image of more than 512 MiB in a loopback
-// docker-registry behind a forward proxy pacing each answer to 100 MB/s; reading a
-// working set of about 8 % of it (a file list) lazily through the blob
-// cache, against downloading the whole blob first and serving it from
-// localfs; the working set prefetched; warm cache against plain file reads
-// of the source tree; and a prefetch_all running during the cold read.
-// Reads go through rafs and the storage layer in process (the daemon's
-// read path without the FUSE transport). Run with -benchtime 1x.
-func BenchmarkColdStart(b *testing.B) {
-	work := b.TempDir()
-	src := filepath.Join(work, "src")
-	files := coldTree(b, src, 600<<20)
-	out := filepath.Join(work, "out")
+// coldImage writes the benchmarks' 604 MiB tree under a temporary
+// directory's src and builds it (v6, zstd) into out: it returns the
+// directory, the tree, its files, out, the bootstrap and the build result.
+func coldImage(b *testing.B) (work, src string, files map[string]int64, out, boot string, res *builder.Result) {
+	work = b.TempDir()
+	src = filepath.Join(work, "src")
+	files = coldTree(b, src, 600<<20)
+	out = filepath.Join(work, "out")
 	os.MkdirAll(out, 0o755)
-	boot := filepath.Join(out, "image.boot")
+	boot = filepath.Join(out, "image.boot")
 	res, err := builder.Build(context.Background(), src, boot, out, builder.Options{Type: builder.DirRafs,
 		Compressor: builder.CompressZstd})
 	if err != nil {
 		b.Fatal(err)
 	}
+	return work, src, files, out, boot, res
+}
+
+// openCached opens the image boot with cfg's backend and cache in a pool
+// of its own; the function returned closes all three.
+func openCached(b *testing.B, boot string, cfg *backend.Config, noReadAhead bool) (*rafs.Image, *storage.Pool, func()) {
+	pool := storage.NewPool(quietEntry())
+	set := storage.SettingsFromConfig(cfg)
+	set.Cache.NoReadAhead = noReadAhead
+	m, release, err := pool.Get(set.Cache)
+	if err != nil {
+		b.Fatal(err)
+	}
+	be, err := cfg.NewBackend(backend.Options{Getenv: func(string) string { return "" }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	img, err := rafs.Open(boot, rafs.Options{Backend: be, Cache: m, Log: quietEntry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return img, pool, func() { img.Close(); release(); pool.Close() }
+}
+
+// workingSet returns the tree's files in sorted order and their total
+// size, and the working set: random files up to 8 % of the tree's bytes,
+// sorted, and its size.
+func workingSet(files map[string]int64) (all []string, total int64, set []string, wsBytes int64) {
+	for p, s := range files {
+		all = append(all, p)
+		total += s
+	}
+	sort.Strings(all)
+	shuffled := append([]string(nil), all...)
+	r := rand.New(rand.NewSource(1))
+	r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	for _, p := range shuffled {
+		if wsBytes+files[p] > total*8/100 {
+			continue
+		}
+		set = append(set, p)
+		wsBytes += files[p]
+	}
+	sort.Strings(set)
+	return all, total, set, wsBytes
+}
+
+// BenchmarkColdStart is P3: an image of more than 512 MiB in a loopback
+// docker-registry behind a forward proxy pacing each answer to 100 MB/s; reading a
+// working set of about 8 % of it (a file list) lazily through the blob
+// cache, against downloading the whole blob first and serving it from
+// localfs; the working set prefetched; warm cache against plain file reads
+// of the source tree (one noisy sample: BenchmarkWarmCache is the warm
+// cache measurement); and a prefetch_all running during the cold read.
+// Reads go through rafs and the storage layer in process (the daemon's
+// read path without the FUSE transport). Run with -benchtime 1x.
+func BenchmarkColdStart(b *testing.B) {
+	work, src, files, out, boot, res := coldImage(b)
 	blobData, err := os.ReadFile(filepath.Join(out, res.BlobID))
 	if err != nil {
 		b.Fatal(err)
@@ -280,26 +338,7 @@ func BenchmarkColdStart(b *testing.B) {
 	blobData = nil
 	pp, proxy := startPacedProxy(b, 100e6)
 
-	// The working set: random files up to 8 % of the tree's bytes.
-	var all []string
-	var total int64
-	for p, s := range files {
-		all = append(all, p)
-		total += s
-	}
-	sort.Strings(all)
-	r := rand.New(rand.NewSource(1))
-	r.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
-	var set []string
-	var wsBytes int64
-	for _, p := range all {
-		if wsBytes+files[p] > total*8/100 {
-			continue
-		}
-		set = append(set, p)
-		wsBytes += files[p]
-	}
-	sort.Strings(set)
+	all, total, set, wsBytes := workingSet(files)
 	// A clustered working set, as a program's start-up reads it: every
 	// file of one directory tree (usr/lib3, 1/13 of the files), in
 	// directory order, laid out together in the blob by the builder.
@@ -351,22 +390,7 @@ func BenchmarkColdStart(b *testing.B) {
 		return cfg
 	}
 	open := func(cfg *backend.Config, noReadAhead ...bool) (*rafs.Image, *storage.Pool, func()) {
-		pool := storage.NewPool(quietEntry())
-		set := storage.SettingsFromConfig(cfg)
-		set.Cache.NoReadAhead = len(noReadAhead) > 0 && noReadAhead[0]
-		m, release, err := pool.Get(set.Cache)
-		if err != nil {
-			b.Fatal(err)
-		}
-		be, err := cfg.NewBackend(backend.Options{Getenv: func(string) string { return "" }})
-		if err != nil {
-			b.Fatal(err)
-		}
-		img, err := rafs.Open(boot, rafs.Options{Backend: be, Cache: m, Log: quietEntry()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		return img, pool, func() { img.Close(); release(); pool.Close() }
+		return openCached(b, boot, cfg, len(noReadAhead) > 0 && noReadAhead[0])
 	}
 	dropCache(b, boot)
 	for range b.N {
@@ -527,6 +551,274 @@ func BenchmarkColdStart(b *testing.B) {
 		b.ReportMetric(plain.Seconds()/warm.Seconds(), "warm-speed/plain-speed")
 		for _, d := range []string{cache1, cache1b, cache3, cache4, full} {
 			os.RemoveAll(d)
+		}
+	}
+}
+
+// resident returns how many bytes of the regular files under dir are in
+// the host page cache (mincore over a read-only mapping of each file).
+func resident(b *testing.B, dir string) int64 {
+	var n int64
+	page := int64(os.Getpagesize())
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			b.Fatalf("mmap %s: %v", p, err)
+		}
+		defer unix.Munmap(m)
+		vec := make([]byte, (fi.Size()+page-1)/page)
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)),
+			uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+			b.Fatalf("mincore %s: %v", p, e)
+		}
+		for _, v := range vec {
+			if v&1 != 0 {
+				n += page
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// ioReadBytes is the bytes this process has caused to be read from block
+// devices (read_bytes of /proc/self/io).
+func ioReadBytes(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "read_bytes: "); ok {
+			var n int64
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	b.Fatal("no read_bytes in /proc/self/io")
+	return 0
+}
+
+// fuseReader is the part of a FUSE filesystem a guest's whole-file read
+// goes through.
+type fuseReader interface {
+	Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status
+	Forget(nodeid, nlookup uint64)
+	Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status
+	Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status)
+	Release(cancel <-chan struct{}, in *fuse.ReleaseIn)
+}
+
+// readThroughFS reads a file as the transport would for a guest: LOOKUP
+// of each path component, OPEN, READs of len(buf) bytes until a short
+// one, each result copied into buf (preadv of its segments, as into guest
+// memory), RELEASE and FORGET. It returns the bytes read.
+func readThroughFS(fs fuseReader, path string, buf []byte) (int64, error) {
+	ino := uint64(fuse.FUSE_ROOT_ID)
+	var looked []uint64
+	defer func() {
+		for _, n := range looked {
+			fs.Forget(n, 1)
+		}
+	}()
+	for _, name := range strings.Split(strings.TrimPrefix(path, "/"), "/") {
+		var out fuse.EntryOut
+		if s := fs.Lookup(nil, &fuse.InHeader{NodeId: ino}, name, &out); !s.Ok() {
+			return 0, fmt.Errorf("lookup %s: %v", name, s)
+		}
+		ino = out.NodeId
+		looked = append(looked, ino)
+	}
+	var oo fuse.OpenOut
+	if s := fs.Open(nil, &fuse.OpenIn{InHeader: fuse.InHeader{NodeId: ino}, Flags: uint32(os.O_RDONLY)}, &oo); !s.Ok() {
+		return 0, fmt.Errorf("open: %v", s)
+	}
+	defer fs.Release(nil, &fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: ino}, Fh: oo.Fh})
+	var off int64
+	for {
+		res, s := fs.Read(nil, &fuse.ReadIn{InHeader: fuse.InHeader{NodeId: ino}, Fh: oo.Fh, Offset: uint64(off), Size: uint32(len(buf))}, buf)
+		if !s.Ok() {
+			return off, fmt.Errorf("read at %d: %v", off, s)
+		}
+		got, s := res.Bytes(buf)
+		res.Done()
+		if !s.Ok() {
+			return off, fmt.Errorf("read at %d: %v", off, s)
+		}
+		off += int64(len(got))
+		if len(got) < len(buf) {
+			return off, nil
+		}
+	}
+}
+
+// readPlain reads a file with read(2) in len(buf) pieces.
+func readPlain(path string, buf []byte) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var n int64
+	for {
+		k, err := f.Read(buf)
+		n += int64(k)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// BenchmarkWarmCache is issue 9's warm-cache target: the whole 604 MiB
+// tree of BenchmarkColdStart read from a fully filled blob cache through
+// rafs.FS (rafs + storage, the daemon's RAFS read path without the
+// transport) against the same tree read through passthrough.FS (the
+// daemon's passthrough filesystem) over the source directory, with the
+// same reader on both sides: every file in sorted order, LOOKUP, OPEN,
+// 1 MiB READs copied out of the zero-copy result, RELEASE, FORGET. Plain
+// read(2) of the source files with the same buffer is a third column,
+// for reference. The page cache of the cache directory and of the source
+// tree is dropped (fsync, posix_fadvise DONTNEED, checked with mincore)
+// before every read; the three reads alternate, in a rotating order, for
+// WARM_ROUNDS rounds (default 5), and the figures are medians. Each side
+// also reports the bytes its reads brought from the disk. WARM_HOT=1
+// keeps the page cache (the cost of the read paths when cached). Run
+// with -benchtime 1x.
+func BenchmarkWarmCache(b *testing.B) {
+	work, src, files, out, boot, _ := coldImage(b)
+	all, total, set, wsBytes := workingSet(files)
+	rounds := 5
+	if v := os.Getenv("WARM_ROUNDS"); v != "" {
+		fmt.Sscan(v, &rounds)
+	}
+	cacheDir := filepath.Join(work, "cache")
+	c := fmt.Sprintf(`{"version":2,"backend":{"type":"localfs","localfs":{"dir":%q}},`+
+		`"cache":{"type":"blobcache","filecache":{"work_dir":%q}}}`, out, cacheDir)
+	cfg, err := backend.ParseConfig([]byte(c))
+	if err != nil {
+		b.Fatal(err)
+	}
+	img, pool, done := openCached(b, boot, cfg, false)
+	defer done()
+	rfs := rafs.NewFS(img, rafs.FSOptions{})
+	pfs, err := passthrough.New(src, passthrough.Options{ReadOnly: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pfs.Close()
+	buf := make([]byte, 1<<20)
+	readAll := func(list []string, read func(p string) (int64, error)) time.Duration {
+		start := time.Now()
+		for _, p := range list {
+			n, err := read(p)
+			if err != nil {
+				b.Fatalf("%s: %v", p, err)
+			}
+			if n != files[p] {
+				b.Fatalf("%s: read %d bytes, want %d", p, n, files[p])
+			}
+		}
+		return time.Since(start)
+	}
+	// The fill: every file read once through the cache.
+	fill := readAll(all, func(p string) (int64, error) { return readThroughFS(rfs, p, buf) })
+	fetched := pool.BackendMetrics().ReadCount
+	hot := os.Getenv("WARM_HOT") != "" // page cache kept: the hot path's cost
+	drop := func() int64 {
+		if hot {
+			return 0
+		}
+		dropDir(b, cacheDir)
+		dropDir(b, src)
+		return resident(b, cacheDir) + resident(b, src)
+	}
+	sides := []struct {
+		name string
+		read func(p string) (int64, error)
+	}{
+		{"warm", func(p string) (int64, error) { return readThroughFS(rfs, p, buf) }},
+		{"passthrough", func(p string) (int64, error) { return readThroughFS(pfs, p, buf) }},
+		{"plain", func(p string) (int64, error) { return readPlain(filepath.Join(src, p), buf) }},
+	}
+	lists := []struct {
+		name   string
+		files  []string
+		bytes  int64
+		rounds int
+	}{
+		{"tree", all, total, rounds},
+		// The working set is an eighth of the tree: three times the
+		// rounds.
+		{"workset", set, wsBytes, 3 * rounds},
+	}
+	for range b.N {
+		var left int64
+		for _, l := range lists {
+			times := make([][]time.Duration, len(sides))
+			diskBytes := make([]int64, len(sides))
+			for k := range l.rounds {
+				for j := range sides {
+					i := (j + k) % len(sides)
+					left = max(left, drop())
+					before := ioReadBytes(b)
+					times[i] = append(times[i], readAll(l.files, sides[i].read))
+					diskBytes[i] += ioReadBytes(b) - before
+				}
+			}
+			for i, s := range sides {
+				// Bytes the side's reads brought from the disk, per read,
+				// against the list's bytes: read-ahead beyond the files
+				// shows here.
+				b.ReportMetric(float64(diskBytes[i])/float64(l.rounds)/float64(l.bytes), l.name+"-"+s.name+"-disk/bytes")
+			}
+			warm, pt, plain := median(times[0]), median(times[1]), median(times[2])
+			for i, s := range sides {
+				b.Logf("%s %s: %v", l.name, s.name, times[i])
+			}
+			b.ReportMetric(float64(l.bytes)/(1<<20), l.name+"-MiB")
+			b.ReportMetric(float64(len(l.files)), l.name+"-files")
+			b.ReportMetric(warm.Seconds(), l.name+"-warm-s")
+			b.ReportMetric(pt.Seconds(), l.name+"-passthrough-s")
+			b.ReportMetric(plain.Seconds(), l.name+"-plain-s")
+			b.ReportMetric(pt.Seconds()/warm.Seconds(), l.name+"-warm/passthrough-speed")
+			b.ReportMetric(plain.Seconds()/warm.Seconds(), l.name+"-warm/plain-speed")
+			b.ReportMetric(slices.Min(times[1]).Seconds()/slices.Min(times[0]).Seconds(), l.name+"-best-warm/best-passthrough-speed")
+		}
+		if n := pool.BackendMetrics().ReadCount; n != fetched {
+			b.Fatalf("warm reads went to the backend: %d reads after the fill, %d before", n, fetched)
+		}
+		b.ReportMetric(fill.Seconds(), "fill-s")
+		b.ReportMetric(float64(left)/(1<<20), "resident-after-drop-MiB")
+	}
+	// What the warm reads returned is the tree's content.
+	for _, p := range all {
+		got, err := readFile(img, p)
+		if err != nil {
+			b.Fatalf("%s: %v", p, err)
+		}
+		want, err := os.ReadFile(filepath.Join(src, p))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			b.Fatalf("%s: the warm cache's bytes differ from the source file's", p)
 		}
 	}
 }
