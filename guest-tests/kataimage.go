@@ -42,8 +42,12 @@ type DebLayer struct {
 	// (py3compile) would at install (unchecked-hash .pyc files: the layer's
 	// tar gives every file one mtime).
 	PyCompile []string
-	Files     map[string]string // path in the layer -> content (mode 0755 if it starts with "#!")
-	Symlinks  map[string]string // path -> target
+	// Over names the kataLayers layer this one is stacked on: packages of
+	// Resolve's closure that layer already unpacks (same name and
+	// version) are left out, as apt would leave them installed.
+	Over     string
+	Files    map[string]string // path in the layer -> content (mode 0755 if it starts with "#!")
+	Symlinks map[string]string // path -> target
 }
 
 // debFile is one downloaded package.
@@ -371,6 +375,10 @@ var kataImageSpecs = map[string]struct {
 	"hello": {[]string{"base", "hello"}, []string{"/usr/bin/hello"}},
 	"jre":   {[]string{"base", "jre"}, []string{JavaPath, "-version"}},
 	"ml":    {[]string{"base", "mlstack", "mlapp"}, []string{"/usr/bin/python3", "/app/first.py"}},
+	// ds, the data-science notebook, is ml plus R and the rest of
+	// what such notebook images carry (about 4.4 GiB unpacked); its
+	// program is ml's (the image's main entry is Jupyter's Python kernel).
+	"ds": {[]string{"base", "mlstack", "dsstack", "mlapp"}, []string{"/usr/bin/python3", "/app/first.py"}},
 }
 
 // JavaPath is the java launcher of the "jre" image (the /usr/bin/java
@@ -392,11 +400,7 @@ var kataLayers = map[string]DebLayer{
 	// notebook images: PyTorch, scikit-learn, SciPy, pandas and their
 	// usual company, Jupyter, and the compiler toolchain such images ship
 	// for building extensions.
-	"mlstack": {Resolve: []string{"python3-torch", "python3-torchvision", "python3-sklearn", "python3-pandas",
-		"python3-matplotlib", "python3-scipy", "python3-skimage", "python3-numba", "python3-statsmodels",
-		"python3-seaborn", "python3-sympy", "python3-h5py", "python3-tables", "python3-dask", "python3-openpyxl",
-		"cython3", "python3-bs4", "python3-sqlalchemy", "jupyter-notebook", "python3-ipywidgets", "python3-dev",
-		"build-essential", "git"},
+	"mlstack": {Resolve: mlStackPackages,
 		PyCompile: []string{"usr/lib/python3.11", "usr/lib/python3/dist-packages"},
 		// the BLAS/LAPACK alternatives libopenblas0-pthread's maintainer
 		// script would register (highest priority)
@@ -406,7 +410,37 @@ var kataLayers = map[string]DebLayer{
 			"usr/lib/x86_64-linux-gnu/libopenblas.so.0": "openblas-pthread/libopenblas.so.0",
 		}},
 	"mlapp": {Files: map[string]string{"app/first.py": kataMLFirst}},
+	// dsstack, stacked on mlstack, is what a Debian counterpart of the
+	// Jupyter datascience notebook image adds: R with the recommended
+	// packages, the tidyverse, IRkernel and the R packages such images
+	// install (those bookworm has), rpy2, ODBC, pandoc and the TeX Live
+	// parts nbconvert's PDF export uses, more of the scipy notebook's
+	// Python libraries, geospatial and vision libraries, and a JDK (for
+	// Spark). Julia, which the Jupyter image also carries, is not in
+	// bookworm. TeX formats and Java alternatives, which maintainer
+	// scripts would make, are not made: the program does not use them.
+	"dsstack": {Over: "mlstack", Resolve: append(append([]string{}, mlStackPackages...),
+		"r-base", "r-recommended", "r-base-dev", "r-cran-tidyverse", "r-cran-irkernel", "r-cran-caret",
+		"r-cran-crayon", "r-cran-devtools", "r-cran-e1071", "r-cran-forecast", "r-cran-hexbin", "r-cran-htmltools",
+		"r-cran-htmlwidgets", "r-cran-randomforest", "r-cran-rcurl", "r-cran-rmarkdown", "r-cran-rodbc",
+		"r-cran-rsqlite", "r-cran-shiny", "r-cran-recipes", "r-cran-rsample", "r-cran-broom", "r-cran-sf",
+		"r-cran-data.table", "r-cran-lme4", "python3-rpy2", "unixodbc", "unixodbc-dev", "pandoc", "texlive-xetex",
+		"texlive-fonts-recommended", "texlive-plain-generic", "texlive-science",
+		"python3-altair", "python3-xlrd", "python3-numexpr", "python3-bottleneck", "python3-protobuf",
+		"python3-dill", "python3-cloudpickle", "python3-patsy", "python3-plotly", "python3-xgboost",
+		"python3-geopandas", "python3-opencv", "python3-nltk", "python3-networkx", "python3-lxml",
+		"python3-requests", "python3-boto3", "openjdk-17-jdk-headless"),
+		PyCompile: []string{"usr/lib/python3/dist-packages"}},
 }
+
+// mlStackPackages are the packages (with their closure) of the ML
+// image's stack, which the data-science image also resolves so that apt
+// picks the same versions and alternatives beneath its own packages.
+var mlStackPackages = []string{"python3-torch", "python3-torchvision", "python3-sklearn", "python3-pandas",
+	"python3-matplotlib", "python3-scipy", "python3-skimage", "python3-numba", "python3-statsmodels",
+	"python3-seaborn", "python3-sympy", "python3-h5py", "python3-tables", "python3-dask", "python3-openpyxl",
+	"cython3", "python3-bs4", "python3-sqlalchemy", "jupyter-notebook", "python3-ipywidgets", "python3-dev",
+	"build-essential", "git"}
 
 // convertSettings names what package convert is asked for (its defaults:
 // RAFS v6, zstd, 1 MiB chunks); it is part of an image's cache key.
@@ -454,6 +488,11 @@ func buildKataImageSet(ctx context.Context, host, repo string, auth authn.Authen
 				if err != nil {
 					return nil, err
 				}
+				if over := kataLayers[l].Over; over != "" {
+					if ds, err = leaveOut(ds, resolved[over], over); err != nil {
+						return nil, fmt.Errorf("layer %s: %w", l, err)
+					}
+				}
 				resolved[l] = ds
 			}
 			fmt.Fprintf(key, "layer %s %s\n", l, layerKey(resolved[l], kataLayers[l]))
@@ -494,6 +533,25 @@ func buildKataImageSet(ctx context.Context, host, repo string, auth authn.Authen
 		}
 		ni.Tag = name
 		out[tag] = ni
+	}
+	return out, nil
+}
+
+// leaveOut returns ds without the packages of lower (the resolved
+// packages of layer over, which must come first in the image).
+func leaveOut(ds, lower []debFile, over string) ([]debFile, error) {
+	if lower == nil {
+		return nil, fmt.Errorf("stacked on %s, which the image does not have beneath it", over)
+	}
+	have := map[string]bool{}
+	for _, d := range lower {
+		have[d.name+"="+d.version] = true
+	}
+	var out []debFile
+	for _, d := range ds {
+		if !have[d.name+"="+d.version] {
+			out = append(out, d)
+		}
 	}
 	return out, nil
 }

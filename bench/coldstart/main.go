@@ -58,7 +58,7 @@ const repo = "bench/coldstart"
 var modes = []string{"oci", "nydus-cold", "nydus-prefetch-list", "nydus-prefetch-all", "nydus-warm"}
 
 // imageOrder is the order of images in tables and charts.
-var imageOrder = []string{"hello", "py", "jre", "ml"}
+var imageOrder = []string{"hello", "py", "jre", "ml", "ds"}
 
 // cell is one measurement.
 type cell struct {
