@@ -64,7 +64,11 @@ func openV5(d []byte) (*v5, error) {
 		return nil, err
 	}
 	m.inodes = d[sb.InodeTableOffset : sb.InodeTableOffset+uint64(m.entries)*4]
-	m.prefetch = layout.DecodePrefetch(d[sb.PrefetchTableOffset : sb.PrefetchTableOffset+uint64(sb.PrefetchTableEntries)*4])
+	// An empty table's offset is not checked (checkV5Tables skips empty
+	// ranges), so it must not be sliced: it may point anywhere.
+	if sb.PrefetchTableEntries > 0 {
+		m.prefetch = layout.DecodePrefetch(d[sb.PrefetchTableOffset : sb.PrefetchTableOffset+uint64(sb.PrefetchTableEntries)*4])
+	}
 	if err := m.parseBlobs(&sb); err != nil {
 		return nil, err
 	}
@@ -109,7 +113,10 @@ func checkV5Tables(sb *layout.SuperBlockV5, size uint64) error {
 
 // parseBlobs decodes the blob table and the extended blob table.
 func (m *v5) parseBlobs(sb *layout.SuperBlockV5) error {
-	ids := layout.DecodeBlobTableV5(m.d[sb.BlobTableOffset:sb.BlobTableOffset+uint64(sb.BlobTableSize)], maxBlobs+1)
+	var ids [][]byte
+	if sb.BlobTableSize > 0 { // an empty table's offset is unchecked
+		ids = layout.DecodeBlobTableV5(m.d[sb.BlobTableOffset:sb.BlobTableOffset+uint64(sb.BlobTableSize)], maxBlobs+1)
+	}
 	if len(ids) > maxBlobs {
 		return formatErr("v5: more than %d blobs", maxBlobs)
 	}
