@@ -12,6 +12,8 @@ pkgs+=(docker-registry apache2-utils nginx-light)
 pkgs+=(gnuplot-nox)
 # The observability test scrapes the daemon with a real Prometheus.
 pkgs+=(prometheus)
+# TestQEMUOneCPUElidesGuestBarriers assembles a tiny multiboot kernel (as, ld).
+pkgs+=(binutils)
 # The S3 server of those tests is npm's s3rver (MinIO's server is AGPL).
 if ! command -v s3rver >/dev/null 2>&1; then
 	if [ "$(id -u)" = 0 ] && command -v npm >/dev/null 2>&1; then
