@@ -25,17 +25,23 @@ const (
 	litmusReady     = 0x600d
 )
 
-// TestTCGOneVCPUGuestBarriers checks the fact docs/notifications.md's
+// TestTCGOneVCPUGuestBarriers measures the fact docs/notifications.md's
 // explanation of the lost notifications rests on: in QEMU 7.2's TCG, a
 // guest with max_cpus 1 runs without host memory barriers, so its store
 // followed by a full barrier and a load can be reordered as seen from a
 // host process sharing the memory (the daemon, for the virtqueues). A
 // store-buffering litmus test between the guest (guest-tests/tcglitmus,
-// through an ivshmem-plain device) and this process: with "-smp 1" some
-// rounds must end with both sides having read the other's old value; with
-// "-smp 1,maxcpus=2" (TCG then emits the barriers) none may. If the first
-// fails, this QEMU keeps a single vCPU's barriers and the explanation no
-// longer applies to it.
+// through an ivshmem-plain device) and this process.
+//
+// Only the direction that is deterministic is asserted: with
+// "-smp 1,maxcpus=2" TCG emits the barriers, so no round may end with both
+// sides having read the other's old value (what NVFS_GUEST_SMP relies on).
+// With "-smp 1" such rounds are possible but not certain: whether the
+// host's store buffer shows them depends on the host CPU and on timing
+// (this machine saw 3 to 469 in 500,000 rounds; a CI machine saw 0 three
+// times), so that half only logs its count. The elision itself is checked
+// deterministically by TestQEMUOneCPUElidesGuestBarriers, from QEMU's own
+// translation.
 func TestTCGOneVCPUGuestBarriers(t *testing.T) {
 	g := overlayGuest(t)
 	root, err := ModuleRoot()
@@ -68,18 +74,12 @@ func TestTCGOneVCPUGuestBarriers(t *testing.T) {
 	}
 	const rounds = 500_000
 	t.Run("one-vcpu", func(t *testing.T) {
-		total := 0
-		for try := 0; try < 3 && total == 0; try++ {
-			n, err := litmusRun(ctx, g.Kernel, initrd, "1", rounds, t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("one vCPU: %d of %d rounds read both old values", n, rounds)
-			total += n
+		n, err := litmusRun(ctx, g.Kernel, initrd, "1", rounds, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
 		}
-		if total == 0 {
-			t.Error("no round read both old values: this QEMU keeps a single vCPU's barriers (docs/notifications.md no longer applies)")
-		}
+		// Not asserted: see the doc comment.
+		t.Logf("one vCPU: %d of %d rounds read both old values (a reordering a barrier forbids; possible here, not certain)", n, rounds)
 	})
 	t.Run("maxcpus-2", func(t *testing.T) {
 		n, err := litmusRun(ctx, g.Kernel, initrd, "1,maxcpus=2", rounds, t.TempDir())
