@@ -351,13 +351,9 @@ func (r *runner) next() (head uint16, ok bool) {
 		if got {
 			head := r.scratch.Head
 			r.tr.add(evPop, head, r.q.LastAvail(), 0, 0)
-			var ce *virtqueue.ChainError
-			if errors.As(err, &ce) {
+			if err != nil && isChainError(err) {
 				snap.Release()
-				r.warnf(logrus.Fields{"error": err}, "dropping malformed descriptor chain")
-				if ce.Returnable && !r.slots[head].busy.Load() {
-					r.push(head, 0)
-				}
+				r.dropMalformed(head, err)
 				continue
 			}
 			s := &r.slots[head]
@@ -418,6 +414,25 @@ func (r *runner) next() (head uint16, ok bool) {
 		}
 	}
 	return 0, false
+}
+
+// isChainError reports whether err is a *virtqueue.ChainError. Kept out of
+// next, whose common path has no error, since the errors.As target
+// escapes to the heap.
+func isChainError(err error) bool {
+	var ce *virtqueue.ChainError
+	return errors.As(err, &ce)
+}
+
+// dropMalformed gives back a malformed chain popped with err, a
+// *virtqueue.ChainError, when the guest may have it back.
+func (r *runner) dropMalformed(head uint16, err error) {
+	var ce *virtqueue.ChainError
+	errors.As(err, &ce)
+	r.warnf(logrus.Fields{"error": err}, "dropping malformed descriptor chain")
+	if ce.Returnable && !r.slots[head].busy.Load() {
+		r.push(head, 0)
+	}
 }
 
 // pollRing looks at the empty ring for up to r.poll, kicks still
