@@ -49,6 +49,16 @@ func BenchmarkPerOpVsC(b *testing.B) {
 	// NVFS_PEROP_PERF=1: the traced runs count CPU time, context switches
 	// and migrations with perf stat instead of system calls with strace.
 	usePerf := os.Getenv(EnvPerOpPerf) != ""
+	// NVFS_PEROP_RECORD=DIR: the traced runs are profiled with perf
+	// record -g into DIR/<row>-<op>.perf.data instead of counted (their
+	// rows then report only the round trip).
+	record, recordName := os.Getenv(EnvPerOpRecord), "base"
+	// NVFS_PEROP_N: requests per row (default 2000); more gives steadier
+	// figures on a shared host.
+	n := 2000
+	if v, err := strconv.Atoi(os.Getenv(EnvPerOpN)); err == nil && v > 0 {
+		n = v
+	}
 	if _, err := exec.LookPath("perf"); usePerf && err != nil {
 		testenv.Skipf(b, "no perf: %v", err)
 	}
@@ -118,7 +128,11 @@ func BenchmarkPerOpVsC(b *testing.B) {
 		sock := filepath.Join(dir, "s")
 		args = append(args[:len(args):len(args)], "--socket-path="+sock)
 		summary := filepath.Join(dir, "strace")
-		if traced && usePerf {
+		if traced && record != "" {
+			// perf record -g of each traced run, named by the daemon's
+			// row and the op (recordName, set by the loop below).
+			args = append([]string{"perf", "record", "-q", "-g", "-o", filepath.Join(record, recordName+".perf.data"), "--"}, args...)
+		} else if traced && usePerf {
 			args = append([]string{"perf", "stat", "-e", perfEvents, "-x", ",", "-o", summary}, args...)
 		} else if traced {
 			args = append([]string{strace, "-c", "-f", "-o", summary}, args...)
@@ -170,7 +184,10 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			if raw, err := os.ReadFile(summary); err == nil {
 				b.Logf("%s:\n%s", strings.Join(args, " "), raw)
 			}
-			if usePerf {
+			switch {
+			case record != "":
+				return counts{}
+			case usePerf:
 				return perfCounts(b, summary)
 			}
 			return counts{float64(straceTotal(b, summary))}
@@ -262,10 +279,10 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			}
 		}},
 	}
-	const n = 2000
 	// Syscalls of a daemon that starts, serves INIT and stops: subtracted.
 	base := map[string]counts{}
 	for _, d := range daemons {
+		recordName = d.name + "-base"
 		_, stop := start(b, d.args, true)
 		base[d.name] = stop()
 	}
@@ -285,6 +302,7 @@ func BenchmarkPerOpVsC(b *testing.B) {
 				stop()
 				// Traced: system calls, less the start/INIT/stop baseline
 				// (the op's own set-up, one or two requests, stays in).
+				recordName = d.name + "-" + strings.ReplaceAll(o.name, "+", "_")
 				c, stop = start(b, d.args, true)
 				run = o.prep(c, n)
 				for k := 0; k < n; k++ {
@@ -293,14 +311,16 @@ func BenchmarkPerOpVsC(b *testing.B) {
 					}
 				}
 				c1, c0 := stop(), base[d.name]
-				if usePerf {
-					b.ReportMetric((c1[0]-c0[0])/n, d.name+"-cpu-us/op")
-					b.ReportMetric((c1[1]-c0[1])/n, d.name+"-ctxsw/op")
-					b.ReportMetric((c1[2]-c0[2])/n, d.name+"-migrations/op")
-				} else {
-					b.ReportMetric((c1[0]-c0[0])/n, d.name+"-syscalls/op")
+				switch {
+				case record != "":
+				case usePerf:
+					b.ReportMetric((c1[0]-c0[0])/float64(n), d.name+"-cpu-us/op")
+					b.ReportMetric((c1[1]-c0[1])/float64(n), d.name+"-ctxsw/op")
+					b.ReportMetric((c1[2]-c0[2])/float64(n), d.name+"-migrations/op")
+				default:
+					b.ReportMetric((c1[0]-c0[0])/float64(n), d.name+"-syscalls/op")
 				}
-				b.ReportMetric(float64(wall.Microseconds())/n, d.name+"-rtt-us/op")
+				b.ReportMetric(float64(wall.Microseconds())/float64(n), d.name+"-rtt-us/op")
 			}
 		})
 	}
@@ -309,6 +329,13 @@ func BenchmarkPerOpVsC(b *testing.B) {
 // EnvPerOpVariants lists variants of our daemon's options
 // BenchmarkPerOpVsC runs besides its defaults.
 const EnvPerOpVariants = "NVFS_PEROP_VARIANTS"
+
+// EnvPerOpRecord names a directory where BenchmarkPerOpVsC writes a perf
+// record -g profile of each traced run instead of counting it.
+const EnvPerOpRecord = "NVFS_PEROP_RECORD"
+
+// EnvPerOpN sets how many requests BenchmarkPerOpVsC sends per row.
+const EnvPerOpN = "NVFS_PEROP_N"
 
 // EnvPerOpPerf makes BenchmarkPerOpVsC count with perf stat (CPU time,
 // context switches, migrations) instead of strace (system calls).
