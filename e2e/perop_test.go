@@ -77,6 +77,15 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	// big: a directory of 1,000 entries, listed a page at a time.
+	if err := os.Mkdir(filepath.Join(share, "big"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ {
+		if err := os.WriteFile(filepath.Join(share, "big", fmt.Sprintf("entry-%04d", i)), nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
 	bin := filepath.Join(b.TempDir(), "nydus-virtiofsd")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/nydus-virtiofsd").CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
@@ -211,17 +220,11 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			}
 		}},
 		{"GETATTR", func(c *fuseclient.Client, n int) func(int) error {
-			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "f0")
-			if err != nil {
-				b.Fatal(err)
-			}
+			e := mustLookup(b, c, "f0")
 			return func(int) error { _, err := c.GetAttr(e.NodeId); return err }
 		}},
 		{"OPEN+RELEASE", func(c *fuseclient.Client, n int) func(int) error {
-			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "f1")
-			if err != nil {
-				b.Fatal(err)
-			}
+			e := mustLookup(b, c, "f1")
 			return func(int) error {
 				o, err := c.Open(e.NodeId, syscall.O_RDONLY)
 				if err != nil {
@@ -231,10 +234,7 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			}
 		}},
 		{"READ4K", func(c *fuseclient.Client, n int) func(int) error {
-			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "f2")
-			if err != nil {
-				b.Fatal(err)
-			}
+			e := mustLookup(b, c, "f2")
 			o, err := c.Open(e.NodeId, syscall.O_RDONLY)
 			if err != nil {
 				b.Fatal(err)
@@ -248,10 +248,7 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			}
 		}},
 		{"READDIRPLUS", func(c *fuseclient.Client, n int) func(int) error {
-			e, err := c.Lookup(fuse.FUSE_ROOT_ID, "d")
-			if err != nil {
-				b.Fatal(err)
-			}
+			e := mustLookup(b, c, "d")
 			return func(int) error {
 				o, err := c.OpenDir(e.NodeId)
 				if err != nil {
@@ -264,16 +261,39 @@ func BenchmarkPerOpVsC(b *testing.B) {
 				if len(ents) < 100 {
 					return fmt.Errorf("READDIRPLUS gave %d entries", len(ents))
 				}
-				var forget [][2]uint64
-				for _, en := range ents {
-					if en.Entry != nil && en.Entry.NodeId != 0 && en.Name != "." && en.Name != ".." {
-						forget = append(forget, [2]uint64{en.Entry.NodeId, 1})
-					}
+				if err := forgetListed(c, ents); err != nil {
+					return err
 				}
-				if len(forget) > 0 {
-					if err := c.BatchForget(forget); err != nil {
+				return c.ReleaseDir(e.NodeId, o.Fh)
+			}
+		}},
+		{"LISTDIR1000", func(c *fuseclient.Client, n int) func(int) error {
+			// OPENDIR, READDIRPLUS a page (4 KiB) at a time as a Linux
+			// guest asks, one BATCH_FORGET per page, RELEASEDIR: about
+			// 90 requests per row.
+			e := mustLookup(b, c, "big")
+			return func(int) error {
+				o, err := c.OpenDir(e.NodeId)
+				if err != nil {
+					return err
+				}
+				total, off := 0, uint64(0)
+				for {
+					ents, err := c.ReadDirPlus(e.NodeId, o.Fh, off, 4096)
+					if err != nil {
 						return err
 					}
+					if len(ents) == 0 {
+						break
+					}
+					total += len(ents)
+					off = ents[len(ents)-1].Off
+					if err := forgetListed(c, ents); err != nil {
+						return err
+					}
+				}
+				if total != 1002 {
+					return fmt.Errorf("listed %d entries, want 1002", total)
 				}
 				return c.ReleaseDir(e.NodeId, o.Fh)
 			}
@@ -324,6 +344,30 @@ func BenchmarkPerOpVsC(b *testing.B) {
 			}
 		})
 	}
+}
+
+// mustLookup looks name up in the root, failing b if it is not there.
+func mustLookup(b *testing.B, c *fuseclient.Client, name string) *fuse.EntryOut {
+	e, err := c.Lookup(fuse.FUSE_ROOT_ID, name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return e
+}
+
+// forgetListed sends one BATCH_FORGET for the entries a READDIRPLUS
+// looked up, as the guest's kernel does when it drops them.
+func forgetListed(c *fuseclient.Client, ents []fuseclient.DirEntry) error {
+	var forget [][2]uint64
+	for _, en := range ents {
+		if en.Entry != nil && en.Entry.NodeId != 0 && en.Name != "." && en.Name != ".." {
+			forget = append(forget, [2]uint64{en.Entry.NodeId, 1})
+		}
+	}
+	if len(forget) == 0 {
+		return nil
+	}
+	return c.BatchForget(forget)
 }
 
 // EnvPerOpVariants lists variants of our daemon's options

@@ -51,7 +51,10 @@
 // LRU and a reserve for the daemon's own fds, as virtiofsd's guest fd
 // semaphore: past it the guest gets ENFILE and the daemon keeps working.
 // READDIR replies are capped at MaxReadDir (1 MiB) and use pooled getdents
-// buffers; a directory handle keeps none.
+// buffers. A handle keeps its buffer between requests only while it holds
+// entries a reply had no room for (the guest asks a page at a time), so a
+// directory is read from the host once however it is paged, and at most
+// 256 handles (8 MiB) keep one.
 //
 // # Extended attributes
 //

@@ -24,9 +24,14 @@ type fileHandle struct {
 	// one per request using the fd; the fd is closed when it reaches 0.
 	refs atomic.Int64
 
-	// directory stream state
-	dmu sync.Mutex
-	pos int64 // offset the fd is at, -1 when unknown
+	// Directory stream state (dir.go), under dmu. pos is the offset of
+	// the next entry to list: the fd's own offset when dbuf is nil, else
+	// the offset of the entry at dbuf[dlo] (the fd is then past dbuf's
+	// entries); -1 when unknown.
+	dmu      sync.Mutex
+	pos      int64
+	dbuf     *[]byte // a getdents buffer holding entries not listed yet
+	dlo, dhi int     // those entries: (*dbuf)[dlo:dhi]
 }
 
 // addFile registers an open file. While it is open its inode keeps its
@@ -39,7 +44,7 @@ func (fs *FS) addFile(fd int, n *inode) uint64 {
 		fs.log.WithError(err).Debug("no O_PATH fd for an open file")
 	}
 	id := fs.nextFh.Add(1)
-	h := &fileHandle{id: id, fd: fd, node: n, pinned: err == nil, pos: -1}
+	h := &fileHandle{id: id, fd: fd, node: n, pinned: err == nil} // pos 0: a new fd's offset
 	h.refs.Store(1)
 	fs.files.Store(id, h)
 	return id
@@ -73,6 +78,7 @@ func (fs *FS) putFile(h *fileHandle) {
 }
 
 func (fs *FS) closeFile(h *fileHandle) {
+	fs.dropDirBuf(h)
 	unix.Close(h.fd)
 	fs.budget.give()
 	if h.pinned {

@@ -45,6 +45,9 @@ type FS struct {
 	// added on open and removed on release.
 	files  sync.Map // uint64 → *fileHandle
 	nextFh atomic.Uint64
+	// parkedDirBufs counts the getdents buffers directory handles keep
+	// between READDIRs (dir.go, at most maxParkedDirBufs).
+	parkedDirBufs atomic.Int64
 }
 
 var _ fuse.RawFileSystem = (*FS)(nil)

@@ -73,3 +73,111 @@ func TestReadDirBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestReadDirPagesResume lists a large directory a page at a time, as a
+// guest does, with the entries one reply had no room for kept by the
+// handle for the next request: every entry comes exactly once; a request
+// at an earlier offset (seekdir, a rewind to 0) starts there again; and
+// past maxParkedDirBufs handles holding entries, listings stay correct.
+func TestReadDirPagesResume(t *testing.T) {
+	e := newEnv(t, Options{})
+	const n = 3000
+	want := map[string]bool{".": true, "..": true}
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("entry-with-a-longish-name-%05d", i)
+		want[name] = true
+		if err := os.WriteFile(e.host(name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func() uint64 {
+		var oo fuse.OpenOut
+		if s := e.fs.OpenDir(nil, &fuse.OpenIn{InHeader: hdr(1)}, &oo); !s.Ok() {
+			t.Fatal(s)
+		}
+		return oo.Fh
+	}
+	page := func(fh, off uint64, plus bool) []benchDirent { return readDirPage(t, e, fh, off, plus) }
+	// listFrom pages from off to the end and returns the names in order.
+	listFrom := func(fh, off uint64, plus bool) (names []string, offs []uint64) {
+		for {
+			ents := page(fh, off, plus)
+			if len(ents) == 0 {
+				return names, offs
+			}
+			for _, d := range ents {
+				names = append(names, d.name)
+				offs = append(offs, d.off)
+			}
+			off = ents[len(ents)-1].off
+		}
+	}
+	checkAll := func(t *testing.T, names []string) {
+		t.Helper()
+		seen := map[string]bool{}
+		for _, nm := range names {
+			if seen[nm] {
+				t.Fatalf("%q listed twice", nm)
+			}
+			if !want[nm] {
+				t.Fatalf("%q listed, not in the directory", nm)
+			}
+			seen[nm] = true
+		}
+		if len(seen) != len(want) {
+			t.Fatalf("listed %d entries, want %d", len(seen), len(want))
+		}
+	}
+	for _, plus := range []bool{false, true} {
+		t.Run(fmt.Sprintf("plus=%v", plus), func(t *testing.T) {
+			fh := open()
+			defer e.fs.ReleaseDir(&fuse.ReleaseIn{Fh: fh})
+			names, offs := listFrom(fh, 0, plus)
+			checkAll(t, names)
+
+			// Rewind: the same listing again on the same handle.
+			again, _ := listFrom(fh, 0, plus)
+			if fmt.Sprint(again) != fmt.Sprint(names) {
+				t.Fatal("a rewound listing differs from the first")
+			}
+			// Resume at an earlier offset (seekdir), mid-way through a
+			// page the handle has buffered.
+			first := page(fh, 0, plus)
+			mid := len(names) / 2
+			rest, _ := listFrom(fh, offs[mid], plus)
+			if fmt.Sprint(rest) != fmt.Sprint(names[mid+1:]) {
+				t.Fatalf("resuming after entry %d listed %d entries, want the %d after it", mid, len(rest), len(names)-mid-1)
+			}
+			if len(first) == 0 || first[0].name != names[0] {
+				t.Fatal("first page after a rewind does not start with the first entry")
+			}
+		})
+	}
+	t.Run("past-the-parked-bound", func(t *testing.T) {
+		// More handles than maxParkedDirBufs, each holding unlisted
+		// entries after one page; then each listed to the end.
+		var fhs []uint64
+		firsts := map[uint64][]benchDirent{}
+		for i := 0; i < maxParkedDirBufs+20; i++ {
+			fh := open()
+			fhs = append(fhs, fh)
+			firsts[fh] = page(fh, 0, false)
+		}
+		if got := e.fs.parkedDirBufs.Load(); got > maxParkedDirBufs {
+			t.Errorf("%d buffers parked, bound %d", got, maxParkedDirBufs)
+		}
+		for _, fh := range fhs {
+			f := firsts[fh]
+			names := make([]string, 0, len(want))
+			for _, d := range f {
+				names = append(names, d.name)
+			}
+			rest, _ := listFrom(fh, f[len(f)-1].off, false)
+			checkAll(t, append(names, rest...))
+			e.fs.ReleaseDir(&fuse.ReleaseIn{Fh: fh})
+		}
+		if got := e.fs.parkedDirBufs.Load(); got != 0 {
+			t.Errorf("%d buffers still parked after every handle was released", got)
+		}
+	})
+}
