@@ -17,7 +17,8 @@
 # draws them as a PNG chart (gnuplot).
 #
 # Env: ITERATIONS (default 3), NVFS_BENCH_THREADS, NVFS_BENCH_CACHE
-#      (default auto), OUT (directory for the .tsv and .png, default
+#      (default auto), OUT (directory for the .tsv, .tsv.cpu (each boot's
+#      daemon CPU seconds) and .png, default
 #      guest-tests/.cache/bench-workloads). Needs root, QEMU, gnuplot.
 #      VARIANTS="NAME[:ARG,ARG...] ..." compares builds of our daemon's
 #      options in the same run: per iteration, each variant (the order
@@ -46,6 +47,8 @@ run() {
 if [ -z "${VARIANTS:-}" ]; then
 	run "${ITERATIONS:-3}" "$out/runs.tsv"
 	bench/workloads-report.sh "$out/runs.tsv" "$out"
+	echo "daemon CPU per boot (user + system seconds):"
+	column -t -s $'\t' "$out/runs.tsv.cpu"
 	exit 0
 fi
 
@@ -74,7 +77,7 @@ for v in "${variants[@]}"; do
 		echo "exec /usr/bin/env$env $(printf '%q' "$bin")$args"' "$@"'
 	} >"$out/$name/daemon"
 	chmod +x "$out/$name/daemon"
-	rm -f "$out/$name/runs.tsv"
+	rm -f "$out/$name/runs.tsv" "$out/$name/runs.tsv.cpu"
 done
 n=${#variants[@]}
 for ((i = 1; i <= ${ITERATIONS:-3}; i++)); do
@@ -90,6 +93,8 @@ for ((i = 1; i <= ${ITERATIONS:-3}; i++)); do
 		NVFS_BACKENDS=$order NVFS_DAEMON=$out/$name/daemon run 1 "$out/$name/one.tsv"
 		if [ ! -s "$out/$name/runs.tsv" ]; then head -1 "$out/$name/one.tsv" >"$out/$name/runs.tsv"; fi
 		awk -F'\t' -v OFS='\t' -v i="$i" 'NR > 1 { $1 = i; print }' "$out/$name/one.tsv" >>"$out/$name/runs.tsv"
+		if [ ! -s "$out/$name/runs.tsv.cpu" ]; then head -1 "$out/$name/one.tsv.cpu" >"$out/$name/runs.tsv.cpu"; fi
+		awk -F'\t' -v OFS='\t' -v i="$i" 'NR > 1 { $1 = i; print }' "$out/$name/one.tsv.cpu" >>"$out/$name/runs.tsv.cpu"
 	done
 done
 for v in "${variants[@]}"; do
@@ -97,4 +102,6 @@ for v in "${variants[@]}"; do
 	echo
 	echo "=== variant $name ($v)"
 	bench/workloads-report.sh "$out/$name/runs.tsv" "$out/$name"
+	echo "daemon CPU per boot (user + system seconds):"
+	column -t -s $'\t' "$out/$name/runs.tsv.cpu"
 done

@@ -140,7 +140,11 @@ func BenchmarkPerOpVsC(b *testing.B) {
 		if traced && record != "" {
 			// perf record -g of each traced run, named by the daemon's
 			// row and the op (recordName, set by the loop below).
-			args = append([]string{"perf", "record", "-q", "-g", "-o", filepath.Join(record, recordName+".perf.data"), "--"}, args...)
+			rec := []string{"perf", "record", "-q", "-g", "-o", filepath.Join(record, recordName+".perf.data")}
+			if ev := os.Getenv(EnvPerOpRecordEvents); ev != "" {
+				rec = append(rec, "-e", ev)
+			}
+			args = append(append(rec, "--"), args...)
 		} else if traced && usePerf {
 			args = append([]string{"perf", "stat", "-e", perfEvents, "-x", ",", "-o", summary}, args...)
 		} else if traced {
@@ -377,6 +381,11 @@ const EnvPerOpVariants = "NVFS_PEROP_VARIANTS"
 // EnvPerOpRecord names a directory where BenchmarkPerOpVsC writes a perf
 // record -g profile of each traced run instead of counting it.
 const EnvPerOpRecord = "NVFS_PEROP_RECORD"
+
+// EnvPerOpRecordEvents, with EnvPerOpRecord, names the events perf
+// record samples (e.g. "sched:sched_switch" to see which threads switch
+// and from where); default its CPU clock.
+const EnvPerOpRecordEvents = "NVFS_PEROP_RECORD_EVENTS"
 
 // EnvPerOpN sets how many requests BenchmarkPerOpVsC sends per row.
 const EnvPerOpN = "NVFS_PEROP_N"

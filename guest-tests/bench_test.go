@@ -182,6 +182,14 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 		fmt.Fprintf(tsv, "\t%s", m.name)
 	}
 	fmt.Fprintln(tsv)
+	// Beside it, each boot's daemon CPU time (user + system, whole boot):
+	// on this 2-core host a daemon's CPU is taken from QEMU's threads.
+	cpuTSV, err := os.Create(out + ".cpu")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cpuTSV.Close()
+	fmt.Fprintln(cpuTSV, "iteration\tthreads\tbackend\tdaemon_cpu_s\tboot_wall_s")
 
 	steps := []check.Step{
 		{Name: "seqread", Kind: check.KindSeqRead, File: "big.bin", Reps: 3},
@@ -244,6 +252,7 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 					fmt.Fprintf(tsv, "\t%.1f", v)
 				}
 				fmt.Fprintln(tsv)
+				fmt.Fprintf(cpuTSV, "%d\t%d\t%s\t%.3f\t%.1f\n", i+1, tp, s.Backend.Name, res.BackendCPU.Seconds(), res.Wall.Seconds())
 			}
 		}
 	}

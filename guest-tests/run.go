@@ -59,6 +59,9 @@ type RunResult struct {
 	LogDir string
 	// BackendPid and QEMUPid are the process (group) ids Run started (0: not started).
 	BackendPid, QEMUPid int
+	// BackendCPU is the user and system CPU time the backend's process
+	// used (with the children it waited for), once it has exited.
+	BackendCPU time.Duration
 }
 
 // Result returns the result of the named step, or nil.
@@ -147,6 +150,7 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	go func() {
 		_ = bcmd.Wait()
 		res.BackendExit = bcmd.ProcessState.ExitCode()
+		res.BackendCPU = bcmd.ProcessState.UserTime() + bcmd.ProcessState.SystemTime()
 		close(bdone)
 	}()
 	killBackend := func() { stopGroup(bcmd.Process.Pid, bdone, 2*time.Second) }
