@@ -131,13 +131,34 @@ type retryBlob struct {
 	p RetryPolicy
 }
 
+// ReadAt retries a failed read, except one whose caller follows its
+// progress (WithProgress) and was told that all of p had arrived: the
+// caller has those bytes already (the blob cache stores and serves each
+// chunk as it lands, and checks its digest), so the failure came after
+// the range asked for (an answer longer than it declared, a connection
+// reset after the last byte) and asking again would fetch the same bytes
+// for nothing. That read succeeds, and the failure is logged.
 func (b *retryBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	var n int
 	var eof error
+	arrived := 0 // of the current attempt, as reported through progress
+	if fn := progressOf(ctx); fn != nil {
+		ctx = WithProgress(ctx, func(k int) {
+			arrived = max(arrived, k)
+			fn(k)
+		})
+	}
 	err := b.p.do(ctx, func(ctx context.Context) error {
 		var err error
 		start := time.Now()
+		arrived = 0
 		n, err = b.Blob.ReadAt(ctx, p, off)
+		if err != nil && len(p) > 0 && arrived >= len(p) && !errors.Is(err, io.EOF) {
+			if b.p.Log != nil {
+				b.p.Log.WithField("offset", off).WithField("size", len(p)).Warnf("backend: %v after the whole range arrived; not asking again", err)
+			}
+			n, err = len(p), nil
+		}
 		if d := time.Since(start); b.p.Log != nil && err == nil && slow(len(p), d) {
 			b.p.Log.WithField("offset", off).WithField("size", len(p)).WithField("ms", d.Milliseconds()).Warn("backend: slow read")
 		}

@@ -117,6 +117,26 @@ func TestFaultInjectorRegistry(t *testing.T) {
 			}
 		})
 	}
+	// A caller that follows the read's progress has every byte of the
+	// range when an overlong answer fails: one request, not three.
+	t.Run("always overlong, progress followed", func(t *testing.T) {
+		fs.fi.Always(testsvc.FaultOverlong)
+		defer fs.fi.Always(testsvc.FaultNone)
+		before := len(fs.fi.Seen())
+		pctx := WithProgress(ctx, func(int) {})
+		if err := fs.read(t, pctx, 1000, 64<<10); err != nil {
+			t.Fatalf("read with overlong answers, progress followed: %v", err)
+		}
+		ranged := 0
+		for _, r := range fs.fi.Seen()[before:] {
+			if r.Range != "" {
+				ranged++
+			}
+		}
+		if ranged != 1 {
+			t.Errorf("%d ranged requests for one read whose range arrived whole, want 1", ranged)
+		}
+	})
 	t.Run("stall bounded by timeout and retries", func(t *testing.T) {
 		fs.fi.Always(testsvc.FaultStall)
 		defer fs.fi.Always(testsvc.FaultNone)

@@ -89,8 +89,9 @@ func TestFaultInjectorDaemon(t *testing.T) {
 				// excess: the blob cache lands each chunk as its bytes
 				// come in (storage docs, "Fetching"), so the read is
 				// served, from exactly the range the answer declared;
-				// the excess fails the request afterwards (logged, and
-				// retried like any other failure).
+				// the excess fails the request afterwards, which is
+				// logged and not retried (backend's retry knows the
+				// whole range arrived).
 				if err != nil {
 					t.Fatalf("read with %s on every request: %v, want the file", f, err)
 				}
