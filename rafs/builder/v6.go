@@ -264,7 +264,7 @@ func chunkTable(inodes []*inode) []chunkRef {
 func encodeV6Supers(buf []byte, img *image, l *v6Layout) {
 	var dataBlocks uint64
 	for _, b := range img.blobs {
-		dataBlocks += b.UncompressedSize / blockSize
+		dataBlocks += v6BlobBlocks(b)
 	}
 	sb := layout.SuperBlock{Magic: layout.ErofsMagic, FeatureCompat: layout.CompatRAFSV6, BlkSzBits: 12,
 		RootNid: rootNid, Inos: uint64(len(img.inodes)), Blocks: uint32(dataBlocks), MetaBlkAddr: uint32(l.metaBlk),
@@ -278,12 +278,20 @@ func encodeV6Supers(buf []byte, img *image, l *v6Layout) {
 	ext.Encode(buf[layout.ExtSuperOffset:])
 	mapped := align(l.total, mappedAlign) / blockSize
 	for i, b := range img.blobs {
-		blocks := b.UncompressedSize / blockSize
+		blocks := v6BlobBlocks(b)
 		slot := layout.DeviceSlot{Tag: b.ID, Blocks: uint32(blocks), MappedBlkAddr: uint32(mapped)}
 		slot.Encode(buf[(layout.RAFSDevtSlotOff+i)*layout.DeviceSlotSize:])
 		mapped = align((mapped+blocks)*blockSize, mappedAlign) / blockSize
 		encodeV6BlobEntry(buf[l.blobTableOff+uint64(i)*layout.BlobEntryV6Size:], i, img.chunkSize, b)
 	}
+}
+
+// v6BlobBlocks is the blocks a blob's device slot maps: its uncompressed
+// size in 4 KiB blocks, rounded up (a built blob's size is a multiple of
+// the block; a parent's odd size must not round down to a slot of 0
+// blocks, which does not open).
+func v6BlobBlocks(b blobInfo) uint64 {
+	return (b.UncompressedSize + blockSize - 1) / blockSize
 }
 
 // encodeV6Inode writes n's extended inode, its xattrs, its inline tail or
