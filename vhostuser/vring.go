@@ -351,9 +351,9 @@ func (r *runner) next() (head uint16, ok bool) {
 		if got {
 			head := r.scratch.Head
 			r.tr.add(evPop, head, r.q.LastAvail(), 0, 0)
-			if ce := chainError(err); ce != nil {
+			if err != nil && isChainError(err) {
 				snap.Release()
-				r.dropMalformed(head, ce)
+				r.dropMalformed(head, err)
 				continue
 			}
 			s := &r.slots[head]
@@ -416,26 +416,20 @@ func (r *runner) next() (head uint16, ok bool) {
 	return 0, false
 }
 
-// chainError is err as a *virtqueue.ChainError, or nil. Not inlined: the
-// errors.As target escapes to the heap, and next, whose common path has
-// no error, must not allocate it.
-//
-//go:noinline
-func chainError(err error) *virtqueue.ChainError {
-	if err == nil {
-		return nil
-	}
+// isChainError reports whether err is a *virtqueue.ChainError. Kept out of
+// next, whose common path has no error, since the errors.As target
+// escapes to the heap.
+func isChainError(err error) bool {
 	var ce *virtqueue.ChainError
-	if errors.As(err, &ce) {
-		return ce
-	}
-	return nil
+	return errors.As(err, &ce)
 }
 
-// dropMalformed gives back a malformed chain, when the guest may have it
-// back.
-func (r *runner) dropMalformed(head uint16, ce *virtqueue.ChainError) {
-	r.warnf(logrus.Fields{"error": ce}, "dropping malformed descriptor chain")
+// dropMalformed gives back a malformed chain popped with err, a
+// *virtqueue.ChainError, when the guest may have it back.
+func (r *runner) dropMalformed(head uint16, err error) {
+	var ce *virtqueue.ChainError
+	errors.As(err, &ce)
+	r.warnf(logrus.Fields{"error": err}, "dropping malformed descriptor chain")
 	if ce.Returnable && !r.slots[head].busy.Load() {
 		r.push(head, 0)
 	}
