@@ -309,12 +309,6 @@ func parseV6BlobEntry(raw []byte, idx, chunkSize uint32, tarfs bool) (*blob, err
 	if b.chunkCount > maxChunkCount || b.compressedSize > 1<<40 || b.uncompSize > 1<<44 {
 		return nil, formatErr("v6 blob %d: absurd sizes (chunks %d, compressed %d, uncompressed %d)", idx, b.chunkCount, b.compressedSize, b.uncompSize)
 	}
-	if b.chunkCount > 0 && b.uncompSize == 0 && !tarfs {
-		// Chunks need room in the blob's uncompressed space (and a
-		// device slot of at least one block, which a re-encoding derives
-		// from this size).
-		return nil, formatErr("v6 blob %d: %d chunks in an uncompressed size of 0", idx, b.chunkCount)
-	}
 	if b.compression > CompressZstd || b.digestAlgo > DigestSHA256 || b.ciCompressor > CompressZstd {
 		return nil, formatErr("v6 blob %d: unknown compression %d / digest %d / ci compressor %d", idx, b.compression, b.digestAlgo, b.ciCompressor)
 	}

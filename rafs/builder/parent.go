@@ -82,6 +82,12 @@ func imageTree(ctx context.Context, img *rafs.Image, opts *Options, refused uint
 		if b.Features&refused != 0 {
 			return nil, fmt.Errorf("blob %d (%s) has features %#x, which layered builds do not support", i, b.ID, b.Features)
 		}
+		if s.Version == 6 && b.ChunkCount > 0 && b.UncompressedSize == 0 {
+			// The reader maps a v6 blob by its device slot; re-encoded,
+			// its blocks come from this size, and a slot of 0 blocks
+			// does not open.
+			return nil, fmt.Errorf("blob %d (%s) has %d chunks and an uncompressed size of 0", i, b.ID, b.ChunkCount)
+		}
 		pi.blobs = append(pi.blobs, blobInfo{ID: b.ID, ChunkCount: b.ChunkCount, Compressor: b.Compression,
 			Digester: b.Digest, Features: b.Features, CompressedSize: b.CompressedSize,
 			UncompressedSize: b.UncompressedSize, TOCSize: b.TOCSize, TOCDigest: b.TOCDigest,

@@ -288,7 +288,7 @@ func encodeV6Supers(buf []byte, img *image, l *v6Layout) {
 
 // v6BlobBlocks is the blocks a blob's device slot maps: its uncompressed
 // size in 4 KiB blocks, rounded up (a built blob's size is a multiple of
-// the block; a parent's odd size must not round down, to a slot of 0
+// the block; a parent's odd size must not round down to a slot of 0
 // blocks, which does not open).
 func v6BlobBlocks(b blobInfo) uint64 {
 	return (b.UncompressedSize + blockSize - 1) / blockSize
