@@ -55,7 +55,10 @@
 // costs about a second, not a hung guest. The leader waits for a kick
 // through the Go runtime's poller by default, or blocked in ppoll(2) on
 // the kick eventfd with Options.KickWait "ppoll" (measured in
-// docs/benchmarks.md; not the default). Stopping a queue waits for
+// docs/benchmarks.md; not the default); the ppoll modes keep the kick and
+// call eventfds out of the runtime poller (eventfd.go: it woke its thread
+// at every kick and signal for nothing) with a small wrapper of our own,
+// since os.File registers every non-blocking fd it wraps. Stopping a queue waits for
 // requests in the device at most Options.StopTimeout, then abandons them
 // and seals the ring, so GET_VRING_BASE is always answered. The connection
 // keeps a small fd reserve released only around recvmsg, so a kick fd

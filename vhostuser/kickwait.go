@@ -23,11 +23,13 @@ const (
 	// ppoll timeout: the thread the kernel wakes is the one that pops and
 	// serves the chain, with no netpoller in between. The goroutine
 	// enters the system call like any blocking one (the runtime may hand
-	// its P to other work meanwhile). A stop writes the kick eventfd once
-	// (a spurious kick) so the leader returns at once; the ppoll runs
-	// inside the fd's RawConn.Control, which holds a reference on the
-	// os.File, so closing the kick fd waits for the leader to leave the
-	// system call and its fd number is never reused under it.
+	// its P to other work meanwhile). The kick and call eventfds stay
+	// outside the runtime poller (eventFD): registered there, each kick,
+	// each read of it and each signal woke the netpoller's thread for
+	// nothing. A stop writes the kick eventfd once (a spurious kick) so
+	// the leader returns at once; the ppoll runs inside eventFD.Control,
+	// under a read lock, so closing the kick fd waits for the leader to
+	// leave the system call and its fd number is never reused under it.
 	KickWaitPpoll KickWait = "ppoll"
 )
 

@@ -382,13 +382,19 @@ func (s *session) setVringFd(m *Message) error {
 		}
 		return s.setKick(v, fd)
 	}
+	if m.Request == ReqSetVringCall {
+		fd, err := takeRawFd(m, u&VringFdNoFd == 0)
+		if err != nil {
+			return err
+		}
+		v.setCall(s.eventFile(fd, "call"))
+		return nil
+	}
 	f, err := takeFd(m, u&VringFdNoFd == 0, RequestName(m.Request))
 	if err != nil {
 		return err
 	}
 	switch m.Request {
-	case ReqSetVringCall:
-		v.setCall(f)
 	case ReqSetVringErr:
 		if v.errFd != nil {
 			v.errFd.Close()
@@ -419,8 +425,23 @@ func (s *session) setKick(v *vring, fd int) error {
 		unix.Close(fd)
 		return failed("kick fd: %v", err)
 	}
-	v.kick = os.NewFile(uintptr(fd), "kick")
+	v.kick = s.eventFile(fd, "kick")
 	return s.startReady()
+}
+
+// eventFile wraps a kick or call eventfd fd (-1: none, nil) as the kick
+// wait mode wants it: through the runtime poller, or outside it
+// (eventFD) for the ppoll modes, whose leader waits in ppoll(2) itself
+// and whose signals must not wake the netpoller.
+func (s *session) eventFile(fd int, name string) kickFile {
+	switch {
+	case fd < 0:
+		return nil
+	case s.opts.KickWait == KickWaitPpoll || s.opts.KickWait == KickWaitInlinePpoll:
+		return newEventFD(fd)
+	default:
+		return os.NewFile(uintptr(fd), name)
+	}
 }
 
 // ringsEnabledByDefault: without VHOST_USER_F_PROTOCOL_FEATURES rings start

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -28,9 +29,9 @@ type vring struct {
 	addrSet bool
 	base    uint16
 	enabled bool
-	kick    *os.File
+	kick    kickFile
 	errFd   *os.File
-	call    atomic.Pointer[os.File]
+	call    atomic.Pointer[callSink]
 	run     *runner
 
 	// Diagnostics, kept across ring restarts: the trace of notification
@@ -45,21 +46,29 @@ type vring struct {
 // newVring returns the control state of queue index.
 func newVring(index int) *vring { return &vring{index: index, trace: newTrace()} }
 
+// callSink holds a queue's call eventfd: an *os.File through the runtime
+// poller, or an *eventFD outside it (the ppoll kick-wait modes).
+type callSink struct{ w io.WriteCloser }
+
 // setCall installs a new call eventfd (nil for none) and closes the old
-// one. A worker still holding the old *os.File gets os.ErrClosed from its
+// one. A worker still holding the old one gets os.ErrClosed from its
 // write, never a reused fd number. The new eventfd is signalled once: a
 // completion pushed while the old one was installed (QEMU swaps call fds
 // after enabling the rings) must not leave the guest waiting. A spurious
 // interrupt costs the guest one look at its used ring.
-func (v *vring) setCall(f *os.File) {
-	old := v.call.Swap(f)
+func (v *vring) setCall(f io.WriteCloser) {
+	var sink *callSink
+	if f != nil {
+		sink = &callSink{f}
+	}
+	old := v.call.Swap(sink)
 	gen := v.callGen.Add(1)
 	if f != nil {
 		_, err := f.Write(eventOne[:])
 		v.noteSignal(gen, err)
 	}
 	if old != nil {
-		old.Close()
+		old.w.Close()
 	}
 }
 
@@ -123,7 +132,7 @@ type runner struct {
 	ctx     context.Context
 	cancel  context.CancelFunc // cancels ctx: the stop gave up waiting
 	log     *logrus.Entry
-	kick    *os.File
+	kick    kickFile
 	ppoll   *ppollWaiter    // Options.KickWait ppoll; nil: the runtime poller
 	kickRaw syscall.RawConn // r.kick's, for ppoll
 	idle    time.Duration   // bound of one wait for a kick; <= 0: none
@@ -657,7 +666,7 @@ func (r *runner) signal() {
 		r.tr.add(evSignal, uint16(gen), 0, 0, sigNoCall)
 		return
 	}
-	_, err := f.Write(eventOne[:])
+	_, err := f.w.Write(eventOne[:])
 	r.v.noteSignal(gen, err)
 	if err != nil && !errors.Is(err, os.ErrClosed) {
 		r.warnf(logrus.Fields{"error": err}, "signalling the call eventfd failed")
