@@ -129,14 +129,24 @@ func (p *inlinePool) backlog() (yes bool) {
 // a helper is woken to take the lead. It disarms once nothing is served.
 func (p *inlinePool) watch() {
 	served := p.served.Load()
+	seen := p.seen.Swap(served)
 	if p.serving.Load() > 0 {
-		if p.seen.Swap(served) == served && len(p.r.lead) > 0 {
+		if seen == served && len(p.r.lead) > 0 {
 			p.wakeOne()
 		}
 		p.rescue.Reset(inlineRescue)
 		return
 	}
-	p.seen.Store(served)
+	if seen != served {
+		// Requests were served during the period: the queue is busy,
+		// probably a guest loop sending one request at a time, each
+		// finished before this look. Staying armed costs one timer
+		// wake-up a period; disarming would cost a re-arm (which wakes
+		// the thread sleeping in the netpoller) at the next request,
+		// and a wake-up when it fires.
+		p.rescue.Reset(inlineRescue)
+		return
+	}
 	p.armed.Store(false)
 	// A request that started after the look above may not have seen the
 	// timer disarmed.
