@@ -172,6 +172,11 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 		quit:   make(chan struct{}),
 		popped: make(chan struct{}),
 	}
+	if v.index == 0 {
+		// hiprio carries FORGETs and INTERRUPTs, which nobody waits
+		// for: polling it would only spin a second thread.
+		r.poll = 0
+	}
 	r.qw, _ = dev.(QueueWaiter)
 	r.tr, r.observe = v.trace, opts.IdleObserveOnly
 	r.tr.add(evStart, v.base, q.State().DeviceUsed, 0, 0)
@@ -446,11 +451,19 @@ func (r *runner) dropMalformed(head uint16, err error) {
 
 // pollRing looks at the empty ring for up to r.poll, kicks still
 // suppressed, and reports whether a chain arrived (or the queue is
-// stopping: the caller's loop then ends). It spins without yielding to the
-// Go scheduler on purpose: a goroutine that keeps calling runtime.Gosched
-// keeps its P's run queue busy, so the netpoller (every other queue's
-// kicks, the vhost-user socket) is not looked at until it stops; measured
-// in BenchmarkTransportEcho, that made one-at-a-time requests 4x slower.
+// stopping: the caller's loop then ends).
+//
+// Between looks it gives its core to any other thread that wants it
+// (sched_yield(2), a system call that never blocks, so made raw): on a
+// host with few cores the polling thread must not delay the VMM's vCPU
+// and I/O threads, which every request needs too. A poll that spun
+// without yielding held the core QEMU's threads wanted, which cost the
+// streaming workloads 20-30 % in the guest (docs/benchmarks.md, issue
+// 15). It never yields to the Go scheduler: a goroutine that keeps
+// calling runtime.Gosched keeps its P's run queue busy, so the netpoller
+// (the vhost-user socket, other queues' kicks in the poller modes) is not
+// looked at until it stops; measured in BenchmarkTransportEcho, that made
+// one-at-a-time requests 4x slower.
 func (r *runner) pollRing() bool {
 	if r.poll <= 0 {
 		return false
@@ -460,7 +473,7 @@ func (r *runner) pollRing() bool {
 		if r.q.Pending() || r.stop.Load() {
 			return true
 		}
-		if i%16 == 0 {
+		if i%8 == 0 {
 			now := time.Now()
 			if i == 0 {
 				end = now.Add(r.poll)
@@ -468,6 +481,7 @@ func (r *runner) pollRing() bool {
 				return false
 			}
 		}
+		unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 	}
 }
 
