@@ -70,8 +70,11 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log l
 		},
 		NewFS: api.DefaultNewFS(api.FSOptions{
 			RafsConfig: rafsConfig,
+			// InodeFileHandles as the capabilities kept (confine): a
+			// mount using handles the daemon may not open fails with
+			// EPERM at its first lookup.
 			Passthrough: passthrough.Options{Cache: c.Cache, ProcSelfFD: procSelfFD, AnnounceSubmounts: c.AnnounceSubmounts,
-				Xattr: true, XattrMap: c.xattrMap()},
+				InodeFileHandles: c.InodeFileHandles, Xattr: true, XattrMap: c.xattrMap()},
 			Logger: log,
 			Caches: caches,
 		}),
