@@ -97,10 +97,6 @@ func New(root string, opts Options) (*FS, error) {
 	if fs.xattrs == nil {
 		fs.xattrs, _ = ParseXattrMap(DefaultXattrMap)
 	}
-	fs.budget.max = int64(opts.MaxOpenFiles)
-	if fs.budget.max <= 0 {
-		fs.budget.max = int64(defaultFdBudget(fs.fds.max))
-	}
 	fs.fds.budget = &fs.budget
 	rootNode := &inode{id: fuse.FUSE_ROOT_ID, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: fd, mountFd: fd, lookups: 1}
 	rootNode.key = inodeKey{dev: st.Dev, ino: st.Ino}
@@ -118,6 +114,16 @@ func New(root string, opts Options) (*FS, error) {
 		default:
 			fs.log.WithError(err).Warn("no file handles on the shared directory; keeping one O_PATH fd per inode")
 		}
+	}
+	fs.budget.max = int64(opts.MaxOpenFiles)
+	if fs.budget.max <= 0 {
+		// The LRU's fds are set aside only when it is used: without
+		// file handles every inode's fd counts against the budget.
+		lru := fs.fds.max
+		if !fs.handles {
+			lru = 0
+		}
+		fs.budget.max = int64(defaultFdBudget(lru))
 	}
 	fs.nodes[rootNode.id] = rootNode
 	fs.byKey[rootNode.key] = rootNode

@@ -57,8 +57,9 @@ type Options struct {
 	// MaxOpenFiles bounds the fds the guest can make the daemon hold (open
 	// files and directories, and pinned O_PATH fds of inodes without file
 	// handles); past it OPEN, OPENDIR, CREATE and lookups of such inodes
-	// answer ENFILE. 0 picks RLIMIT_NOFILE less FdCacheSize and a reserve
-	// of an eighth of the limit (at least 128) for the daemon's own fds.
+	// answer ENFILE. 0 picks RLIMIT_NOFILE less FdCacheSize (when inodes
+	// have file handles) and a reserve of an eighth of the limit (at least
+	// 128) for the daemon's own fds.
 	MaxOpenFiles int
 	// ProcSelfFD is a descriptor (O_PATH is enough) of this process's
 	// /proc/self/fd directory, opened while procfs was reachable; the
