@@ -60,8 +60,16 @@ type daemonConfig struct {
 
 func defaultConfig() daemonConfig {
 	// Submounts are announced by default, as the Rust virtiofsd does since 1.6.
+	// Inodes are held by O_PATH fds, not file handles, as the Rust
+	// virtiofsd's default (and the C virtiofsd's only way): a handle costs
+	// a name_to_handle_at per new inode, 5-15 % of a guest's directory
+	// walk (docs/benchmarks.md, issue 15), and CAP_DAC_READ_SEARCH;
+	// --inode-file-handles=prefer bounds the fds a guest can make the
+	// daemon hold instead. Queues wait for kicks in ppoll and poll briefly
+	// before they do (defaultKickWait, defaultPollBeforeSleep).
 	return daemonConfig{FD: -1, Cache: "auto", LogLevel: "info", Sandbox: "namespace", RequestQueues: 1,
-		AnnounceSubmounts: true, InodeFileHandles: "prefer", SocketFlag: "--socket-path"}
+		AnnounceSubmounts: true, InodeFileHandles: "never", SocketFlag: "--socket-path",
+		KickWait: string(defaultKickWait), PollBeforeSleep: defaultPollBeforeSleep}
 }
 
 // flagKind says how a long option takes its value.
@@ -434,6 +442,19 @@ func (c *daemonConfig) validate() error {
 	}
 	return nil
 }
+
+// The request path's defaults (docs/benchmarks.md, issue 15): a queue's
+// thread blocks in ppoll(2) on its kick eventfd (kept out of the Go
+// runtime's poller) and serves what it pops itself, as the C virtiofsd's
+// queue thread does; before it sleeps it looks at its empty ring for
+// 200 µs, yielding its core at every look, which catches the next request
+// of a guest's synchronous loop (stat, open+read+close: 170-200 µs apart
+// under TCG) without an exit, an eventfd or a wake-up. KVM's halt polling
+// waits as long (halt_poll_ns) for the same reason.
+const (
+	defaultKickWait        = vhostuser.KickWaitInlinePpoll
+	defaultPollBeforeSleep = 200 * time.Microsecond
+)
 
 func setKickWait(c *daemonConfig, v string) error {
 	switch vhostuser.KickWait(v) {

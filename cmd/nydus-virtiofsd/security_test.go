@@ -88,7 +88,8 @@ func TestDaemonConfined(t *testing.T) {
 		testenv.Skip(t, "needs root (capabilities to drop, sandboxes)")
 	}
 	bin := buildBinary(t)
-	base := []int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capMknod, capSetfcap}
+	// Without file handles (the default) no CAP_DAC_READ_SEARCH.
+	base := []int{capChown, capDacOverride, capFowner, capFsetid, capSetgid, capSetuid, capMknod, capSetfcap}
 	// A container that gave the daemon fewer capabilities (no SETPCAP, so
 	// the bounding set stays as it came).
 	var fullBnd uint64
@@ -108,10 +109,10 @@ func TestDaemonConfined(t *testing.T) {
 		{"namespace default", "namespace", nil, base, "2", nil, ""},
 		{"chroot", "chroot", nil, base, "2", nil, ""},
 		{"none modcaps", "none", []string{"--modcaps=+sys_admin:-mknod", "--seccomp=log"},
-			[]int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capSysAdmin, capSetfcap}, "2", nil, ""},
-		{"no file handles, no seccomp", "none", []string{"--inode-file-handles=never", "--seccomp=none"},
-			[]int{capChown, capDacOverride, capFowner, capFsetid, capSetgid, capSetuid, capMknod, capSetfcap}, "0", nil, ""},
-		{"fewer capabilities given", "none", nil,
+			[]int{capChown, capDacOverride, capFowner, capFsetid, capSetgid, capSetuid, capSysAdmin, capSetfcap}, "2", nil, ""},
+		{"file handles, no seccomp", "none", []string{"--inode-file-handles=prefer", "--seccomp=none"},
+			[]int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capMknod, capSetfcap}, "0", nil, ""},
+		{"fewer capabilities given", "none", []string{"--inode-file-handles=prefer"},
 			[]int{capChown, capDacOverride, capDacReadSearch, capFowner, capFsetid, capSetgid, capSetuid, capSetfcap}, "2",
 			[]string{"setpriv", "--bounding-set=-setpcap,-sys_admin,-mknod", "--inh-caps=-all", "--"}, reducedBnd},
 	}

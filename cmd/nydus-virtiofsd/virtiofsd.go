@@ -33,16 +33,16 @@ Share options (--shared-dir):
   --announce-submounts      let the guest see host submounts (the default)
   --no-announce-submounts   show host submounts as plain directories
   --allow-direct-io         honour O_DIRECT opens from the guest
-  --inode-file-handles=never|prefer|mandatory   identify inodes by file handle (default prefer)
+  --inode-file-handles=never|prefer|mandatory   identify inodes by file handle (default never, as virtiofsd)
   --sandbox=MODE            namespace: own mount/pid/net/ipc namespaces whose root is the share;
                             chroot: chroot(2) into the share; none. Default namespace
                             (none in the virtiofs subcommand); images are not sandboxed
 
 Daemon:
   --thread-pool-size=N      at least N workers per request queue (default 4)
-  --kick-wait=MODE          how a queue waits for the guest: poller (default), ppoll, inline, inline-ppoll
+  --kick-wait=MODE          how a queue waits for the guest: inline-ppoll (default), ppoll, inline, poller
                             (docs/benchmarks.md, issue 15)
-  --poll-before-sleep=DUR   look at an empty queue this long before sleeping (default 0: never)
+  --poll-before-sleep=DUR   look at an empty queue this long before sleeping (default 200us; 0: never)
   --request-queues=N        request queues besides hiprio (default 1)
   --keep-listening          accept a new frontend after one disconnects instead of exiting
   --log-level=LEVEL         error|warn|info|debug|trace|off (default info; -d is debug)
