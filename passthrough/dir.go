@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"errors"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -70,13 +71,29 @@ func (fs *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target string, n
 func (fs *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
 	return fs.withFd(in.Oldnodeid, func(old *inode, ofd int) error {
 		return status2err(fs.inDir(&in.InHeader, name, func(pfd int) error {
-			if err := unix.Linkat(ofd, "", pfd, name, unix.AT_EMPTY_PATH); err != nil {
+			if err := fs.linkFd(ofd, pfd, name); err != nil {
 				return err
 			}
 			_, err := fs.lookupAt(pfd, name, out)
 			return err
 		}))
 	})
+}
+
+// linkFd links the inode open (O_PATH) at fd as name in the directory
+// pfd. linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which the
+// daemon keeps only with file handles (without it the kernel answers
+// ENOENT); the other way is our fd's entry in /proc/self/fd, followed
+// (the magic link lands on the inode itself, even a symlink's), as the C
+// virtiofsd links.
+func (fs *FS) linkFd(fd, pfd int, name string) error {
+	if !fs.procFallbacks {
+		err := unix.Linkat(fd, "", pfd, name, unix.AT_EMPTY_PATH)
+		if !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+	}
+	return fs.proc.link(fd, pfd, name)
 }
 
 func status2err(s fuse.Status) error {

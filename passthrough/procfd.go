@@ -86,6 +86,11 @@ func (p *procFD) open(fd int, flags int) (int, error) {
 	return unix.Openat(p.fd, p.name(fd), flags|unix.O_CLOEXEC, 0)
 }
 
+// link links the inode behind fd as name in the directory dirfd.
+func (p *procFD) link(fd, dirfd int, name string) error {
+	return unix.Linkat(p.fd, p.name(fd), dirfd, name, unix.AT_SYMLINK_FOLLOW)
+}
+
 // chmod changes the mode of the inode behind fd.
 func (p *procFD) chmod(fd int, mode uint32) error {
 	return unix.Fchmodat(p.fd, p.name(fd), mode, 0)

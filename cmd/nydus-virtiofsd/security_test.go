@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,6 +159,11 @@ func TestDaemonConfined(t *testing.T) {
 				t.Fatalf("WRITE: %v\n%s", err, d.log())
 			}
 			c.Release(co.NodeId, co.Fh)
+			// linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH, kept only
+			// with file handles: without, LINK goes through /proc/self/fd.
+			if _, err := c.Link(co.NodeId, fuse.FUSE_ROOT_ID, "newlink"); err != nil {
+				t.Fatalf("LINK: %v\n%s", err, d.log())
+			}
 			dh, err := c.OpenDir(fuse.FUSE_ROOT_ID)
 			if err != nil {
 				t.Fatal(err)
@@ -168,6 +174,9 @@ func TestDaemonConfined(t *testing.T) {
 			c.ReleaseDir(fuse.FUSE_ROOT_ID, dh.Fh)
 			if _, err := os.Stat(filepath.Join(dir, "newdir")); err != nil {
 				t.Fatal(err)
+			}
+			if a, b := statIno(t, filepath.Join(dir, "newfile")), statIno(t, filepath.Join(dir, "newlink")); a != b {
+				t.Fatalf("newlink is inode %d, newfile %d: not a hard link", b, a)
 			}
 			want := capMask(tc.caps...)
 			for _, st := range taskStatus(t, pid) {
@@ -215,4 +224,14 @@ func TestParseSecurityFlags(t *testing.T) {
 	if c, _ := parseVirtiofsd([]string{"--socket-path=/s", "--shared-dir=/d"}); c.xattrMap() != nil {
 		t.Error("virtiofsd mode has a map by default (passthrough's default refuses trusted.*)")
 	}
+}
+
+// statIno is the host inode number of path.
+func statIno(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
 }

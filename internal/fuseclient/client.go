@@ -298,6 +298,12 @@ func (c *Client) Mkdir(parent uint64, n string, mode uint32) (*fuse.EntryOut, er
 	return c.entry(9, parent, after(&in), name(n))
 }
 
+// Link makes n in parent a hard link to node oldnodeid.
+func (c *Client) Link(oldnodeid, parent uint64, n string) (*fuse.EntryOut, error) {
+	in := fuse.LinkIn{Oldnodeid: oldnodeid}
+	return c.entry(13, parent, after(&in), name(n))
+}
+
 // Unlink removes file n from parent.
 func (c *Client) Unlink(parent uint64, n string) error {
 	_, err := c.Call(10, parent, nil, name(n), 0, 0)
