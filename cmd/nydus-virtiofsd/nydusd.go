@@ -69,14 +69,10 @@ func buildTable(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log l
 			Rustc:      runtime.Version(),
 		},
 		NewFS: api.DefaultNewFS(api.FSOptions{
-			RafsConfig: rafsConfig,
-			// InodeFileHandles as the capabilities kept (confine): a
-			// mount using handles the daemon may not open fails with
-			// EPERM at its first lookup.
-			Passthrough: passthrough.Options{Cache: c.Cache, ProcSelfFD: procSelfFD, AnnounceSubmounts: c.AnnounceSubmounts,
-				InodeFileHandles: c.InodeFileHandles, Xattr: true, XattrMap: c.xattrMap()},
-			Logger: log,
-			Caches: caches,
+			RafsConfig:  rafsConfig,
+			Passthrough: apiPassthrough(c, procSelfFD),
+			Logger:      log,
+			Caches:      caches,
 		}),
 		Exit:       exit,
 		Logger:     log.WithField("layer", "api"),
@@ -122,4 +118,12 @@ func gitCommit() string {
 		}
 	}
 	return "unknown"
+}
+
+// apiPassthrough is the options of passthrough mounts made through the
+// API: the command line's, with extended attributes on (nydusd's).
+func apiPassthrough(c *daemonConfig, procSelfFD *os.File) passthrough.Options {
+	o := c.passthroughOptions(procSelfFD)
+	o.Xattr = true
+	return o
 }

@@ -294,18 +294,9 @@ func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelf
 			Infof("serving RAFS v%d image %s (%d blobs)", img.Version(), c.Bootstrap, len(img.BlobIDs()))
 		return rafs.NewFS(img, rafs.FSOptions{}), mo, img.Close, nil
 	}
-	popts := passthrough.Options{
-		Cache:    c.Cache,
-		Xattr:    c.Xattr,
-		XattrMap: c.xattrMap(),
-		ReadOnly: c.Readonly,
-
-		AllowDirectIO:     c.AllowDirectIO,
-		AnnounceSubmounts: c.AnnounceSubmounts,
-		InodeFileHandles:  c.InodeFileHandles,
-		ProcSelfFD:        procSelfFD,
-		Logger:            log.WithField("layer", "passthrough"),
-	}
+	popts := c.passthroughOptions(procSelfFD)
+	popts.Xattr, popts.ReadOnly, popts.AllowDirectIO = c.Xattr, c.Readonly, c.AllowDirectIO
+	popts.Logger = log.WithField("layer", "passthrough")
 	fs, err := passthrough.New(c.SharedDir, popts)
 	if err != nil {
 		return nil, mo, nil, fmt.Errorf("--shared-dir %s: %w", c.SharedDir, err)
@@ -313,6 +304,21 @@ func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelf
 	mo.DisableReadDirPlus = !popts.ReadDirPlus()
 	mo.DisableXAttrs = !c.Xattr
 	return fs, mo, nop, nil
+}
+
+// passthroughOptions are the options every directory the daemon shares
+// gets from its command line, --shared-dir's and nydusd mode's API mounts
+// alike. InodeFileHandles must be the same everywhere: it also decides
+// whether the daemon keeps CAP_DAC_READ_SEARCH (confine), without which a
+// mount using file handles fails at its first open_by_handle_at.
+func (c *daemonConfig) passthroughOptions(procSelfFD *os.File) passthrough.Options {
+	return passthrough.Options{
+		Cache:             c.Cache,
+		XattrMap:          c.xattrMap(),
+		AnnounceSubmounts: c.AnnounceSubmounts,
+		InodeFileHandles:  c.InodeFileHandles,
+		ProcSelfFD:        procSelfFD,
+	}
 }
 
 // blobSource says where an image's blobs are looked up, for the log.
