@@ -7,6 +7,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 )
 
 // TestOpenFileBudget: past Options.MaxOpenFiles, OPEN, OPENDIR, CREATE and
@@ -126,4 +128,34 @@ func TestDefaultBudgetKeepsReserve(t *testing.T) {
 		own = append(own, fd)
 	}
 	t.Logf("guest budget %d of RLIMIT_NOFILE 1024", len(fhs))
+}
+
+// TestDefaultBudgetByHandleMode: the default MaxOpenFiles sets the O_PATH
+// LRU's share of RLIMIT_NOFILE aside only when inodes have file handles
+// (only then does the LRU hold fds); without, every inode's fd is pinned
+// and counted in the budget, which gets that share too.
+func TestDefaultBudgetByHandleMode(t *testing.T) {
+	const lru = 100
+	for _, tc := range []struct {
+		mode    string
+		handles bool
+	}{{HandlesNever, false}, {HandlesPrefer, true}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			e := newEnv(t, Options{InodeFileHandles: tc.mode, FdCacheSize: lru})
+			if e.fs.handles != tc.handles {
+				testenv.Skipf(t, "file handles on the test directory: %v, want %v", e.fs.handles, tc.handles)
+			}
+			_, got := e.fs.OpenFiles()
+			want := defaultFdBudget(0)
+			if tc.handles {
+				want = defaultFdBudget(lru)
+			}
+			if got != want {
+				t.Fatalf("budget %d, want %d (RLIMIT_NOFILE less the reserve%s)", got, want, map[bool]string{true: " and the LRU"}[tc.handles])
+			}
+			if !tc.handles && got != defaultFdBudget(lru)+lru {
+				t.Fatalf("budget %d: the LRU's %d fds are still set aside", got, lru)
+			}
+		})
+	}
 }
