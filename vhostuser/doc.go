@@ -54,13 +54,14 @@
 // used-buffer signal, so a notification lost anywhere (VMM, guest, us)
 // costs about a second, not a hung guest. The leader waits for a kick
 // through the Go runtime's poller by default, or blocked in ppoll(2) on
-// the kick eventfd with Options.KickWait "ppoll" (measured in
-// docs/benchmarks.md; not the default); the ppoll modes keep the kick and
-// call eventfds out of the runtime poller (eventfd.go: it woke its thread
-// at every kick and signal for nothing) with a small wrapper of our own,
-// since os.File registers every non-blocking fd it wraps. Stopping a queue waits for
-// requests in the device at most Options.StopTimeout, then abandons them
-// and seals the ring, so GET_VRING_BASE is always answered. The connection
+// the kick eventfd with Options.KickWait "ppoll" or "inline-ppoll" (the
+// daemon's default; measured in docs/benchmarks.md). The ppoll modes keep
+// the kick and call eventfds out of the runtime poller (eventfd.go: it
+// woke its thread at every kick and signal for nothing) with a small
+// wrapper of our own, since os.File registers every non-blocking fd it
+// wraps. Stopping a queue waits for requests in the device at most
+// Options.StopTimeout, then abandons them and seals the ring, so
+// GET_VRING_BASE is always answered. The connection
 // keeps a small fd reserve released only around recvmsg, so a kick fd
 // still arrives when the guest holds every other fd; fds lost anyway fail
 // that message and stop that ring, never the daemon. Warnings a guest can

@@ -416,11 +416,12 @@ func (s *session) setKick(v *vring, fd int) error {
 		s.log.WithField("queue", v.index).Warn("SET_VRING_KICK without an fd: queue will not run")
 		return nil
 	}
-	// The kick loop reads through the runtime poller so that stopping it
-	// is only a read deadline away: the fd is made non-blocking before it
-	// is wrapped, so that os.NewFile registers it with the poller. No dup:
-	// a guest holding every fd must not be able to make a ring restart
-	// fail.
+	// The fd is made non-blocking before it is wrapped: in the poller
+	// modes os.NewFile then registers it with the runtime poller, so that
+	// stopping the kick loop is only a read deadline away; in the ppoll
+	// modes (eventFile) the read after a wake-up must never block. No
+	// dup: a guest holding every fd must not be able to make a ring
+	// restart fail.
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		return failed("kick fd: %v", err)
