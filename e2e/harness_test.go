@@ -132,12 +132,18 @@ type guest struct {
 // of request queues.
 func connectGuest(t testing.TB, dm *daemon, seq testdriver.Sequence, queues int) *guest {
 	t.Helper()
-	return connectGuestOpts(t, dm, testdriver.Options{
+	return connectGuestOpts(t, dm, guestOpts(seq, queues))
+}
+
+// guestOpts are connectGuest's driver options: queues request queues,
+// queueSize descriptors each, 64 MiB of RAM.
+func guestOpts(seq testdriver.Sequence, queues int) testdriver.Options {
+	return testdriver.Options{
 		Sequence:      seq,
 		RequestQueues: queues,
 		QueueSize:     queueSize,
 		MemRegions:    []uint64{64 << 20},
-	})
+	}
 }
 
 // connectGuestOpts connects a driver with opts.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -29,8 +30,11 @@ type queue struct {
 	closed   error
 
 	reaperDone chan struct{}
-	lastUsed   uint16 // reaper only
-	kickVal    [8]byte
+	// collectMu serializes collect: the reaper's and a halt-polling
+	// Wait's.
+	collectMu sync.Mutex
+	lastUsed  uint16 // under collectMu
+	kickVal   [8]byte
 	// unexpected counts used entries for heads not in flight.
 	unexpected int
 	// Faults to inject (guarded by mu): kicks to leave out and
@@ -166,7 +170,9 @@ func (q *queue) resetForReconnect() {
 	}
 	_ = q.call.SetReadDeadline(time.Time{})
 	// Consider everything published as consumed.
+	q.collectMu.Lock()
 	q.lastUsed = ring.Load16(q.used, 2)
+	q.collectMu.Unlock()
 }
 
 // reap collects used entries whenever the call eventfd fires.
@@ -174,7 +180,9 @@ func (q *queue) reap() {
 	defer close(q.reaperDone)
 	var buf [8]byte
 	for {
+		q.collectMu.Lock()
 		q.collect()
+		q.collectMu.Unlock()
 		for {
 			if _, err := q.call.Read(buf[:]); err != nil {
 				return
@@ -189,6 +197,30 @@ func (q *queue) reap() {
 				break
 			}
 		}
+	}
+}
+
+// haltPoll waits at most d for p by collecting used entries itself,
+// yielding between looks (see Options.HaltPoll).
+func (q *queue) haltPoll(p *Pending, d time.Duration) {
+	end := time.Now().Add(d)
+	for {
+		select {
+		case <-p.done:
+			q.d.haltPolled.Add(1)
+			return
+		default:
+		}
+		if q.collectMu.TryLock() {
+			if ring.Load16(q.used, 2) != q.lastUsed {
+				q.collect()
+			}
+			q.collectMu.Unlock()
+		}
+		if !time.Now().Before(end) {
+			return
+		}
+		runtime.Gosched()
 	}
 }
 

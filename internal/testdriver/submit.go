@@ -80,6 +80,9 @@ func (p *Pending) Done() <-chan struct{} { return p.done }
 // buffers, concatenated (for StartRaw chains: empty; see Len). It frees the
 // request's guest memory.
 func (p *Pending) Wait() ([]byte, error) {
+	if d := p.q.d.opts.HaltPoll; d > 0 {
+		p.q.haltPoll(p, d)
+	}
 	t := time.NewTimer(p.timeout)
 	defer t.Stop()
 	select {
