@@ -69,10 +69,18 @@ func (img *Image) StartPrefetch(o PrefetchOptions) (*Prefetch, error) {
 	img.bg.Add(1)
 	go func() {
 		defer img.bg.Done()
-		defer close(p.done)
 		p.err = img.prefetch(img.ctx, o, p)
-		if p.err != nil && !errors.Is(p.err, context.Canceled) && img.logOK() {
-			img.log.Warnf("rafs: prefetch: %v", p.err)
+		close(p.done)
+		if p.err != nil {
+			if !errors.Is(p.err, context.Canceled) && img.logOK() {
+				img.log.Warnf("rafs: prefetch: %v", p.err)
+			}
+			return
+		}
+		// Operators (and tests) learn from the log when the cache holds
+		// what was asked for; Close cancels img.ctx before it waits.
+		if p.Wait(img.ctx) == nil {
+			img.log.Infof("rafs: prefetch done")
 		}
 	}()
 	return p, nil

@@ -207,11 +207,32 @@ func readPrefetchList(name string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--prefetch-files: %w", err)
 	}
+	return prefetchLines(data), nil
+}
+
+// prefetchLines are the non-blank lines of a prefetch list, trimmed.
+func prefetchLines(data []byte) []string {
 	var out []string
 	for _, l := range strings.Split(string(data), "\n") {
 		if l = strings.TrimSpace(l); l != "" {
 			out = append(out, l)
 		}
 	}
-	return out, nil
+	return out
+}
+
+// readPrefetchFile reads the daemon's --prefetch-files, nydusd's: a file
+// of absolute image paths, one a line; "/" alone means the whole image.
+func readPrefetchFile(name string) ([]string, error) {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, flagPathError("--prefetch-files", name, err)
+	}
+	list := prefetchLines(data)
+	for _, l := range list {
+		if !strings.HasPrefix(l, "/") {
+			return nil, usageErrorf("--prefetch-files %s: %q is not an absolute path in the image", name, l)
+		}
+	}
+	return list, nil
 }

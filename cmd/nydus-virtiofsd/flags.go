@@ -36,6 +36,7 @@ type daemonConfig struct {
 	ConfigFile        string // nydusd's --config
 	VirtualMountpoint string // nydusd's --virtual-mountpoint (default /)
 	ID, Supervisor    string // nydusd's --id and --supervisor, reported by the API
+	PrefetchFiles     string // nydusd's --prefetch-files: a file listing image paths to prefetch
 
 	LogLevel string
 	LogFile  string // --log-file: log here instead of stderr
@@ -317,9 +318,8 @@ func nydusdFlags() map[string]flagSpec {
 	specs["id"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.ID })}
 	specs["supervisor"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.Supervisor })}
 	specs["virtual-mountpoint"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.VirtualMountpoint })}
-	for _, name := range []string{"log-rotation-size", "prefetch-files"} {
-		specs[name] = flagSpec{valueFlag, nil}
-	}
+	specs["prefetch-files"] = flagSpec{valueFlag, setString(func(c *daemonConfig) *string { return &c.PrefetchFiles })}
+	specs["log-rotation-size"] = flagSpec{valueFlag, nil}
 	specs["hybrid-mode"] = flagSpec{boolFlag, func(*daemonConfig, string) error { return nil }}
 	specs["upgrade"] = flagSpec{boolFlag, nil}
 	return specs
@@ -437,6 +437,8 @@ func (c *daemonConfig) validate() error {
 		return fmt.Errorf("--shared-dir (or --bootstrap) is required: what to serve")
 	case c.SharedDir != "" && c.Bootstrap != "":
 		return fmt.Errorf("--shared-dir and --bootstrap are mutually exclusive")
+	case c.PrefetchFiles != "" && c.Bootstrap == "":
+		return fmt.Errorf("--prefetch-files needs --bootstrap: it lists paths in that image (an API mount takes prefetch_files in its request)")
 	case c.RequestQueues < 1:
 		return fmt.Errorf("--request-queues must be at least 1")
 	}

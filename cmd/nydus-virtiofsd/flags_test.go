@@ -129,6 +129,26 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestValidateNydusdPrefetchFiles: --prefetch-files names paths in the
+// --bootstrap image; without one there is nothing to prefetch from.
+func TestValidateNydusdPrefetchFiles(t *testing.T) {
+	for _, tc := range []struct {
+		args string
+		ok   bool
+	}{
+		{"--sock s -B /img/boot --prefetch-files /list", true},
+		{"--sock s --apisock a --prefetch-files /list", false},
+	} {
+		c, err := parseNydusdVirtiofs(strings.Fields(tc.args))
+		if err != nil {
+			t.Fatalf("parse %q: %v", tc.args, err)
+		}
+		if err := c.validate(); (err == nil) != tc.ok || (err != nil && !strings.Contains(err.Error(), "--prefetch-files")) {
+			t.Errorf("validate %q: err = %v, want ok=%v", tc.args, err, tc.ok)
+		}
+	}
+}
+
 func TestParseNydusdVirtiofs(t *testing.T) {
 	tests := []struct {
 		name string
@@ -157,9 +177,9 @@ func TestParseNydusdVirtiofs(t *testing.T) {
 			args: "-A api.sock -l warn --sock s -B /img/boot -D /img/blobs -C /etc/nydusd.json --prefetch-files /usr/bin -m /sub --id d1 --supervisor /run/sv.sock",
 			want: func(c *daemonConfig) {
 				c.APISock, c.LogLevel, c.SocketPath, c.Bootstrap, c.BlobDir, c.ConfigFile = "api.sock", "warn", "s", "/img/boot", "/img/blobs", "/etc/nydusd.json"
-				c.VirtualMountpoint, c.ID, c.Supervisor = "/sub", "d1", "/run/sv.sock"
+				c.VirtualMountpoint, c.ID, c.Supervisor, c.PrefetchFiles = "/sub", "d1", "/run/sv.sock", "/usr/bin"
 			},
-			warn: 2, // --prefetch-files, and --supervisor not supported
+			warn: 1, // --supervisor not supported
 		},
 	}
 	for _, tc := range tests {

@@ -30,7 +30,9 @@ bootstrap. Every blob must open before the image is mounted: a missing one fails
 mount with its id and where it was looked for. The --config's prefetch section
 (rafs.prefetch, v1 fs_prefetch) starts a background prefetch into its blob cache, as
 the daemon's mounts do: the bootstrap's prefetch table, then with prefetch_all every
-chunk.
+chunk. --prefetch-files FILE (absolute image paths, one a line; a directory means its
+subtree, "/" alone the whole image) replaces the table, with or without that section.
+The log says "prefetch done" once every chunk asked for was fetched.
 
 The mountpoint must be an existing directory. A mountpoint already holding a live
 image of ours is refused; one left stale by a killed daemon ("transport endpoint is
@@ -57,7 +59,8 @@ func runFuse(args []string) int {
 	flags.StringVar(&oc.LogFormat, "log-format", "text", "log line format: text or json")
 	flags.BoolVar(&oc.NoMeasureLatency, "no-measure-latency", false, "do not time requests (counts only)")
 	var ignored []string
-	for _, n := range []string{"id", "supervisor", "failover-policy", "prefetch-files"} {
+	prefetchFiles := flags.String("prefetch-files", "", "file listing image paths to prefetch at mount, one a line (\"/\" alone: the whole image), instead of the bootstrap's prefetch table; needs --config with a blob cache")
+	for _, n := range []string{"id", "supervisor", "failover-policy"} {
 		flags.String(n, "", "accepted for nydusd compatibility; ignored with a warning")
 		ignored = append(ignored, n)
 	}
@@ -82,6 +85,12 @@ func runFuse(args []string) int {
 				log.Warnf("--%s: accepted for nydusd compatibility and ignored", n)
 			}
 		}
+		var prefetch []string
+		if *prefetchFiles != "" {
+			if prefetch, err = readPrefetchFile(*prefetchFiles); err != nil {
+				return err
+			}
+		}
 		mnt, err := checkMountpoint(*mountpoint, *unmountStale, log)
 		if err != nil {
 			return err
@@ -97,15 +106,20 @@ func runFuse(args []string) int {
 			rc, _ = backend.LoadConfig(f.config) // loaded once already by openVerified
 		}
 		// The config's prefetch, as the daemon's mounts start it: the
-		// bootstrap's prefetch table, then prefetch_all; it stops when
-		// the image is closed.
-		if rc != nil {
-			if set := storage.SettingsFromConfig(rc); set.Prefetch {
-				if _, err := img.StartPrefetch(rafs.PrefetchOptions{All: set.PrefetchAll}); err != nil {
-					return err
-				}
-				log.Infof("prefetch started (prefetch_all %v)", set.PrefetchAll)
+		// bootstrap's prefetch table (or --prefetch-files instead), then
+		// prefetch_all; it stops when the image is closed.
+		switch {
+		case rc != nil:
+			set := storage.SettingsFromConfig(rc)
+			if !set.Prefetch && len(prefetch) == 0 {
+				break
 			}
+			if _, err := img.StartPrefetch(rafs.PrefetchOptions{Files: prefetch, All: set.PrefetchAll}); err != nil {
+				return err
+			}
+			log.Infof("prefetch started (%d paths from --prefetch-files, prefetch_all %v)", len(prefetch), set.PrefetchAll)
+		case len(prefetch) > 0:
+			log.Warnf("--prefetch-files: ignored: without --config the blobs are local files with no blob cache to fill")
 		}
 		// Signals are caught before the mount is live: one arriving in
 		// between must unmount, not kill the process and leave the mount.

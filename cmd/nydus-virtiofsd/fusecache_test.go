@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"math/bits"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,6 +120,80 @@ func TestFuseConfigPrefetch(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// prefetchFilesSetup serves the created test image's blob from a loopback
+// registry and returns the image, a config with a blob cache in work and
+// no prefetch of its own, and a --prefetch-files list naming /usr/lib (a
+// 700 KiB library; the image also holds a 3 MiB file).
+func prefetchFilesSetup(t *testing.T, bin string) (img remoteImage, cfg, work, list string) {
+	for _, i := range remoteImages(t, bin) {
+		if i.name == "created" {
+			img = i
+		}
+	}
+	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{})
+	registryBlobs(t, reg, []remoteImage{img})
+	work = t.TempDir()
+	cfg = writeConfig(t, fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"timeout":5,"retry_limit":0}},`+
+		`"cache":{"type":"blobcache","filecache":{"work_dir":%q}},"rafs":{"validate":true}}`, reg.Host, reg.Repo, work))
+	list = filepath.Join(t.TempDir(), "prefetch.list")
+	if err := os.WriteFile(list, []byte("/usr/lib\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return img, cfg, work, list
+}
+
+// waitLog waits up to 30 s for line in a daemon's log.
+func waitLog(t *testing.T, log func() string, line string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(log(), line) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within 30 s:\n%s", line, log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// wantSomeChunksReady checks the one chunk map in work, flushed by a
+// daemon that stopped: some chunks are marked (the listed file's), not all.
+func wantSomeChunksReady(t *testing.T, work, log string) {
+	t.Helper()
+	maps, _ := filepath.Glob(filepath.Join(work, "*.chunk_map"))
+	if len(maps) != 1 {
+		t.Fatalf("chunk maps in work_dir: %q, want the data blob's\n%s", maps, log)
+	}
+	b, err := os.ReadFile(maps[0])
+	if err != nil || len(b) <= 4096 {
+		t.Fatalf("chunk map %s: %d bytes, %v", maps[0], len(b), err)
+	}
+	ready := 0
+	for _, c := range b[4096:] {
+		ready += bits.OnesCount8(c)
+	}
+	if ready == 0 || allReady(maps[0]) {
+		t.Errorf("%s: %d chunks ready, all ready %v; want the listed file's only\n%s", maps[0], ready, allReady(maps[0]), log)
+	}
+}
+
+// TestFusePrefetchFiles: `fuse --prefetch-files` fetches the listed paths
+// into the blob cache although the config asks for no prefetch and nothing
+// is read, and only those.
+func TestFusePrefetchFiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Skip(t, "needs root for a direct FUSE mount")
+	}
+	bin := buildBinary(t)
+	img, cfg, work, list := prefetchFilesSetup(t, bin)
+	var out *testsvc.Buffer
+	t.Run("mount", func(t *testing.T) { // unmounted when it ends: the chunk map is flushed
+		_, out = fuseMountArgs(t, bin, img.boot, cfg, "--prefetch-files", list)
+		waitLog(t, out.String, "prefetch done")
+	})
+	if !t.Failed() {
+		wantSomeChunksReady(t, work, out.String())
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -179,4 +180,20 @@ func TestNydusdImageRoot(t *testing.T) {
 	if got := hex.EncodeToString(sum[:]); got != "4709cf8873e419ecedc7d43fdee4a75f" {
 		t.Fatalf("md5 of lib.rs = %s", got)
 	}
+}
+
+// TestNydusdPrefetchFiles: nydusd's `virtiofs --bootstrap --config
+// --prefetch-files` prefetches the listed paths into the config's blob
+// cache at startup, before any guest connects, and only those.
+func TestNydusdPrefetchFiles(t *testing.T) {
+	bin := buildBinary(t)
+	img, cfg, work, list := prefetchFilesSetup(t, bin)
+	vsock := filepath.Join(t.TempDir(), "vfs.sock")
+	d := startDaemon(t, bin, nil, "virtiofs", "--sock", vsock, "--bootstrap", img.boot, "--config", cfg, "--prefetch-files", list)
+	waitLog(t, d.log, "prefetch done")
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(t, 10*time.Second)
+	wantSomeChunksReady(t, work, d.log())
 }

@@ -252,8 +252,14 @@ func TestRemoteBackendsFuse(t *testing.T) {
 // output.
 func fuseMount(t *testing.T, bin, boot, cfg string) (string, *testsvc.Buffer) {
 	t.Helper()
+	return fuseMountArgs(t, bin, boot, cfg)
+}
+
+// fuseMountArgs is fuseMount with more options for the fuse command.
+func fuseMountArgs(t *testing.T, bin, boot, cfg string, args ...string) (string, *testsvc.Buffer) {
+	t.Helper()
 	mnt := t.TempDir()
-	cmd := exec.Command(bin, "fuse", "--log-level", "debug", "--bootstrap", boot, "--config", cfg, "--mountpoint", mnt)
+	cmd := exec.Command(bin, append([]string{"fuse", "--log-level", "debug", "--bootstrap", boot, "--config", cfg, "--mountpoint", mnt}, args...)...)
 	out := &testsvc.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

@@ -265,13 +265,28 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log lo
 func buildFS(c *daemonConfig, rc *backend.Config, caches *storage.Pool, procSelfFD *os.File, log logrus.FieldLogger) (fuse.RawFileSystem, fuse.MountOptions, func() error, error) {
 	var mo fuse.MountOptions
 	nop := func() error { return nil }
+	var prefetch []string
+	if c.PrefetchFiles != "" {
+		var err error
+		if prefetch, err = readPrefetchFile(c.PrefetchFiles); err != nil {
+			return nil, mo, nil, err
+		}
+	}
 	if c.Bootstrap != "" && c.BlobDir == "" && rc != nil {
-		// The config's backend, blob cache and prefetch.
-		img, closeImg, err := api.OpenRafs(c.Bootstrap, rc, caches, nil, log.WithField("layer", "rafs"))
+		// The config's backend, blob cache and prefetch; --prefetch-files
+		// replaces the bootstrap's prefetch table, as in nydusd.
+		img, closeImg, err := api.OpenRafs(c.Bootstrap, rc, caches, prefetch, log.WithField("layer", "rafs"))
 		if err != nil {
 			return nil, mo, nil, fmt.Errorf("open image: %w", err)
 		}
+		if len(prefetch) > 0 {
+			log.Infof("prefetching the %d paths listed in %s", len(prefetch), c.PrefetchFiles)
+		}
 		return rafs.NewFS(img, rafs.FSOptions{}), mo, closeImg, nil
+	}
+	if len(prefetch) > 0 {
+		log.Warnf("--prefetch-files: ignored: the image's blobs are local files (%s) with no blob cache to fill; "+
+			"a --config with a backend and a cache prefetches", blobSource(c, rc))
 	}
 	if c.Bootstrap != "" {
 		dir := c.BlobDir

@@ -25,6 +25,9 @@ nydusd's options:
   -B, --bootstrap FILE      mount this RAFS image (also -D/--localfs-dir DIR for its blobs)
   -s, --shared-dir DIR      mount this host directory
   -m, --virtual-mountpoint PATH   where in the mount table (default /)
+  --prefetch-files FILE     with --bootstrap and a --config that has a blob cache: prefetch
+                            the image paths FILE lists, one a line ("/" alone: the whole
+                            image), instead of the bootstrap's prefetch table
   -l, --log-level LEVEL     error|warn|info|debug|trace (default info)
   -L, --log-file FILE       append the log to FILE instead of stderr
   --id ID                   reported by GET /api/v1/daemon
