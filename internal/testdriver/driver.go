@@ -96,18 +96,18 @@ const (
 
 // Driver is an in-process vhost-user frontend and guest driver.
 type Driver struct {
-	path     string
-	opts     Options
+	path string
+	opts Options
 	// haltPolled counts the requests whose Wait saw them done while it
 	// polled (Options.HaltPoll).
 	haltPolled atomic.Int64
-	conn     *vhostuser.Conn
-	ram      *guestRAM
-	heap     *heap
-	queues   []*queue
-	features uint64 // acked virtio features
-	protocol uint64 // acked protocol features
-	needAll  bool   // NEED_REPLY on every message (cloud-hypervisor with REPLY_ACK)
+	conn       *vhostuser.Conn
+	ram        *guestRAM
+	heap       *heap
+	queues     []*queue
+	features   uint64 // acked virtio features
+	protocol   uint64 // acked protocol features
+	needAll    bool   // NEED_REPLY on every message (cloud-hypervisor with REPLY_ACK)
 	// Offered are what the daemon offered.
 	OfferedFeatures, OfferedProtocol uint64
 	// QueueNum is what GET_QUEUE_NUM answered (0 without MQ).
