@@ -27,6 +27,12 @@
 #      line, or to its environment for ARGs of the form VAR=VALUE (e.g.
 #      VARIANTS="default inline:--kick-wait=inline p1:GOMAXPROCS=1"); each
 #      variant's figures and chart go to OUT/NAME/.
+#      NVFS_BENCH_PAIRED=1 boots one guest per iteration and setting instead,
+#      the share served to it by both daemons on two virtio-fs devices, and
+#      runs every workload 3 times on each, alternated inside the boot
+#      (A B, B A, A B): both daemons meet the same host swings and the same
+#      boot. The figures keep the same format (one row per daemon and boot,
+#      each a median of its 3 runs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${OUT:-guest-tests/.cache/bench-workloads}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -124,6 +125,12 @@ const EnvBenchIterations = "NVFS_BENCH_ITERATIONS"
 // chart from it). Default guest-tests/.cache/bench-workloads.tsv.
 const EnvBenchOut = "NVFS_BENCH_OUT"
 
+// EnvBenchPaired, set to 1, makes BenchmarkGuestWorkloads serve the share
+// through both daemons to one guest per iteration (two virtio-fs devices)
+// and alternate the workloads between them inside it, instead of booting
+// a guest per daemon: see pairedBoot.
+const EnvBenchPaired = "NVFS_BENCH_PAIRED"
+
 // workloadMetrics are the figures of one boot of BenchmarkGuestWorkloads,
 // in the order of the table.
 var workloadMetrics = []struct{ step, metric, name string }{
@@ -214,6 +221,7 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 			testenv.Skipf(b, "backend %s cannot serve yet: %v", s.Backend.Name, s.Unavailable)
 		}
 	}
+	paired := os.Getenv(EnvBenchPaired) == "1"
 	iterations := 3
 	if v := os.Getenv(EnvBenchIterations); v != "" {
 		if iterations, err = strconv.Atoi(v); err != nil || iterations < 1 {
@@ -228,6 +236,24 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 			if i%2 == 1 { // who goes first alternates too
 				order = slices.Clone(order)
 				slices.Reverse(order)
+			}
+			if paired {
+				per, cpu, wall := pairedBoot(b, env, order, tp, share, cache, i, failures)
+				for _, s := range order {
+					name := s.Backend.Name
+					k := key{tp, name}
+					if figures[k] == nil {
+						figures[k] = make([][]float64, len(workloadMetrics))
+					}
+					fmt.Fprintf(tsv, "%d\t%d\t%s\t%.2f", i+1, tp, name, loadAverage())
+					for j := range workloadMetrics {
+						figures[k][j] = append(figures[k][j], per[name][j])
+						fmt.Fprintf(tsv, "\t%.1f", per[name][j])
+					}
+					fmt.Fprintln(tsv)
+					fmt.Fprintf(cpuTSV, "%d\t%d\t%s\t%.3f\t%.1f\n", i+1, tp, name, cpu[name].Seconds(), wall.Seconds())
+				}
+				continue
 			}
 			for _, s := range order {
 				serveThreads := tp
@@ -282,6 +308,83 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 			}
 		}
 	}
+}
+
+// pairedReps is how many times a paired boot runs each workload on each
+// daemon.
+const pairedReps = 3
+
+// pairedBoot is one iteration of the paired mode (EnvBenchPaired): one
+// guest, the share served by both backends on two virtio-fs devices
+// (order[0]'s first), and every workload run pairedReps times on each,
+// one after the other, the order flipping at every repetition (A B, B A,
+// A B). Both daemons then see the same host at the same moments, give or
+// take one workload, and the same guest boot; alternating boots, the
+// host's swings of a minute or more (seen at ±30 % on one daemon's
+// consecutive boots) fall on one daemon and not the other. Every
+// measurement drops the guest's caches first, both mounts' alike. It
+// returns per backend the medians over the repetitions, in
+// workloadMetrics' order, each daemon's CPU time and the boot's wall time.
+func pairedBoot(b *testing.B, env *testEnv, order []Selected, tp int, share, cache string, i int, failures io.Writer) (map[string][]float64, map[string]time.Duration, time.Duration) {
+	b.Helper()
+	serve := func(s Selected) BackendConfig {
+		n := tp
+		if s.Backend.Name == "c" {
+			n = 0
+		}
+		return BackendConfig{SharedDir: share, Cache: cache, ThreadPoolSize: n}
+	}
+	mnt := func(s Selected) string { return "/mnt/" + s.Backend.Name }
+	var steps []check.Step
+	for r := 0; r < pairedReps; r++ {
+		pair := []Selected{order[0], order[1]}
+		if r%2 == 1 {
+			pair[0], pair[1] = pair[1], pair[0]
+		}
+		for _, w := range []check.Step{
+			{Name: "seqread", Kind: check.KindSeqRead, File: "big.bin", Reps: 1},
+			{Name: "metaread", Kind: check.KindMetaRead, Dir: "many", Reps: 1},
+		} {
+			for _, s := range pair {
+				st := w
+				st.Name = fmt.Sprintf("%s/%s/%d", w.Name, s.Backend.Name, r)
+				st.Mount = mnt(s)
+				steps = append(steps, st)
+			}
+		}
+	}
+	opts := RunOptions{
+		Guest: env.guest, Backend: order[0].Backend, Serve: serve(order[0]),
+		Config: check.Config{Tag: order[0].Backend.Name, Mount: mnt(order[0]), Opts: "ro", Steps: steps,
+			Extra: []check.ExtraMount{{Tag: order[1].Backend.Name, Mount: mnt(order[1])}}},
+		Extra:   []ExtraBackend{{Backend: order[1].Backend, Serve: serve(order[1]), Tag: order[1].Backend.Name}},
+		LogDir:  logDir(b),
+		Timeout: 600 * time.Second, // a paired boot takes 2-4 min
+	}
+	res, err := Run(context.Background(), opts)
+	if err != nil {
+		b.Logf("iteration %d, paired: boot failed, retrying once: %v", i+1, err)
+		fmt.Fprintf(failures, "%d\t%d\tpaired\t%v\n", i+1, tp, err)
+		if res, err = Run(context.Background(), opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := Verify(res, steps); err != nil {
+		b.Fatalf("%v\n%s", err, res.Tails(15))
+	}
+	per := map[string][]float64{}
+	for _, s := range order {
+		name := s.Backend.Name
+		for _, m := range workloadMetrics {
+			var v []float64
+			for r := 0; r < pairedReps; r++ {
+				v = append(v, res.Result(fmt.Sprintf("%s/%s/%d", m.step, name, r)).Metrics[m.metric])
+			}
+			per[name] = append(per[name], check.Median(v))
+		}
+	}
+	cpu := map[string]time.Duration{order[0].Backend.Name: res.BackendCPU, order[1].Backend.Name: res.ExtraCPU[0]}
+	return per, cpu, res.Wall
 }
 
 // loadAverage is the host's 1-minute load average (0 if unknown).

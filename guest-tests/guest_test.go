@@ -362,3 +362,60 @@ func logRun(t *testing.T, res *RunResult) {
 		t.Logf("  step %-14s ok=%v secs=%.2f metrics=%v", r.Step, r.OK, r.Metrics["secs"], r.Metrics)
 	}
 }
+
+// TestGuestTwoDevices: one guest, two virtio-fs devices served by the two
+// backends (RunOptions.Extra), each sharing its own tree; a step that names
+// a mount point (Step.Mount) sees that device's tree, as the paired
+// benchmark (EnvBenchPaired) relies on. Both daemons exit by themselves.
+func TestGuestTwoDevices(t *testing.T) {
+	env := setupGuests(t)
+	if len(env.backends) < 2 {
+		t.Fatalf("two backends needed, have %d", len(env.backends))
+	}
+	for _, s := range env.backends[:2] {
+		if s.Unavailable != nil {
+			t.Fatalf("backend %s cannot serve: %v", s.Backend.Name, s.Unavailable)
+		}
+	}
+	a, bdir := t.TempDir(), t.TempDir()
+	if err := MakeSpecialTree(a, 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := MakeManyFiles(bdir, 50); err != nil {
+		t.Fatal(err)
+	}
+	wantA, _, err := check.Build(a, check.ManifestOptions{Hash: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantB, _, err := check.Build(bdir, check.ManifestOptions{Hash: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := env.backends[0].Backend, env.backends[1].Backend
+	steps := []check.Step{
+		{Name: "first", Kind: check.KindManifest, Manifest: wantA, Build: check.ManifestOptions{Hash: true}},
+		{Name: "second", Kind: check.KindManifest, Manifest: wantB, Build: check.ManifestOptions{Hash: true}, Mount: "/mnt/second"},
+	}
+	res, err := Run(context.Background(), RunOptions{
+		Guest: env.guest, Backend: first,
+		Serve: BackendConfig{SharedDir: a},
+		Config: check.Config{Tag: "first", Mount: "/mnt/first", Opts: "ro", Steps: steps,
+			Extra: []check.ExtraMount{{Tag: "second", Mount: "/mnt/second"}}},
+		Extra:   []ExtraBackend{{Backend: second, Serve: BackendConfig{SharedDir: bdir}, Tag: "second"}},
+		LogDir:  logDir(t),
+		Timeout: 180 * time.Second,
+	})
+	if res != nil {
+		logRun(t, res)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify(res, steps); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.ExtraCPU) != 1 || res.ExtraCPU[0] <= 0 {
+		t.Errorf("the second daemon's CPU time: %v", res.ExtraCPU)
+	}
+}

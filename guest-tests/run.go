@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,18 @@ type RunOptions struct {
 	// before QEMU starts (e.g. the API mounts a Kata runtime makes).
 	BeforeGuest func(ctx context.Context) error
 	Log         logrus.FieldLogger
+	// Extra are more backends serving the same guest, each on its own
+	// socket and virtio-fs device (Tag); the guest mounts them as
+	// Config.Extra says. They are started before QEMU and stopped after
+	// it, and their logs go to LogDir/backend-TAG.log.
+	Extra []ExtraBackend
+}
+
+// ExtraBackend is one more daemon serving a guest (RunOptions.Extra).
+type ExtraBackend struct {
+	Backend Backend
+	Serve   BackendConfig // Socket is filled in by Run
+	Tag     string
 }
 
 // RunResult is what a boot produced. Logs stay in LogDir.
@@ -62,6 +75,8 @@ type RunResult struct {
 	// BackendCPU is the user and system CPU time the backend's process
 	// used (with the children it waited for), once it has exited.
 	BackendCPU time.Duration
+	// ExtraCPU is the same for each of RunOptions.Extra.
+	ExtraCPU []time.Duration
 }
 
 // Result returns the result of the named step, or nil.
@@ -103,6 +118,7 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	if o.Config.Tag == "" {
 		o.Config.Tag = "nvfs"
 	}
+	o.Extra = slices.Clone(o.Extra) // their sockets are filled in here
 	if o.Log == nil {
 		o.Log = logrus.StandardLogger()
 	}
@@ -157,6 +173,14 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	defer killBackend()
 	if err := waitSocket(ctx, o.Serve.Socket, bdone, o.SocketWait); err != nil {
 		return res, fmt.Errorf("backend %s: %w\n%s", o.Backend.Name, err, res.Tails(20))
+	}
+	res.ExtraCPU = make([]time.Duration, len(o.Extra))
+	for i := range o.Extra {
+		stop, err := startExtra(ctx, o, rundir, i, res)
+		if err != nil {
+			return res, err
+		}
+		defer stop()
 	}
 	if o.BeforeGuest != nil {
 		if err := o.BeforeGuest(ctx); err != nil {
@@ -252,6 +276,51 @@ wait:
 	return res, nil
 }
 
+// startExtra starts o.Extra[i] on its own socket in rundir and waits for
+// the socket; stop ends it and records its CPU time in res.ExtraCPU[i].
+func startExtra(ctx context.Context, o RunOptions, rundir string, i int, res *RunResult) (stop func(), err error) {
+	e := &o.Extra[i]
+	e.Serve.Socket = filepath.Join(rundir, fmt.Sprintf("vfs-%d.sock", i))
+	cmd, err := e.Backend.Command(e.Serve)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", e.Backend.Name, err)
+	}
+	log, err := os.Create(filepath.Join(o.LogDir, "backend-"+e.Tag+".log"))
+	if err != nil {
+		return nil, err
+	}
+	_ = os.WriteFile(filepath.Join(o.LogDir, "backend-"+e.Tag+"-cmd.txt"), []byte(strings.Join(cmd.Args, " ")+"\n"), 0o644)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("start backend %s: %w", e.Backend.Name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		res.ExtraCPU[i] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		close(done)
+	}()
+	stop = func() {
+		// Called once QEMU has quit (or failed to start): a daemon exits
+		// by itself when its frontend disconnects, and only then has it
+		// reaped its children (the C virtiofsd's sandboxed worker), whose
+		// CPU time ExtraCPU counts.
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		}
+		stopGroup(cmd.Process.Pid, done, 2*time.Second)
+		log.Close()
+	}
+	if err := waitSocket(ctx, e.Serve.Socket, done, o.SocketWait); err != nil {
+		stop()
+		return nil, fmt.Errorf("backend %s (%s): %w", e.Backend.Name, e.Tag, err)
+	}
+	return stop, nil
+}
+
 // stopGroup ends the process group pgid (one this package started) unless
 // done is already closed: SIGTERM, then SIGKILL after grace.
 // Members left behind by a leader that has exited get SIGKILL.
@@ -302,17 +371,24 @@ func qemuArgs(o RunOptions, initrd string) []string {
 	if s := os.Getenv(EnvGuestSMP); s != "" {
 		smp = s
 	}
-	return []string{
+	args := []string{
 		"-machine", "q35,accel=tcg,memory-backend=mem", "-smp", smp, "-m", mem,
 		// vhost-user needs guest RAM the backend can map: memfd, share=on
 		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "socket,id=vfs,path=" + o.Serve.Socket,
 		"-device", "vhost-user-fs-pci,chardev=vfs,tag=" + o.Config.Tag + ",queue-size=1024",
-		"-kernel", o.Guest.Kernel, "-initrd", initrd,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet " + o.Append),
-		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 	}
+	for i, e := range o.Extra {
+		id := fmt.Sprintf("vfs%d", i)
+		args = append(args, "-chardev", "socket,id="+id+",path="+e.Serve.Socket,
+			"-device", "vhost-user-fs-pci,chardev="+id+",tag="+e.Tag+",queue-size=1024")
+	}
+	return append(args,
+		"-kernel", o.Guest.Kernel, "-initrd", initrd,
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet "+o.Append),
+		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+	)
 }
 
 func waitSocket(ctx context.Context, sock string, dead <-chan struct{}, limit time.Duration) error {

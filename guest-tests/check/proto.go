@@ -40,12 +40,22 @@ type Config struct {
 	Mount string `json:"mount"`          // mount point (default /mnt)
 	Opts  string `json:"opts,omitempty"` // mount options; "ro" becomes MS_RDONLY
 	Steps []Step `json:"steps"`
+	// Extra are more virtio-fs devices to mount beside Tag (with the same
+	// Opts), for steps that name their Mount: a paired benchmark serves
+	// one share through two daemons to one guest.
+	Extra []ExtraMount `json:"extra,omitempty"`
 	// UmountTimeoutSec bounds the final umount (default 15 s).
 	UmountTimeoutSec int `json:"umount_timeout_sec,omitempty"`
 	// StepTimeoutSec: a step still running after this long gets the
 	// guest's blocked tasks dumped on the console (sysrq-w), once; the run
 	// goes on (the host's timeout ends it). Default 60 s.
 	StepTimeoutSec int `json:"step_timeout_sec,omitempty"`
+}
+
+// ExtraMount is one more virtio-fs tag and where the guest mounts it.
+type ExtraMount struct {
+	Tag   string `json:"tag"`
+	Mount string `json:"mount"`
 }
 
 // Step is one check or measurement inside the guest.
@@ -62,6 +72,9 @@ type Step struct {
 	Cache    string          `json:"cache,omitempty"` // KindReread: CacheKept, CacheDropped or "" (no check)
 	Soak     *SoakParams     `json:"soak,omitempty"`  // KindSoak
 	Lower    string          `json:"lower,omitempty"` // KindOverlay: the lower layer, relative to the mount point
+	// Mount is the mount point the step works under: Config.Mount when
+	// empty, or one of Config.Extra's.
+	Mount string `json:"mount_point,omitempty"`
 }
 
 // Result is what the guest reports for one step.

@@ -8,6 +8,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,10 +72,17 @@ func run() int {
 		fmt.Println(err)
 		return 2
 	}
-	if err := mountShare(cfg); err != nil {
+	if err := mountShare(cfg.Tag, cfg.Mount, cfg.Opts); err != nil {
 		mark("MOUNT_FAILED", fmt.Sprintf("err=%q", err.Error()))
 		dumpKernelLog(10)
 		return 4
+	}
+	for _, m := range cfg.Extra {
+		if err := mountShare(m.Tag, m.Mount, cfg.Opts); err != nil {
+			mark("MOUNT_FAILED", fmt.Sprintf("err=%q", err.Error()))
+			dumpKernelLog(10)
+			return 4
+		}
 	}
 	wd := startWatchdog()
 	stepTimeout := cfg.StepTimeoutSec
@@ -84,12 +92,22 @@ func run() int {
 	rc := 0
 	for _, st := range cfg.Steps {
 		wd.arm(stepTimeout, st.Name)
-		r := runStep(cfg.Mount, st)
+		mnt := cfg.Mount
+		if st.Mount != "" {
+			mnt = st.Mount
+		}
+		r := runStep(mnt, st)
 		wd.arm(0, "")
 		line, _ := json.Marshal(r)
 		fmt.Printf("%s%s\n", check.MarkResult, line)
 		if !r.OK {
 			rc = 1
+		}
+	}
+	for _, m := range cfg.Extra {
+		if err := unmount(m.Mount, time.Duration(cfg.UmountTimeoutSec)*time.Second); err != nil {
+			fmt.Println(err)
+			rc = cmp.Or(rc, 5)
 		}
 	}
 	if err := unmount(cfg.Mount, time.Duration(cfg.UmountTimeoutSec)*time.Second); err != nil {
@@ -154,12 +172,12 @@ func readConfig(p string) (*check.Config, error) {
 	return &c, nil
 }
 
-// mountShare mounts the tag and waits for the first FUSE round trip: mount(2)
-// returns before the backend has answered FUSE_INIT.
-func mountShare(c *check.Config) error {
+// mountShare mounts tag at mnt and waits for the first FUSE round trip:
+// mount(2) returns before the backend has answered FUSE_INIT.
+func mountShare(tag, mnt, opts string) error {
 	var flags uintptr
 	var data []string
-	for _, o := range strings.Split(c.Opts, ",") {
+	for _, o := range strings.Split(opts, ",") {
 		switch o {
 		case "":
 		case "ro":
@@ -169,15 +187,15 @@ func mountShare(c *check.Config) error {
 			data = append(data, o)
 		}
 	}
-	if err := os.MkdirAll(c.Mount, 0o755); err != nil {
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return err
 	}
-	if err := unix.Mount(c.Tag, c.Mount, "virtiofs", flags, strings.Join(data, ",")); err != nil {
-		return fmt.Errorf("mount -t virtiofs %s %s: %w", c.Tag, c.Mount, err)
+	if err := unix.Mount(tag, mnt, "virtiofs", flags, strings.Join(data, ",")); err != nil {
+		return fmt.Errorf("mount -t virtiofs %s %s: %w", tag, mnt, err)
 	}
-	mark("MOUNTED", "tag="+c.Tag, "opts="+c.Opts)
+	mark("MOUNTED", "tag="+tag, "opts="+opts)
 	var st unix.Stat_t
-	if err := unix.Stat(c.Mount, &st); err != nil {
+	if err := unix.Stat(mnt, &st); err != nil {
 		return fmt.Errorf("stat of the mount root: %w", err)
 	}
 	mark("READY")

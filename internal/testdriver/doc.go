@@ -14,7 +14,9 @@
 // readable buffers into guest RAM, reserves writable ones, lays them out
 // as descriptors (Layout: split into segments, or in an indirect table),
 // publishes the head honouring the daemon's kick suppression, and waits
-// for the used entry through the call eventfd. StopQueue/StartQueue,
+// for the used entry through the call eventfd (with Options.HaltPoll, a
+// model of KVM's halt polling, the waiting goroutine first looks at the
+// used ring itself for that long). StopQueue/StartQueue,
 // Disconnect/Reconnect and memory hot-(un)plug drive the control plane;
 // StartRaw, PublishHead and SendRaw let a test write hostile descriptors
 // and messages.
