@@ -81,7 +81,7 @@
 //
 // # Reads and writes
 //
-// Read returns fusewire.FileResult(fd, off, n) wrapped so the open file stays
+// Read returns fsapi.FileResult(fd, off, n) wrapped so the open file stays
 // referenced until the transport calls Done; the transport preadv's into
 // guest memory. Writes pwritev the guest's buffers directly. O_APPEND is
 // kept on the host fd, so appends land at the host's end of file. With

@@ -6,11 +6,11 @@ import (
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/fsapi"
 	"golang.org/x/sys/unix"
 )
 
-var _ fusewire.SyncFSer = (*FS)(nil)
+var _ fsapi.SyncFSer = (*FS)(nil)
 
 // fileHandle is an open file or directory of the guest. It is reference
 // counted so that a RELEASE racing a READ whose reply is still being copied
@@ -267,10 +267,10 @@ func (fs *FS) openExisting(pfd int, name string, flags int, out *fuse.CreateOut)
 	return nil
 }
 
-// readResult is fusewire's zero-copy file result that also holds the open
+// readResult is fsapi's zero-copy file result that also holds the open
 // file until the transport has copied the data (Done).
 type readResult struct {
-	fusewire.SegmentedResult
+	fsapi.SegmentedResult
 	fs   *FS
 	h    *fileHandle
 	done atomic.Bool
@@ -283,14 +283,14 @@ func (r *readResult) Done() {
 	}
 }
 
-// Read returns the file range as an fd segment (fusewire.FileResult): the
+// Read returns the file range as an fd segment (fsapi.FileResult): the
 // transport preadv's it straight into the guest's buffers.
 func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	h := fs.getFile(in.Fh)
 	if h == nil {
 		return nil, fuse.EBADF
 	}
-	res := fusewire.FileResult(h.fd, int64(in.Offset), int(in.Size)).(fusewire.SegmentedResult)
+	res := fsapi.FileResult(h.fd, int64(in.Offset), int(in.Size)).(fsapi.SegmentedResult)
 	return &readResult{SegmentedResult: res, fs: fs, h: h}, fuse.OK
 }
 

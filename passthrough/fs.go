@@ -192,7 +192,7 @@ func (fs *FS) OnUnmount() {
 	})
 }
 
-// SyncFS syncs the host filesystem holding the node (fusewire.SyncFSer).
+// SyncFS syncs the host filesystem holding the node (fsapi.SyncFSer).
 func (fs *FS) SyncFS(cancel <-chan struct{}, h *fuse.InHeader) fuse.Status {
 	return fs.withFd(h.NodeId, func(n *inode, fd int) error {
 		if n.isDir() || n.isReg() {

@@ -9,12 +9,11 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/fsapi"
-	"github.com/nydus-virtiofsd/nydus-virtiofsd/fusewire"
 )
 
 var (
 	_ fuse.RawFileSystem  = (*VFS)(nil)
-	_ fusewire.SyncFSer   = (*VFS)(nil)
+	_ fsapi.SyncFSer      = (*VFS)(nil)
 	_ fsapi.ContextReader = (*VFS)(nil)
 )
 
@@ -303,7 +302,7 @@ func (v *VFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 // with a zero-copy result (whose fds must stay open until Done). Pooled:
 // reads allocate nothing here.
 type heldRead struct {
-	fusewire.SegmentedResult
+	fsapi.SegmentedResult
 	m *mount
 	v *VFS
 }
@@ -346,7 +345,7 @@ func (v *VFS) ReadContext(ctx context.Context, in *fuse.ReadIn, buf []byte) (fus
 	} else {
 		res, st = m.FS.Read(ctx.Done(), in, buf)
 	}
-	if sr, ok := res.(fusewire.SegmentedResult); ok {
+	if sr, ok := res.(fsapi.SegmentedResult); ok {
 		r := v.reads.Get().(*heldRead)
 		r.SegmentedResult, r.m, r.v = sr, m, v
 		held = true
@@ -569,7 +568,7 @@ func (v *VFS) Statx(cancel <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut
 // SyncFS routes syncfs to the mounted filesystem if it implements it.
 func (v *VFS) SyncFS(cancel <-chan struct{}, h *fuse.InHeader) fuse.Status {
 	return v.onMount(h, fuse.OK, func(m *mount) fuse.Status {
-		if s, ok := m.FS.(fusewire.SyncFSer); ok {
+		if s, ok := m.FS.(fsapi.SyncFSer); ok {
 			return s.SyncFS(cancel, h)
 		}
 		return fuse.ENOSYS
