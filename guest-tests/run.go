@@ -146,30 +146,15 @@ func Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 	}
 
 	// ---- backend
-	bcmd, err := o.Backend.Command(o.Serve)
-	if err != nil {
-		return res, fmt.Errorf("backend %s: %w", o.Backend.Name, err)
-	}
-	blog, err := os.Create(filepath.Join(o.LogDir, "backend.log"))
+	bp, err := startBackend(o.Backend, o.Serve, o.LogDir, "backend", func(code int, cpu time.Duration) {
+		res.BackendExit, res.BackendCPU = code, cpu
+	})
 	if err != nil {
 		return res, err
 	}
-	defer blog.Close()
-	_ = os.WriteFile(filepath.Join(o.LogDir, "backend-cmd.txt"), []byte(strings.Join(bcmd.Args, " ")+"\n"), 0o644)
-	bcmd.Stdout, bcmd.Stderr = blog, blog
-	bcmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := bcmd.Start(); err != nil {
-		return res, fmt.Errorf("start backend %s: %w", o.Backend.Name, err)
-	}
-	res.BackendPid = bcmd.Process.Pid
-	bdone := make(chan struct{})
-	go func() {
-		_ = bcmd.Wait()
-		res.BackendExit = bcmd.ProcessState.ExitCode()
-		res.BackendCPU = bcmd.ProcessState.UserTime() + bcmd.ProcessState.SystemTime()
-		close(bdone)
-	}()
-	killBackend := func() { stopGroup(bcmd.Process.Pid, bdone, 2*time.Second) }
+	res.BackendPid = bp.pid
+	bdone := bp.done
+	killBackend := bp.stop
 	defer killBackend()
 	if err := waitSocket(ctx, o.Serve.Socket, bdone, o.SocketWait); err != nil {
 		return res, fmt.Errorf("backend %s: %w\n%s", o.Backend.Name, err, res.Tails(20))
@@ -276,45 +261,69 @@ wait:
 	return res, nil
 }
 
+// backendProc is a daemon Run started in its own process group.
+type backendProc struct {
+	pid  int
+	done chan struct{} // closed once it has exited
+	log  *os.File
+}
+
+// startBackend starts b serving serve, its output in logDir/name.log and
+// its command line in logDir/name-cmd.txt; exited gets its exit code and
+// CPU time (with the children it waited for) before done is closed.
+func startBackend(b Backend, serve BackendConfig, logDir, name string, exited func(code int, cpu time.Duration)) (*backendProc, error) {
+	cmd, err := b.Command(serve)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", b.Name, err)
+	}
+	log, err := os.Create(filepath.Join(logDir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	_ = os.WriteFile(filepath.Join(logDir, name+"-cmd.txt"), []byte(strings.Join(cmd.Args, " ")+"\n"), 0o644)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("start backend %s: %w", b.Name, err)
+	}
+	p := &backendProc{pid: cmd.Process.Pid, done: make(chan struct{}), log: log}
+	go func() {
+		_ = cmd.Wait()
+		exited(cmd.ProcessState.ExitCode(), cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime())
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// stop ends the daemon's process group unless it has exited (SIGTERM, then
+// SIGKILL after 2 s) and closes its log.
+func (p *backendProc) stop() {
+	stopGroup(p.pid, p.done, 2*time.Second)
+	p.log.Close()
+}
+
 // startExtra starts o.Extra[i] on its own socket in rundir and waits for
 // the socket; stop ends it and records its CPU time in res.ExtraCPU[i].
 func startExtra(ctx context.Context, o RunOptions, rundir string, i int, res *RunResult) (stop func(), err error) {
 	e := &o.Extra[i]
 	e.Serve.Socket = filepath.Join(rundir, fmt.Sprintf("vfs-%d.sock", i))
-	cmd, err := e.Backend.Command(e.Serve)
-	if err != nil {
-		return nil, fmt.Errorf("backend %s: %w", e.Backend.Name, err)
-	}
-	log, err := os.Create(filepath.Join(o.LogDir, "backend-"+e.Tag+".log"))
+	p, err := startBackend(e.Backend, e.Serve, o.LogDir, "backend-"+e.Tag, func(_ int, cpu time.Duration) { res.ExtraCPU[i] = cpu })
 	if err != nil {
 		return nil, err
 	}
-	_ = os.WriteFile(filepath.Join(o.LogDir, "backend-"+e.Tag+"-cmd.txt"), []byte(strings.Join(cmd.Args, " ")+"\n"), 0o644)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return nil, fmt.Errorf("start backend %s: %w", e.Backend.Name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		res.ExtraCPU[i] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-		close(done)
-	}()
 	stop = func() {
 		// Called once QEMU has quit (or failed to start): a daemon exits
 		// by itself when its frontend disconnects, and only then has it
 		// reaped its children (the C virtiofsd's sandboxed worker), whose
 		// CPU time ExtraCPU counts.
 		select {
-		case <-done:
+		case <-p.done:
 		case <-time.After(5 * time.Second):
 		}
-		stopGroup(cmd.Process.Pid, done, 2*time.Second)
-		log.Close()
+		p.stop()
 	}
-	if err := waitSocket(ctx, e.Serve.Socket, done, o.SocketWait); err != nil {
+	if err := waitSocket(ctx, e.Serve.Socket, p.done, o.SocketWait); err != nil {
 		stop()
 		return nil, fmt.Errorf("backend %s (%s): %w", e.Backend.Name, e.Tag, err)
 	}

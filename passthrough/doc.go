@@ -41,8 +41,9 @@
 // inode numbers never alias) and opened with open_by_handle_at when
 // needed. Their O_PATH fds live in an LRU of Options.FdCacheSize entries
 // (a quarter of RLIMIT_NOFILE by default), so the number of inodes the
-// guest remembers does not bound the fds the daemon holds. Where the filesystem has no handles (some overlay or FUSE setups),
-// or with InodeFileHandles "never", an inode pins one O_PATH fd until the
+// guest remembers does not bound the fds the daemon holds. Where the
+// filesystem has no handles (some overlay or FUSE setups), or with
+// InodeFileHandles "never", an inode pins one O_PATH fd until the
 // guest forgets it, as virtiofsd does. FORGET drops the inode when its
 // lookup count reaches zero. Node IDs are never reused, so the generation
 // is always 0. Attr.Ino is the host inode number.

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,12 +73,9 @@ func run() int {
 		fmt.Println(err)
 		return 2
 	}
-	if err := mountShare(cfg.Tag, cfg.Mount, cfg.Opts); err != nil {
-		mark("MOUNT_FAILED", fmt.Sprintf("err=%q", err.Error()))
-		dumpKernelLog(10)
-		return 4
-	}
-	for _, m := range cfg.Extra {
+	// The config's tag at its mount point, then its extra devices'.
+	mounts := append([]check.ExtraMount{{Tag: cfg.Tag, Mount: cfg.Mount}}, cfg.Extra...)
+	for _, m := range mounts {
 		if err := mountShare(m.Tag, m.Mount, cfg.Opts); err != nil {
 			mark("MOUNT_FAILED", fmt.Sprintf("err=%q", err.Error()))
 			dumpKernelLog(10)
@@ -92,11 +90,7 @@ func run() int {
 	rc := 0
 	for _, st := range cfg.Steps {
 		wd.arm(stepTimeout, st.Name)
-		mnt := cfg.Mount
-		if st.Mount != "" {
-			mnt = st.Mount
-		}
-		r := runStep(mnt, st)
+		r := runStep(cmp.Or(st.Mount, cfg.Mount), st)
 		wd.arm(0, "")
 		line, _ := json.Marshal(r)
 		fmt.Printf("%s%s\n", check.MarkResult, line)
@@ -104,16 +98,12 @@ func run() int {
 			rc = 1
 		}
 	}
-	for _, m := range cfg.Extra {
+	for _, m := range slices.Backward(mounts) {
 		if err := unmount(m.Mount, time.Duration(cfg.UmountTimeoutSec)*time.Second); err != nil {
 			fmt.Println(err)
-			rc = cmp.Or(rc, 5)
-		}
-	}
-	if err := unmount(cfg.Mount, time.Duration(cfg.UmountTimeoutSec)*time.Second); err != nil {
-		fmt.Println(err)
-		if rc == 0 {
-			rc = 5
+			if rc == 0 {
+				rc = 5
+			}
 		}
 	}
 	return rc
