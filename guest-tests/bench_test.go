@@ -237,65 +237,41 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 				order = slices.Clone(order)
 				slices.Reverse(order)
 			}
-			if paired {
-				per, cpu, wall := pairedBoot(b, env, order, tp, share, cache, i, failures)
-				for _, s := range order {
-					name := s.Backend.Name
-					k := key{tp, name}
-					if figures[k] == nil {
-						figures[k] = make([][]float64, len(workloadMetrics))
-					}
-					fmt.Fprintf(tsv, "%d\t%d\t%s\t%.2f", i+1, tp, name, loadAverage())
-					for j := range workloadMetrics {
-						figures[k][j] = append(figures[k][j], per[name][j])
-						fmt.Fprintf(tsv, "\t%.1f", per[name][j])
-					}
-					fmt.Fprintln(tsv)
-					fmt.Fprintf(cpuTSV, "%d\t%d\t%s\t%.3f\t%.1f\n", i+1, tp, name, cpu[name].Seconds(), wall.Seconds())
-				}
-				continue
-			}
-			for _, s := range order {
-				serveThreads := tp
-				if s.Backend.Name == "c" {
-					serveThreads = 0
-				}
-				opts := RunOptions{
-					Guest: env.guest, Backend: s.Backend,
-					Serve:   BackendConfig{SharedDir: share, Cache: cache, ThreadPoolSize: serveThreads},
-					Config:  check.Config{Opts: "ro", Steps: steps},
-					LogDir:  logDir(b),
-					Timeout: 300 * time.Second, // a boot takes 30-60 s
-				}
-				res, err := Run(context.Background(), opts)
-				if err != nil {
-					// A one-vCPU TCG guest can lose a notification
-					// (docs/notifications.md), and the C virtiofsd
-					// has no recovery: its boot then hangs until the
-					// timeout. One retry keeps a long comparison
-					// going; the failure stays in the log and in
-					// OUT.failures.
-					b.Logf("iteration %d, %s: boot failed, retrying once: %v", i+1, s.Backend.Name, err)
-					fmt.Fprintf(failures, "%d\t%d\t%s\t%v\n", i+1, tp, s.Backend.Name, err)
-					if res, err = Run(context.Background(), opts); err != nil {
-						b.Fatal(err)
-					}
-				}
-				if err := Verify(res, steps); err != nil {
-					b.Fatalf("%v\n%s", err, res.Tails(15))
-				}
-				k := key{tp, s.Backend.Name}
+			// record writes one daemon's figures of one boot (in
+			// workloadMetrics' order) and keeps them for the medians.
+			record := func(name string, vals []float64, cpu, wall time.Duration) {
+				k := key{tp, name}
 				if figures[k] == nil {
 					figures[k] = make([][]float64, len(workloadMetrics))
 				}
-				fmt.Fprintf(tsv, "%d\t%d\t%s\t%.2f", i+1, tp, s.Backend.Name, loadAverage())
-				for j, m := range workloadMetrics {
-					v := res.Result(m.step).Metrics[m.metric]
+				fmt.Fprintf(tsv, "%d\t%d\t%s\t%.2f", i+1, tp, name, loadAverage())
+				for j, v := range vals {
 					figures[k][j] = append(figures[k][j], v)
 					fmt.Fprintf(tsv, "\t%.1f", v)
 				}
 				fmt.Fprintln(tsv)
-				fmt.Fprintf(cpuTSV, "%d\t%d\t%s\t%.3f\t%.1f\n", i+1, tp, s.Backend.Name, res.BackendCPU.Seconds(), res.Wall.Seconds())
+				fmt.Fprintf(cpuTSV, "%d\t%d\t%s\t%.3f\t%.1f\n", i+1, tp, name, cpu.Seconds(), wall.Seconds())
+			}
+			if paired {
+				per, cpu, wall := pairedBoot(b, env, order, tp, share, cache, i, failures)
+				for _, s := range order {
+					record(s.Backend.Name, per[s.Backend.Name], cpu[s.Backend.Name], wall)
+				}
+				continue
+			}
+			for _, s := range order {
+				res := runRetried(b, RunOptions{
+					Guest: env.guest, Backend: s.Backend,
+					Serve:   benchServe(s, tp, share, cache),
+					Config:  check.Config{Opts: "ro", Steps: steps},
+					LogDir:  logDir(b),
+					Timeout: 300 * time.Second, // a boot takes 30-60 s
+				}, failures, fmt.Sprintf("%d\t%d\t%s", i+1, tp, s.Backend.Name))
+				var vals []float64
+				for _, m := range workloadMetrics {
+					vals = append(vals, res.Result(m.step).Metrics[m.metric])
+				}
+				record(s.Backend.Name, vals, res.BackendCPU, res.Wall)
 			}
 		}
 	}
@@ -308,6 +284,38 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 			}
 		}
 	}
+}
+
+// benchServe is what backend s serves in BenchmarkGuestWorkloads: the
+// share, the cache mode, and the thread-pool setting tp, which the C
+// virtiofsd cannot take (it always runs with its default, no pool).
+func benchServe(s Selected, tp int, share, cache string) BackendConfig {
+	if s.Backend.Name == "c" {
+		tp = 0
+	}
+	return BackendConfig{SharedDir: share, Cache: cache, ThreadPoolSize: tp}
+}
+
+// runRetried boots opts, once more if that fails, and checks the boot's
+// steps. A one-vCPU TCG guest can lose a notification
+// (docs/notifications.md), and the C virtiofsd has no recovery: its boot
+// then hangs until the timeout. One retry keeps a long comparison going;
+// the failure stays in the log and, after what (the boot's columns), in
+// failures (OUT.failures).
+func runRetried(b *testing.B, opts RunOptions, failures io.Writer, what string) *RunResult {
+	b.Helper()
+	res, err := Run(context.Background(), opts)
+	if err != nil {
+		b.Logf("%s: boot failed, retrying once: %v", strings.ReplaceAll(what, "\t", " "), err)
+		fmt.Fprintf(failures, "%s\t%v\n", what, err)
+		if res, err = Run(context.Background(), opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := Verify(res, opts.Config.Steps); err != nil {
+		b.Fatalf("%v\n%s", err, res.Tails(15))
+	}
+	return res
 }
 
 // pairedReps is how many times a paired boot runs each workload on each
@@ -327,13 +335,7 @@ const pairedReps = 3
 // workloadMetrics' order, each daemon's CPU time and the boot's wall time.
 func pairedBoot(b *testing.B, env *testEnv, order []Selected, tp int, share, cache string, i int, failures io.Writer) (map[string][]float64, map[string]time.Duration, time.Duration) {
 	b.Helper()
-	serve := func(s Selected) BackendConfig {
-		n := tp
-		if s.Backend.Name == "c" {
-			n = 0
-		}
-		return BackendConfig{SharedDir: share, Cache: cache, ThreadPoolSize: n}
-	}
+	serve := func(s Selected) BackendConfig { return benchServe(s, tp, share, cache) }
 	mnt := func(s Selected) string { return "/mnt/" + s.Backend.Name }
 	var steps []check.Step
 	for r := 0; r < pairedReps; r++ {
@@ -361,17 +363,7 @@ func pairedBoot(b *testing.B, env *testEnv, order []Selected, tp int, share, cac
 		LogDir:  logDir(b),
 		Timeout: 600 * time.Second, // a paired boot takes 2-4 min
 	}
-	res, err := Run(context.Background(), opts)
-	if err != nil {
-		b.Logf("iteration %d, paired: boot failed, retrying once: %v", i+1, err)
-		fmt.Fprintf(failures, "%d\t%d\tpaired\t%v\n", i+1, tp, err)
-		if res, err = Run(context.Background(), opts); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := Verify(res, steps); err != nil {
-		b.Fatalf("%v\n%s", err, res.Tails(15))
-	}
+	res := runRetried(b, opts, failures, fmt.Sprintf("%d\t%d\tpaired", i+1, tp))
 	per := map[string][]float64{}
 	for _, s := range order {
 		name := s.Backend.Name
