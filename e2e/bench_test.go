@@ -172,7 +172,7 @@ const kvmHaltPoll = 200 * time.Microsecond
 //
 // The driver stands in for a guest on KVM, whose vCPU halt-polls for
 // 200 µs (kvmHaltPoll) before its thread sleeps; halt-polled is the share
-// of READs the waiting goroutine saw done while it polled. The
+// of READs the waiting goroutine completed itself while it polled. The
 // guest=no-halt-poll row turns that off: out then measures the driver's
 // own wake-up through Go's runtime poller, which the daemon does not see.
 func BenchmarkSequentialRead(b *testing.B) {

@@ -98,8 +98,8 @@ const (
 type Driver struct {
 	path string
 	opts Options
-	// haltPolled counts the requests whose Wait saw them done while it
-	// polled (Options.HaltPoll).
+	// haltPolled counts the requests a halt-polling Wait completed by
+	// collecting the used ring itself (Options.HaltPoll).
 	haltPolled atomic.Int64
 	conn       *vhostuser.Conn
 	ram        *guestRAM
@@ -151,9 +151,9 @@ func (d *Driver) dial() error {
 	return nil
 }
 
-// HaltPolled returns how many requests a halt-polling Wait saw done
-// (Options.HaltPoll): the rest were completed by a reaper the call eventfd
-// woke.
+// HaltPolled returns how many requests a halt-polling Wait completed by
+// collecting the used ring itself (Options.HaltPoll): the rest were
+// completed by the reaper the call eventfd woke.
 func (d *Driver) HaltPolled() int64 { return d.haltPolled.Load() }
 
 // Close disconnects and frees guest RAM. Requests still pending fail.

@@ -201,13 +201,13 @@ func (q *queue) reap() {
 }
 
 // haltPoll waits at most d for p by collecting used entries itself,
-// yielding between looks (see Options.HaltPoll).
+// yielding between looks (see Options.HaltPoll), and counts p in
+// HaltPolled when its own look completed it.
 func (q *queue) haltPoll(p *Pending, d time.Duration) {
 	end := time.Now().Add(d)
 	for {
 		select {
-		case <-p.done:
-			q.d.haltPolled.Add(1)
+		case <-p.done: // the reaper collected it
 			return
 		default:
 		}
@@ -216,6 +216,12 @@ func (q *queue) haltPoll(p *Pending, d time.Duration) {
 				q.collect()
 			}
 			q.collectMu.Unlock()
+			select {
+			case <-p.done:
+				q.d.haltPolled.Add(1)
+				return
+			default:
+			}
 		}
 		if !time.Now().Before(end) {
 			return
