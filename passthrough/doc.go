@@ -100,7 +100,12 @@
 // files; auto → none; metadata → FOPEN_DIRECT_IO on files, FOPEN_CACHE_DIR|
 // FOPEN_KEEP_CACHE on directories; always → FOPEN_KEEP_CACHE, plus
 // FOPEN_CACHE_DIR on directories. READDIRPLUS is for all but never
-// (Options.ReadDirPlus tells the transport).
+// (Options.ReadDirPlus tells the transport). Unlike either virtiofsd, a
+// file opened read-only also gets FOPEN_NOFLUSH in every mode: its FLUSH
+// (a dup closed on the host) does nothing, since this filesystem holds no
+// host locks, and skipping it saves the guest one of the five round trips
+// of reading a small file (LOOKUP, OPEN, READ, FLUSH, RELEASE). Should
+// POSIX locks ever be served from host locks, that must be revisited.
 //
 // Nothing here is copied from virtiofsd; the kernel interfaces are used
 // directly through golang.org/x/sys/unix because no Go library offers an

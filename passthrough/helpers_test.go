@@ -59,6 +59,13 @@ func newEnv(t testing.TB, opts Options) *env {
 // Linux FUSE client, with default_permissions as virtio-fs guests use.
 func mountEnv(t testing.TB, opts Options) *env {
 	t.Helper()
+	return mountEnvWrapped(t, opts, nil)
+}
+
+// mountEnvWrapped is mountEnv serving wrap(fs) instead of fs (wrap may be
+// nil), for a test that watches the requests the kernel sends.
+func mountEnvWrapped(t testing.TB, opts Options, wrap func(fuse.RawFileSystem) fuse.RawFileSystem) *env {
+	t.Helper()
 	requireRoot(t)
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		testenv.Skipf(t, "/dev/fuse unavailable: %v", err)
@@ -68,7 +75,11 @@ func mountEnv(t testing.TB, opts Options) *env {
 	if err := os.Mkdir(e.mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := fuse.NewServer(e.fs, e.mnt, &fuse.MountOptions{
+	var served fuse.RawFileSystem = e.fs
+	if wrap != nil {
+		served = wrap(e.fs)
+	}
+	srv, err := fuse.NewServer(served, e.mnt, &fuse.MountOptions{
 		DirectMount:        true,
 		DirectMountStrict:  true,
 		AllowOther:         true,

@@ -17,7 +17,7 @@ import (
 )
 
 // TestCacheModes checks the timeouts and open flags on the replies, as
-// the Rust virtiofsd sets them.
+// the Rust virtiofsd sets them (and FOPEN_NOFLUSH on a read-only open).
 func TestCacheModes(t *testing.T) {
 	for _, c := range []struct {
 		mode          string
@@ -47,8 +47,8 @@ func TestCacheModes(t *testing.T) {
 				t.Errorf("getattr %v timeout %v", s, ao.Timeout())
 			}
 			var oo fuse.OpenOut
-			if s := e.fs.Open(nil, &fuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &oo); !s.Ok() || oo.OpenFlags != c.fileFl {
-				t.Errorf("open %v flags %#x, want %#x", s, oo.OpenFlags, c.fileFl)
+			if s := e.fs.Open(nil, &fuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &oo); !s.Ok() || oo.OpenFlags != c.fileFl|fuse.FOPEN_NOFLUSH {
+				t.Errorf("open %v flags %#x, want %#x", s, oo.OpenFlags, c.fileFl|fuse.FOPEN_NOFLUSH)
 			}
 			d := e.lookup(t, 1, "d")
 			if s := e.fs.OpenDir(nil, &fuse.OpenIn{InHeader: hdr(d.NodeId)}, &oo); !s.Ok() || oo.OpenFlags != c.dirFl {

@@ -9,7 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/hostmount"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/fuseclient"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testenv"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
@@ -30,6 +33,13 @@ func requireFUSE(t *testing.T) {
 // mountImage opens boot with blobs in blobDir and mounts it in process.
 func mountImage(t *testing.T, boot, blobDir string, opts Options) string {
 	t.Helper()
+	return mountImageWrapped(t, boot, blobDir, opts, nil)
+}
+
+// mountImageWrapped is mountImage serving wrap(the filesystem) (wrap may be
+// nil), for a test that watches the requests the kernel sends.
+func mountImageWrapped(t *testing.T, boot, blobDir string, opts Options, wrap func(fuse.RawFileSystem) fuse.RawFileSystem) string {
+	t.Helper()
 	requireFUSE(t)
 	if opts.Backend == nil {
 		opts.Backend = backend.NewLocalFS(blobDir)
@@ -39,7 +49,11 @@ func mountImage(t *testing.T, boot, blobDir string, opts Options) string {
 		t.Fatal(err)
 	}
 	mnt := t.TempDir()
-	srv, err := hostmount.Mount(NewFS(img, FSOptions{}), mnt, nil)
+	var fs fuse.RawFileSystem = NewFS(img, FSOptions{})
+	if wrap != nil {
+		fs = wrap(fs)
+	}
+	srv, err := hostmount.Mount(fs, mnt, nil)
 	if err != nil {
 		img.Close()
 		t.Fatal(err)
@@ -128,6 +142,24 @@ func TestFUSEMountV6(t *testing.T) {
 	// mtime with nanoseconds.
 	if ns := run(t, mnt, "stat", "-c", "%y", "lib.rs"); !strings.Contains(ns, ".628661334") {
 		t.Errorf("mtime %q lacks its nanoseconds", ns)
+	}
+}
+
+// TestFUSEMountNoFlush: the real FUSE client closes files of the image
+// without a FLUSH each (the open answered FOPEN_NOFLUSH).
+func TestFUSEMountNoFlush(t *testing.T) {
+	dir := fx("nydus/v6-2.2")
+	var flushes *fuseclient.FlushCounter
+	mnt := mountImageWrapped(t, filepath.Join(dir, "rafs-v6-2.2.boot"), dir, Options{}, func(fs fuse.RawFileSystem) fuse.RawFileSystem {
+		flushes = fuseclient.CountFlushes(fs)
+		return flushes
+	})
+	out := run(t, mnt, "md5sum", "lib.rs", "sync_io.rs", "lib.rs")
+	if !strings.HasPrefix(out, "4709cf8873e419ecedc7d43fdee4a75f  lib.rs\n") || strings.Count(out, "\n") != 3 {
+		t.Errorf("md5sum: %q", out)
+	}
+	if n := flushes.N.Load(); n != 0 {
+		t.Errorf("%d FLUSH requests for 3 closes, want none", n)
 	}
 }
 
