@@ -191,6 +191,11 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 		if e.Name == "." || e.Name == ".." {
 			return true
 		}
+		if n := fs.knownEntry(h, &e, eo); n != nil {
+			fs.markSubmount(h.node, n, eo)
+			out.FixMode(eo.Attr.Mode)
+			return true
+		}
 		fd, err := openBeneath(h.fd, e.Name)
 		if err != nil {
 			return true // vanished: NodeId 0 tells the kernel to skip it
@@ -205,6 +210,56 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 		return true
 	})
 }
+
+// knownEntry answers a READDIRPLUS entry with an inode this filesystem
+// already holds by an O_PATH fd, keyed by (device, inode number), without
+// opening the name again: one fstatat instead of openat2, fstat and the
+// close of the fd found redundant. A guest listing a directory it listed
+// before (a warm walk, a shell's completion) meets only such entries.
+//
+// The entry's d_ino picks the candidate; the fstatat (of one component,
+// never following a symlink) must then show the same device and inode
+// number, and since the candidate's fd keeps that inode alive its number
+// cannot have been reused: the name is the very inode already served. So
+// the answer never reaches an inode that a confined lookup did not reach
+// first, and a name replaced or mounted over since the listing falls back
+// to the full lookup (as does an inode known by file handle). It returns
+// nil for every fallback.
+func (fs *FS) knownEntry(dir *fileHandle, e *fuse.DirEntry, out *fuse.EntryOut) *inode {
+	key := inodeKey{dev: dir.node.dev, ino: e.Ino}
+	fs.mu.Lock()
+	_, known := fs.byKey[key]
+	fs.mu.Unlock()
+	if !known {
+		return nil
+	}
+	var st syscall.Stat_t
+	if err := fstatat(dir.fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Dev != key.dev || st.Ino != key.ino {
+		return nil
+	}
+	fs.mu.Lock()
+	n := fs.byKey[key] // may have been forgotten meanwhile
+	if n != nil {
+		n.lookups++
+	}
+	fs.mu.Unlock()
+	if n == nil {
+		return nil
+	}
+	fs.knownEntries.Add(1)
+	fs.fillEntry(n, &st, out)
+	return n
+}
+
+// fstatat is unix.Fstatat into the syscall package's Stat_t, which
+// fuse.Attr.FromStat takes: both are the kernel's struct stat.
+func fstatat(dirfd int, name string, st *syscall.Stat_t, flags int) error {
+	return unix.Fstatat(dirfd, name, (*unix.Stat_t)(unsafe.Pointer(st)), flags)
+}
+
+// The cast in fstatat relies on the two types having one layout.
+var _ [unsafe.Sizeof(unix.Stat_t{}) - unsafe.Sizeof(syscall.Stat_t{})]struct{}
+var _ [unsafe.Sizeof(syscall.Stat_t{}) - unsafe.Sizeof(unix.Stat_t{})]struct{}
 
 // MaxReadDir bounds the bytes of entries one READDIR or READDIRPLUS answers
 // with, whatever size the guest asks for (virtiofsd's bound too); the

@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -180,4 +181,113 @@ func TestReadDirPagesResume(t *testing.T) {
 			t.Errorf("%d buffers still parked after every handle was released", got)
 		}
 	})
+}
+
+// TestReadDirPlusKnownEntries: a READDIRPLUS entry whose inode is already
+// known (by an O_PATH fd) is answered without a new lookup, with the same
+// node ID, a counted lookup and fresh attributes; a name replaced since
+// (another inode under it) and a name mounted over are looked up in full.
+// Inodes known by file handle (--inode-file-handles=prefer) are always
+// looked up in full.
+func TestReadDirPlusKnownEntries(t *testing.T) {
+	for _, tc := range []struct {
+		handles       string
+		second, third uint64 // entries answered as known
+	}{
+		{HandlesNever, 3, 1},
+		{HandlesPrefer, 0, 0},
+	} {
+		t.Run("handles="+tc.handles, func(t *testing.T) {
+			testReadDirPlusKnownEntries(t, tc.handles, tc.second, tc.third)
+		})
+	}
+}
+
+func testReadDirPlusKnownEntries(t *testing.T, handles string, wantSecond, wantThird uint64) {
+	e := newEnv(t, Options{InodeFileHandles: handles})
+	for _, n := range []string{"a", "b", "mnt"} {
+		if err := os.Mkdir(e.host(n), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// list returns the node IDs and entries of the root's READDIRPLUS.
+	list := func() (map[string]uint64, map[string]fuse.EntryOut) {
+		t.Helper()
+		var oo fuse.OpenOut
+		if s := e.fs.OpenDir(nil, &fuse.OpenIn{InHeader: hdr(1)}, &oo); !s.Ok() {
+			t.Fatal(s)
+		}
+		defer e.fs.ReleaseDir(&fuse.ReleaseIn{InHeader: hdr(1), Fh: oo.Fh})
+		l := fuse.NewDirEntryList(make([]byte, 8192), 0)
+		if s := e.fs.ReadDirPlus(nil, &fuse.ReadIn{InHeader: hdr(1), Fh: oo.Fh, Size: 8192}, l); !s.Ok() {
+			t.Fatal(s)
+		}
+		ents, outs, err := fuse.ParseDirLookupEntries(l.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, eo := map[string]uint64{}, map[string]fuse.EntryOut{}
+		for i, d := range ents {
+			if d.Name != "." && d.Name != ".." {
+				ids[d.Name], eo[d.Name] = outs[i].NodeId, outs[i]
+			}
+		}
+		return ids, eo
+	}
+	first, _ := list()
+	if got := e.fs.knownEntries.Load(); got != 0 {
+		t.Fatalf("%d entries answered as known in the first listing", got)
+	}
+	// Known: the same nodes, their attributes as they are now.
+	if err := os.Chmod(e.host("a"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	second, eo := list()
+	if got := e.fs.knownEntries.Load(); got != wantSecond {
+		t.Errorf("%d of 3 entries answered as known in the second listing, want %d", got, wantSecond)
+	}
+	for n, id := range first {
+		if second[n] != id {
+			t.Errorf("%s: node %d, then %d", n, id, second[n])
+		}
+	}
+	if m := eo["a"].Attr.Mode & 0o777; m != 0o700 {
+		t.Errorf("a's mode %o after chmod 700", m)
+	}
+	// Each listing counted one lookup: one FORGET leaves the node alive,
+	// the second ends it.
+	var ao fuse.AttrOut
+	e.fs.Forget(first["b"], 1)
+	if s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(first["b"])}, &ao); !s.Ok() {
+		t.Errorf("b after one of two forgets: %v", s)
+	}
+	e.fs.Forget(first["b"], 1)
+	if s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(first["b"])}, &ao); s.Ok() {
+		t.Errorf("b after two forgets of two listings: %v", s)
+	}
+	// Replaced and mounted over: full lookups, new nodes.
+	if err := os.Rename(e.host("a"), e.host("old-a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(e.host("a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", e.host("mnt"), "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(e.host("mnt"), syscall.MNT_DETACH) })
+	before := e.fs.knownEntries.Load()
+	third, eo := list()
+	if third["a"] == first["a"] || third["mnt"] == first["mnt"] {
+		t.Errorf("replaced a: node %d (was %d); mounted-over mnt: node %d (was %d)", third["a"], first["a"], third["mnt"], first["mnt"])
+	}
+	if eo["a"].Attr.Mode&0o777 != 0o755 {
+		t.Errorf("new a's mode %o", eo["a"].Attr.Mode&0o777)
+	}
+	if got := e.fs.knownEntries.Load() - before; got != wantThird {
+		t.Errorf("%d entries answered as known in the third listing, want %d (old-a, unless by handle)", got, wantThird)
+	}
+	if third["old-a"] != first["a"] {
+		t.Errorf("a renamed to old-a: node %d, was %d", third["old-a"], first["a"])
+	}
 }
