@@ -214,8 +214,9 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 // knownEntry answers a READDIRPLUS entry with an inode this filesystem
 // already holds by an O_PATH fd, keyed by (device, inode number), without
 // opening the name again: one fstatat instead of openat2, fstat and the
-// close of the fd found redundant. A guest listing a directory it listed
-// before (a warm walk, a shell's completion) meets only such entries.
+// close of the fd found redundant. A guest listing again a directory whose
+// inodes it still holds (a warm walk, a shell's completion) meets such
+// entries.
 //
 // The entry's d_ino picks the candidate; the fstatat (of one component,
 // never following a symlink) must then show the same device and inode
@@ -228,22 +229,17 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 func (fs *FS) knownEntry(dir *fileHandle, e *fuse.DirEntry, out *fuse.EntryOut) *inode {
 	key := inodeKey{dev: dir.node.dev, ino: e.Ino}
 	fs.mu.Lock()
-	_, known := fs.byKey[key]
+	n := fs.byKey[key]
+	if n != nil {
+		n.lookups++ // the entry's; given back if the name is another inode now
+	}
 	fs.mu.Unlock()
-	if !known {
+	if n == nil {
 		return nil
 	}
 	var st syscall.Stat_t
 	if err := fstatat(dir.fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Dev != key.dev || st.Ino != key.ino {
-		return nil
-	}
-	fs.mu.Lock()
-	n := fs.byKey[key] // may have been forgotten meanwhile
-	if n != nil {
-		n.lookups++
-	}
-	fs.mu.Unlock()
-	if n == nil {
+		fs.Forget(n.id, 1)
 		return nil
 	}
 	fs.knownEntries.Add(1)

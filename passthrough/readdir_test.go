@@ -290,4 +290,10 @@ func testReadDirPlusKnownEntries(t *testing.T, handles string, wantSecond, wantT
 	if third["old-a"] != first["a"] {
 		t.Errorf("a renamed to old-a: node %d, was %d", third["old-a"], first["a"])
 	}
+	// The mounted-over directory was listed twice as itself: two FORGETs
+	// end it (the third listing's look at it counted nothing).
+	e.fs.Forget(first["mnt"], 2)
+	if s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(first["mnt"])}, &ao); s.Ok() {
+		t.Errorf("the mounted-over directory's node after the FORGETs of its two listings: %v", s)
+	}
 }
