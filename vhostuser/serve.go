@@ -100,6 +100,10 @@ type Options struct {
 	// leader serve what it pops and keep the lead (inline.go). See
 	// kickwait.go and docs/benchmarks.md (issue 15).
 	KickWait KickWait
+	// Procs, if set, raises GOMAXPROCS by one for each queue leader that
+	// sleeps in ppoll(2) while its queue runs (see ProcReserve). The
+	// daemon sets it; nil leaves GOMAXPROCS alone.
+	Procs *ProcReserve
 }
 
 // DefaultWorkers is the per-request-queue worker count when Options.Workers is 0.

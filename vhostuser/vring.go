@@ -135,6 +135,7 @@ type runner struct {
 	kick    kickFile
 	ppoll   *ppollWaiter    // Options.KickWait ppoll; nil: the runtime poller
 	kickRaw syscall.RawConn // r.kick's, for ppoll
+	procs   *ProcReserve    // Options.Procs, holding a P for this ppoll leader
 	idle    time.Duration   // bound of one wait for a kick; <= 0: none
 	poll    time.Duration   // how long to poll an empty ring before sleeping; <= 0: not at all
 	slots   []slot
@@ -189,6 +190,8 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 			break
 		}
 		r.kickRaw, r.ppoll = raw, newPpollWaiter(r.idle)
+		r.procs = opts.Procs
+		r.procs.add(1) // given back when the workers are done (stopAndWait)
 		if opts.KickWait == KickWaitInlinePpoll {
 			return r.startInline(ctx, opts)
 		}
@@ -235,6 +238,7 @@ func (r *runner) stopAndWait(wait bool, abort <-chan struct{}, timeout time.Dura
 	finished := make(chan struct{})
 	go func() {
 		r.workers.Wait()
+		r.procs.add(-1)
 		r.cancel()
 		r.q.Release()
 		close(finished)

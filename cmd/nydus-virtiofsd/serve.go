@@ -156,6 +156,7 @@ func runDaemon(c daemonConfig) int {
 		RequestQueues:   c.RequestQueues,
 		Workers:         max(c.ThreadPoolSize, vhostuser.DefaultWorkers),
 		KickWait:        vhostuser.KickWait(c.KickWait),
+		Procs:           &vhostuser.ProcReserve{},
 		PollBeforeSleep: c.PollBeforeSleep,
 		KeepListening:   c.KeepListening,
 		Logger:          vlog,
