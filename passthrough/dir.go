@@ -131,9 +131,36 @@ func (fs *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName string, 
 			if !op.isDir() || !np.isDir() {
 				return syscall.ENOTDIR
 			}
+			fs.pinListed(ofd, oldName)
+			if in.Flags&unix.RENAME_EXCHANGE != 0 {
+				fs.pinListed(nfd, newName)
+			}
 			return unix.Renameat2(ofd, oldName, nfd, newName, uint(in.Flags))
 		}))
 	})
+}
+
+// pinListed gives a listed inode that is name in the directory pfd its fd
+// (acquireListed) before the guest's rename moves it away from the name
+// it was listed under, so that it stays served as a looked-up inode
+// would. Nothing to do with file handles (no inode is listed then).
+func (fs *FS) pinListed(pfd int, name string) {
+	if fs.handles {
+		return
+	}
+	var sx unix.Statx_t
+	if statxFd(pfd, name, unix.AT_SYMLINK_NOFOLLOW, &sx) != nil {
+		return
+	}
+	fs.mu.RLock()
+	n := fs.byKey[inodeKey{dev: unix.Mkdev(sx.Dev_major, sx.Dev_minor), ino: sx.Ino}]
+	fs.mu.RUnlock()
+	if n == nil || !n.sameInode(&sx) {
+		return
+	}
+	if _, err := fs.fds.acquire(n); err == nil {
+		fs.fds.release(n)
+	}
 }
 
 // Readlink returns a symlink's target.
@@ -196,6 +223,22 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 			out.FixMode(eo.Attr.Mode)
 			return true
 		}
+		if !fs.handles {
+			// One statx of the name (a single component, never
+			// followed) answers a new entry, which gets its fd when
+			// first used (internListed), where the filesystem keeps
+			// birth times to tell inodes apart without an fd.
+			var sx unix.Statx_t
+			if err := statxFd(h.fd, e.Name, unix.AT_SYMLINK_NOFOLLOW, &sx); err != nil {
+				return true // vanished: NodeId 0 tells the kernel to skip it
+			}
+			if sx.Mask&unix.STATX_BTIME != 0 {
+				n := fs.internListed(h.node, e.Name, &sx, eo)
+				fs.markSubmount(h.node, n, eo)
+				out.FixMode(eo.Attr.Mode)
+				return true
+			}
+		}
 		fd, err := openBeneath(h.fd, e.Name)
 		if err != nil {
 			return true // vanished: NodeId 0 tells the kernel to skip it
@@ -212,20 +255,19 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 }
 
 // knownEntry answers a READDIRPLUS entry with an inode this filesystem
-// already holds by an O_PATH fd, keyed by (device, inode number), without
-// opening the name again: one fstatat instead of openat2, fstat and the
-// close of the fd found redundant. A guest listing again a directory whose
-// inodes it still holds (a warm walk, a shell's completion) meets such
-// entries.
+// already holds, keyed by (device, inode number), without opening the name
+// again: one statx instead of openat2, fstat and the close of the fd found
+// redundant. A guest listing again a directory whose inodes it still holds
+// (a warm walk, a shell's completion) meets such entries.
 //
-// The entry's d_ino picks the candidate; the fstatat (of one component,
-// never following a symlink) must then show the same device and inode
-// number, and since the candidate's fd keeps that inode alive its number
-// cannot have been reused: the name is the very inode already served. So
-// the answer never reaches an inode that a confined lookup did not reach
-// first, and a name replaced or mounted over since the listing falls back
-// to the full lookup (as does an inode known by file handle). It returns
-// nil for every fallback.
+// The entry's d_ino picks the candidate; the statx (of one component,
+// never following a symlink) must then show the same inode: the same
+// device and inode number, which cannot have been recycled while the
+// candidate's fd keeps the inode alive, or, for a listed inode without an
+// fd, the same birth time too (sameInode). So the answer never reaches an
+// inode that a confined lookup or listing did not reach first, and a name
+// replaced or mounted over since falls back to the full path (as does an
+// inode known by file handle). It returns nil for every fallback.
 func (fs *FS) knownEntry(dir *fileHandle, e *fuse.DirEntry, out *fuse.EntryOut) *inode {
 	key := inodeKey{dev: dir.node.dev, ino: e.Ino}
 	fs.mu.Lock()
@@ -237,25 +279,17 @@ func (fs *FS) knownEntry(dir *fileHandle, e *fuse.DirEntry, out *fuse.EntryOut) 
 	if n == nil {
 		return nil
 	}
-	var st syscall.Stat_t
-	if err := fstatat(dir.fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Dev != key.dev || st.Ino != key.ino {
+	var sx unix.Statx_t
+	if err := statxFd(dir.fd, e.Name, unix.AT_SYMLINK_NOFOLLOW, &sx); err != nil || !n.sameInode(&sx) {
 		fs.Forget(n.id, 1)
 		return nil
 	}
+	var st syscall.Stat_t
+	statxToStat(&sx, &st)
 	fs.knownEntries.Add(1)
 	fs.fillEntry(n, &st, out)
 	return n
 }
-
-// fstatat is unix.Fstatat into the syscall package's Stat_t, which
-// fuse.Attr.FromStat takes: both are the kernel's struct stat.
-func fstatat(dirfd int, name string, st *syscall.Stat_t, flags int) error {
-	return unix.Fstatat(dirfd, name, (*unix.Stat_t)(unsafe.Pointer(st)), flags)
-}
-
-// The cast in fstatat relies on the two types having one layout.
-var _ [unsafe.Sizeof(unix.Stat_t{}) - unsafe.Sizeof(syscall.Stat_t{})]struct{}
-var _ [unsafe.Sizeof(syscall.Stat_t{}) - unsafe.Sizeof(unix.Stat_t{})]struct{}
 
 // MaxReadDir bounds the bytes of entries one READDIR or READDIRPLUS answers
 // with, whatever size the guest asks for (virtiofsd's bound too); the

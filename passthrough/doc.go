@@ -44,7 +44,23 @@
 // guest remembers does not bound the fds the daemon holds. Where the
 // filesystem has no handles (some overlay or FUSE setups), or with
 // InodeFileHandles "never", an inode pins one O_PATH fd until the
-// guest forgets it, as virtiofsd does. FORGET drops the inode when its
+// guest forgets it, as virtiofsd does, with one difference: an inode a
+// READDIRPLUS listing meets first is answered from one statx of the name
+// (one component, never followed, from the directory's own fd) and is
+// "listed": it pins no fd until an operation needs one, which then opens
+// the name where it was listed with the same confined openat2 and keeps
+// the fd only if the statx of it shows the same device, inode number and
+// birth time (a listed inode has no fd to keep its number from being
+// recycled, and ext4 recycles at once; the birth time tells a new inode
+// apart). A name renamed, removed or replaced on the host since the
+// listing answers ESTALE, as virtiofsd's inodes identified by handle do
+// when the handle no longer opens, and the guest's VFS looks the path up
+// again; a guest RENAME pins the listed inode it moves first. A walk
+// (find, ls -l, du) uses few of the entries it lists, and each listed
+// one spares an openat2, an fstat and a close, and an fd held while the
+// guest remembers it (measured in docs/benchmarks.md, issue 15). Where the
+// filesystem keeps no birth time, listings look entries up as LOOKUP
+// does. FORGET drops the inode when its
 // lookup count reaches zero. Node IDs are never reused, so the generation
 // is always 0. Attr.Ino is the host inode number.
 //

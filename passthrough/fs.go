@@ -51,6 +51,9 @@ type FS struct {
 	// knownEntries counts the READDIRPLUS entries answered without a
 	// lookup (knownEntry), for tests.
 	knownEntries atomic.Uint64
+	// listedEntries counts the inodes READDIRPLUS added without an fd
+	// (internListed), for tests.
+	listedEntries atomic.Uint64
 }
 
 var _ fuse.RawFileSystem = (*FS)(nil)
@@ -266,13 +269,15 @@ func openBeneath(dirfd int, name string) (int, error) {
 // out. If donate, fd is an O_PATH fd the cache may keep; otherwise the
 // caller keeps fd.
 func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
+	var sx unix.Statx_t
+	if err := statxFd(fd, "", unix.AT_EMPTY_PATH, &sx); err != nil {
 		if donate {
 			unix.Close(fd)
 		}
 		return nil, err
 	}
+	var st syscall.Stat_t
+	statxToStat(&sx, &st)
 	key := inodeKey{dev: st.Dev, ino: st.Ino}
 	var fh *unix.FileHandle
 	mnt := 0
@@ -293,7 +298,7 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 		fh, key = nil, inodeKey{dev: st.Dev, ino: st.Ino} // mount without usable handles
 	}
 	n := fs.byKey[key]
-	if n != nil {
+	if n != nil && n.sameInode(&sx) {
 		n.lookups++
 		fs.mu.Unlock()
 		if donate {
@@ -302,7 +307,11 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 		fs.fillEntry(n, &st, out)
 		return n, nil
 	}
+	// No inode, or a listed one whose number the host gave to a new
+	// inode since (it had no fd to keep it): this one replaces it under
+	// the key; the guest's node of the old one answers ESTALE.
 	n = &inode{id: fs.nextID, key: key, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, handle: fh, fd: -1, lookups: 1}
+	n.btime, n.hasBtime = sx.Btime, sx.Mask&unix.STATX_BTIME != 0
 	if fh != nil {
 		mfd, ok := fs.mounts[mnt]
 		if !ok {
@@ -319,7 +328,7 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 		}
 		if mfd < 0 {
 			key = inodeKey{dev: st.Dev, ino: st.Ino}
-			if other := fs.byKey[key]; other != nil {
+			if other := fs.byKey[key]; other != nil && other.sameInode(&sx) {
 				other.lookups++
 				fs.mu.Unlock()
 				if donate {
@@ -361,6 +370,67 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 	}
 	fs.fillEntry(n, &st, out)
 	return n, nil
+}
+
+// internListed finds or adds the inode a READDIRPLUS listing met as name
+// in dir, with sx the statx of that name (which must have a birth time),
+// counts one lookup and fills out. A new inode gets no fd: it is listed
+// (listedName), and its fd is opened on its first use, if any: a guest
+// walking a tree uses few of the entries it lists (find and ls need only
+// their attributes), and for each it spares an openat2, an fstat and,
+// when the guest forgets it, a close. The inode's number cannot be
+// recycled under it unnoticed: sameInode compares birth times.
+func (fs *FS) internListed(dir *inode, name string, sx *unix.Statx_t, out *fuse.EntryOut) *inode {
+	var st syscall.Stat_t
+	statxToStat(sx, &st)
+	key := inodeKey{dev: st.Dev, ino: st.Ino}
+	fs.mu.Lock()
+	n := fs.byKey[key]
+	if n != nil && n.sameInode(sx) {
+		n.lookups++
+		fs.mu.Unlock()
+		fs.fillEntry(n, &st, out)
+		return n
+	}
+	n = &inode{id: fs.nextID, key: key, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: -1, lookups: 1,
+		btime: sx.Btime, hasBtime: true, listed: &listedName{parent: dir, name: name}}
+	fs.nextID++
+	fs.nodes[n.id] = n
+	fs.byKey[key] = n
+	fs.mu.Unlock()
+	fs.listedEntries.Add(1)
+	fs.fillEntry(n, &st, out)
+	return n
+}
+
+// statxMask is what every statx here asks for: what stat(2) gives, and
+// the birth time that identifies a listed inode.
+const statxMask = unix.STATX_BASIC_STATS | unix.STATX_BTIME
+
+// statxFd is statx(2) of name under dirfd (flags as statx's; the daemon
+// never triggers an automount), asking for statxMask.
+func statxFd(dirfd int, name string, flags int, sx *unix.Statx_t) error {
+	return unix.Statx(dirfd, name, flags|unix.AT_NO_AUTOMOUNT, statxMask, sx)
+}
+
+// statxToStat fills st from sx as stat(2) would have (fuse.Attr.FromStat
+// and the inode keys take a stat).
+func statxToStat(sx *unix.Statx_t, st *syscall.Stat_t) {
+	*st = syscall.Stat_t{
+		Dev:     unix.Mkdev(sx.Dev_major, sx.Dev_minor),
+		Ino:     sx.Ino,
+		Nlink:   uint64(sx.Nlink),
+		Mode:    uint32(sx.Mode),
+		Uid:     sx.Uid,
+		Gid:     sx.Gid,
+		Rdev:    unix.Mkdev(sx.Rdev_major, sx.Rdev_minor),
+		Size:    int64(sx.Size),
+		Blksize: int64(sx.Blksize),
+		Blocks:  int64(sx.Blocks),
+		Atim:    syscall.Timespec{Sec: sx.Atime.Sec, Nsec: int64(sx.Atime.Nsec)},
+		Mtim:    syscall.Timespec{Sec: sx.Mtime.Sec, Nsec: int64(sx.Mtime.Nsec)},
+		Ctim:    syscall.Timespec{Sec: sx.Ctime.Sec, Nsec: int64(sx.Ctime.Nsec)},
+	}
 }
 
 func (fs *FS) fillEntry(n *inode, st *syscall.Stat_t, out *fuse.EntryOut) {

@@ -12,7 +12,8 @@ import (
 // inodeKey identifies a host inode. With file handles it is the handle (which
 // carries the generation, so a recycled inode number never aliases a deleted
 // file); without, it is (dev, ino), which cannot be recycled while the pinned
-// O_PATH fd keeps the inode alive.
+// O_PATH fd keeps the inode alive. A listed inode (see listedName) has no fd
+// yet: its birth time tells a recycled number apart.
 type inodeKey struct {
 	mnt    int
 	htype  int32
@@ -33,13 +34,42 @@ type inode struct {
 	handle  *unix.FileHandle
 	mountFd int
 
+	// btime is the inode's birth time (statx), set when the inode is
+	// added and never changed; hasBtime is false where the filesystem
+	// keeps none. With dev and ino it tells the inode from a later one
+	// given the same number (sameInode).
+	btime    unix.StatxTimestamp
+	hasBtime bool
+
 	lookups uint64 // guarded by FS.mu
 
 	// guarded by fdCache.mu
-	fd   int           // O_PATH fd or -1
-	refs int           // operations using fd
-	elem *list.Element // position in the LRU, nil when not cached
-	dead bool          // forgotten: close fd when refs drops to 0
+	fd     int           // O_PATH fd or -1
+	refs   int           // operations using fd
+	elem   *list.Element // position in the LRU, nil when not cached
+	dead   bool          // forgotten: close fd when refs drops to 0
+	listed *listedName   // where to open a listed inode's fd; nil once it has one
+}
+
+// listedName is where a READDIRPLUS listing met an inode it answered
+// without opening it (FS.internListed): the directory's inode and the
+// entry's name. The inode's first operation that needs an fd opens the
+// name there, confined as every lookup, and keeps the fd only if it is
+// still the same inode (acquireListed); then the inode is pinned like a
+// looked-up one and forgets its listedName.
+type listedName struct {
+	parent *inode
+	name   string
+}
+
+// sameInode reports whether sx (a statx with STATX_BTIME asked) shows n
+// itself: the same device and inode number, and, where n has a birth
+// time, the same birth time.
+func (n *inode) sameInode(sx *unix.Statx_t) bool {
+	if unix.Mkdev(sx.Dev_major, sx.Dev_minor) != n.dev || sx.Ino != n.ino {
+		return false
+	}
+	return !n.hasBtime || (sx.Mask&unix.STATX_BTIME != 0 && sx.Btime == n.btime)
 }
 
 func (n *inode) isDir() bool  { return n.mode == syscall.S_IFDIR }
@@ -69,7 +99,11 @@ func (c *fdCache) acquire(n *inode) (int, error) {
 		c.mu.Unlock()
 		return n.fd, nil
 	}
+	listed := n.listed
 	c.mu.Unlock()
+	if listed != nil {
+		return c.acquireListed(n, listed)
+	}
 	if n.handle == nil {
 		return -1, syscall.ESTALE
 	}
@@ -92,6 +126,50 @@ func (c *fdCache) acquire(n *inode) (int, error) {
 	return fd, nil
 }
 
+// acquireListed is acquire for an inode met in a listing, which has no
+// fd yet: it looks the name up again in the directory it was listed in
+// (openBeneath from the directory inode's own fd, as every lookup) and
+// pins the fd as intern does a looked-up inode's, counted in the budget.
+// A name that is gone, or that is another inode now (renamed or replaced
+// on the host since the listing), answers ESTALE, as an inode whose file
+// handle no longer opens does; the guest's VFS then looks the path up
+// again. So is a directory the guest has forgotten.
+func (c *fdCache) acquireListed(n *inode, at *listedName) (int, error) {
+	pfd, err := c.acquire(at.parent)
+	if err != nil {
+		return -1, syscall.ESTALE
+	}
+	fd, err := openBeneath(pfd, at.name)
+	c.release(at.parent)
+	if err != nil {
+		return -1, syscall.ESTALE
+	}
+	var sx unix.Statx_t
+	if err := statxFd(fd, "", unix.AT_EMPTY_PATH, &sx); err != nil || !n.sameInode(&sx) {
+		unix.Close(fd)
+		return -1, syscall.ESTALE
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case n.fd >= 0: // another request opened it meanwhile
+		unix.Close(fd)
+		n.refs++
+		return n.fd, nil
+	case n.dead:
+		unix.Close(fd)
+		return -1, syscall.ESTALE
+	}
+	if c.budget != nil {
+		if err := c.budget.take(); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	n.fd, n.refs, n.listed = fd, 1, nil
+	return fd, nil
+}
+
 // release ends a use of the fd returned by acquire.
 func (c *fdCache) release(n *inode) {
 	c.mu.Lock()
@@ -110,8 +188,18 @@ func (c *fdCache) release(n *inode) {
 func (c *fdCache) offer(n *inode, fd int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if n.fd >= 0 || n.dead || n.handle == nil {
+	if n.fd >= 0 || n.dead {
 		unix.Close(fd)
+		return
+	}
+	if n.handle == nil {
+		// A listed inode looked up by name: pin the fd (intern checked
+		// it is the same inode), as acquireListed would.
+		if n.listed == nil || (c.budget != nil && c.budget.take() != nil) {
+			unix.Close(fd)
+			return
+		}
+		n.fd, n.listed = fd, nil
 		return
 	}
 	n.fd = fd
@@ -124,6 +212,7 @@ func (c *fdCache) offer(n *inode, fd int) {
 func (c *fdCache) forget(n *inode) {
 	c.mu.Lock()
 	n.dead = true
+	n.listed = nil // lets go of the parent
 	if n.refs == 0 {
 		c.closeLocked(n)
 	}

@@ -3,6 +3,7 @@ package passthrough
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -210,30 +211,7 @@ func testReadDirPlusKnownEntries(t *testing.T, handles string, wantSecond, wantT
 			t.Fatal(err)
 		}
 	}
-	// list returns the node IDs and entries of the root's READDIRPLUS.
-	list := func() (map[string]uint64, map[string]fuse.EntryOut) {
-		t.Helper()
-		var oo fuse.OpenOut
-		if s := e.fs.OpenDir(nil, &fuse.OpenIn{InHeader: hdr(1)}, &oo); !s.Ok() {
-			t.Fatal(s)
-		}
-		defer e.fs.ReleaseDir(&fuse.ReleaseIn{InHeader: hdr(1), Fh: oo.Fh})
-		l := fuse.NewDirEntryList(make([]byte, 8192), 0)
-		if s := e.fs.ReadDirPlus(nil, &fuse.ReadIn{InHeader: hdr(1), Fh: oo.Fh, Size: 8192}, l); !s.Ok() {
-			t.Fatal(s)
-		}
-		ents, outs, err := fuse.ParseDirLookupEntries(l.Bytes())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids, eo := map[string]uint64{}, map[string]fuse.EntryOut{}
-		for i, d := range ents {
-			if d.Name != "." && d.Name != ".." {
-				ids[d.Name], eo[d.Name] = outs[i].NodeId, outs[i]
-			}
-		}
-		return ids, eo
-	}
+	list := func() (map[string]uint64, map[string]fuse.EntryOut) { return e.readDirPlus(t, 1) }
 	first, _ := list()
 	if got := e.fs.knownEntries.Load(); got != 0 {
 		t.Fatalf("%d entries answered as known in the first listing", got)
@@ -296,4 +274,144 @@ func testReadDirPlusKnownEntries(t *testing.T, handles string, wantSecond, wantT
 	if s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(first["mnt"])}, &ao); s.Ok() {
 		t.Errorf("the mounted-over directory's node after the FORGETs of its two listings: %v", s)
 	}
+}
+
+// readDirPlus lists directory node dir with one READDIRPLUS (between an
+// OPENDIR and a RELEASEDIR) and returns its entries' node IDs and entries
+// by name ("." and ".." left out).
+func (e *env) readDirPlus(t *testing.T, dir uint64) (map[string]uint64, map[string]fuse.EntryOut) {
+	t.Helper()
+	var oo fuse.OpenOut
+	if s := e.fs.OpenDir(nil, &fuse.OpenIn{InHeader: hdr(dir)}, &oo); !s.Ok() {
+		t.Fatal(s)
+	}
+	defer e.fs.ReleaseDir(&fuse.ReleaseIn{InHeader: hdr(dir), Fh: oo.Fh})
+	l := fuse.NewDirEntryList(make([]byte, 8192), 0)
+	if s := e.fs.ReadDirPlus(nil, &fuse.ReadIn{InHeader: hdr(dir), Fh: oo.Fh, Size: 8192}, l); !s.Ok() {
+		t.Fatal(s)
+	}
+	ents, outs, err := fuse.ParseDirLookupEntries(l.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, eo := map[string]uint64{}, map[string]fuse.EntryOut{}
+	for i, d := range ents {
+		if d.Name != "." && d.Name != ".." {
+			ids[d.Name], eo[d.Name] = outs[i].NodeId, outs[i]
+		}
+	}
+	return ids, eo
+}
+
+// TestReadDirPlusListed: without file handles, READDIRPLUS answers a new
+// entry from a statx of its name and pins no fd (a listed inode); its
+// first use opens it where it was listed, confined, and only if the name
+// is still the same inode (device, number and birth time): else ESTALE.
+// A lookup of the name finds the listed node and pins it; a guest rename
+// pins it first; a name whose inode number the host gave to a new inode
+// is a new node.
+func TestReadDirPlusListed(t *testing.T) {
+	e := newEnv(t, Options{InodeFileHandles: HandlesNever})
+	names := []string{"kept", "renamed", "replaced", "symlinked", "guest-renamed", "looked-up", "recycled", "sub"}
+	for _, n := range names[:len(names)-1] {
+		if err := os.WriteFile(e.host(n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(e.host("sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"child", "child2"} {
+		if err := os.WriteFile(e.host("sub", c), []byte("child"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pinned := func() int64 { used, _ := e.fs.OpenFiles(); return int64(used) }
+	before := pinned()
+	ids, eo := e.readDirPlus(t, 1)
+	if got := e.fs.listedEntries.Load(); got != uint64(len(names)) {
+		t.Fatalf("%d of %d entries listed without an fd", got, len(names))
+	}
+	if got := pinned() - before; got != 0 {
+		t.Fatalf("the listing pinned %d fds", got)
+	}
+	for _, n := range names {
+		if ids[n] == 0 || eo[n].Attr.Ino != mustStat(t, e.host(n)).Ino {
+			t.Fatalf("%s: node %d, attributes %+v", n, ids[n], eo[n].Attr)
+		}
+	}
+	getattr := func(n string) fuse.Status {
+		var ao fuse.AttrOut
+		return e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(ids[n])}, &ao)
+	}
+	// First use: opened and pinned.
+	if s := getattr("kept"); !s.Ok() {
+		t.Fatalf("GETATTR of a listed inode: %v", s)
+	}
+	if got := pinned() - before; got != 1 {
+		t.Fatalf("%d fds pinned after the first use of one listed inode, want 1", got)
+	}
+	// Changed on the host since the listing: ESTALE, never another inode.
+	if err := os.Rename(e.host("renamed"), e.host("renamed-away")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(e.host("replaced")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.host("replaced"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(e.host("symlinked")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(e.outside, "secret"), e.host("symlinked")); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"renamed", "replaced", "symlinked"} {
+		if s := getattr(n); s != fuse.Status(syscall.ESTALE) {
+			t.Errorf("GETATTR of listed %q changed on the host: %v, want ESTALE", n, s)
+		}
+	}
+	// Renamed by the guest: still served.
+	rn := fuse.RenameIn{InHeader: hdr(1), Newdir: 1}
+	if s := e.fs.Rename(nil, &rn, "guest-renamed", "guest-renamed-2"); !s.Ok() {
+		t.Fatal(s)
+	}
+	if s := getattr("guest-renamed"); !s.Ok() {
+		t.Errorf("GETATTR of a listed inode the guest renamed: %v", s)
+	}
+	// Looked up: the same node, pinned by the lookup's fd.
+	p0 := pinned()
+	if out := e.lookup(t, 1, "looked-up"); out.NodeId != ids["looked-up"] {
+		t.Errorf("lookup of a listed name: node %d, listed as %d", out.NodeId, ids["looked-up"])
+	}
+	if got := pinned() - p0; got != 1 {
+		t.Errorf("the lookup pinned %d fds, want 1", got)
+	}
+	// Recycled: as if the host had given the listed inode's number to a
+	// new file (its birth time differs), a lookup makes a new node and
+	// the listed one answers ESTALE.
+	e.fs.mu.Lock()
+	e.fs.nodes[ids["recycled"]].btime.Sec--
+	e.fs.mu.Unlock()
+	if out := e.lookup(t, 1, "recycled"); out.NodeId == ids["recycled"] || out.NodeId == 0 {
+		t.Errorf("lookup of a name whose listed inode was recycled: node %d (listed %d)", out.NodeId, ids["recycled"])
+	}
+	if s := getattr("recycled"); s != fuse.Status(syscall.ESTALE) {
+		t.Errorf("GETATTR of a recycled listed inode: %v, want ESTALE", s)
+	}
+	// A listed directory opens where it was listed; its listed child
+	// opens through it; once the directory is forgotten (a hostile
+	// guest: Linux keeps a parent while it holds a child), a child not
+	// opened yet is stale.
+	sub, _ := e.readDirPlus(t, ids["sub"])
+	var ao fuse.AttrOut
+	if s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(sub["child"])}, &ao); !s.Ok() || ao.Size != 5 {
+		t.Errorf("GETATTR of a listed child: %v, size %d", s, ao.Size)
+	}
+	e.fs.Forget(ids["sub"], 1)
+	if s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(sub["child2"])}, &ao); s != fuse.Status(syscall.ESTALE) {
+		t.Errorf("GETATTR of a listed child of a forgotten directory: %v, want ESTALE", s)
+	}
+	e.outsideUntouched(t)
 }
