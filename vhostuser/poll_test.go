@@ -50,3 +50,48 @@ func TestPollBeforeSleep(t *testing.T) {
 		}
 	}
 }
+
+// TestPollAdapts: polling follows the gaps between requests. After
+// pollOffAfter (8) gaps in a row longer than Options.PollBeforeSleep the
+// leader stops polling (a request whose kick is lost is then not served);
+// the first gap the poll would have covered turns it back on (such a
+// request is served without its kick); a lone long gap leaves it on.
+func TestPollAdapts(t *testing.T) {
+	t.Parallel()
+	const poll = 20 * time.Millisecond
+	for _, mode := range []vhostuser.KickWait{vhostuser.KickWaitPpoll, vhostuser.KickWaitInlinePpoll} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t, vhostuser.Options{RequestQueues: 1, KickWait: mode, PollBeforeSleep: poll, IdleCheck: -1})
+			d := connect(t, s, testdriver.Options{RequestQueues: 1, Timeout: 10 * poll})
+			long := func() {
+				t.Helper()
+				time.Sleep(poll + poll/2)
+				wantEcho(t, d, 1, []byte("late"), testdriver.Layout{})
+			}
+			unkicked := func() ([]byte, error) {
+				d.InjectLostNotifications(1, 1, 0)
+				return d.Submit(1, [][]byte{[]byte("unkicked")}, []int{9}, testdriver.Layout{})
+			}
+			for i := 0; i < 9; i++ {
+				long()
+			}
+			if got, err := unkicked(); !errors.Is(err, testdriver.ErrTimeout) {
+				t.Fatalf("after 9 gaps longer than the poll, a request without its kick was served (%q, %v): still polling", got, err)
+			}
+			// A kick pops the stuck one; then a gap the poll covers, which
+			// turns polling back on, one long gap, which leaves it on, and
+			// a request without its kick (a lost kick's injection lasts
+			// until a kick is due, so only one such request can be served).
+			if err := d.Kick(1); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(poll / 5)
+			wantEcho(t, d, 1, []byte("near"), testdriver.Layout{})
+			long()
+			if got, err := unkicked(); err != nil || string(got) != "\x01unkicked" {
+				t.Fatalf("after a gap within the poll's reach and one long gap, a request without its kick: %q, %v; want it served by polling", got, err)
+			}
+		})
+	}
+}
