@@ -88,10 +88,7 @@ type Options struct {
 	// sleeping thread), at the price of a CPU spinning (and yielding it
 	// to any other thread at every look) for that long after every burst.
 	// 0 (the default here; the daemon's is 200 µs) or negative: no
-	// polling. The hiprio queue never polls. A queue stops polling after
-	// 8 gaps in a row between its requests longer than this, and polls
-	// again after the first shorter one (adaptPoll in vring.go), so a
-	// guest whose requests come further apart costs no spinning core. Measured in
+	// polling. The hiprio queue never polls. Measured in
 	// docs/benchmarks.md (issue 15): with KickWaitInlinePpoll it made a
 	// guest's synchronous loops (stat, open+read) 1.3-1.6x faster
 	// without costing the streaming ones.

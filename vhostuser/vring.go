@@ -137,7 +137,7 @@ type runner struct {
 	kickRaw syscall.RawConn // r.kick's, for ppoll
 	procs   *ProcReserve    // Options.Procs, holding a P for this ppoll leader
 	idle    time.Duration   // bound of one wait for a kick; <= 0: none
-	poll    time.Duration   // the longest poll of an empty ring before sleeping; <= 0: never
+	poll    time.Duration   // how long to poll an empty ring before sleeping; <= 0: not at all
 	slots   []slot
 	stop    atomic.Bool
 	lead    chan struct{} // holds the lead token when no goroutine leads
@@ -153,10 +153,7 @@ type runner struct {
 
 	// Owned by the leader (the token orders successive leaders).
 	scratch   virtqueue.Chain
-	draining  bool          // kicks are disabled while popping
-	pollWin   time.Duration // the next poll's length: poll, or 0 (adaptPoll)
-	longGaps  int           // gaps in a row longer than poll (adaptPoll)
-	emptyAt   time.Time     // when the ring was found empty; zero while chains come
+	draining  bool // kicks are disabled while popping
 	kickBuf   [8]byte
 	kickAt    time.Time           // when the last kick woke the leader (QueueWaiter only)
 	idleUsed  uint16              // used index at the last idle check
@@ -181,7 +178,6 @@ func startRunner(ctx context.Context, v *vring, q *virtqueue.Queue, mem *virtque
 		// for: polling it would only spin a second thread.
 		r.poll = 0
 	}
-	r.pollWin = r.poll
 	r.qw, _ = dev.(QueueWaiter)
 	r.tr, r.observe = v.trace, opts.IdleObserveOnly
 	r.tr.add(evStart, v.base, q.State().DeviceUsed, 0, 0)
@@ -371,10 +367,6 @@ func (r *runner) next() (head uint16, ok bool) {
 		snap := r.mem.Acquire()
 		got, err := r.q.Pop(snap, &r.scratch)
 		if got {
-			if !r.emptyAt.IsZero() {
-				r.adaptPoll(time.Since(r.emptyAt))
-				r.emptyAt = time.Time{}
-			}
 			head := r.scratch.Head
 			r.tr.add(evPop, head, r.q.LastAvail(), 0, 0)
 			if err != nil && isChainError(err) {
@@ -461,10 +453,9 @@ func (r *runner) dropMalformed(head uint16, err error) {
 	}
 }
 
-// pollRing looks at the empty ring for up to r.pollWin, kicks still
+// pollRing looks at the empty ring for up to r.poll, kicks still
 // suppressed, and reports whether a chain arrived (or the queue is
-// stopping: the caller's loop then ends). It notes when the ring was found
-// empty, for adaptPoll.
+// stopping: the caller's loop then ends).
 //
 // Between looks it gives its core to any other thread that wants it
 // (sched_yield(2), a system call that never blocks, so made raw): on a
@@ -481,48 +472,20 @@ func (r *runner) pollRing() bool {
 	if r.poll <= 0 {
 		return false
 	}
-	now := time.Now()
-	if r.emptyAt.IsZero() {
-		r.emptyAt = now
-	}
-	if r.pollWin <= 0 {
-		return false
-	}
-	end := now.Add(r.pollWin)
+	var end time.Time
 	for i := 0; ; i++ {
 		if r.q.Pending() || r.stop.Load() {
 			return true
 		}
-		if i%8 == 7 && time.Now().After(end) {
-			return false
+		if i%8 == 0 {
+			now := time.Now()
+			if i == 0 {
+				end = now.Add(r.poll)
+			} else if now.After(end) {
+				return false
+			}
 		}
 		unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-	}
-}
-
-// pollOffAfter is how many gaps in a row longer than the longest poll
-// turn a queue's polling off (adaptPoll).
-const pollOffAfter = 8
-
-// adaptPoll turns the next poll on or off from gap, how long the ring
-// stayed empty before this chain, as KVM's halt polling shrinks to nothing
-// when a vCPU's wake-ups come later than it would poll: after
-// pollOffAfter gaps in a row longer than the longest poll (Options.
-// PollBeforeSleep) the leader stops polling, since spinning through such
-// gaps only burns a core the guest's vCPU and the VMM's threads want; the
-// first gap the poll would have covered turns it back on, in full. A
-// guest walking a tree, whose next request comes a millisecond after the
-// last reply, stops costing a spinning core after a few requests; one
-// stat'ing files in a loop (tens of microseconds apart) keeps its poll,
-// and a lone late request (a wake-up delayed on a busy host) does not
-// cut it. BenchmarkPollGaps measures both sides.
-func (r *runner) adaptPoll(gap time.Duration) {
-	if gap <= r.poll {
-		r.longGaps, r.pollWin = 0, r.poll
-		return
-	}
-	if r.longGaps++; r.longGaps >= pollOffAfter {
-		r.pollWin = 0
 	}
 }
 

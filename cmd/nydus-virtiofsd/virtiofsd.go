@@ -42,8 +42,7 @@ Daemon:
   --thread-pool-size=N      at least N workers per request queue (default 4)
   --kick-wait=MODE          how a queue waits for the guest: inline-ppoll (default), ppoll, inline, poller
                             (docs/benchmarks.md, issue 15)
-  --poll-before-sleep=DUR   look at an empty queue this long before sleeping, unless the last 8 requests
-                            came further apart (default 200us; 0: never)
+  --poll-before-sleep=DUR   look at an empty queue this long before sleeping (default 200us; 0: never)
   --request-queues=N        request queues besides hiprio (default 1)
   --keep-listening          accept a new frontend after one disconnects instead of exiting
   --log-level=LEVEL         error|warn|info|debug|trace|off (default info; -d is debug)

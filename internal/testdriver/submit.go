@@ -322,19 +322,6 @@ func (d *Driver) InjectStoreLoadReorder(queue, kicks, rearms int) {
 	q.mu.Unlock()
 }
 
-// Kick notifies the device of queue whether or not it asked for a kick,
-// as a driver may (to recover a request whose kick was lost).
-func (d *Driver) Kick(queue int) error {
-	q, err := d.queue(queue)
-	if err != nil {
-		return err
-	}
-	if _, err := q.kick.Write(q.kickVal[:]); err != nil {
-		return fmt.Errorf("kick: %w", err)
-	}
-	return nil
-}
-
 // InjectBogusAvailIndex publishes an available index ahead chains past
 // the driver's real one (a fault injector: a broken or hostile driver) and
 // kicks; the returned function puts the real index back. Nothing is
