@@ -218,34 +218,9 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 		if e.Name == "." || e.Name == ".." {
 			return true
 		}
-		if n := fs.knownEntry(h, &e, eo); n != nil {
-			fs.markSubmount(h.node, n, eo)
-			out.FixMode(eo.Attr.Mode)
-			return true
-		}
-		if !fs.handles {
-			// One statx of the name (a single component, never
-			// followed) answers a new entry, which gets its fd when
-			// first used (internListed), where the filesystem keeps
-			// birth times to tell inodes apart without an fd.
-			var sx unix.Statx_t
-			if err := statxFd(h.fd, e.Name, unix.AT_SYMLINK_NOFOLLOW, &sx); err != nil {
-				return true // vanished: NodeId 0 tells the kernel to skip it
-			}
-			if sx.Mask&unix.STATX_BTIME != 0 {
-				n := fs.internListed(h.node, e.Name, &sx, eo)
-				fs.markSubmount(h.node, n, eo)
-				out.FixMode(eo.Attr.Mode)
-				return true
-			}
-		}
-		fd, err := openBeneath(h.fd, e.Name)
-		if err != nil {
-			return true // vanished: NodeId 0 tells the kernel to skip it
-		}
-		n, err := fs.intern(fd, true, eo)
-		if err != nil {
-			*eo = fuse.EntryOut{}
+		n := fs.plusEntry(h, e.Name, eo)
+		if n == nil {
+			*eo = fuse.EntryOut{} // vanished: NodeId 0 tells the kernel to skip it
 			return true
 		}
 		fs.markSubmount(h.node, n, eo)
@@ -254,40 +229,36 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 	})
 }
 
-// knownEntry answers a READDIRPLUS entry with an inode this filesystem
-// already holds, keyed by (device, inode number), without opening the name
-// again: one statx instead of openat2, fstat and the close of the fd found
-// redundant. A guest listing again a directory whose inodes it still holds
-// (a warm walk, a shell's completion) meets such entries.
+// plusEntry looks up a READDIRPLUS entry, name in the directory open at
+// h, and fills out; nil when it cannot (the name vanished meanwhile).
 //
-// The entry's d_ino picks the candidate; the statx (of one component,
-// never following a symlink) must then show the same inode: the same
-// device and inode number, which cannot have been recycled while the
-// candidate's fd keeps the inode alive, or, for a listed inode without an
-// fd, the same birth time too (sameInode). So the answer never reaches an
-// inode that a confined lookup or listing did not reach first, and a name
-// replaced or mounted over since falls back to the full path (as does an
-// inode known by file handle). It returns nil for every fallback.
-func (fs *FS) knownEntry(dir *fileHandle, e *fuse.DirEntry, out *fuse.EntryOut) *inode {
-	key := inodeKey{dev: dir.node.dev, ino: e.Ino}
-	fs.mu.Lock()
-	n := fs.byKey[key]
-	if n != nil {
-		n.lookups++ // the entry's; given back if the name is another inode now
+// Without file handles one statx of the name (one component, never
+// followed, relative to the directory's own fd) comes first, and
+// internListed answers from it: with an inode the daemon holds already
+// (a warm walk, a shell's completion: no openat2, fstat and close of a
+// redundant fd), or with a new listed inode, which gets its fd on first
+// use. Only where the filesystem keeps no birth time is a new entry
+// looked up in full, as LOOKUP does (that costs the statx for nothing).
+// With file handles every entry is looked up in full: inodes are keyed by
+// handle there.
+func (fs *FS) plusEntry(h *fileHandle, name string, out *fuse.EntryOut) *inode {
+	if !fs.handles {
+		var sx unix.Statx_t
+		if statxFd(h.fd, name, unix.AT_SYMLINK_NOFOLLOW, &sx) != nil {
+			return nil
+		}
+		if n := fs.internListed(h.node, name, &sx, out); n != nil {
+			return n
+		}
 	}
-	fs.mu.Unlock()
-	if n == nil {
+	fd, err := openBeneath(h.fd, name)
+	if err != nil {
 		return nil
 	}
-	var sx unix.Statx_t
-	if err := statxFd(dir.fd, e.Name, unix.AT_SYMLINK_NOFOLLOW, &sx); err != nil || !n.sameInode(&sx) {
-		fs.Forget(n.id, 1)
+	n, err := fs.intern(fd, true, out)
+	if err != nil {
 		return nil
 	}
-	var st syscall.Stat_t
-	statxToStat(&sx, &st)
-	fs.knownEntries.Add(1)
-	fs.fillEntry(n, &st, out)
 	return n
 }
 

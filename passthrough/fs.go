@@ -48,8 +48,8 @@ type FS struct {
 	// parkedDirBufs counts the getdents buffers directory handles keep
 	// between READDIRs (dir.go, at most maxParkedDirBufs).
 	parkedDirBufs atomic.Int64
-	// knownEntries counts the READDIRPLUS entries answered without a
-	// lookup (knownEntry), for tests.
+	// knownEntries counts the READDIRPLUS entries answered with an inode
+	// already held (internListed), for tests.
 	knownEntries atomic.Uint64
 	// listedEntries counts the inodes READDIRPLUS added without an fd
 	// (internListed), for tests.
@@ -372,27 +372,35 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 	return n, nil
 }
 
-// internListed finds or adds the inode a READDIRPLUS listing met as name
-// in dir, with sx the statx of that name (which must have a birth time),
-// counts one lookup and fills out. A new inode gets no fd: it is listed
-// (listedName), and its fd is opened on its first use, if any: a guest
-// walking a tree uses few of the entries it lists (find and ls need only
-// their attributes), and for each it spares an openat2, an fstat and,
-// when the guest forgets it, a close. The inode's number cannot be
-// recycled under it unnoticed: sameInode compares birth times.
+// internListed answers a READDIRPLUS entry from sx, the statx of name in
+// dir, without opening it, and counts one lookup: with the inode this
+// filesystem holds under sx's device and inode number if sx shows that
+// very inode (sameInode: an inode with an fd cannot have had its number
+// recycled; a listed one must have the same birth time too), or else with
+// a new listed inode (listedName), whose fd is opened on its first use, if
+// any: a guest walking a tree uses few of the entries it lists (find and
+// ls need only their attributes), and each spares an openat2, an fstat
+// and, when the guest forgets it, a close. So the answer never reaches an
+// inode that a confined lookup or listing did not reach first. It returns
+// nil, counting nothing, when the inode is not held and sx has no birth
+// time to tell a recycled number apart: the caller looks the name up.
 func (fs *FS) internListed(dir *inode, name string, sx *unix.Statx_t, out *fuse.EntryOut) *inode {
 	var st syscall.Stat_t
 	statxToStat(sx, &st)
 	key := inodeKey{dev: st.Dev, ino: st.Ino}
 	fs.mu.Lock()
-	n := fs.byKey[key]
-	if n != nil && n.sameInode(sx) {
+	if n := fs.byKey[key]; n != nil && n.sameInode(sx) {
 		n.lookups++
 		fs.mu.Unlock()
+		fs.knownEntries.Add(1)
 		fs.fillEntry(n, &st, out)
 		return n
 	}
-	n = &inode{id: fs.nextID, key: key, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: -1, lookups: 1,
+	if sx.Mask&unix.STATX_BTIME == 0 {
+		fs.mu.Unlock()
+		return nil
+	}
+	n := &inode{id: fs.nextID, key: key, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: -1, lookups: 1,
 		btime: sx.Btime, hasBtime: true, listed: &listedName{parent: dir, name: name}}
 	fs.nextID++
 	fs.nodes[n.id] = n

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // env is a shared directory with a sibling "outside" directory that nothing
@@ -133,6 +134,16 @@ func (e *env) outsideUntouched(t testing.TB) {
 	if st.Nlink != 1 || st.Mode&07777 != 0o644 || st.Uid != 0 {
 		t.Fatalf("outside secret metadata changed: nlink %d mode %o uid %d", st.Nlink, st.Mode&07777, st.Uid)
 	}
+}
+
+// mountIn mounts a fresh fstype filesystem (tmpfs, ramfs: no device)
+// with options data on the share's directory rel, until the test ends.
+func (e *env) mountIn(t testing.TB, fstype, data, rel string) {
+	t.Helper()
+	if err := unix.Mount(fstype, e.host(rel), fstype, 0, data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(e.host(rel), unix.MNT_DETACH) })
 }
 
 func hdr(node uint64) fuse.InHeader { return fuse.InHeader{NodeId: node} }

@@ -42,10 +42,7 @@ func procOps(t *testing.T, opts Options, fallbacks bool) {
 	if err := unix.Mkfifo(e.host("p"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("tmpfs", e.host("sub"), "tmpfs", 0, "size=64k"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(e.host("sub"), unix.MNT_DETACH) })
+	e.mountIn(t, "tmpfs", "size=64k", "sub")
 	if err := os.WriteFile(e.host("sub", "x"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}

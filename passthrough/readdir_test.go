@@ -250,10 +250,7 @@ func testReadDirPlusKnownEntries(t *testing.T, handles string, wantSecond, wantT
 	if err := os.Mkdir(e.host("a"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Mount("tmpfs", e.host("mnt"), "tmpfs", 0, ""); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Unmount(e.host("mnt"), syscall.MNT_DETACH) })
+	e.mountIn(t, "tmpfs", "", "mnt")
 	before := e.fs.knownEntries.Load()
 	third, eo := list()
 	if third["a"] == first["a"] || third["mnt"] == first["mnt"] {
@@ -414,4 +411,42 @@ func TestReadDirPlusListed(t *testing.T) {
 		t.Errorf("GETATTR of a listed child of a forgotten directory: %v, want ESTALE", s)
 	}
 	e.outsideUntouched(t)
+}
+
+// TestReadDirPlusWithoutBirthTimes: on a filesystem that keeps no birth
+// times (ramfs, mounted inside the share), READDIRPLUS cannot tell a
+// recycled inode number apart without an fd, so it lists nothing: each
+// new entry is looked up in full and pinned, as LOOKUP does; a second
+// listing answers the same nodes from the pinned inodes.
+func TestReadDirPlusWithoutBirthTimes(t *testing.T) {
+	e := newEnv(t, Options{InodeFileHandles: HandlesNever})
+	if err := os.Mkdir(e.host("rf"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.mountIn(t, "ramfs", "", "rf")
+	for _, n := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(e.host("rf", n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rf := e.lookup(t, 1, "rf").NodeId
+	pinned := func() int { used, _ := e.fs.OpenFiles(); return used }
+	before := pinned()
+	first, _ := e.readDirPlus(t, rf)
+	if got := e.fs.listedEntries.Load(); got != 0 {
+		t.Fatalf("%d entries listed without an fd on a filesystem without birth times", got)
+	}
+	if got := pinned() - before; got != 3 {
+		t.Fatalf("%d fds pinned by listing 3 entries without birth times, want 3", got)
+	}
+	known := e.fs.knownEntries.Load()
+	second, _ := e.readDirPlus(t, rf)
+	if got := e.fs.knownEntries.Load() - known; got != 3 {
+		t.Errorf("%d of 3 pinned entries answered as known in the second listing", got)
+	}
+	for n, id := range first {
+		if id == 0 || second[n] != id {
+			t.Errorf("%s: node %d, then %d", n, id, second[n])
+		}
+	}
 }
