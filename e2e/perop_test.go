@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -162,18 +163,24 @@ func BenchmarkPerOpVsC(b *testing.B) {
 				cmd.Wait()
 			}
 		})
+		// The socket's name appears at bind(2), before listen(2): until
+		// then a connection is refused.
+		var drv *testdriver.Driver
 		for t0 := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-			if _, err := os.Stat(sock); err == nil {
-				break
+			var err error
+			if _, err = os.Stat(sock); err == nil {
+				drv, err = testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.QEMU, RequestQueues: 1,
+					QueueSize: queueSize, MemRegions: []uint64{64 << 20}})
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, syscall.ECONNREFUSED) {
+					b.Fatalf("%v: connect: %v", args, err)
+				}
 			}
 			if time.Since(t0) > 10*time.Second {
-				b.Fatalf("%v: no socket after 10 s", args)
+				b.Fatalf("%v: no socket accepting after 10 s: %v", args, err)
 			}
-		}
-		drv, err := testdriver.Connect(sock, testdriver.Options{Sequence: testdriver.QEMU, RequestQueues: 1,
-			QueueSize: queueSize, MemRegions: []uint64{64 << 20}})
-		if err != nil {
-			b.Fatalf("%v: connect: %v", args, err)
 		}
 		g := &guest{t: b, drv: drv}
 		c := g.client(1, testdriver.Layout{})

@@ -67,25 +67,33 @@ func TestOpenFileBudget(t *testing.T) {
 	}
 }
 
-// TestPinnedFdBudget: without file handles each inode the guest knows
-// pins an fd, counted in the same budget; FORGET gives it back.
+// TestPinnedFdBudget: without file handles each inode the guest uses
+// pins an fd (a looked-up inode is listed until its first use), counted
+// in the same budget; FORGET gives it back.
 func TestPinnedFdBudget(t *testing.T) {
 	e := newEnv(t, Options{MaxOpenFiles: 4, InodeFileHandles: HandlesNever})
 	for i := 0; i < 5; i++ {
 		os.WriteFile(e.host("f"+strconv.Itoa(i)), nil, 0o644)
 	}
 	var ids []uint64
-	for i := 0; i < 4; i++ {
+	for i := 0; i < 5; i++ {
 		ids = append(ids, e.lookup(t, 1, "f"+strconv.Itoa(i)).NodeId)
 	}
-	var eo fuse.EntryOut
-	h := hdr(1)
-	if s := e.fs.Lookup(nil, &h, "f4", &eo); s != fuse.Status(unix.ENFILE) {
-		t.Fatalf("lookup past the budget: %v, want ENFILE", s)
+	getattr := func(id uint64) fuse.Status {
+		var ao fuse.AttrOut
+		return e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(id)}, &ao)
+	}
+	for _, id := range ids[:4] {
+		if s := getattr(id); !s.Ok() {
+			t.Fatalf("GETATTR within the budget: %v", s)
+		}
+	}
+	if s := getattr(ids[4]); s != fuse.Status(unix.ENFILE) {
+		t.Fatalf("first use past the budget: %v, want ENFILE", s)
 	}
 	e.fs.Forget(ids[0], 1)
-	if s := e.fs.Lookup(nil, &h, "f4", &eo); !s.Ok() {
-		t.Fatalf("lookup after a forget: %v", s)
+	if s := getattr(ids[4]); !s.Ok() {
+		t.Fatalf("first use after a forget: %v", s)
 	}
 }
 

@@ -104,7 +104,10 @@ func status2err(s fuse.Status) error {
 }
 
 func (fs *FS) remove(h *fuse.InHeader, name string, flags int) fuse.Status {
-	return fs.inDir(h, name, func(pfd int) error { return unix.Unlinkat(pfd, name, flags) })
+	return fs.inDir(h, name, func(pfd int) error {
+		fs.pinListed(pfd, name)
+		return unix.Unlinkat(pfd, name, flags)
+	})
 }
 
 // Unlink removes a non-directory.
@@ -132,18 +135,17 @@ func (fs *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName string, 
 				return syscall.ENOTDIR
 			}
 			fs.pinListed(ofd, oldName)
-			if in.Flags&unix.RENAME_EXCHANGE != 0 {
-				fs.pinListed(nfd, newName)
-			}
+			fs.pinListed(nfd, newName) // exchanged, or replaced
 			return unix.Renameat2(ofd, oldName, nfd, newName, uint(in.Flags))
 		}))
 	})
 }
 
 // pinListed gives a listed inode that is name in the directory pfd its fd
-// (acquireListed) before the guest's rename moves it away from the name
+// (acquireListed) before the guest's rename or unlink takes away the name
 // it was listed under, so that it stays served as a looked-up inode
-// would. Nothing to do with file handles (no inode is listed then).
+// would (an open file, a hard link's other names, a process's working
+// directory). Nothing to do with file handles (no inode is listed then).
 func (fs *FS) pinListed(pfd int, name string) {
 	if fs.handles {
 		return

@@ -45,24 +45,26 @@
 // filesystem has no handles (some overlay or FUSE setups), or with
 // InodeFileHandles "never", an inode pins one O_PATH fd until the
 // guest forgets it, as virtiofsd does, with one difference: an inode a
-// READDIRPLUS listing meets first is answered from one statx of the name
-// (one component, never followed, from the directory's own fd) and is
-// "listed": it pins no fd until an operation needs one, which then opens
-// the name where it was listed with the same confined openat2 and keeps
-// the fd only if the statx of it shows the same device, inode number and
-// birth time (a listed inode has no fd to keep its number from being
-// recycled, and ext4 recycles at once; the birth time tells a new inode
-// apart). A name renamed, removed or replaced on the host since the
-// listing answers ESTALE, as virtiofsd's inodes identified by handle do
-// when the handle no longer opens, and the guest's VFS looks the path up
-// again; a guest RENAME pins the listed inode it moves first. A walk
-// (find, ls -l, du) uses few of the entries it lists, and each listed
+// LOOKUP or a READDIRPLUS listing meets first is answered from one statx
+// of the name (one component, never followed, from the directory's own
+// fd) and is "listed": it pins no fd until an operation needs one, which
+// then opens the name where the inode was last seen with the same
+// confined openat2 and keeps the fd only if the statx of it shows the
+// same device, inode number and birth time (a listed inode has no fd to
+// keep its number from being recycled, and ext4 recycles at once; the
+// birth time tells a new inode apart). A name renamed, removed or
+// replaced on the host since answers ESTALE, as virtiofsd's inodes
+// identified by handle do when the handle no longer opens, and the
+// guest's VFS looks the path up again; a guest RENAME or UNLINK that
+// takes a listed inode's name pins the inode first (one statx, as
+// virtiofsd's unlink looks the name up too). A walk (find, ls -l, du)
+// and a stat of a path use few of the inodes they meet, and each listed
 // one spares an openat2, an fstat and a close, and an fd held while the
-// guest remembers it (measured in docs/benchmarks.md, issue 15). Where the
-// filesystem keeps no birth time, listings look entries up as LOOKUP
-// does. FORGET drops the inode when its
-// lookup count reaches zero. Node IDs are never reused, so the generation
-// is always 0. Attr.Ino is the host inode number.
+// guest remembers it (measured in docs/benchmarks.md, issue 15). Where
+// the filesystem keeps no birth time, lookups and listings open the name
+// at once. FORGET drops the inode when its lookup count reaches zero.
+// Node IDs are never reused, so the generation is always 0. Attr.Ino is
+// the host inode number.
 //
 // Guest-held fds (open files and directories, and pinned O_PATH fds) are
 // counted against Options.MaxOpenFiles, by default RLIMIT_NOFILE less the

@@ -100,9 +100,10 @@ func TestFdBoundFind(t *testing.T) {
 }
 
 // TestFdBoundNeedsHandles shows the failure the handles avoid: with one
-// pinned fd per inode looked up (InodeFileHandles never, as virtiofsd's
-// never mode), looking up 2,000 names one by one (lstat of each path, no
-// listing first) runs out of fds.
+// pinned fd per inode the guest uses (InodeFileHandles never, as
+// virtiofsd's never mode), reading 2,000 files one by one runs out of
+// fds: the guest remembers each inode after closing it, and its pinned
+// O_PATH fd stays open until FORGET.
 func TestFdBoundNeedsHandles(t *testing.T) {
 	lowerNofile(t, 1024)
 	e := mountEnv(t, Options{Cache: CacheAlways, InodeFileHandles: HandlesNever})
@@ -110,34 +111,51 @@ func TestFdBoundNeedsHandles(t *testing.T) {
 	var err error
 	for d := 0; d < 4 && err == nil; d++ {
 		for f := 0; f < 500 && err == nil; f++ {
-			_, err = os.Lstat(filepath.Join(e.mnt, "d"+strconv.Itoa(d), "f"+strconv.Itoa(f)))
+			_, err = os.ReadFile(filepath.Join(e.mnt, "d"+strconv.Itoa(d), "f"+strconv.Itoa(f)))
 		}
 	}
 	if err == nil {
-		t.Fatal("2,000 lookups of pinned inodes with 1024 fds succeeded")
+		t.Fatal("reading 2,000 files with pinned inodes and 1024 fds succeeded")
 	}
 	t.Logf("as expected: %v", err)
 }
 
-// TestFdBoundListedNever: in never mode too, a find over 2,000 files with
-// 1024 fds works, since the inodes a listing answers (READDIRPLUS) get no
-// fd until used (internListed): the daemon holds far fewer fds than the
-// guest holds inodes.
+// TestFdBoundListedNever: in never mode too, a find over 2,000 files, or
+// a lstat of each of their paths (one LOOKUP each, no listing first), with
+// 1024 fds works, since the inodes a listing (READDIRPLUS) or a lookup
+// answers get no fd until used (internListed): the daemon holds far fewer
+// fds than the guest holds inodes.
 func TestFdBoundListedNever(t *testing.T) {
-	lowerNofile(t, 1024)
-	e := mountEnv(t, Options{Cache: CacheAlways, InodeFileHandles: HandlesNever})
 	const dirs, files = 4, 500
-	makeTree(t, e.share, dirs, files)
-	before := openFds(t)
-	findTree(t, e.mnt, dirs, files)
-	inodes, _ := e.fs.Inodes()
-	fds := openFds(t)
-	t.Logf("inodes known: %d, listed: %d, process fds: %d (before %d)", inodes, e.fs.listedEntries.Load(), fds, before)
-	if inodes < dirs*files {
-		t.Fatalf("only %d inodes known: the kernel forgot them, the test proves nothing", inodes)
+	walks := map[string]func(t *testing.T, mnt string){
+		"find": func(t *testing.T, mnt string) { findTree(t, mnt, dirs, files) },
+		"lstat": func(t *testing.T, mnt string) {
+			for d := 0; d < dirs; d++ {
+				for f := 0; f < files; f++ {
+					if _, err := os.Lstat(filepath.Join(mnt, "d"+strconv.Itoa(d), "f"+strconv.Itoa(f))); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		},
 	}
-	if fds-before > 100 {
-		t.Fatalf("the daemon holds %d more fds after the walk: listed inodes were pinned", fds-before)
+	for name, walk := range walks {
+		t.Run(name, func(t *testing.T) {
+			lowerNofile(t, 1024)
+			e := mountEnv(t, Options{Cache: CacheAlways, InodeFileHandles: HandlesNever})
+			makeTree(t, e.share, dirs, files)
+			before := openFds(t)
+			walk(t, e.mnt)
+			inodes, _ := e.fs.Inodes()
+			fds := openFds(t)
+			t.Logf("inodes known: %d, listed: %d, process fds: %d (before %d)", inodes, e.fs.listedEntries.Load(), fds, before)
+			if inodes < dirs*files {
+				t.Fatalf("only %d inodes known: the kernel forgot them, the test proves nothing", inodes)
+			}
+			if fds-before > 100 {
+				t.Fatalf("the daemon holds %d more fds after the walk: listed inodes were pinned", fds-before)
+			}
+		})
 	}
 }
 

@@ -372,18 +372,20 @@ func (fs *FS) intern(fd int, donate bool, out *fuse.EntryOut) (*inode, error) {
 	return n, nil
 }
 
-// internListed answers a READDIRPLUS entry from sx, the statx of name in
-// dir, without opening it, and counts one lookup: with the inode this
-// filesystem holds under sx's device and inode number if sx shows that
-// very inode (sameInode: an inode with an fd cannot have had its number
-// recycled; a listed one must have the same birth time too), or else with
-// a new listed inode (listedName), whose fd is opened on its first use, if
-// any: a guest walking a tree uses few of the entries it lists (find and
-// ls need only their attributes), and each spares an openat2, an fstat
-// and, when the guest forgets it, a close. So the answer never reaches an
-// inode that a confined lookup or listing did not reach first. It returns
-// nil, counting nothing, when the inode is not held and sx has no birth
-// time to tell a recycled number apart: the caller looks the name up.
+// internListed answers a READDIRPLUS entry or a LOOKUP from sx, the
+// statx of name in dir, without opening it, and counts one lookup: with
+// the inode this filesystem holds under sx's device and inode number if
+// sx shows that very inode (sameInode: an inode with an fd cannot have
+// had its number recycled; a listed one must have the same birth time
+// too; a listed one will open under this name, the last seen), or else
+// with a new listed inode (listedName), whose fd is opened on its first
+// use, if any: a guest walking a tree or stat'ing paths uses few of the
+// inodes it meets (find, ls and stat need only their attributes), and
+// each spares an openat2, an fstat and, when the guest forgets it, a
+// close. So the answer never reaches an inode that a confined lookup or
+// listing did not reach first. It returns nil, counting nothing, when the
+// inode is not held and sx has no birth time to tell a recycled number
+// apart: the caller looks the name up.
 func (fs *FS) internListed(dir *inode, name string, sx *unix.Statx_t, out *fuse.EntryOut) *inode {
 	var st syscall.Stat_t
 	statxToStat(sx, &st)
@@ -393,6 +395,7 @@ func (fs *FS) internListed(dir *inode, name string, sx *unix.Statx_t, out *fuse.
 		n.lookups++
 		fs.mu.Unlock()
 		fs.knownEntries.Add(1)
+		fs.fds.relist(n, dir, name)
 		fs.fillEntry(n, &st, out)
 		return n
 	}
@@ -500,12 +503,32 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 			_, err = fs.intern(fd, true, out)
 			return err
 		}
-		n, err := fs.lookupAt(pfd, name, out)
+		n, err := fs.lookupName(p, pfd, name, out)
 		if err == nil {
 			fs.markSubmount(p, n, out)
 		}
 		return err
 	})
+}
+
+// lookupName looks name (one component, not "." or "..") up in the
+// directory p open at pfd. Without file handles it is answered as a
+// READDIRPLUS entry is (internListed): one statx of the name, never
+// followed, and the inode stays listed until an operation needs its fd,
+// so a guest that only stats a path (stat, ls, a loader probing for
+// libraries) costs no openat2 and no close; where the filesystem keeps no
+// birth time, and with file handles, the name is opened (lookupAt).
+func (fs *FS) lookupName(p *inode, pfd int, name string, out *fuse.EntryOut) (*inode, error) {
+	if !fs.handles {
+		var sx unix.Statx_t
+		if err := statxFd(pfd, name, unix.AT_SYMLINK_NOFOLLOW, &sx); err != nil {
+			return nil, err
+		}
+		if n := fs.internListed(p, name, &sx, out); n != nil {
+			return n, nil
+		}
+	}
+	return fs.lookupAt(pfd, name, out)
 }
 
 // Forget drops nlookup references to a node; at zero the inode and its fd

@@ -170,6 +170,18 @@ func (c *fdCache) acquireListed(n *inode, at *listedName) (int, error) {
 	return fd, nil
 }
 
+// relist records that a listed inode n (one without an fd yet) was just
+// seen as name in dir, so that its first use opens it there: a hard link
+// listed or looked up under another name since the first may be the name
+// that is left when the guest uses it.
+func (c *fdCache) relist(n *inode, dir *inode, name string) {
+	c.mu.Lock()
+	if l := n.listed; l != nil && (l.parent != dir || l.name != name) {
+		n.listed = &listedName{parent: dir, name: name}
+	}
+	c.mu.Unlock()
+}
+
 // release ends a use of the fd returned by acquire.
 func (c *fdCache) release(n *inode) {
 	c.mu.Lock()

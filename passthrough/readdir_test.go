@@ -304,8 +304,8 @@ func (e *env) readDirPlus(t *testing.T, dir uint64) (map[string]uint64, map[stri
 // entry from a statx of its name and pins no fd (a listed inode); its
 // first use opens it where it was listed, confined, and only if the name
 // is still the same inode (device, number and birth time): else ESTALE.
-// A lookup of the name finds the listed node and pins it; a guest rename
-// pins it first; a name whose inode number the host gave to a new inode
+// A lookup of the name finds the listed node; a guest rename pins it
+// first; a name whose inode number the host gave to a new inode
 // is a new node.
 func TestReadDirPlusListed(t *testing.T) {
 	e := newEnv(t, Options{InodeFileHandles: HandlesNever})
@@ -377,13 +377,13 @@ func TestReadDirPlusListed(t *testing.T) {
 	if s := getattr("guest-renamed"); !s.Ok() {
 		t.Errorf("GETATTR of a listed inode the guest renamed: %v", s)
 	}
-	// Looked up: the same node, pinned by the lookup's fd.
+	// Looked up: the same node, still listed.
 	p0 := pinned()
 	if out := e.lookup(t, 1, "looked-up"); out.NodeId != ids["looked-up"] {
 		t.Errorf("lookup of a listed name: node %d, listed as %d", out.NodeId, ids["looked-up"])
 	}
-	if got := pinned() - p0; got != 1 {
-		t.Errorf("the lookup pinned %d fds, want 1", got)
+	if got := pinned() - p0; got != 0 {
+		t.Errorf("the lookup pinned %d fds, want 0", got)
 	}
 	// Recycled: as if the host had given the listed inode's number to a
 	// new file (its birth time differs), a lookup makes a new node and
@@ -449,4 +449,76 @@ func TestReadDirPlusWithoutBirthTimes(t *testing.T) {
 			t.Errorf("%s: node %d, then %d", n, id, second[n])
 		}
 	}
+}
+
+// TestLookupListed: without file handles a LOOKUP is answered as a
+// listing's entry is: one statx, no fd until the inode's first use. The
+// inode opens where it was last seen (a hard link's other name, once the
+// first is gone on the host), and a guest unlink or rename that takes a
+// listed inode's name pins it first, so the guest keeps using it. On a
+// filesystem without birth times a lookup pins the fd at once.
+func TestLookupListed(t *testing.T) {
+	e := newEnv(t, Options{InodeFileHandles: HandlesNever})
+	for _, n := range []string{"a", "unlinked", "target", "source"} {
+		if err := os.WriteFile(e.host(n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Link(e.host("a"), e.host("b")); err != nil {
+		t.Fatal(err)
+	}
+	pinned := func() int { used, _ := e.fs.OpenFiles(); return used }
+	getattr := func(id uint64) (fuse.Status, uint64) {
+		var ao fuse.AttrOut
+		s := e.fs.GetAttr(nil, &fuse.GetAttrIn{InHeader: hdr(id)}, &ao)
+		return s, ao.Size
+	}
+	before := pinned()
+	a := e.lookup(t, 1, "a").NodeId
+	if b := e.lookup(t, 1, "b").NodeId; b != a {
+		t.Fatalf("two names of one inode: nodes %d and %d", a, b)
+	}
+	unlinked := e.lookup(t, 1, "unlinked").NodeId
+	target := e.lookup(t, 1, "target").NodeId
+	if got := pinned() - before; got != 0 {
+		t.Fatalf("4 lookups pinned %d fds, want 0", got)
+	}
+	if err := os.Remove(e.host("a")); err != nil {
+		t.Fatal(err)
+	}
+	if s, size := getattr(a); !s.Ok() || size != 1 {
+		t.Errorf("GETATTR of a hard link whose first name is gone: %v, size %d", s, size)
+	}
+	h := hdr(1)
+	if s := e.fs.Unlink(nil, &h, "unlinked"); !s.Ok() {
+		t.Fatal(s)
+	}
+	if s, size := getattr(unlinked); !s.Ok() || size != 8 {
+		t.Errorf("GETATTR of a listed inode the guest unlinked: %v, size %d", s, size)
+	}
+	rn := fuse.RenameIn{InHeader: hdr(1), Newdir: 1}
+	if s := e.fs.Rename(nil, &rn, "source", "target"); !s.Ok() {
+		t.Fatal(s)
+	}
+	if s, size := getattr(target); !s.Ok() || size != 6 {
+		t.Errorf("GETATTR of a listed inode the guest renamed another over: %v, size %d", s, size)
+	}
+	if _, err := os.Lstat(e.host("unlinked")); !os.IsNotExist(err) {
+		t.Errorf("unlink left the file: %v", err)
+	}
+
+	if err := os.Mkdir(e.host("rf"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.mountIn(t, "ramfs", "", "rf")
+	if err := os.WriteFile(e.host("rf", "f"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rf := e.lookup(t, 1, "rf").NodeId
+	p0 := pinned()
+	e.lookup(t, rf, "f")
+	if got := pinned() - p0; got != 1 {
+		t.Errorf("a lookup without birth times pinned %d fds, want 1", got)
+	}
+	e.outsideUntouched(t)
 }
