@@ -29,10 +29,12 @@
 #      variant's figures and chart go to OUT/NAME/.
 #      NVFS_BENCH_PAIRED=1 boots one guest per iteration and setting instead,
 #      the share served to it by both daemons on two virtio-fs devices, and
-#      runs every workload 3 times on each, alternated inside the boot
-#      (A B, B A, A B): both daemons meet the same host swings and the same
-#      boot. The figures keep the same format (one row per daemon and boot,
-#      each a median of its 3 runs).
+#      measures every figure 5 times on each, the two measurements of a
+#      pair back to back (A B, then B A, ...): both daemons meet the same
+#      host within seconds and the same boot. The figures keep the same
+#      format (one row per daemon and boot, each a median of its 5 runs);
+#      OUT/runs.tsv.pairs has each pair's ratio ours/C, and the summary's
+#      "go/c pairs" rows (and the chart) their medians.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${OUT:-guest-tests/.cache/bench-workloads}
@@ -51,6 +53,7 @@ run() {
 }
 
 if [ -z "${VARIANTS:-}" ]; then
+	rm -f "$out/runs.tsv.pairs"
 	run "${ITERATIONS:-3}" "$out/runs.tsv"
 	bench/workloads-report.sh "$out/runs.tsv" "$out"
 	echo "daemon CPU per boot (user + system seconds):"
@@ -83,7 +86,7 @@ for v in "${variants[@]}"; do
 		echo "exec /usr/bin/env$env $(printf '%q' "$bin")$args"' "$@"'
 	} >"$out/$name/daemon"
 	chmod +x "$out/$name/daemon"
-	rm -f "$out/$name/runs.tsv" "$out/$name/runs.tsv.cpu"
+	rm -f "$out/$name/runs.tsv" "$out/$name/runs.tsv.cpu" "$out/$name/runs.tsv.pairs"
 done
 n=${#variants[@]}
 for ((i = 1; i <= ${ITERATIONS:-3}; i++)); do
@@ -96,11 +99,16 @@ for ((i = 1; i <= ${ITERATIONS:-3}; i++)); do
 		order=${FIRST_ORDER:-c,go}
 		[ $((i % 2)) = 0 ] && order=$([ "$order" = c,go ] && echo go,c || echo c,go)
 		echo "iteration $i: $name ($order)" >&2
+		rm -f "$out/$name/one.tsv.pairs"
 		NVFS_BACKENDS=$order NVFS_DAEMON=$out/$name/daemon run 1 "$out/$name/one.tsv"
 		if [ ! -s "$out/$name/runs.tsv" ]; then head -1 "$out/$name/one.tsv" >"$out/$name/runs.tsv"; fi
 		awk -F'\t' -v OFS='\t' -v i="$i" 'NR > 1 { $1 = i; print }' "$out/$name/one.tsv" >>"$out/$name/runs.tsv"
 		if [ ! -s "$out/$name/runs.tsv.cpu" ]; then head -1 "$out/$name/one.tsv.cpu" >"$out/$name/runs.tsv.cpu"; fi
 		awk -F'\t' -v OFS='\t' -v i="$i" 'NR > 1 { $1 = i; print }' "$out/$name/one.tsv.cpu" >>"$out/$name/runs.tsv.cpu"
+		if [ -s "$out/$name/one.tsv.pairs" ]; then
+			if [ ! -s "$out/$name/runs.tsv.pairs" ]; then head -1 "$out/$name/one.tsv.pairs" >"$out/$name/runs.tsv.pairs"; fi
+			awk -F'\t' -v OFS='\t' -v i="$i" 'NR > 1 { $1 = i; print }' "$out/$name/one.tsv.pairs" >>"$out/$name/runs.tsv.pairs"
+		fi
 	done
 done
 for v in "${variants[@]}"; do

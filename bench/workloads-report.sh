@@ -34,13 +34,34 @@ END {
 	}
 	printf "# load average during the runs: median %.1f\n", median(load)
 }' "$tsv" > "$out/summary.tsv"
+# The paired mode's ratios per repetition (RUNS.TSV.pairs): their medians,
+# a row "go/c pairs" per thread-pool setting, which the chart then shows.
+if [ -s "$tsv.pairs" ]; then
+	awk -F'\t' -v OFS='\t' '
+function median(s,   n, a, i, j, t) {
+	n = split(s, a, " ")
+	for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+	return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+}
+NR == 1 { nf = NF; next }
+{ tp[$2] = 1; reps[$2]++; for (i = 4; i <= NF; i++) v[$2, i] = v[$2, i] " " $i }
+END {
+	for (t in tp) {
+		printf "%s\tgo/c pairs", t
+		for (i = 4; i <= nf; i++) printf "\t%.2f", median(v[t, i])
+		print ""
+	}
+	for (t in tp) printf "# threads %s: median of %d ratios ours/C, each of one pair of runs back to back in one boot\n", t, reps[t]
+}' "$tsv.pairs" >> "$out/summary.tsv"
+fi
 echo
 echo "medians over iterations, and ratios ours/C (target >= 1.00; md5 >= 1.10):"
 grep -v '^#' "$out/summary.tsv" | column -t -s $'\t'
 grep '^#' "$out/summary.tsv"
 # Chart: one group of bars per workload, one bar per thread-pool setting.
 awk -F'\t' 'NR == 1 { for (i = 3; i <= NF; i++) h[i] = $i; n = NF; next }
-$2 == "go/c" { for (i = 3; i <= n; i++) r[i, $1] = $i; tp[$1] = 1 }
+$2 == "go/c" && !pairs[$1] { for (i = 3; i <= n; i++) r[i, $1] = $i; tp[$1] = 1 }
+$2 == "go/c pairs" { for (i = 3; i <= n; i++) r[i, $1] = $i; tp[$1] = 1; pairs[$1] = 1 }
 END {
 	printf "workload"; for (t in tp) printf "\t%s", (t == 0 ? "defaults" : "thread-pool-size=" t); print ""
 	for (i = 3; i <= n; i++) { sub(/\/s$/, "", h[i]); printf "%s", h[i]; for (t in tp) printf "\t%s", r[i, t]; print "" }

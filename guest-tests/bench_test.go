@@ -128,7 +128,9 @@ const EnvBenchOut = "NVFS_BENCH_OUT"
 // EnvBenchPaired, set to 1, makes BenchmarkGuestWorkloads serve the share
 // through both daemons to one guest per iteration (two virtio-fs devices)
 // and alternate the workloads between them inside it, instead of booting
-// a guest per daemon: see pairedBoot.
+// a guest per daemon: see pairedBoot. Beside the per-boot figures it then
+// writes each repetition's ratios ours/C (OUT.pairs) and reports their
+// medians (tpN_METRIC_pairs_go/c).
 const EnvBenchPaired = "NVFS_BENCH_PAIRED"
 
 // workloadMetrics are the figures of one boot of BenchmarkGuestWorkloads,
@@ -203,6 +205,23 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer failures.Close()
+	// In the paired mode, each repetition's ratios ours/C (pairedBoot).
+	var pairsTSV io.Writer = io.Discard
+	paired := os.Getenv(EnvBenchPaired) == "1"
+	if paired {
+		f, err := os.Create(out + ".pairs")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		pairsTSV = f
+		fmt.Fprintf(f, "iteration\tthreads\trep")
+		for _, m := range workloadMetrics {
+			fmt.Fprintf(f, "\t%s", m.name)
+		}
+		fmt.Fprintln(f)
+	}
+	pairRatios := map[int][][]float64{} // per thread setting and metric
 
 	steps := []check.Step{
 		{Name: "seqread", Kind: check.KindSeqRead, File: "big.bin", Reps: 3},
@@ -221,7 +240,6 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 			testenv.Skipf(b, "backend %s cannot serve yet: %v", s.Backend.Name, s.Unavailable)
 		}
 	}
-	paired := os.Getenv(EnvBenchPaired) == "1"
 	iterations := 3
 	if v := os.Getenv(EnvBenchIterations); v != "" {
 		if iterations, err = strconv.Atoi(v); err != nil || iterations < 1 {
@@ -253,9 +271,20 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 				fmt.Fprintf(cpuTSV, "%d\t%d\t%s\t%.3f\t%.1f\n", i+1, tp, name, cpu.Seconds(), wall.Seconds())
 			}
 			if paired {
-				per, cpu, wall := pairedBoot(b, env, order, tp, share, cache, i, failures)
+				per, ratios, cpu, wall := pairedBoot(b, env, order, tp, share, cache, i, failures)
 				for _, s := range order {
 					record(s.Backend.Name, per[s.Backend.Name], cpu[s.Backend.Name], wall)
+				}
+				if pairRatios[tp] == nil {
+					pairRatios[tp] = make([][]float64, len(workloadMetrics))
+				}
+				for r, row := range ratios {
+					fmt.Fprintf(pairsTSV, "%d\t%d\t%d", i+1, tp, r+1)
+					for j, v := range row {
+						pairRatios[tp][j] = append(pairRatios[tp][j], v)
+						fmt.Fprintf(pairsTSV, "\t%.3f", v)
+					}
+					fmt.Fprintln(pairsTSV)
 				}
 				continue
 			}
@@ -281,6 +310,9 @@ func BenchmarkGuestWorkloads(b *testing.B) {
 		for j, m := range workloadMetrics {
 			if c != nil && g != nil && check.Median(c[j]) > 0 {
 				b.ReportMetric(check.Median(g[j])/check.Median(c[j]), fmt.Sprintf("tp%d_%s_go/c", tp, m.metric))
+			}
+			if pr := pairRatios[tp]; pr != nil {
+				b.ReportMetric(check.Median(pr[j]), fmt.Sprintf("tp%d_%s_pairs_go/c", tp, m.metric))
 			}
 		}
 	}
@@ -318,65 +350,64 @@ func runRetried(b *testing.B, opts RunOptions, failures io.Writer, what string) 
 	return res
 }
 
-// pairedReps is how many times a paired boot runs each workload on each
-// daemon.
-const pairedReps = 3
+// pairedReps is how many times a paired boot measures each workload on
+// each daemon.
+const pairedReps = 5
 
 // pairedBoot is one iteration of the paired mode (EnvBenchPaired): one
 // guest, the share served by both backends on two virtio-fs devices
-// (order[0]'s first), and every workload run pairedReps times on each,
-// one after the other, the order flipping at every repetition (A B, B A,
-// A B). Both daemons then see the same host at the same moments, give or
-// take one workload, and the same guest boot; alternating boots, the
-// host's swings of a minute or more (seen at ±30 % on one daemon's
-// consecutive boots) fall on one daemon and not the other. Every
-// measurement drops the guest's caches first, both mounts' alike. It
-// returns per backend the medians over the repetitions, in
-// workloadMetrics' order, each daemon's CPU time and the boot's wall time.
-func pairedBoot(b *testing.B, env *testEnv, order []Selected, tp int, share, cache string, i int, failures io.Writer) (map[string][]float64, map[string]time.Duration, time.Duration) {
+// (order[0]'s first), and one check.KindPaired step: each figure measured
+// on both mounts back to back, pairedReps times, the order flipping at
+// every repetition. Both daemons then see the same host within seconds
+// and the same guest boot; alternating boots, the host's swings of a
+// minute or more (seen at ±30 % on one daemon's consecutive boots) fall
+// on one daemon and not the other, and measuring all of one daemon's
+// workloads before the other's (this mode's first version) left 10-20 s
+// between the two halves of a pair. It returns per backend the medians
+// over the repetitions, in workloadMetrics' order, each repetition's
+// ratios go/c (one row per repetition, workloadMetrics' order), each
+// daemon's CPU time and the boot's wall time.
+func pairedBoot(b *testing.B, env *testEnv, order []Selected, tp int, share, cache string, i int, failures io.Writer) (per map[string][]float64, ratios [][]float64, cpu map[string]time.Duration, wall time.Duration) {
 	b.Helper()
 	serve := func(s Selected) BackendConfig { return benchServe(s, tp, share, cache) }
 	mnt := func(s Selected) string { return "/mnt/" + s.Backend.Name }
-	var steps []check.Step
-	for r := 0; r < pairedReps; r++ {
-		pair := []Selected{order[0], order[1]}
-		if r%2 == 1 {
-			pair[0], pair[1] = pair[1], pair[0]
-		}
-		for _, w := range []check.Step{
-			{Name: "seqread", Kind: check.KindSeqRead, File: "big.bin", Reps: 1},
-			{Name: "metaread", Kind: check.KindMetaRead, Dir: "many", Reps: 1},
-		} {
-			for _, s := range pair {
-				st := w
-				st.Name = fmt.Sprintf("%s/%s/%d", w.Name, s.Backend.Name, r)
-				st.Mount = mnt(s)
-				steps = append(steps, st)
-			}
-		}
-	}
+	steps := []check.Step{{Name: "paired", Kind: check.KindPaired, File: "big.bin", Dir: "many", Reps: pairedReps,
+		Mounts: []string{mnt(order[0]), mnt(order[1])}}}
 	opts := RunOptions{
 		Guest: env.guest, Backend: order[0].Backend, Serve: serve(order[0]),
 		Config: check.Config{Tag: order[0].Backend.Name, Mount: mnt(order[0]), Opts: "ro", Steps: steps,
-			Extra: []check.ExtraMount{{Tag: order[1].Backend.Name, Mount: mnt(order[1])}}},
+			Extra:          []check.ExtraMount{{Tag: order[1].Backend.Name, Mount: mnt(order[1])}},
+			StepTimeoutSec: 600},
 		Extra:   []ExtraBackend{{Backend: order[1].Backend, Serve: serve(order[1]), Tag: order[1].Backend.Name}},
 		LogDir:  logDir(b),
-		Timeout: 600 * time.Second, // a paired boot takes 2-4 min
+		Timeout: 900 * time.Second, // a paired boot takes 3-5 min
 	}
 	res := runRetried(b, opts, failures, fmt.Sprintf("%d\t%d\tpaired", i+1, tp))
-	per := map[string][]float64{}
-	for _, s := range order {
-		name := s.Backend.Name
-		for _, m := range workloadMetrics {
+	m := res.Result("paired").Metrics
+	at := func(metric string, idx, r int) float64 { return m[fmt.Sprintf("%s/%d/%d", metric, idx, r)] }
+	per = map[string][]float64{}
+	for idx, s := range order {
+		for _, wm := range workloadMetrics {
 			var v []float64
 			for r := 0; r < pairedReps; r++ {
-				v = append(v, res.Result(fmt.Sprintf("%s/%s/%d", m.step, name, r)).Metrics[m.metric])
+				v = append(v, at(wm.metric, idx, r))
 			}
-			per[name] = append(per[name], check.Median(v))
+			per[s.Backend.Name] = append(per[s.Backend.Name], check.Median(v))
 		}
 	}
-	cpu := map[string]time.Duration{order[0].Backend.Name: res.BackendCPU, order[1].Backend.Name: res.ExtraCPU[0]}
-	return per, cpu, res.Wall
+	goIdx := slices.IndexFunc(order, func(s Selected) bool { return s.Backend.Name == "go" })
+	if goIdx >= 0 {
+		for r := 0; r < pairedReps; r++ {
+			var row []float64
+			for _, wm := range workloadMetrics {
+				g, c := at(wm.metric, goIdx, r), at(wm.metric, 1-goIdx, r)
+				row = append(row, g/c)
+			}
+			ratios = append(ratios, row)
+		}
+	}
+	cpu = map[string]time.Duration{order[0].Backend.Name: res.BackendCPU, order[1].Backend.Name: res.ExtraCPU[0]}
+	return per, ratios, cpu, res.Wall
 }
 
 // loadAverage is the host's 1-minute load average (0 if unknown).

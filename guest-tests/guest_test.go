@@ -366,8 +366,10 @@ func logRun(t *testing.T, res *RunResult) {
 // TestGuestTwoDevices: one guest, two virtio-fs devices served by the two
 // backends (RunOptions.Extra), each sharing its own tree; a step that names
 // a mount point (Step.Mount) sees that device's tree, as the paired
-// benchmark (EnvBenchPaired) relies on. The first daemon exits by itself
-// (Verify) and the second's CPU time is counted.
+// benchmark (EnvBenchPaired) relies on, and its step (check.KindPaired)
+// reports every figure of every repetition on each mount it names. The
+// first daemon exits by itself (Verify) and the second's CPU time is
+// counted.
 func TestGuestTwoDevices(t *testing.T) {
 	env := setupGuests(t)
 	if len(env.backends) < 2 {
@@ -397,6 +399,8 @@ func TestGuestTwoDevices(t *testing.T) {
 	steps := []check.Step{
 		{Name: "first", Kind: check.KindManifest, Manifest: wantA, Build: check.ManifestOptions{Hash: true}},
 		{Name: "second", Kind: check.KindManifest, Manifest: wantB, Build: check.ManifestOptions{Hash: true}, Mount: "/mnt/second"},
+		// The paired benchmark's step, small: the second tree twice.
+		{Name: "paired", Kind: check.KindPaired, File: "d000/f001", Dir: ".", Reps: 2, Mounts: []string{"/mnt/second", "/mnt/second"}},
 	}
 	res, err := Run(context.Background(), RunOptions{
 		Guest: env.guest, Backend: first,
@@ -418,5 +422,18 @@ func TestGuestTwoDevices(t *testing.T) {
 	}
 	if len(res.ExtraCPU) != 1 || res.ExtraCPU[0] <= 0 {
 		t.Errorf("the second daemon's CPU time: %v", res.ExtraCPU)
+	}
+	m := res.Result("paired").Metrics
+	if m["files"] != 50 {
+		t.Errorf("paired step: %v files, want 50", m["files"])
+	}
+	for _, name := range check.PairedMetrics {
+		for i := 0; i < 2; i++ {
+			for r := 0; r < 2; r++ {
+				if k := fmt.Sprintf("%s/%d/%d", name, i, r); !(m[k] > 0) {
+					t.Errorf("paired step: %s = %v", k, m[k])
+				}
+			}
+		}
 	}
 }

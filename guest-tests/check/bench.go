@@ -44,23 +44,33 @@ func SeqRead(file string, reps int) (map[string]float64, error) {
 	var rates []float64
 	var size int64
 	for i := 0; i < max(reps, 1); i++ {
-		if err := DropCaches(); err != nil {
+		r, n, err := seqReadOnce(file, buf)
+		if err != nil {
 			return nil, err
 		}
-		t0 := time.Now()
-		n, err := sysReadFile(file, buf, func([]byte) {})
-		d := time.Since(t0).Seconds()
-		if err != nil {
-			return nil, fmt.Errorf("seqread %s: %w", file, err)
-		}
-		size = n
-		rates = append(rates, float64(n)/d/1e6)
+		rates, size = append(rates, r), n
 	}
 	m := map[string]float64{"bytes": float64(size), "MBps": Median(rates), "reps": float64(len(rates))}
 	for i, r := range rates {
 		m[fmt.Sprintf("MBps_%d", i+1)] = r
 	}
 	return m, nil
+}
+
+// seqReadOnce drops the caches and reads file from start to end with
+// len(buf) reads, returning MB/s (10^6 bytes per second) and the bytes
+// read.
+func seqReadOnce(file string, buf []byte) (float64, int64, error) {
+	if err := DropCaches(); err != nil {
+		return 0, 0, err
+	}
+	t0 := time.Now()
+	n, err := sysReadFile(file, buf, func([]byte) {})
+	d := time.Since(t0).Seconds()
+	if err != nil {
+		return 0, 0, fmt.Errorf("seqread %s: %w", file, err)
+	}
+	return float64(n) / d / 1e6, n, nil
 }
 
 // StatWalk measures, with cold caches, a find-like walk of dir (getdents
@@ -114,33 +124,12 @@ func MetaRead(dir string, reps int) (map[string]float64, error) {
 	reps = max(reps, 1)
 	var cold, warm, sums []float64
 	var paths []string
-	walk := func() (float64, error) {
-		t0 := time.Now()
-		var got []string
-		n, err := walkCount(dir, ".", &got)
-		d := time.Since(t0).Seconds()
-		if err != nil {
-			return 0, err
-		}
-		if paths != nil && len(got) != len(paths) {
-			return 0, fmt.Errorf("metaread: %d entries, then %d", len(paths), len(got))
-		}
-		paths = got
-		return float64(n) / d, nil
-	}
 	for i := 0; i < reps; i++ {
-		if err := DropCaches(); err != nil {
-			return nil, err
-		}
-		r, err := walk()
+		c, w, err := walks(dir, &paths)
 		if err != nil {
 			return nil, err
 		}
-		cold = append(cold, r)
-		if r, err = walk(); err != nil {
-			return nil, err
-		}
-		warm = append(warm, r)
+		cold, warm = append(cold, c), append(warm, w)
 	}
 	stat, err := coldStats(dir, paths, reps)
 	if err != nil {
@@ -148,18 +137,11 @@ func MetaRead(dir string, reps int) (map[string]float64, error) {
 	}
 	buf := make([]byte, 64<<10)
 	for i := 0; i < reps; i++ {
-		if err := DropCaches(); err != nil {
+		r, err := md5Files(dir, paths, buf)
+		if err != nil {
 			return nil, err
 		}
-		t0 := time.Now()
-		for _, p := range paths {
-			h := md5.New()
-			if _, err := sysReadFile(filepath.Join(dir, p), buf, func(b []byte) { h.Write(b) }); err != nil {
-				return nil, fmt.Errorf("metaread: read %s: %w", p, err)
-			}
-			_ = h.Sum(buf[:0:0])
-		}
-		sums = append(sums, float64(len(paths))/time.Since(t0).Seconds())
+		sums = append(sums, r)
 	}
 	return map[string]float64{
 		"files":         float64(len(paths)),
@@ -168,6 +150,114 @@ func MetaRead(dir string, reps int) (map[string]float64, error) {
 		"stat_files_ps": Median(stat),
 		"md5_files_ps":  Median(sums),
 	}, nil
+}
+
+// walks drops the caches and walks dir twice, cold then warm, returning
+// both rates (entries/s). It sets *paths to the files met, or checks that
+// the walk met as many as *paths holds already.
+func walks(dir string, paths *[]string) (cold, warm float64, err error) {
+	if err := DropCaches(); err != nil {
+		return 0, 0, err
+	}
+	walk := func() (float64, error) {
+		t0 := time.Now()
+		var got []string
+		n, err := walkCount(dir, ".", &got)
+		d := time.Since(t0).Seconds()
+		if err != nil {
+			return 0, err
+		}
+		if *paths != nil && len(got) != len(*paths) {
+			return 0, fmt.Errorf("metaread: %d entries, then %d", len(*paths), len(got))
+		}
+		*paths = got
+		return float64(n) / d, nil
+	}
+	if cold, err = walk(); err != nil {
+		return 0, 0, err
+	}
+	warm, err = walk()
+	return cold, warm, err
+}
+
+// md5Files drops the caches, then opens, reads and MD5s every path below
+// dir, returning files/s.
+func md5Files(dir string, paths []string, buf []byte) (float64, error) {
+	if err := DropCaches(); err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	for _, p := range paths {
+		h := md5.New()
+		if _, err := sysReadFile(filepath.Join(dir, p), buf, func(b []byte) { h.Write(b) }); err != nil {
+			return 0, fmt.Errorf("metaread: read %s: %w", p, err)
+		}
+		_ = h.Sum(buf[:0:0])
+	}
+	return float64(len(paths)) / time.Since(t0).Seconds(), nil
+}
+
+// PairedMetrics are the figures PairedWorkloads reports, as SeqRead and
+// MetaRead name them.
+var PairedMetrics = []string{"MBps", "cold_find_ps", "warm_find_ps", "stat_files_ps", "md5_files_ps"}
+
+// PairedWorkloads measures SeqRead's figure (file) and MetaRead's (dir)
+// on the same share mounted at each of mounts (served by different
+// daemons), reps times. Each figure of a repetition is measured on every
+// mount back to back, the mounts' order reversed at every other
+// repetition, so that the two measurements of a pair meet the host at the
+// same moment give or take one workload (seconds), where measuring all
+// of one daemon's figures before the other's puts a minute between them.
+// Metric "NAME/I/R" is figure NAME (PairedMetrics) on mounts[I] in
+// repetition R; "files" counts the tree's files.
+func PairedWorkloads(mounts []string, file, dir string, reps int) (map[string]float64, error) {
+	if len(mounts) == 0 {
+		return nil, fmt.Errorf("paired workloads: no mounts")
+	}
+	m := map[string]float64{}
+	big, small := make([]byte, 1<<20), make([]byte, 64<<10)
+	var paths []string
+	for r := 0; r < max(reps, 1); r++ {
+		order := make([]int, len(mounts))
+		for i := range order {
+			order[i] = i
+			if r%2 == 1 {
+				order[i] = len(mounts) - 1 - i
+			}
+		}
+		put := func(name string, i int, v float64) { m[fmt.Sprintf("%s/%d/%d", name, i, r)] = v }
+		for _, i := range order {
+			v, _, err := seqReadOnce(filepath.Join(mounts[i], file), big)
+			if err != nil {
+				return m, err
+			}
+			put("MBps", i, v)
+		}
+		for _, i := range order {
+			c, w, err := walks(filepath.Join(mounts[i], dir), &paths)
+			if err != nil {
+				return m, fmt.Errorf("%s: %w", mounts[i], err)
+			}
+			put("cold_find_ps", i, c)
+			put("warm_find_ps", i, w)
+		}
+		for _, i := range order {
+			v, err := coldStats(filepath.Join(mounts[i], dir), paths, 1)
+			if err != nil {
+				return m, fmt.Errorf("%s: %w", mounts[i], err)
+			}
+			put("stat_files_ps", i, v[0])
+		}
+		for _, i := range order {
+			v, err := md5Files(filepath.Join(mounts[i], dir), paths, small)
+			if err != nil {
+				return m, fmt.Errorf("%s: %w", mounts[i], err)
+			}
+			put("md5_files_ps", i, v)
+		}
+	}
+	m["files"] = float64(len(paths))
+	return m, nil
 }
 
 // coldStats lstat()s every path below dir, reps times after dropping the

@@ -29,6 +29,7 @@ const (
 	KindSeqRead  = "seqread"  // benchmark: cold sequential read of File, Reps times
 	KindStatWalk = "statwalk" // benchmark: cold readdir+lstat walk and lstat-by-path of Dir
 	KindMetaRead = "metaread" // benchmark: cold and warm walks, lstat by path, md5 of every file of Dir
+	KindPaired   = "paired"   // benchmark: seqread of File and metaread of Dir on each of Mounts, pair by pair
 	KindDemo     = "demo"     // print a listing of Dir and the content of File
 	KindExec     = "exec"     // run Argv (cwd = Dir) with output on the console; fails on a non-zero exit
 	KindShell    = "shell"    // interactive /bin/sh on the console (cwd = Dir; needs BuildOptions.Busybox)
@@ -75,6 +76,9 @@ type Step struct {
 	// Mount is the mount point the step works under: Config.Mount when
 	// empty, or one of Config.Extra's.
 	Mount string `json:"mount_point,omitempty"`
+	// Mounts are the mount points a KindPaired step compares (File and
+	// Dir are relative to each).
+	Mounts []string `json:"mounts,omitempty"`
 }
 
 // Result is what the guest reports for one step.

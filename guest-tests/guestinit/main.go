@@ -255,6 +255,12 @@ func runStep(mnt string, st check.Step) (r check.Result) {
 		if err != nil {
 			r.Errors = []string{err.Error()}
 		}
+	case check.KindPaired:
+		m, err := check.PairedWorkloads(st.Mounts, st.File, st.Dir, st.Reps)
+		r.Metrics = m
+		if err != nil {
+			r.Errors = []string{err.Error()}
+		}
 	case check.KindSoak:
 		r.Errors, r.Metrics = runSoak(mnt, st)
 	case check.KindOverlay:
