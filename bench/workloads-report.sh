@@ -67,7 +67,7 @@ END {
 	for (i = 3; i <= n; i++) { sub(/\/s$/, "", h[i]); printf "%s", h[i]; for (t in tp) printf "\t%s", r[i, t]; print "" }
 }' <(grep -v '^#' "$out/summary.tsv") > "$out/ratios.dat"
 if command -v gnuplot >/dev/null; then
-	load=$(grep '^#' "$out/summary.tsv" | sed 's/.*median //')
+	load=$(grep '^# load average' "$out/summary.tsv" | sed 's/.*median //')
 	gnuplot <<GP
 set terminal pngcairo size 900,480 noenhanced font ",10"
 set output "$out/ratios.png"
