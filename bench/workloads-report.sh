@@ -68,10 +68,12 @@ END {
 }' <(grep -v '^#' "$out/summary.tsv") > "$out/ratios.dat"
 if command -v gnuplot >/dev/null; then
 	load=$(grep '^# load average' "$out/summary.tsv" | sed 's/.*median //')
+	what=medians
+	if [ -s "$tsv.pairs" ]; then what="medians of the ratios of runs paired in one boot"; fi
 	gnuplot <<GP
 set terminal pngcairo size 900,480 noenhanced font ",10"
 set output "$out/ratios.png"
-set title "nydus-virtiofsd / C virtiofsd in a QEMU TCG guest (medians, host load average $load)"
+set title "nydus-virtiofsd / C virtiofsd in a QEMU TCG guest ($what, host load average $load)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
