@@ -30,8 +30,9 @@
 #      NVFS_BENCH_PAIRED=1 boots one guest per iteration and setting instead,
 #      the share served to it by both daemons on two virtio-fs devices, and
 #      measures every figure 5 times on each, the two measurements of a
-#      pair back to back (A B, then B A, ...): both daemons meet the same
-#      host within seconds and the same boot. The figures keep the same
+#      pair back to back (A B, then B A, ...; the sequential read A B B A,
+#      each daemon's figure the mean of its two): both daemons meet the
+#      same host within seconds and the same boot. The figures keep the same
 #      format (one row per daemon and boot, each a median of its 5 runs);
 #      OUT/runs.tsv.pairs has each pair's ratio ours/C, and the summary's
 #      "go/c pairs" rows (and the chart) their medians.
