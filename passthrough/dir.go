@@ -232,32 +232,11 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 }
 
 // plusEntry looks up a READDIRPLUS entry, name in the directory open at
-// h, and fills out; nil when it cannot (the name vanished meanwhile).
-//
-// Without file handles one statx of the name (one component, never
-// followed, relative to the directory's own fd) comes first, and
-// internListed answers from it: with an inode the daemon holds already
-// (a warm walk, a shell's completion: no openat2, fstat and close of a
-// redundant fd), or with a new listed inode, which gets its fd on first
-// use. Only where the filesystem keeps no birth time is a new entry
-// looked up in full, as LOOKUP does (that costs the statx for nothing).
-// With file handles every entry is looked up in full: inodes are keyed by
-// handle there.
+// h, as LOOKUP does (lookupName: without file handles one statx, and an
+// inode the daemon holds already or a new listed one), and fills out; nil
+// when it cannot (the name vanished meanwhile).
 func (fs *FS) plusEntry(h *fileHandle, name string, out *fuse.EntryOut) *inode {
-	if !fs.handles {
-		var sx unix.Statx_t
-		if statxFd(h.fd, name, unix.AT_SYMLINK_NOFOLLOW, &sx) != nil {
-			return nil
-		}
-		if n := fs.internListed(h.node, name, &sx, out); n != nil {
-			return n
-		}
-	}
-	fd, err := openBeneath(h.fd, name)
-	if err != nil {
-		return nil
-	}
-	n, err := fs.intern(fd, true, out)
+	n, err := fs.lookupName(h.node, h.fd, name, out)
 	if err != nil {
 		return nil
 	}

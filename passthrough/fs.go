@@ -512,12 +512,16 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 }
 
 // lookupName looks name (one component, not "." or "..") up in the
-// directory p open at pfd. Without file handles it is answered as a
-// READDIRPLUS entry is (internListed): one statx of the name, never
-// followed, and the inode stays listed until an operation needs its fd,
-// so a guest that only stats a path (stat, ls, a loader probing for
-// libraries) costs no openat2 and no close; where the filesystem keeps no
-// birth time, and with file handles, the name is opened (lookupAt).
+// directory p open at pfd, for LOOKUP and each READDIRPLUS entry. Without
+// file handles one statx of the name (never followed, relative to the
+// directory's own fd) comes first and internListed answers from it: with
+// an inode the daemon holds already (a warm walk, a repeated stat: no
+// openat2, fstat and close of a redundant fd), or with a new listed
+// inode, which gets its fd on first use, so a guest that only stats a
+// path or lists a directory (stat, find, ls, a loader probing for
+// libraries) costs no openat2 and no close. Where the filesystem keeps no
+// birth time, and with file handles (inodes are keyed by handle there),
+// the name is opened (lookupAt).
 func (fs *FS) lookupName(p *inode, pfd int, name string, out *fuse.EntryOut) (*inode, error) {
 	if !fs.handles {
 		var sx unix.Statx_t
