@@ -404,7 +404,8 @@ func (fs *FS) internListed(dir *inode, name string, sx *unix.Statx_t, out *fuse.
 		return nil
 	}
 	n := &inode{id: fs.nextID, key: key, ino: st.Ino, dev: st.Dev, mode: st.Mode & syscall.S_IFMT, fd: -1, lookups: 1,
-		btime: sx.Btime, hasBtime: true, listed: &listedName{parent: dir, name: name}}
+		btime: sx.Btime, hasBtime: true}
+	n.listed.Store(&listedName{parent: dir, name: name})
 	fs.nextID++
 	fs.nodes[n.id] = n
 	fs.byKey[key] = n

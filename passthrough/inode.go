@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -44,11 +45,15 @@ type inode struct {
 	lookups uint64 // guarded by FS.mu
 
 	// guarded by fdCache.mu
-	fd     int           // O_PATH fd or -1
-	refs   int           // operations using fd
-	elem   *list.Element // position in the LRU, nil when not cached
-	dead   bool          // forgotten: close fd when refs drops to 0
-	listed *listedName   // where to open a listed inode's fd; nil once it has one
+	fd   int           // O_PATH fd or -1
+	refs int           // operations using fd
+	elem *list.Element // position in the LRU, nil when not cached
+	dead bool          // forgotten: close fd when refs drops to 0
+
+	// listed is where to open a listed inode's fd; nil once it has one
+	// (or is forgotten). Cleared under fdCache.mu; read, and moved to
+	// the name last seen (relist), without it.
+	listed atomic.Pointer[listedName]
 }
 
 // listedName is where a READDIRPLUS listing met an inode it answered
@@ -99,7 +104,7 @@ func (c *fdCache) acquire(n *inode) (int, error) {
 		c.mu.Unlock()
 		return n.fd, nil
 	}
-	listed := n.listed
+	listed := n.listed.Load()
 	c.mu.Unlock()
 	if listed != nil {
 		return c.acquireListed(n, listed)
@@ -166,20 +171,21 @@ func (c *fdCache) acquireListed(n *inode, at *listedName) (int, error) {
 			return -1, err
 		}
 	}
-	n.fd, n.refs, n.listed = fd, 1, nil
+	n.fd, n.refs = fd, 1
+	n.listed.Store(nil)
 	return fd, nil
 }
 
 // relist records that a listed inode n (one without an fd yet) was just
 // seen as name in dir, so that its first use opens it there: a hard link
 // listed or looked up under another name since the first may be the name
-// that is left when the guest uses it.
+// that is left when the guest uses it. It takes no lock (every warm
+// lookup and listing entry passes here): the swap fails, leaving nothing
+// to do, if n got its fd or was forgotten meanwhile.
 func (c *fdCache) relist(n *inode, dir *inode, name string) {
-	c.mu.Lock()
-	if l := n.listed; l != nil && (l.parent != dir || l.name != name) {
-		n.listed = &listedName{parent: dir, name: name}
+	if l := n.listed.Load(); l != nil && (l.parent != dir || l.name != name) {
+		n.listed.CompareAndSwap(l, &listedName{parent: dir, name: name})
 	}
-	c.mu.Unlock()
 }
 
 // release ends a use of the fd returned by acquire.
@@ -207,11 +213,12 @@ func (c *fdCache) offer(n *inode, fd int) {
 	if n.handle == nil {
 		// A listed inode looked up by name: pin the fd (intern checked
 		// it is the same inode), as acquireListed would.
-		if n.listed == nil || (c.budget != nil && c.budget.take() != nil) {
+		if n.listed.Load() == nil || (c.budget != nil && c.budget.take() != nil) {
 			unix.Close(fd)
 			return
 		}
-		n.fd, n.listed = fd, nil
+		n.fd = fd
+		n.listed.Store(nil)
 		return
 	}
 	n.fd = fd
@@ -224,7 +231,7 @@ func (c *fdCache) offer(n *inode, fd int) {
 func (c *fdCache) forget(n *inode) {
 	c.mu.Lock()
 	n.dead = true
-	n.listed = nil // lets go of the parent
+	n.listed.Store(nil) // lets go of the parent
 	if n.refs == 0 {
 		c.closeLocked(n)
 	}
