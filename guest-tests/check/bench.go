@@ -86,18 +86,12 @@ func StatWalk(dir string, reps int) (map[string]float64, error) {
 		if err := DropCaches(); err != nil {
 			return nil, err
 		}
-		t0 := time.Now()
-		var got []string
-		n, err := walkCount(dir, ".", &got)
-		d := time.Since(t0).Seconds()
+		r, n, err := walkRate(dir, &paths)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("statwalk: %w", err)
 		}
-		if paths != nil && len(got) != len(paths) {
-			return nil, fmt.Errorf("statwalk: %d entries, then %d", len(paths), len(got))
-		}
-		paths, entries = got, n
-		walkRates = append(walkRates, float64(n)/d)
+		entries = n
+		walkRates = append(walkRates, r)
 	}
 	pathRates, err := coldStats(dir, paths, reps)
 	if err != nil {
@@ -154,31 +148,36 @@ func MetaRead(dir string, reps int) (map[string]float64, error) {
 }
 
 // walks drops the caches and walks dir twice, cold then warm, returning
-// both rates (entries/s). It sets *paths to the files met, or checks that
-// the walk met as many as *paths holds already.
+// both rates (entries/s), as walkRate sets or checks *paths.
 func walks(dir string, paths *[]string) (cold, warm float64, err error) {
 	if err := DropCaches(); err != nil {
 		return 0, 0, err
 	}
-	walk := func() (float64, error) {
-		t0 := time.Now()
-		var got []string
-		n, err := walkCount(dir, ".", &got)
-		d := time.Since(t0).Seconds()
-		if err != nil {
-			return 0, err
-		}
-		if *paths != nil && len(got) != len(*paths) {
-			return 0, fmt.Errorf("metaread: %d entries, then %d", len(*paths), len(got))
-		}
-		*paths = got
-		return float64(n) / d, nil
+	if cold, _, err = walkRate(dir, paths); err != nil {
+		return 0, 0, fmt.Errorf("metaread: %w", err)
 	}
-	if cold, err = walk(); err != nil {
+	if warm, _, err = walkRate(dir, paths); err != nil {
+		return 0, 0, fmt.Errorf("metaread: %w", err)
+	}
+	return cold, warm, nil
+}
+
+// walkRate walks dir (walkCount) and returns entries/s and the entries
+// met. It sets *paths to the files met, or checks that the walk met as
+// many as *paths holds already.
+func walkRate(dir string, paths *[]string) (float64, int, error) {
+	t0 := time.Now()
+	var got []string
+	n, err := walkCount(dir, ".", &got)
+	d := time.Since(t0).Seconds()
+	if err != nil {
 		return 0, 0, err
 	}
-	warm, err = walk()
-	return cold, warm, err
+	if *paths != nil && len(got) != len(*paths) {
+		return 0, 0, fmt.Errorf("walk of %s: %d entries, then %d", dir, len(*paths), len(got))
+	}
+	*paths = got
+	return float64(n) / d, n, nil
 }
 
 // md5Files drops the caches, then opens, reads and MD5s every path below
