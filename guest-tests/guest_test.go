@@ -427,13 +427,24 @@ func TestGuestTwoDevices(t *testing.T) {
 	if m["files"] != 50 {
 		t.Errorf("paired step: %v files, want 50", m["files"])
 	}
+	want := 0
 	for _, name := range check.PairedMetrics {
 		for i := 0; i < 2; i++ {
 			for r := 0; r < 2; r++ {
+				want++
 				if k := fmt.Sprintf("%s/%d/%d", name, i, r); !(m[k] > 0) {
 					t.Errorf("paired step: %s = %v", k, m[k])
 				}
 			}
 		}
+	}
+	got := 0
+	for k := range m {
+		if strings.Contains(k, "/") {
+			got++
+		}
+	}
+	if got != want { // the warm-up repetition is not reported
+		t.Errorf("paired step: %d figures, want %d: %v", got, want, m)
 	}
 }
