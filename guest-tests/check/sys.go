@@ -29,12 +29,26 @@ const GuestTag = "nvfsguest"
 
 // sysCall is syscall(2) with three arguments: raw in the guest, ordinary
 // elsewhere.
+//
+// Callers pass buffers as uintptr(unsafe.Pointer(p)). Only calls to
+// assembly (unix.Syscall and kin) keep such a pointer valid by themselves:
+// here the stack can move at sysCall's own prologue (a goroutine grows or,
+// at a GC's request, shrinks its stack there), and a buffer on the caller's
+// stack would move with it while the system call got its old address. The
+// kernel then filled memory nobody read: guest walks lost a getdents batch
+// (24 entries of one directory, through either daemon) and read zeros.
+// go:uintptrescapes moves every such buffer to the heap, which never
+// moves; TestSysCallsUnderMovingStacks checks it.
+//
+//go:uintptrescapes
 func sysCall(trap, a1, a2, a3 uintptr) (uintptr, unix.Errno) {
 	return sysCall6(trap, a1, a2, a3, 0, 0, 0)
 }
 
 // sysCall6 is syscall(2) with six arguments: raw in the guest, ordinary
-// elsewhere.
+// elsewhere. Buffers as for sysCall.
+//
+//go:uintptrescapes
 func sysCall6(trap, a1, a2, a3, a4, a5, a6 uintptr) (uintptr, unix.Errno) {
 	if RawSyscalls {
 		r, _, e := unix.RawSyscall6(trap, a1, a2, a3, a4, a5, a6)
