@@ -36,6 +36,10 @@ func TestPollBeforeSleep(t *testing.T) {
 				// A first request, kicked: the leader serves it, finds the
 				// ring empty and polls (or sleeps).
 				wantEcho(t, d, tc.queue, []byte("first"), testdriver.Layout{})
+				// Time for a leader that does not poll to go to sleep: one
+				// still taking its last look at the ring would find the
+				// next request without a kick (seen on a loaded host).
+				time.Sleep(100 * time.Millisecond)
 				d.InjectLostNotifications(tc.queue, 1, 0)
 				got, err := d.Submit(tc.queue, [][]byte{[]byte("second")}, []int{7}, testdriver.Layout{})
 				switch {
