@@ -202,6 +202,7 @@ func (img *Image) readFile(ctx context.Context, n *Inode, p []byte, off uint64, 
 	if err != nil {
 		return nil, 0, err
 	}
+	img.willRead(ctx, n, refs, off, end)
 	if segs {
 		if s, ok := segmentsOf(refs, locs, off, end); ok {
 			return s, int(end - off), nil
@@ -219,6 +220,68 @@ func (img *Image) readFile(ctx context.Context, n *Inode, p []byte, off uint64, 
 		}
 	}
 	return nil, len(p), nil
+}
+
+// maxAhead bounds how far past a read of a file rafs asks the blob cache
+// to have the file's next chunks read into the host's page cache.
+const maxAhead = 8 << 20
+
+// errEnough ends a walk over a file's chunks early.
+var errEnough = errors.New("enough chunks")
+
+// willRead asks the blob cache (storage.Blob.WillRead) to read the chunks
+// of n from the start of a read to some way past its end, never past the
+// file's end: the cache file has no kernel read-ahead of its own, so that
+// a guest reading scattered files reads no bytes of their neighbours. The
+// way ahead grows with the offset, as the kernel's read-ahead window
+// grows with a sequential reader: twice the read at the file's start, the
+// offset itself further on, at most maxAhead. Only a read that starts the
+// file or contains the start of a chunk asks, so a sequential reader asks
+// once per chunk. It looks only at chunks of the blob the walk meets
+// first, once that blob is open and its chunk table loaded: a hint never
+// fetches anything.
+func (img *Image) willRead(ctx context.Context, n *Inode, refs []chunkRef, off, end uint64) {
+	if end >= n.Size {
+		return
+	}
+	starts := off == 0
+	for i := range refs {
+		if refs[i].fileOff >= off {
+			starts = true
+			break
+		}
+	}
+	if !starts {
+		return
+	}
+	var (
+		want []storage.Chunk
+		o    *openBlob
+		bi   uint32
+	)
+	ahead := min(max(2*(end-off), off), maxAhead)
+	img.f.chunks(n, off, min(n.Size, end+ahead), func(c chunkRef) error {
+		if c.hole || c.primary {
+			return nil
+		}
+		b := img.blobs[c.blob]
+		ob := b.opened.Load()
+		switch {
+		case ob == nil || ob.s == nil || (o != nil && c.blob != bi):
+			return errEnough
+		case c.needCI && img.opts.Backend != nil && !b.metaDone.Load():
+			return errEnough
+		}
+		if err := img.resolve(ctx, &c); err != nil {
+			return errEnough
+		}
+		o, bi = ob, c.blob
+		want = append(want, img.storageChunk(b, &c))
+		return nil
+	})
+	if o != nil {
+		o.s.WillRead(want)
+	}
 }
 
 // locate finds where each chunk's bytes are, through the storage layer

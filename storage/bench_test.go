@@ -17,13 +17,12 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/pagecache"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/testsvc"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/passthrough"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/rafs"
@@ -67,13 +66,9 @@ func coldTree(b *testing.B, dir string, total int64) map[string]int64 {
 
 // dropCache evicts a file's pages from the host page cache.
 func dropCache(b *testing.B, path string) {
-	f, err := os.Open(path)
-	if err != nil {
+	if err := pagecache.Drop(path, 0, 0); err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
-	f.Sync()
-	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
 func dropDir(b *testing.B, dir string) {
@@ -559,31 +554,15 @@ func BenchmarkColdStart(b *testing.B) {
 // the host page cache (mincore over a read-only mapping of each file).
 func resident(b *testing.B, dir string) int64 {
 	var n int64
-	page := int64(os.Getpagesize())
 	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
 		if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
 			return nil
 		}
-		f, err := os.Open(p)
+		r, err := pagecache.ResidentBytes(p)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer f.Close()
-		m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
-		if err != nil {
-			b.Fatalf("mmap %s: %v", p, err)
-		}
-		defer unix.Munmap(m)
-		vec := make([]byte, (fi.Size()+page-1)/page)
-		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)),
-			uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
-			b.Fatalf("mincore %s: %v", p, e)
-		}
-		for _, v := range vec {
-			if v&1 != 0 {
-				n += page
-			}
-		}
+		n += r
 		return nil
 	})
 	return n

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/sys/unix"
@@ -323,6 +324,78 @@ func (b *Blob) cached(c *Chunk, loc *Location) error {
 	}
 	*loc = Location{Fd: e.fd, Off: int64(c.UncompressedOffset)}
 	return nil
+}
+
+// WillRead says that chunks (ready or not, in the order a reader will
+// want them) are about to be read: the rest of a guest file after a read.
+// The cache file is opened POSIX_FADV_RANDOM (see entry.openFiles), so
+// the kernel reads exactly what each pread asks for; read-ahead is asked
+// for here instead, bounded by what the reader says it will read. The
+// ready chunks are probed from the last one back (mincore of each one's
+// first page) until one is in the host's page cache; the chunks after it
+// are hinted (POSIX_FADV_WILLNEED,
+// adjacent ones as one range), which starts their reads and returns. So a
+// sequential reader hints each chunk once, and a read whose next chunks
+// are cached costs one probe. Chunks not ready are left to the read that
+// needs them, which fetches them. Nothing is reported: a hint that fails
+// costs only speed.
+func (b *Blob) WillRead(chunks []Chunk) {
+	e := b.e
+	if !e.persist || e.view == nil || len(chunks) == 0 || !b.enter() {
+		return
+	}
+	defer b.leave()
+	first, last := -1, -1
+	for i := len(chunks) - 1; i >= 0; i-- {
+		c := &chunks[i]
+		if !e.isReady(c.Index) || c.UncompressedSize == 0 {
+			continue
+		}
+		if pageCached(e.view, c.UncompressedOffset) {
+			break
+		}
+		if last < 0 {
+			last = i
+		}
+		first = i
+	}
+	if first < 0 {
+		return
+	}
+	var off, end int64 = -1, -1
+	for i := first; i <= last; i++ {
+		c := &chunks[i]
+		if !e.isReady(c.Index) || c.UncompressedSize == 0 {
+			continue
+		}
+		s := int64(c.UncompressedOffset)
+		if s != end {
+			if off >= 0 {
+				_ = unix.Fadvise(e.fd, off, end-off, unix.FADV_WILLNEED)
+			}
+			off = s
+		}
+		end = s + int64(c.UncompressedSize)
+	}
+	_ = unix.Fadvise(e.fd, off, end-off, unix.FADV_WILLNEED)
+	b.m.metrics.readAheadHints.Add(1)
+}
+
+// pageCached reports whether the page of the mapped file view holding
+// byte off is in the page cache (mincore(2), which reads nothing: a read
+// with RWF_NOWAIT would start reading the page it finds missing). A
+// failure counts as cached: nothing is hinted.
+func pageCached(view []byte, off uint64) bool {
+	page := uint64(os.Getpagesize())
+	if off >= uint64(len(view)) {
+		return true
+	}
+	var vec [1]byte
+	p := unsafe.Pointer(&view[off&^(page-1)])
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(p), uintptr(page), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		return true
+	}
+	return vec[0]&1 != 0
 }
 
 // direct serves an uncompressed chunk straight from a backend blob that is

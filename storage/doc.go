@@ -108,6 +108,17 @@
 // fetches (maxAhead); without a free token nothing is read ahead. Only
 // waiters for those very chunks wait for it.
 //
+// # Reading the cache file
+//
+// The data file is opened POSIX_FADV_RANDOM: every mount reads it through
+// one descriptor, and the kernel's read-ahead took a guest reading
+// scattered files in ascending order for one sequential reader and read
+// the neighbours of every file. Readers ask for read-ahead within a guest
+// file instead (Blob.WillRead): the chunks after the last one whose first
+// page is in the page cache (mincore over a read-only mapping of the data
+// file, never touched) are hinted POSIX_FADV_WILLNEED. docs/blobcache.md
+// has the rule rafs uses to name them.
+//
 // # Cache types and failures
 //
 // cache.type blobcache and filecache persist; dummycache and "" go to the

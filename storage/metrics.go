@@ -12,6 +12,7 @@ type Metrics struct {
 	entries                       atomic.Int64
 	writeErrors, evicted          atomic.Int64
 	readAheadBytes                atomic.Int64
+	readAheadHints                atomic.Int64
 
 	prefetchBytes, prefetchRequests, prefetchUnmerged atomic.Int64
 	prefetchWorkers                                   atomic.Int64
@@ -45,6 +46,10 @@ type BlobcacheMetrics struct {
 	// Beyond nydusd: bytes fetched in the background for reads (the
 	// widened part of a miss, sequential read-ahead).
 	ReadAheadBytes int64 `json:"read_ahead_bytes"`
+	// Beyond nydusd: times a read of cached chunks asked the host to read
+	// the rest of the file's window from the cache file into its page
+	// cache (Blob.WillRead).
+	ReadAheadHints int64 `json:"read_ahead_hints"`
 }
 
 // Metrics returns the blob cache counters.
@@ -65,6 +70,7 @@ func (m *Manager) Metrics() BlobcacheMetrics {
 		WriteErrors:            mt.writeErrors.Load(),
 		EvictedBlobs:           mt.evicted.Load(),
 		ReadAheadBytes:         mt.readAheadBytes.Load(),
+		ReadAheadHints:         mt.readAheadHints.Load(),
 		DataAllReady:           true,
 	}
 	if b := mt.prefetchBegin.Load(); b > 0 {

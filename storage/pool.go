@@ -160,6 +160,7 @@ func (p *Pool) Metrics() BlobcacheMetrics {
 		out.WriteErrors += s.WriteErrors
 		out.EvictedBlobs += s.EvictedBlobs
 		out.ReadAheadBytes += s.ReadAheadBytes
+		out.ReadAheadHints += s.ReadAheadHints
 	}
 	return out
 }
