@@ -66,6 +66,12 @@ func (img *Image) StartPrefetch(o PrefetchOptions) (*Prefetch, error) {
 		return nil, errors.New("prefetch: image closed")
 	}
 	p := &Prefetch{done: make(chan struct{})}
+	if o := img.store.Options(); !o.Persistent() {
+		// Nothing would be kept: say so rather than "prefetch done".
+		img.log.Warnf("rafs: prefetch: the blob cache (type %q) keeps nothing on disk; nothing prefetched", o.Type)
+		close(p.done)
+		return p, nil
+	}
 	img.bg.Add(1)
 	go func() {
 		defer img.bg.Done()

@@ -105,3 +105,43 @@ func prefetched(t *testing.T, boot string, be backend.Backend, o rafs.PrefetchOp
 	}
 	return img
 }
+
+// TestPrefetchWithoutPersistentCache: with a cache that keeps nothing
+// (dummycache, or no cache type) a prefetch fetches nothing and says so;
+// it never logs "prefetch done".
+func TestPrefetchWithoutPersistentCache(t *testing.T) {
+	boot, blobDir, _ := buildTree(t, 10, builder.Options{ChunkSize: 64 << 10})
+	for _, typ := range []string{storage.TypeDummy, ""} {
+		t.Run("type="+typ, func(t *testing.T) {
+			var logs strings.Builder
+			log := quiet()
+			log.SetOutput(&logs)
+			m, err := storage.NewManager(storage.Options{Type: typ, Log: log, Prefetch: storage.PrefetchOptions{Threads: 2}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			be := &faultInjector{Backend: backend.NewLocalFS(blobDir)}
+			img, err := rafs.Open(boot, rafs.Options{Backend: be, Cache: m, Log: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := img.StartPrefetch(rafs.PrefetchOptions{All: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := p.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+			img.Close() // waits for the prefetch's goroutine
+			if !strings.Contains(logs.String(), "nothing prefetched") || strings.Contains(logs.String(), "prefetch done") {
+				t.Fatalf("log:\n%s", logs.String())
+			}
+			if n := be.reads.Load(); n != 0 {
+				t.Fatalf("%d backend reads", n)
+			}
+		})
+	}
+}

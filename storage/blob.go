@@ -887,7 +887,7 @@ const (
 // ReadAux returns the cached <blob_id><suffix> file's bytes, or nil when
 // there is none (or no persistent cache). The caller checks them.
 func (b *Blob) ReadAux(suffix string) []byte {
-	if !b.m.opts.persistent() {
+	if !b.m.opts.Persistent() {
 		return nil
 	}
 	data, err := os.ReadFile(filepath.Join(b.m.opts.WorkDir, b.e.desc.ID+suffix))
@@ -900,7 +900,7 @@ func (b *Blob) ReadAux(suffix string) []byte {
 // WriteAux stores the <blob_id><suffix> file (written to a temporary name,
 // synced and renamed into place). Failures only cost a refetch next time.
 func (b *Blob) WriteAux(suffix string, data []byte) {
-	if !b.m.opts.persistent() {
+	if !b.m.opts.Persistent() {
 		return
 	}
 	id := b.e.desc.ID

@@ -63,8 +63,8 @@ type Options struct {
 	Log logrus.FieldLogger
 }
 
-// persistent reports whether the type keeps a cache on disk.
-func (o *Options) persistent() bool { return o.Type == TypeBlobcache || o.Type == TypeFilecache }
+// Persistent reports whether the type keeps a cache on disk.
+func (o *Options) Persistent() bool { return o.Type == TypeBlobcache || o.Type == TypeFilecache }
 
 // ValidType reports whether t is a cache type this package serves.
 func ValidType(t string) bool {
@@ -113,7 +113,7 @@ func NewManager(opts Options) (*Manager, error) {
 	if !ValidType(opts.Type) {
 		return nil, fmt.Errorf("storage: cache type %q is not supported (blobcache, filecache, dummycache or \"\")", opts.Type)
 	}
-	if opts.persistent() && opts.WorkDir == "" {
+	if opts.Persistent() && opts.WorkDir == "" {
 		return nil, fmt.Errorf("storage: cache type %s needs a work_dir", opts.Type)
 	}
 	if opts.BatchSize == 0 {
@@ -135,7 +135,7 @@ func NewManager(opts Options) (*Manager, error) {
 	m.fills = make(chan struct{}, maxFills)
 	m.pf.init(m)
 	m.backend = backend.NewMetrics(opts.BackendType)
-	if opts.persistent() {
+	if opts.Persistent() {
 		if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
 			m.warnOnce("workdir", "blob cache: work_dir %s cannot be created (%v): reads go to the backend", opts.WorkDir, err)
 		}
@@ -223,7 +223,7 @@ func (m *Manager) Open(desc BlobDesc, be backend.Backend, dec Decoder, src Chunk
 			m.log.Warnf("blob cache: blob %s opened with a different shape than an open mount has; not sharing its cache entry", desc.ID)
 			e = newEntry(m, desc, false)
 		} else {
-			e = newEntry(m, desc, m.opts.persistent())
+			e = newEntry(m, desc, m.opts.Persistent())
 			m.entries[desc.ID] = e
 		}
 	}
@@ -270,7 +270,7 @@ func (m *Manager) flushLoop() {
 		for _, e := range es {
 			e.flush()
 		}
-		if m.opts.MaxSize > 0 && m.opts.persistent() {
+		if m.opts.MaxSize > 0 && m.opts.Persistent() {
 			m.evict()
 		}
 	}

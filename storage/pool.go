@@ -77,12 +77,12 @@ func NewPool(log logrus.FieldLogger) *Pool {
 // Get returns the Manager for o (created on first use) and the function
 // that releases it; the last release closes it.
 func (p *Pool) Get(o Options) (*Manager, func() error, error) {
-	if !o.persistent() {
+	if !o.Persistent() {
 		o.Type, o.WorkDir = "", "" // every non-persistent cache is the same
 	} else if abs, err := filepath.Abs(o.WorkDir); err == nil {
 		o.WorkDir = abs
 	}
-	k := poolKey{o.Type, o.WorkDir, o.Compressed && o.persistent()}
+	k := poolKey{o.Type, o.WorkDir, o.Compressed && o.Persistent()}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.mgrs[k]
