@@ -94,6 +94,13 @@ func prefetched(t *testing.T, boot string, be backend.Backend, o rafs.PrefetchOp
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { img.Close() })
+	startPrefetch(t, img, o)
+	return img
+}
+
+// startPrefetch starts a prefetch of img and waits (up to 30 s) for it.
+func startPrefetch(t *testing.T, img *rafs.Image, o rafs.PrefetchOptions) {
+	t.Helper()
 	p, err := img.StartPrefetch(o)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +110,6 @@ func prefetched(t *testing.T, boot string, be backend.Backend, o rafs.PrefetchOp
 	if err := p.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return img
 }
 
 // TestPrefetchWithoutPersistentCache: with a cache that keeps nothing
@@ -126,15 +132,7 @@ func TestPrefetchWithoutPersistentCache(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := img.StartPrefetch(rafs.PrefetchOptions{All: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := p.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
+			startPrefetch(t, img, rafs.PrefetchOptions{All: true})
 			img.Close() // waits for the prefetch's goroutine
 			if !strings.Contains(logs.String(), "nothing prefetched") || strings.Contains(logs.String(), "prefetch done") {
 				t.Fatalf("log:\n%s", logs.String())
