@@ -31,9 +31,7 @@ func TestFuseConfigBlobcache(t *testing.T) {
 	registryBlobs(t, reg, imgs)
 	work := t.TempDir()
 	config := func(host string) string {
-		c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"auth":%q,"timeout":5,"retry_limit":0}},`+
-			`"cache":{"type":"blobcache","filecache":{"work_dir":%q}},"rafs":{"validate":true}}`, host, reg.Repo, reg.AuthB64(), work)
-		return writeConfig(t, c)
+		return writeConfig(t, registryCacheConfig(host, reg.Repo, reg.AuthB64(), work, `{"validate":true}`))
 	}
 	up, down := config(reg.Host), config(fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(t)))
 	readAll := func(t *testing.T, cfg string) {
@@ -89,10 +87,8 @@ func TestFuseConfigPrefetch(t *testing.T) {
 	registryBlobs(t, reg, imgs)
 	work := t.TempDir()
 	config := func(host string, prefetch bool) string {
-		c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"timeout":5,"retry_limit":0}},`+
-			`"cache":{"type":"blobcache","filecache":{"work_dir":%q}},"rafs":{"validate":true,"prefetch":{"enable":%v,"prefetch_all":%v,"threads":2}}}`,
-			host, reg.Repo, work, prefetch, prefetch)
-		return writeConfig(t, c)
+		return writeConfig(t, registryCacheConfig(host, reg.Repo, "", work,
+			fmt.Sprintf(`{"validate":true,"prefetch":{"enable":%v,"prefetch_all":%v,"threads":2}}`, prefetch, prefetch)))
 	}
 	up, down := config(reg.Host, true), config(fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(t)), false)
 	for _, img := range imgs {
@@ -136,8 +132,7 @@ func prefetchFilesSetup(t *testing.T, bin string) (img remoteImage, cfg, work, l
 	reg := testsvc.StartRegistry(t, testsvc.RegistryOptions{})
 	registryBlobs(t, reg, []remoteImage{img})
 	work = t.TempDir()
-	cfg = writeConfig(t, fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"timeout":5,"retry_limit":0}},`+
-		`"cache":{"type":"blobcache","filecache":{"work_dir":%q}},"rafs":{"validate":true}}`, reg.Host, reg.Repo, work))
+	cfg = writeConfig(t, registryCacheConfig(reg.Host, reg.Repo, "", work, `{"validate":true}`))
 	list = filepath.Join(t.TempDir(), "prefetch.list")
 	if err := os.WriteFile(list, []byte("/usr/lib\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -214,9 +209,7 @@ func TestUnpackConfigBlobcache(t *testing.T) {
 	registryBlobs(t, reg, imgs)
 	work := t.TempDir()
 	config := func(host string) string {
-		c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{"scheme":"http","host":%q,"repo":%q,"timeout":5,"retry_limit":0}},`+
-			`"cache":{"type":"blobcache","filecache":{"work_dir":%q}}}`, host, reg.Repo, work)
-		return writeConfig(t, c)
+		return writeConfig(t, registryCacheConfig(host, reg.Repo, "", work, ""))
 	}
 	up, down := config(reg.Host), config(fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(t)))
 	for _, img := range imgs {
@@ -247,4 +240,19 @@ func writeConfig(t *testing.T, c string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// registryCacheConfig is a v2 config that reads repo from the registry at
+// host over HTTP (auth: base64 user:password, "" for none; no retries)
+// into a blobcache in work; rafs is the "rafs" section ("" for none).
+func registryCacheConfig(host, repo, auth, work, rafs string) string {
+	reg := fmt.Sprintf(`"scheme":"http","host":%q,"repo":%q,"timeout":5,"retry_limit":0`, host, repo)
+	if auth != "" {
+		reg += fmt.Sprintf(`,"auth":%q`, auth)
+	}
+	c := fmt.Sprintf(`{"version":2,"backend":{"type":"registry","registry":{%s}},"cache":{"type":"blobcache","filecache":{"work_dir":%q}}`, reg, work)
+	if rafs != "" {
+		c += `,"rafs":` + rafs
+	}
+	return c + "}"
 }
