@@ -4,7 +4,7 @@ BIN       := bin/nydus-virtiofsd
 FUZZTIME  ?= 5s
 PKGS      := ./...
 
-.PHONY: all build test unit vet fmt-check fuzz-smoke bench demo clean deps
+.PHONY: all build test unit vet fmt-check fuzz-smoke bench demo clean deps test-deps
 
 all: build
 
@@ -16,9 +16,14 @@ build:
 deps:
 	bash scripts/install-deps.sh
 
+# test-deps adds what only the tests use: SeaweedFS's weed, built from
+# the Go module proxy (the S3 server that checks signatures).
+test-deps:
+	bash scripts/install-seaweedfs.sh
+
 # test runs every test: vet and gofmt, unit and integration tests (guest
 # tests included), and a short run of every fuzz target.
-test: deps fmt-check vet unit fuzz-smoke
+test: deps test-deps fmt-check vet unit fuzz-smoke
 
 unit:
 	$(GO) test -count=1 -timeout 25m $(PKGS)

@@ -6,12 +6,11 @@ import (
 	"testing"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
-// S3 is a running S3-compatible server (npm's s3rver) with one bucket.
-// It checks SigV4 signatures (header and presigned-query forms) against
-// its one key pair.
+// S3 is a running S3-compatible server with one bucket: npm's s3rver
+// (StartS3), which parses SigV4 requests but accepts any secret, or
+// SeaweedFS (StartSeaweedS3), which checks the signatures.
 type S3 struct {
 	Endpoint  string // 127.0.0.1:port
 	Bucket    string
@@ -34,12 +33,7 @@ func StartS3(t testing.TB) *S3 {
 // Put stores data as object key in the bucket.
 func (s *S3) Put(t testing.TB, key string, data []byte) {
 	t.Helper()
-	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
-		Region: s.Region, BucketLookup: minio.BucketLookupPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.PutObject(context.Background(), s.Bucket, key, bytes.NewReader(data), int64(len(data)),
+	if _, err := s.client(t).PutObject(context.Background(), s.Bucket, key, bytes.NewReader(data), int64(len(data)),
 		minio.PutObjectOptions{DisableContentSha256: true}); err != nil {
 		t.Fatalf("s3 put %s: %v", key, err)
 	}
