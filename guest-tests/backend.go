@@ -33,6 +33,9 @@ type Backend struct {
 	// Command returns the command to start; Run starts it in its own
 	// process group and kills only that group.
 	Command func(cfg BackendConfig) (*exec.Cmd, error)
+	// GuestSMP is the guest's -smp when this backend serves it, alone or
+	// beside others (empty: "1"; NVFS_GUEST_SMP overrides every backend's).
+	GuestSMP string
 }
 
 // CVirtiofsdPath is Debian's C virtiofsd (package qemu-system-common).
@@ -41,10 +44,16 @@ const CVirtiofsdPath = "/usr/lib/qemu/virtiofsd"
 // CVirtiofsd is the reference: QEMU 7.2's C virtiofsd with its "-o" options.
 // It has no cache=metadata, and cache=never is its cache=none. Keep
 // --thread-pool-size at 0: on Debian 12 a pool thread dies in virtiofsd's own
-// seccomp filter (sched_getaffinity from glib).
+// seccomp filter (sched_getaffinity from glib). Its guests run with
+// "-smp 1,maxcpus=2": a "-smp 1" TCG guest elides its memory barriers and
+// now and then loses a kick (docs/notifications.md), which the C virtiofsd
+// never recovers from (its unmount then hangs, as it did in a CI run after
+// a long workload); ours recovers it, and its guests keep "-smp 1" to test
+// that.
 func CVirtiofsd() Backend {
 	return Backend{
-		Name: "c",
+		Name:     "c",
+		GuestSMP: "1,maxcpus=2",
 		Probe: func(context.Context) error {
 			if _, err := os.Stat(CVirtiofsdPath); err != nil {
 				return fmt.Errorf("C virtiofsd missing (apt-get install qemu-system-common): %w", err)

@@ -57,6 +57,15 @@ func benchShare(b *testing.B) string {
 	return dir
 }
 
+// oneGuestShape gives every guest of a comparison between backends the
+// same -smp: the C virtiofsd's guests run with "1,maxcpus=2"
+// (CVirtiofsd), so unless NVFS_GUEST_SMP says otherwise ours do too.
+func oneGuestShape(b *testing.B) {
+	if os.Getenv(EnvGuestSMP) == "" {
+		b.Setenv(EnvGuestSMP, CVirtiofsd().GuestSMP)
+	}
+}
+
 // BenchmarkGuest boots one guest per backend and iteration on the same
 // directory and cache mode and measures, with cold guest caches (3
 // repetitions each, medians): a sequential read of a 256 MiB file
@@ -65,6 +74,7 @@ func benchShare(b *testing.B) string {
 // before (stat_files/s, one LOOKUP each). bench/guest-bench.sh prints the
 // table with the ratios. Run it with -run '^$' -bench Guest -benchtime 1x.
 func BenchmarkGuest(b *testing.B) {
+	oneGuestShape(b)
 	env := setupGuests(b)
 	share := benchShare(b)
 	cache := os.Getenv(EnvBenchCache)
@@ -159,6 +169,7 @@ var workloadMetrics = []struct{ step, metric, name string }{
 // its default, no pool: requests served on the queue thread, the closest
 // to Kata's --thread-pool-size=1. Our daemon gets the setting.
 func BenchmarkGuestWorkloads(b *testing.B) {
+	oneGuestShape(b)
 	env := setupGuests(b)
 	share := benchShare(b)
 	cache := os.Getenv(EnvBenchCache)

@@ -42,6 +42,7 @@ const rereadReads = 4
 //
 //	go test ./guest-tests/ -run '^$' -bench GuestRAFSReread -benchtime 1x -count 5
 func BenchmarkGuestRAFSReread(b *testing.B) {
+	oneGuestShape(b)
 	env := setupGuests(b)
 	daemon := rafsDaemon(b)
 	viaVirtiofsd, _ := rafsBackends(daemon)

@@ -369,17 +369,31 @@ func runInitrd(o RunOptions, rundir string) (string, error) {
 	return p, nil
 }
 
-// EnvGuestSMP overrides the guests' -smp argument (default 1), e.g.
-// "1,maxcpus=2": one vCPU, but TCG then keeps the guest's memory barriers
-// (docs/notifications.md).
+// EnvGuestSMP overrides the guests' -smp argument (default 1, or what a
+// backend asks for: Backend.GuestSMP), e.g. "1,maxcpus=2": one vCPU, but
+// TCG then keeps the guest's memory barriers (docs/notifications.md).
 const EnvGuestSMP = "NVFS_GUEST_SMP"
+
+// guestSMP is the -smp of a guest served by o's backends.
+func guestSMP(o RunOptions) string {
+	if s := os.Getenv(EnvGuestSMP); s != "" {
+		return s
+	}
+	smp := "1"
+	if o.Backend.GuestSMP != "" {
+		smp = o.Backend.GuestSMP
+	}
+	for _, e := range o.Extra {
+		if e.Backend.GuestSMP != "" {
+			smp = e.Backend.GuestSMP
+		}
+	}
+	return smp
+}
 
 func qemuArgs(o RunOptions, initrd string) []string {
 	mem := strconv.Itoa(o.MemMiB) + "M"
-	smp := "1"
-	if s := os.Getenv(EnvGuestSMP); s != "" {
-		smp = s
-	}
+	smp := guestSMP(o)
 	args := []string{
 		"-machine", "q35,accel=tcg,memory-backend=mem", "-smp", smp, "-m", mem,
 		// vhost-user needs guest RAM the backend can map: memfd, share=on

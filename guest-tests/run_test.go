@@ -85,3 +85,28 @@ func pidsInGroup(pgid int) []int {
 	}
 	return out
 }
+
+// TestGuestSMP: a guest the C virtiofsd serves, alone or beside another
+// daemon, keeps its memory barriers ("-smp 1,maxcpus=2"); one only ours
+// serves stays "-smp 1"; NVFS_GUEST_SMP overrides both.
+func TestGuestSMP(t *testing.T) {
+	ours := Backend{Name: "go"}
+	for _, tc := range []struct {
+		name string
+		o    RunOptions
+		env  string
+		want string
+	}{
+		{"ours", RunOptions{Backend: ours}, "", "1"},
+		{"c", RunOptions{Backend: CVirtiofsd()}, "", "1,maxcpus=2"},
+		{"ours beside c", RunOptions{Backend: ours, Extra: []ExtraBackend{{Backend: CVirtiofsd()}}}, "", "1,maxcpus=2"},
+		{"env", RunOptions{Backend: CVirtiofsd()}, "2", "2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(EnvGuestSMP, tc.env)
+			if got := guestSMP(tc.o); got != tc.want {
+				t.Fatalf("-smp %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
