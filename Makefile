@@ -19,7 +19,7 @@ deps:
 # test-deps adds what only the tests use: SeaweedFS's weed, built from
 # the Go module proxy (the S3 server that checks signatures).
 test-deps:
-	bash scripts/install-seaweedfs.sh
+	GO=$(GO) bash scripts/install-seaweedfs.sh
 
 # test runs every test: vet and gofmt, unit and integration tests (guest
 # tests included), and a short run of every fuzz target.
