@@ -11,12 +11,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/sys/unix"
 
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/backend"
+	"github.com/nydus-virtiofsd/nydus-virtiofsd/internal/pagecache"
 	"github.com/nydus-virtiofsd/nydus-virtiofsd/spans"
 )
 
@@ -390,9 +390,9 @@ func pageCached(view []byte, off uint64) bool {
 	if off >= uint64(len(view)) {
 		return true
 	}
+	start := off &^ (page - 1)
 	var vec [1]byte
-	p := unsafe.Pointer(&view[off&^(page-1)])
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(p), uintptr(page), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+	if err := pagecache.InCore(view[start:min(start+page, uint64(len(view)))], vec[:]); err != nil {
 		return true
 	}
 	return vec[0]&1 != 0

@@ -1,6 +1,9 @@
-// Package pagecache lets tests and benchmarks see and drop a file's pages
-// in the host's page cache: what read-ahead brought in, and a cold start
+// Package pagecache sees and drops a file's pages in the host's page
+// cache: the blob cache asks which chunks need reading ahead (InCore), and
+// tests and benchmarks check what read-ahead brought in and start cold
 // without dropping every cache on the machine (drop_caches).
+//
+// x/sys/unix has no mincore(2) for Linux, hence the raw system call.
 package pagecache
 
 import (
@@ -46,15 +49,28 @@ func Resident(path string, off, n int64) ([]bool, error) {
 	defer unix.Munmap(m)
 	page := int64(os.Getpagesize())
 	vec := make([]byte, (n+page-1)/page)
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)),
-		uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
-		return nil, fmt.Errorf("mincore %s: %w", path, e)
+	if err := InCore(m, vec); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	out := make([]bool, len(vec))
 	for i, v := range vec {
 		out[i] = v&1 != 0
 	}
 	return out, nil
+}
+
+// InCore fills vec with one byte per page of the file mapping m (m starts
+// on a page): bit 0 set when the page is in the page cache. It reads
+// nothing and touches no page of m.
+func InCore(m, vec []byte) error {
+	if len(m) == 0 {
+		return nil
+	}
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)),
+		uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		return fmt.Errorf("mincore: %w", e)
+	}
+	return nil
 }
 
 // ResidentBytes is the bytes of path in the page cache.
