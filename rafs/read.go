@@ -259,26 +259,44 @@ func (img *Image) willRead(ctx context.Context, n *Inode, refs []chunkRef, off, 
 		o    *openBlob
 		bi   uint32
 	)
-	ahead := min(max(2*(end-off), off), maxAhead)
-	img.f.chunks(n, off, min(n.Size, end+ahead), func(c chunkRef) error {
-		if c.hole || c.primary {
-			return nil
-		}
+	// add takes c (resolved) into want unless it belongs to another
+	// blob than the chunks before it or its blob is not open.
+	add := func(c *chunkRef) bool {
 		b := img.blobs[c.blob]
 		ob := b.opened.Load()
-		switch {
-		case ob == nil || ob.s == nil || (o != nil && c.blob != bi):
-			return errEnough
-		case c.needCI && img.opts.Backend != nil && !b.metaDone.Load():
-			return errEnough
-		}
-		if err := img.resolve(ctx, &c); err != nil {
-			return errEnough
+		if ob == nil || ob.s == nil || (o != nil && c.blob != bi) {
+			return false
 		}
 		o, bi = ob, c.blob
-		want = append(want, img.storageChunk(b, &c))
-		return nil
-	})
+		want = append(want, img.storageChunk(b, c))
+		return true
+	}
+	// The read's own chunks are resolved already; the walk goes on
+	// from the end of the last one.
+	from, more := off, true
+	for i := range refs {
+		c := &refs[i]
+		if !c.hole && !c.primary && !add(c) {
+			more = false
+			break
+		}
+		from = c.fileOff + uint64(c.length)
+	}
+	ahead := min(max(2*(end-off), off), maxAhead)
+	if wend := min(n.Size, end+ahead); more && from < wend {
+		img.f.chunks(n, from, wend, func(c chunkRef) error {
+			if c.hole || c.primary {
+				return nil
+			}
+			if c.needCI && img.opts.Backend != nil && !img.blobs[c.blob].metaDone.Load() {
+				return errEnough
+			}
+			if err := img.resolve(ctx, &c); err != nil || !add(&c) {
+				return errEnough
+			}
+			return nil
+		})
+	}
 	if o != nil {
 		o.s.WillRead(want)
 	}
