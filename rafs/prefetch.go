@@ -1,6 +1,7 @@
 package rafs
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -66,9 +67,9 @@ func (img *Image) StartPrefetch(o PrefetchOptions) (*Prefetch, error) {
 		return nil, errors.New("prefetch: image closed")
 	}
 	p := &Prefetch{done: make(chan struct{})}
-	if o := img.store.Options(); !o.Persistent() {
+	if so := img.store.Options(); !so.Persistent() {
 		// Nothing would be kept: say so rather than "prefetch done".
-		img.log.Warnf("rafs: prefetch: the blob cache (type %q) keeps nothing on disk; nothing prefetched", o.Type)
+		img.log.Warnf("rafs: prefetch: the blob cache (type %q) keeps nothing on disk; nothing prefetched", cmp.Or(so.Type, "none"))
 		close(p.done)
 		return p, nil
 	}
