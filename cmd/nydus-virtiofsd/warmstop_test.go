@@ -47,15 +47,21 @@ func TestNydusdCacheWarmAfterStop(t *testing.T) {
 				t.Errorf("%s: md5 %s, want %s\n%s", path, got, want, d.log())
 			}
 		}
-		// At once: the VMM goes (and the runtime stops the daemon).
-		drv.Close()
+		// At once: the runtime stops the daemon while the VMM is still
+		// connected (so that SIGTERM, not the VMM going, ends it), or the
+		// VMM goes.
 		if sigterm {
 			if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
+		} else {
+			drv.Close()
 		}
 		if code := d.wait(t, 10*time.Second); code != 0 {
 			t.Fatalf("exit code %d\n%s", code, d.log())
+		}
+		if sigterm {
+			drv.Close()
 		}
 	}
 	for _, sigterm := range []bool{false, true} {
