@@ -129,9 +129,11 @@ func TestWillRead(t *testing.T) {
 func TestWillReadCompressedCache(t *testing.T) {
 	tb := newTestBlob("wr02", 8, 64<<10, 3)
 	be := &faultInjector{blobs: map[string][]byte{tb.id: tb.data}}
-	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: t.TempDir(), Compressed: true, NoAmplify: true})
+	dir := t.TempDir()
+	m := newManager(t, Options{Type: TypeBlobcache, WorkDir: dir, Compressed: true, NoAmplify: true})
 	b := openTest(t, m, tb, be, tb)
 	readAll(t, b, tb.chunks)
+	dropPages(t, filepath.Join(dir, tb.id+".blob.raw"), 0, 0) // else a probe would find them cached
 	b.WillRead(tb.chunks)
 	if h := m.Metrics().ReadAheadHints; h != 0 {
 		t.Fatalf("hints %d, want 0", h)
