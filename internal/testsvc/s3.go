@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // S3 is a running S3-compatible server with one bucket: npm's s3rver
@@ -37,4 +38,15 @@ func (s *S3) Put(t testing.TB, key string, data []byte) {
 		minio.PutObjectOptions{DisableContentSha256: true}); err != nil {
 		t.Fatalf("s3 put %s: %v", key, err)
 	}
+}
+
+// client is a SigV4 client of the server with its identity.
+func (s *S3) client(t testing.TB) *minio.Client {
+	t.Helper()
+	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
+		Region: s.Region, BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

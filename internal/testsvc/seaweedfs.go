@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // StartSeaweedS3 starts SeaweedFS (`weed server` with its S3 gateway, one
@@ -55,15 +54,4 @@ func StartSeaweedS3(t testing.TB) *S3 {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return s
-}
-
-// client is a SigV4 client of the server with its identity.
-func (s *S3) client(t testing.TB) *minio.Client {
-	t.Helper()
-	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
-		Region: s.Region, BucketLookup: minio.BucketLookupPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
