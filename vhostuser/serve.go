@@ -106,6 +106,17 @@ type Options struct {
 	Procs *ProcReserve
 }
 
+// The request path's settings nydus-virtiofsd runs with unless told
+// otherwise (its --kick-wait and --poll-before-sleep; the reasons are in
+// cmd/nydus-virtiofsd/flags.go and the figures in docs/benchmarks.md, issue
+// 15). The zero Options keep the runtime poller and no polling instead,
+// which suits a process that cannot spare a core spinning after each burst;
+// a benchmark of "the daemon" must use these (e2e does).
+const (
+	RecommendedKickWait        = KickWaitInlinePpoll
+	RecommendedPollBeforeSleep = 200 * time.Microsecond
+)
+
 // DefaultWorkers is the per-request-queue worker count when Options.Workers is 0.
 const DefaultWorkers = 4
 

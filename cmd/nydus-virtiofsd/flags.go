@@ -454,8 +454,8 @@ func (c *daemonConfig) validate() error {
 // under TCG) without an exit, an eventfd or a wake-up. KVM's halt polling
 // waits as long (halt_poll_ns) for the same reason.
 const (
-	defaultKickWait        = vhostuser.KickWaitInlinePpoll
-	defaultPollBeforeSleep = 200 * time.Microsecond
+	defaultKickWait        = vhostuser.RecommendedKickWait
+	defaultPollBeforeSleep = vhostuser.RecommendedPollBeforeSleep
 )
 
 func setKickWait(c *daemonConfig, v string) error {
