@@ -24,6 +24,10 @@
 // measure GETATTR round trips with 1 and 4 request queues and RAFS
 // lookup/getattr through the path, each against a direct in-process call.
 // docs/benchmarks.md records the figures and the commands that made them.
+// The daemons here wait and poll as nydus-virtiofsd does by default
+// (vhostuser.RecommendedKickWait, RecommendedPollBeforeSleep);
+// NVFS_KICK_WAIT and NVFS_POLL_BEFORE_SLEEP override both, to compare
+// settings in one run.
 //
 // The package has no non-test code: everything here is a test.
 package e2e
