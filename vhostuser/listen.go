@@ -39,6 +39,26 @@ func Listen(path string) (*net.UnixListener, error) {
 	return l, nil
 }
 
+// ListenGroup is Listen for a VMM that runs as another user: the socket's
+// group is set to gid and the group may connect (mode 0660), as
+// virtiofsd's --socket-group does. The group is set before the mode
+// grants it anything, so no other group is ever let in.
+func ListenGroup(path string, gid int) (*net.UnixListener, error) {
+	l, err := Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Lchown(path, -1, gid); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("socket group: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
 // ListenerFromFD serves an already-listening unix socket inherited as fd
 // (virtiofsd's --fd=N). The fd is taken over: the returned listener owns it.
 func ListenerFromFD(fd int) (*net.UnixListener, error) {
