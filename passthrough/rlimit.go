@@ -21,3 +21,14 @@ func RaiseNofileLimit() (uint64, error) {
 	}
 	return lim.Cur, nil
 }
+
+// SetNofileLimit sets both RLIMIT_NOFILE limits to n (virtiofsd's
+// --rlimit-nofile: a management tool dividing the system's file limit
+// between daemons). Raising the hard limit needs CAP_SYS_RESOURCE, and n
+// cannot exceed fs.nr_open.
+func SetNofileLimit(n uint64) error {
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}); err != nil {
+		return fmt.Errorf("setrlimit(RLIMIT_NOFILE, %d): %w", n, err)
+	}
+	return nil
+}

@@ -12,8 +12,15 @@ import (
 // daemonConfig is what the virtiofsd-style command line (and nydusd's
 // virtiofs subcommand) asks of the daemon.
 type daemonConfig struct {
-	SocketPath string // --socket-path: listen here
-	FD         int    // --fd: an inherited listening socket; -1 when unset
+	SocketPath  string // --socket-path: listen here
+	SocketGroup string // --socket-group: a group (name or number) that may connect too
+	FD          int    // --fd: an inherited listening socket; -1 when unset
+	// RlimitNofile is --rlimit-nofile: -1 (unset) raises the soft limit to
+	// the hard one; 0 leaves both alone; n sets both to n.
+	RlimitNofile int64
+	// NoReadDirPlus is --no-readdirplus / -o no_readdirplus: never offer
+	// READDIRPLUS, so the guest lists directories with plain READDIR.
+	NoReadDirPlus bool
 
 	SharedDir string // --shared-dir / -o source=: a host directory to share
 	Bootstrap string // --bootstrap: a RAFS image to serve instead
@@ -70,7 +77,7 @@ func defaultConfig() daemonConfig {
 	// before they do (defaultKickWait, defaultPollBeforeSleep).
 	return daemonConfig{FD: -1, Cache: "auto", LogLevel: "info", Sandbox: "namespace", RequestQueues: 1,
 		AnnounceSubmounts: true, InodeFileHandles: "never", SocketFlag: "--socket-path",
-		KickWait: string(defaultKickWait), PollBeforeSleep: defaultPollBeforeSleep}
+		KickWait: string(defaultKickWait), PollBeforeSleep: defaultPollBeforeSleep, RlimitNofile: -1}
 }
 
 // flagKind says how a long option takes its value.
@@ -187,18 +194,19 @@ func virtiofsdFlags() map[string]flagSpec {
 		"otlp-endpoint":         {valueFlag, setString(func(c *daemonConfig) *string { return &c.Observe.OTLPEndpoint })},
 		"trace-sample-every":    {valueFlag, setInt(func(c *daemonConfig) *int { return &c.Observe.TraceEvery }, "trace-sample-every")},
 		"print-capabilities":    {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.PrintCapabilities }, true)},
+		"socket-group":          {valueFlag, setString(func(c *daemonConfig) *string { return &c.SocketGroup })},
+		"rlimit-nofile":         {valueFlag, setRlimitNofile},
+		"no-readdirplus":        {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.NoReadDirPlus }, true)},
 		"help":                  {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Help }, true)},
 		"version":               {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.Version }, true)},
 
 		// Accepted for compatibility; not acted on.
-		"socket-group":             {valueFlag, nil},
 		"tag":                      {valueFlag, nil},
 		"uid-map":                  {valueFlag, nil},
 		"gid-map":                  {valueFlag, nil},
 		"translate-uid":            {valueFlag, nil},
 		"translate-gid":            {valueFlag, nil},
 		"inode-file-handles":       {valueFlag, setInodeFileHandles},
-		"rlimit-nofile":            {valueFlag, nil},
 		"migration-mode":           {valueFlag, nil},
 		"migration-on-error":       {valueFlag, nil},
 		"posix-acl":                {boolFlag, nil},
@@ -206,7 +214,6 @@ func virtiofsdFlags() map[string]flagSpec {
 		"allow-mmap":               {boolFlag, nil},
 		"writeback":                {boolFlag, nil},
 		"allow-direct-io":          {boolFlag, setBool(func(c *daemonConfig) *bool { return &c.AllowDirectIO }, true)},
-		"no-readdirplus":           {boolFlag, nil},
 		"killpriv-v2":              {boolFlag, nil},
 		"preserve-noatime":         {boolFlag, nil},
 		"no-killpriv-v2":           {boolFlag, nil},
@@ -390,6 +397,10 @@ func parseDashO(c *daemonConfig, opts string) error {
 			err = setModcaps(c, val)
 		case "announce_submounts":
 			c.AnnounceSubmounts = true
+		case "readdirplus":
+			c.NoReadDirPlus = false
+		case "no_readdirplus":
+			c.NoReadDirPlus = true
 		case "readonly":
 			c.Readonly = true
 		case "debug":
@@ -426,6 +437,9 @@ func splitOpts(s string) []string {
 
 // validate checks that the options make a daemon that can run.
 func (c *daemonConfig) validate() error {
+	if c.SocketGroup != "" && c.FD >= 0 {
+		c.Warnings = append(c.Warnings, "--socket-group is ignored with --fd: the socket is not ours to change")
+	}
 	switch {
 	case c.SocketPath == "" && c.FD < 0:
 		return fmt.Errorf("%s or --fd is required: where the VMM connects", c.SocketFlag)
@@ -457,6 +471,15 @@ const (
 	defaultKickWait        = vhostuser.RecommendedKickWait
 	defaultPollBeforeSleep = vhostuser.RecommendedPollBeforeSleep
 )
+
+func setRlimitNofile(c *daemonConfig, v string) error {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("--rlimit-nofile: want a number of files (0: leave the limit alone), got %q", v)
+	}
+	c.RlimitNofile = n
+	return nil
+}
 
 func setKickWait(c *daemonConfig, v string) error {
 	switch vhostuser.KickWait(v) {

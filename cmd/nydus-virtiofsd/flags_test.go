@@ -60,6 +60,18 @@ func TestParseVirtiofsd(t *testing.T) {
 			warn: 5,
 		},
 		{
+			name: "socket group, file limit, no readdirplus",
+			args: "--socket-path=s --shared-dir=/d --socket-group kvm --rlimit-nofile=65536 --no-readdirplus",
+			want: func(c *daemonConfig) {
+				c.SocketPath, c.SharedDir, c.SocketGroup, c.RlimitNofile, c.NoReadDirPlus = "s", "/d", "kvm", 65536, true
+			},
+		},
+		{
+			name: "-o readdirplus after no_readdirplus",
+			args: "--socket-path=s -o source=/d,no_readdirplus,readdirplus --rlimit-nofile 0",
+			want: func(c *daemonConfig) { c.SocketPath, c.SharedDir, c.RlimitNofile = "s", "/d", 0 },
+		},
+		{
 			name: "print capabilities",
 			args: "--print-capabilities",
 			want: func(c *daemonConfig) { c.PrintCapabilities = true },
@@ -95,6 +107,8 @@ func TestParseVirtiofsdErrors(t *testing.T) {
 		{"stray", "unexpected argument"},
 		{"--sandbox=jail", "--sandbox"},
 		{"--log-level=loud", "--log-level"},
+		{"--rlimit-nofile=-1", "--rlimit-nofile"},
+		{"--rlimit-nofile=many", "--rlimit-nofile"},
 	}
 	for _, tc := range tests {
 		_, err := parseVirtiofsd(strings.Fields(tc.args))

@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 
@@ -43,10 +45,18 @@ func runDaemon(c daemonConfig) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
 		return exitFailure
 	}
-	if n, err := passthrough.RaiseNofileLimit(); err != nil {
-		log.WithError(err).Warn("cannot raise RLIMIT_NOFILE")
-	} else {
-		log.Debugf("RLIMIT_NOFILE %d", n)
+	switch {
+	case c.RlimitNofile > 0:
+		if err := passthrough.SetNofileLimit(uint64(c.RlimitNofile)); err != nil {
+			log.Errorf("--rlimit-nofile=%d: %v", c.RlimitNofile, err)
+			return exitFailure
+		}
+	case c.RlimitNofile < 0:
+		if n, err := passthrough.RaiseNofileLimit(); err != nil {
+			log.WithError(err).Warn("cannot raise RLIMIT_NOFILE")
+		} else {
+			log.Debugf("RLIMIT_NOFILE %d", n)
+		}
 	}
 
 	// The reason the daemon stops is the context's cause: a signal, the
@@ -239,7 +249,7 @@ func checkDir(flag, dir string) error {
 func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log logrus.FieldLogger, exit func(), obs *observer) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
 	if c.Nydusd {
 		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit, obs)
-		return fs, fuse.MountOptions{}, cleanup, err
+		return fs, fuse.MountOptions{DisableReadDirPlus: c.NoReadDirPlus}, cleanup, err
 	}
 	var rc *backend.Config
 	if c.ConfigFile != "" {
@@ -254,6 +264,7 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log lo
 		caches.Close()
 		return nil, mo, nil, err
 	}
+	mo.DisableReadDirPlus = mo.DisableReadDirPlus || c.NoReadDirPlus
 	obs.setCaches(caches)
 	return obs.wrap("/", fs, rc), mo, func() { closeFS(); caches.Close() }, nil
 }
@@ -348,6 +359,17 @@ func blobSource(c *daemonConfig, rc *backend.Config) string {
 	return filepath.Dir(c.Bootstrap) + " (the bootstrap's directory)"
 }
 
+// lookupGroup resolves --socket-group: a group name, or a number.
+func lookupGroup(name string) (int, error) {
+	if g, err := user.LookupGroup(name); err == nil {
+		return strconv.Atoi(g.Gid)
+	}
+	if gid, err := strconv.Atoi(name); err == nil && gid >= 0 {
+		return gid, nil
+	}
+	return 0, fmt.Errorf("--socket-group=%s: no such group", name)
+}
+
 // listen opens the vhost-user socket: a path to listen on (claimed first,
 // see claimSocket), or an inherited listening fd.
 func listen(c *daemonConfig) (*net.UnixListener, *socketClaim, error) {
@@ -362,7 +384,15 @@ func listen(c *daemonConfig) (*net.UnixListener, *socketClaim, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := vhostuser.Listen(c.SocketPath)
+	var l *net.UnixListener
+	if c.SocketGroup != "" {
+		var gid int
+		if gid, err = lookupGroup(c.SocketGroup); err == nil {
+			l, err = vhostuser.ListenGroup(c.SocketPath, gid)
+		}
+	} else {
+		l, err = vhostuser.Listen(c.SocketPath)
+	}
 	if err != nil {
 		claim.release()
 		return nil, nil, fmt.Errorf("%s %s: %w", c.SocketFlag, c.SocketPath, err)

@@ -33,6 +33,8 @@ Share options (--shared-dir):
   --announce-submounts      let the guest see host submounts (the default)
   --no-announce-submounts   show host submounts as plain directories
   --allow-direct-io         honour O_DIRECT opens from the guest
+  --no-readdirplus          never offer READDIRPLUS: the guest lists with READDIR and
+                            looks each name up (also for images)
   --inode-file-handles=never|prefer|mandatory   identify inodes by file handle (default never, as virtiofsd)
   --sandbox=MODE            namespace: own mount/pid/net/ipc namespaces whose root is the share;
                             chroot: chroot(2) into the share; none. Default namespace
@@ -44,6 +46,8 @@ Daemon:
                             (docs/benchmarks.md, issue 15)
   --poll-before-sleep=DUR   look at an empty queue this long before sleeping (default 200us; 0: never)
   --request-queues=N        request queues besides hiprio (default 1)
+  --rlimit-nofile=N         set RLIMIT_NOFILE to N (0: leave it; default: raise the soft
+                            limit to the hard one)
   --keep-listening          accept a new frontend after one disconnects instead of exiting
   --log-level=LEVEL         error|warn|info|debug|trace|off (default info; -d is debug)
   --log-file=FILE           append the log to FILE instead of stderr
@@ -70,12 +74,15 @@ func virtiofsdUsage() string {
 
 A vhost-user virtio-fs daemon with virtiofsd's command line: --opt=value and
 --opt value both work, and the C virtiofsd's -o opt[,opt...] (source=, cache=,
-xattr, no_xattr, log_level=, sandbox=, announce_submounts, readonly, debug).
+xattr, no_xattr, log_level=, sandbox=, announce_submounts, readonly,
+readdirplus, no_readdirplus, debug).
 
 Where the VMM connects:
   --socket-path=PATH        listen on this unix socket (also --socket). A lock is held on
                             PATH.pid while the daemon runs; if another daemon serves PATH,
                             the daemon refuses to start; a stale socket file is removed
+  --socket-group=GROUP      let GROUP (a name or number) connect too: the socket's group,
+                            mode 0660 (without it 0600, root only)
   --fd=N                    serve an inherited listening socket
 
 %[2]s
