@@ -41,6 +41,8 @@ Share options (--shared-dir):
                             (none in the virtiofs subcommand); images are not sandboxed
 
 Daemon:
+  --socket-group=GROUP      let GROUP (a name or number) connect to the vhost-user socket:
+                            its group, mode 0660 (without it 0600, the owner only)
   --thread-pool-size=N      at least N workers per request queue (default 4)
   --kick-wait=MODE          how a queue waits for the guest: inline-ppoll (default), ppoll, inline, poller
                             (docs/benchmarks.md, issue 15)
@@ -81,8 +83,6 @@ Where the VMM connects:
   --socket-path=PATH        listen on this unix socket (also --socket). A lock is held on
                             PATH.pid while the daemon runs; if another daemon serves PATH,
                             the daemon refuses to start; a stale socket file is removed
-  --socket-group=GROUP      let GROUP (a name or number) connect too: the socket's group,
-                            mode 0660 (without it 0600, root only)
   --fd=N                    serve an inherited listening socket
 
 %[2]s
