@@ -1,6 +1,7 @@
 package vhostuser
 
 import (
+	"os"
 	"runtime"
 	"sync"
 )
@@ -20,21 +21,64 @@ import (
 // GETATTR (docs/benchmarks.md, issue 15). With a P per sleeper, the CPUs
 // keep their Ps for the goroutines that run.
 //
+// The reserve sits on top of the runtime's default GOMAXPROCS, which
+// follows the CPU count, the affinity mask and the cgroup's CPU quota (a
+// Kata sandbox's quota grows as containers join it). Setting GOMAXPROCS
+// stops the runtime's own updates of that default, so while Ps are
+// reserved, Refresh (which the daemon calls every few seconds) reads the
+// default again and puts the reserve back on top; once no queue runs, the
+// default and its updates are restored. A GOMAXPROCS environment variable
+// is the fixed base instead.
+//
 // One ProcReserve serves a process (GOMAXPROCS is the process's); nil
 // reserves nothing, as in tests that run daemons inside the test binary.
 type ProcReserve struct {
-	mu sync.Mutex
+	mu   sync.Mutex
+	held int // Ps reserved: leaders asleep in ppoll while their queues run
+	base int // GOMAXPROCS without the reserve, while held > 0
 }
 
-// add moves GOMAXPROCS by delta, serialized with the reserve's other
-// changes.
+// add moves the reserve by delta, serialized with its other changes.
 func (p *ProcReserve) add(delta int) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n := runtime.GOMAXPROCS(0) + delta; n >= 1 {
-		runtime.GOMAXPROCS(n)
+	if p.held == 0 {
+		p.base = runtime.GOMAXPROCS(0)
+	}
+	p.held = max(0, p.held+delta)
+	if p.held > 0 {
+		runtime.GOMAXPROCS(p.base + p.held)
+		return
+	}
+	if fixedGOMAXPROCS() {
+		runtime.GOMAXPROCS(p.base)
+	} else {
+		runtime.SetDefaultGOMAXPROCS() // the default again, and its updates
 	}
 }
+
+// Refresh puts the reserve back on top of the runtime's current default
+// GOMAXPROCS, which may have changed (CPU quota, affinity, CPUs) since the
+// reserve was taken. It does nothing when nothing is reserved (the
+// runtime then updates GOMAXPROCS itself) or when the GOMAXPROCS
+// environment variable fixes the base.
+func (p *ProcReserve) Refresh() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held == 0 || fixedGOMAXPROCS() {
+		return
+	}
+	runtime.SetDefaultGOMAXPROCS()
+	p.base = runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(p.base + p.held)
+}
+
+// fixedGOMAXPROCS reports whether the environment sets GOMAXPROCS, which
+// the runtime's default ignores once SetDefaultGOMAXPROCS is called.
+func fixedGOMAXPROCS() bool { return os.Getenv("GOMAXPROCS") != "" }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -162,11 +163,13 @@ func runDaemon(c daemonConfig) int {
 		return 1
 	}
 	vlog := log.WithField("layer", "vhost-user")
+	procs := &vhostuser.ProcReserve{}
+	go refreshProcs(ctx, procs)
 	err = vhostuser.Serve(ctx, l, dev, vhostuser.Options{
 		RequestQueues:   c.RequestQueues,
 		Workers:         max(c.ThreadPoolSize, vhostuser.DefaultWorkers),
 		KickWait:        vhostuser.KickWait(c.KickWait),
-		Procs:           &vhostuser.ProcReserve{},
+		Procs:           procs,
 		PollBeforeSleep: c.PollBeforeSleep,
 		KeepListening:   c.KeepListening,
 		Logger:          vlog,
@@ -181,6 +184,26 @@ func runDaemon(c daemonConfig) int {
 	}
 	log.Info(exitReason(ctx, dev.sessions.Load()))
 	return exitOK
+}
+
+// procsRefresh is how often the daemon puts its GOMAXPROCS reserve back on
+// the runtime's current default (vhostuser.ProcReserve.Refresh): a Kata
+// sandbox's CPU quota changes as containers join it, and the runtime,
+// which checks once a second, stops following it once GOMAXPROCS is set.
+const procsRefresh = 5 * time.Second
+
+// refreshProcs calls p.Refresh every procsRefresh until ctx ends.
+func refreshProcs(ctx context.Context, p *vhostuser.ProcReserve) {
+	t := time.NewTicker(procsRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.Refresh()
+		}
+	}
 }
 
 // announceWaiting is the daemon's vhostuser.Options.OnWaiting. Kata's
