@@ -107,9 +107,15 @@ type Options struct {
 }
 
 // The request path's settings nydus-virtiofsd runs with unless told
-// otherwise (its --kick-wait and --poll-before-sleep; the reasons are in
-// cmd/nydus-virtiofsd/flags.go and the figures in docs/benchmarks.md, issue
-// 15). The zero Options keep the runtime poller and no polling instead,
+// otherwise (its --kick-wait and --poll-before-sleep; figures in
+// docs/benchmarks.md, issue 15): a queue's leader blocks in ppoll(2) on its
+// kick eventfd (kept out of the Go runtime's poller) and serves what it pops
+// itself, as the C virtiofsd's queue thread does; before it sleeps it looks
+// at its empty ring for 200 µs, yielding its core at every look, which
+// catches the next request of a guest's synchronous loop (stat,
+// open+read+close: 170-200 µs apart under TCG) without an exit, an eventfd
+// or a wake-up. KVM's halt polling waits as long (halt_poll_ns) for the same
+// reason. The zero Options keep the runtime poller and no polling instead,
 // which suits a process that cannot spare a core spinning after each burst;
 // a benchmark of "the daemon" must use these (e2e does).
 const (

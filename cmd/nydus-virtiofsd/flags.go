@@ -74,10 +74,11 @@ func defaultConfig() daemonConfig {
 	// walk (docs/benchmarks.md, issue 15), and CAP_DAC_READ_SEARCH;
 	// --inode-file-handles=prefer bounds the fds a guest can make the
 	// daemon hold instead. Queues wait for kicks in ppoll and poll briefly
-	// before they do (defaultKickWait, defaultPollBeforeSleep).
+	// before they do (vhostuser.RecommendedKickWait and
+	// RecommendedPollBeforeSleep say why).
 	return daemonConfig{FD: -1, Cache: "auto", LogLevel: "info", Sandbox: "namespace", RequestQueues: 1,
 		AnnounceSubmounts: true, InodeFileHandles: "never", SocketFlag: "--socket-path",
-		KickWait: string(defaultKickWait), PollBeforeSleep: defaultPollBeforeSleep, RlimitNofile: -1}
+		KickWait: string(vhostuser.RecommendedKickWait), PollBeforeSleep: vhostuser.RecommendedPollBeforeSleep, RlimitNofile: -1}
 }
 
 // flagKind says how a long option takes its value.
@@ -458,19 +459,6 @@ func (c *daemonConfig) validate() error {
 	}
 	return nil
 }
-
-// The request path's defaults (docs/benchmarks.md, issue 15): a queue's
-// thread blocks in ppoll(2) on its kick eventfd (kept out of the Go
-// runtime's poller) and serves what it pops itself, as the C virtiofsd's
-// queue thread does; before it sleeps it looks at its empty ring for
-// 200 µs, yielding its core at every look, which catches the next request
-// of a guest's synchronous loop (stat, open+read+close: 170-200 µs apart
-// under TCG) without an exit, an eventfd or a wake-up. KVM's halt polling
-// waits as long (halt_poll_ns) for the same reason.
-const (
-	defaultKickWait        = vhostuser.RecommendedKickWait
-	defaultPollBeforeSleep = vhostuser.RecommendedPollBeforeSleep
-)
 
 func setRlimitNofile(c *daemonConfig, v string) error {
 	n, err := strconv.ParseInt(v, 10, 64)

@@ -141,6 +141,8 @@ func runDaemon(c daemonConfig) int {
 		log.Error(err)
 		return exitFailure
 	}
+	// READDIRPLUS is offered in INIT, once per device, whatever it serves.
+	mountOpts.DisableReadDirPlus = mountOpts.DisableReadDirPlus || c.NoReadDirPlus
 	if err := obs.serve(ctx); err != nil {
 		log.Error(err)
 		cleanup()
@@ -272,7 +274,7 @@ func checkDir(flag, dir string) error {
 func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log logrus.FieldLogger, exit func(), obs *observer) (fuse.RawFileSystem, fuse.MountOptions, func(), error) {
 	if c.Nydusd {
 		fs, cleanup, err := buildTable(ctx, c, procSelfFD, log, exit, obs)
-		return fs, fuse.MountOptions{DisableReadDirPlus: c.NoReadDirPlus}, cleanup, err
+		return fs, fuse.MountOptions{}, cleanup, err
 	}
 	var rc *backend.Config
 	if c.ConfigFile != "" {
@@ -287,7 +289,6 @@ func buildRoot(ctx context.Context, c *daemonConfig, procSelfFD *os.File, log lo
 		caches.Close()
 		return nil, mo, nil, err
 	}
-	mo.DisableReadDirPlus = mo.DisableReadDirPlus || c.NoReadDirPlus
 	obs.setCaches(caches)
 	return obs.wrap("/", fs, rc), mo, func() { closeFS(); caches.Close() }, nil
 }
