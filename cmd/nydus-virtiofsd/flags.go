@@ -16,7 +16,9 @@ type daemonConfig struct {
 	SocketGroup string // --socket-group: a group (name or number) that may connect too
 	FD          int    // --fd: an inherited listening socket; -1 when unset
 	// RlimitNofile is --rlimit-nofile: -1 (unset) raises the soft limit to
-	// the hard one; 0 leaves both alone; n sets both to n.
+	// the hard one; 0 leaves both alone; n sets both to n. (The Go runtime
+	// itself raises the soft limit to the hard one at start, so -1 and 0
+	// end alike: virtiofsd's 0 means "a manager set it, keep it".)
 	RlimitNofile int64
 	// NoReadDirPlus is --no-readdirplus / -o no_readdirplus: never offer
 	// READDIRPLUS, so the guest lists directories with plain READDIR.
